@@ -1,0 +1,189 @@
+//! The `RemoteAssistance` custom resource (`workspace.assist.dev/v1alpha1`).
+//!
+//! Doc comments on the types and fields below become the CRD's descriptions, and so what
+//! `kubectl explain remoteassistance.spec` shows.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// API group of the project's resources.
+pub const GROUP: &str = "workspace.assist.dev";
+/// The finalizer that holds a RemoteAssistance until its cloud session is cancelled.
+pub const FINALIZER: &str = "workspace.assist.dev/cancel";
+
+/// A remote-assistance session of Huawei Cloud Workspace for one desktop. While the resource
+/// exists the operator holds a finalizer on it; deleting the resource (with deletionPolicy
+/// Cancel) or setting spec.cancelled cancels the assistance in the cloud.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "workspace.assist.dev",
+    version = "v1alpha1",
+    kind = "RemoteAssistance",
+    plural = "remoteassistances",
+    singular = "remoteassistance",
+    shortname = "ra",
+    category = "workspace",
+    namespaced,
+    status = "RemoteAssistanceStatus",
+    derive = "PartialEq",
+    doc = "A remote-assistance session of Huawei Cloud Workspace for one desktop, cancelled through a finalizer.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
+    printcolumn(name = "Desktop", type_ = "string", json_path = ".spec.desktopId", description = "Desktop ID"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the desired state holds"
+    ),
+    printcolumn(
+        name = "Error",
+        type_ = "string",
+        json_path = ".status.lastError.errorCode",
+        description = "Error code of the last failed cloud call"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("has(self.region) || has(self.endpoint)").message("one of region or endpoint is required"))]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteAssistanceSpec {
+    /// Huawei Cloud project ID that owns the desktop (1 to 255 characters). Immutable.
+    #[schemars(length(min = 1, max = 255))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("projectId is immutable"))]
+    pub project_id: String,
+
+    /// ID of the Workspace desktop to assist (1 to 255 characters). Immutable.
+    #[schemars(length(min = 1, max = 255))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("desktopId is immutable"))]
+    pub desktop_id: String,
+
+    /// Huawei Cloud region ID, for example cn-north-4. Selects the endpoint
+    /// https://workspace.{region}.myhuaweicloud.com unless endpoint is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
+    pub region: Option<String>,
+
+    /// Endpoint URL that overrides the region's public endpoint: a private endpoint, a proxy or a
+    /// simulator, for example https://workspace.example.internal. Plain http:// is used only when
+    /// written here explicitly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''").message("endpoint must be an absolute http:// or https:// URL"))]
+    pub endpoint: Option<String>,
+
+    /// Secret in this namespace with the cloud credentials: accessKeyId and secretAccessKey
+    /// (plus securityToken for temporary credentials), or token (an IAM token). Optional when
+    /// the operator was started with default credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+
+    /// Set to true to cancel the assistance and keep this object. It cannot be set back to
+    /// false: a new session is a new RemoteAssistance.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self || !oldSelf").message("cancelled cannot be set back to false; create a new RemoteAssistance for a new session"))]
+    pub cancelled: bool,
+
+    /// What deleting this object does to the cloud session: Cancel (cancel it, the default) or
+    /// Orphan (leave it alone; needs no credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// Reference to a Secret in the resource's own namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// What deleting a RemoteAssistance does to its cloud session.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeletionPolicy {
+    /// Cancel the remote assistance in the cloud before the object goes away.
+    #[default]
+    Cancel,
+    /// Leave the cloud session alone; the object goes away at once.
+    Orphan,
+}
+
+/// Lifecycle phase of a RemoteAssistance.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The operator has not yet confirmed the session with the cloud.
+    Pending,
+    /// The session is held: the finalizer is in place and the cloud answered.
+    Active,
+    /// A cancel was requested (spec.cancelled or deletion) and has not been confirmed yet.
+    Cancelling,
+    /// The cloud confirmed the cancel, or confirmed there was nothing to cancel.
+    Cancelled,
+    /// The last attempt failed with an error that needs a person (credentials, permissions,
+    /// a bad request); the operator rechecks slowly and when the Secret or the spec changes.
+    Failed,
+}
+
+/// Observed state of a RemoteAssistance, written by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteAssistanceStatus {
+    /// Lifecycle phase: Pending, Active, Cancelling, Cancelled or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready (the desired state holds), Synced (the last reconcile reached the cloud and
+    /// succeeded), and kstatus's Reconciling and Stalled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The last failed cloud call, cleared by the next success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastError>,
+
+    /// When the cloud confirmed the cancel (or that there was nothing to cancel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_at: Option<Time>,
+
+    /// How many CancelRemoteAssistance calls the operator has made for this resource.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cancel_attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A failed cloud call, as the cloud described it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LastError {
+    /// The cloud operation: CancelRemoteAssistance, CreateRemoteAssistance or
+    /// ShowDesktopRemoteAssistanceInfo.
+    pub operation: String,
+    /// HTTP status of the answer; absent when no answer arrived (timeout, connection error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// The cloud's error code, verbatim (for example WKS.00010032 or APIGW.0301).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// The cloud's error message, or a description of the transport failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// The cloud's error_detail, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_detail: Option<String>,
+    /// Encrypted denial reason; decode it with IAM's STS decode-authorization-message API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoded_authorization_message: Option<String>,
+    /// X-Request-Id of the failed call: quote it to Huawei Cloud support.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// When the call failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+}

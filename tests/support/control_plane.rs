@@ -1,0 +1,216 @@
+//! Starts the project's real control plane (kube-apiserver + embedded etcd, built from the Go
+//! module in `tests/control-plane/`) for integration tests.
+//!
+//! The harness binary is built with `go build` when it is missing or its sources changed, started
+//! once per test binary, and stopped by the operating system closing its standard input when the
+//! test process exits, however it exits.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// How long the harness may take to print its readiness line once built.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A running control-plane harness.
+pub struct ControlPlane {
+    /// Admin kubeconfig (loopback token of group system:masters).
+    pub kubeconfig: PathBuf,
+    /// `https://127.0.0.1:PORT`.
+    pub server: String,
+    /// Process id of the harness (apiserver and etcd run inside it).
+    pub pid: u32,
+    /// Milliseconds from process start to readiness, as reported by the harness.
+    pub start_millis: u64,
+    child: Mutex<Child>,
+    stdin: Mutex<Option<ChildStdin>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadyLine {
+    server: String,
+    kubeconfig: PathBuf,
+    pid: u32,
+    start_millis: u64,
+}
+
+/// The control plane shared by every test of this test binary, started on first use.
+pub fn shared() -> &'static ControlPlane {
+    static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+    SHARED.get_or_init(|| ControlPlane::start().unwrap_or_else(|e| panic!("{e}")))
+}
+
+impl ControlPlane {
+    /// Builds the harness if needed and starts a new instance in a fresh temporary directory.
+    pub fn start() -> Result<ControlPlane, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("control-plane-")
+            .tempdir()
+            .map_err(|e| format!("creating a temporary directory: {e}"))?;
+        let path = dir.path().to_path_buf();
+        let mut cp = Self::start_in(&path, &[])?;
+        cp._dir = Some(dir);
+        Ok(cp)
+    }
+
+    /// Starts an instance whose kubeconfig, logs and etcd data live in `dir`; `args` are passed
+    /// to the harness as they are.
+    pub fn start_in(dir: &Path, args: &[&str]) -> Result<ControlPlane, String> {
+        let binary = harness_binary()?;
+        let mut child = Command::new(&binary)
+            .arg("-dir")
+            .arg(dir)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let stdin = child.stdin.take();
+
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(json) = line.strip_prefix("CONTROL_PLANE_READY ") {
+                    let _ = tx.send(serde_json::from_str::<ReadyLine>(json).map_err(|e| e.to_string()));
+                }
+            }
+        });
+        let stderr_text = std::sync::Arc::new(Mutex::new(String::new()));
+        let sink = stderr_text.clone();
+        std::thread::spawn(move || {
+            let mut buf = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut buf);
+            sink.lock().unwrap().push_str(&buf);
+        });
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let ready = loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(Ok(ready)) => break ready,
+                Ok(Err(e)) => return Err(format!("the control plane printed a bad readiness line: {e}")),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        std::thread::sleep(Duration::from_millis(200));
+                        return Err(format!(
+                            "the control plane exited ({status}) before it was ready; stderr:\n{}\nlog: {}",
+                            stderr_text.lock().unwrap(),
+                            dir.join("control-plane.log").display()
+                        ));
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        return Err(format!("the control plane was not ready within {READY_TIMEOUT:?}"));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = child.wait();
+                    std::thread::sleep(Duration::from_millis(200));
+                    return Err(format!(
+                        "the control plane closed its output before it was ready; stderr:\n{}",
+                        stderr_text.lock().unwrap()
+                    ));
+                }
+            }
+        };
+        Ok(ControlPlane {
+            kubeconfig: ready.kubeconfig,
+            server: ready.server,
+            pid: ready.pid,
+            start_millis: ready.start_millis,
+            child: Mutex::new(child),
+            stdin: Mutex::new(stdin),
+            _dir: None,
+        })
+    }
+
+    /// Closes the harness's standard input (its shutdown signal) and waits for it to exit.
+    pub fn stop(&self) -> std::process::ExitStatus {
+        self.stdin.lock().unwrap().take();
+        self.child.lock().unwrap().wait().expect("waiting for the control plane")
+    }
+}
+
+/// Where the harness sources live.
+fn harness_source_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("control-plane")
+}
+
+/// Returns the harness binary, building it with `go build` when missing or stale.
+pub fn harness_binary() -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT.get_or_init(build_harness).clone()
+}
+
+fn build_harness() -> Result<PathBuf, String> {
+    let src = harness_source_dir();
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("control-plane");
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
+    let binary = out_dir.join("control-plane");
+    let stamp = out_dir.join("control-plane.fingerprint");
+    let fingerprint = source_fingerprint(&src)?;
+    if binary.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(fingerprint.as_str()) {
+        return Ok(binary);
+    }
+
+    let go = std::env::var_os("GO").unwrap_or_else(|| "go".into());
+    let version = Command::new(&go).arg("version").output();
+    if !matches!(&version, Ok(o) if o.status.success()) {
+        return Err(format!(
+            "the integration tests need Go (1.26 or newer) to build the test control plane from \
+             tests/control-plane, and `{}` could not be run: install Go from your distribution or \
+             go.dev and make sure `go` is on PATH (or set GO=/path/to/go)",
+            go.to_string_lossy()
+        ));
+    }
+    eprintln!("building the test control plane (a cold build takes several minutes)...");
+    let started = Instant::now();
+    let tmp = out_dir.join(format!("control-plane.tmp-{}", std::process::id()));
+    // No -trimpath: the upstream test server finds its certificate fixtures through its source path.
+    let output = Command::new(&go)
+        .current_dir(&src)
+        .env("GOTOOLCHAIN", "local")
+        .args(["build", "-buildvcs=false", "-o"])
+        .arg(&tmp)
+        .arg(".")
+        .output()
+        .map_err(|e| format!("running go build: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "go build of the test control plane failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    std::fs::rename(&tmp, &binary).map_err(|e| format!("installing the harness binary: {e}"))?;
+    std::fs::write(&stamp, &fingerprint).map_err(|e| format!("writing {}: {e}", stamp.display()))?;
+    eprintln!("built the test control plane in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(binary)
+}
+
+/// A hash over the harness's Go sources and module files.
+fn source_fingerprint(src: &Path) -> Result<String, String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(src)
+        .map_err(|e| format!("reading {}: {e}", src.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.ends_with(".go") || name == "go.mod" || name == "go.sum"
+        })
+        .collect();
+    files.sort();
+    let mut hash = Sha256::new();
+    for f in files {
+        hash.update(f.file_name().unwrap().as_encoded_bytes());
+        hash.update(std::fs::read(&f).map_err(|e| format!("reading {}: {e}", f.display()))?);
+    }
+    Ok(hex::encode(hash.finalize()))
+}

@@ -1,0 +1,95 @@
+//! Shared support for the integration tests: the real control plane, admin clients, a fresh
+//! namespace per test, and the project's CRDs installed and Established.
+#![allow(dead_code)]
+
+pub mod control_plane;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+pub use control_plane::ControlPlane;
+
+/// Field manager the tests use for their own writes.
+pub const TEST_MANAGER: &str = "integration-tests";
+
+/// A client with the admin identity of the given control plane.
+pub async fn client_for(cp: &ControlPlane) -> Client {
+    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("reading the harness kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("loading the harness kubeconfig");
+    Client::try_from(config).expect("building a kube client")
+}
+
+/// An admin client of the shared control plane. Each test gets its own (a client belongs to the
+/// tokio runtime that made it).
+pub async fn admin_client() -> Client {
+    client_for(control_plane::shared()).await
+}
+
+/// Creates a namespace with a unique name starting with `prefix`.
+pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
+    let name = format!("{prefix}-{:08x}", rand::random::<u32>());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name }
+    }))
+    .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("creating the test namespace");
+    name
+}
+
+/// Server-side applies a CRD and waits until the apiserver reports it Established.
+pub async fn install_crd(client: &Client, crd: &CustomResourceDefinition) {
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    let name = crd.metadata.name.clone().expect("CRD has a name");
+    api.patch(&name, &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(crd))
+        .await
+        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let current = api.get(&name).await.expect("reading the CRD back");
+        let established = current
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+        if established {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "CRD {name} did not become Established in 30s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The project's CRDs as committed in `crds/`.
+pub fn project_crds() -> Vec<CustomResourceDefinition> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("reading crds/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).expect("reading a CRD file");
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", f.display()))
+        })
+        .collect()
+}
+
+/// Installs every CRD in `crds/` and waits until each is Established.
+pub async fn install_project_crds(client: &Client) {
+    for crd in project_crds() {
+        install_crd(client, &crd).await;
+    }
+}
