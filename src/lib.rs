@@ -1,11 +1,18 @@
 //! Kubernetes operator for Huawei Cloud Workspace remote assistance.
 //!
-//! [`resource`] defines the `RemoteAssistance` custom resource.
+//! - [`resource`]: the `RemoteAssistance` custom resource.
+//! - [`workspace`]: the cloud client (signing, errors, classification); no Kubernetes inside.
 
 pub mod resource;
+pub mod workspace;
 
 /// The CRDs this project installs, as one YAML stream.
 pub fn crds_yaml() -> String {
     use kube::CustomResourceExt;
     serde_yaml::to_string(&resource::RemoteAssistance::crd()).expect("a CRD always serializes")
+}
+
+/// Installs rustls's ring provider as the process default (once; later calls do nothing).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

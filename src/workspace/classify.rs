@@ -1,0 +1,202 @@
+//! Classifies every cloud answer into what the operator should do next. Pure and unit-tested.
+
+use super::error::{CloudError, TransportKind};
+
+/// Error codes that mean "not found" even when delivered with HTTP 400 (or another status).
+/// Workspace documents no code specific to remote assistance; these are the codes its APIs use
+/// for a missing object. Operators can add codes with `--not-found-error-code`.
+pub const NOT_FOUND_ERROR_CODES: &[&str] = &["WKS.0001"];
+
+/// What to do after a failed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The cloud confirmed there is nothing there (for a cancel: nothing left to cancel).
+    NotFound,
+    /// A passing failure: try again with backoff.
+    Retry(RetryReason),
+    /// The IAM token must be renewed (`*.0307`); renew and retry when the token is renewable.
+    RenewToken,
+    /// A person must act (credentials, permissions, endpoint, request); recheck slowly.
+    NeedsHuman(HumanReason),
+}
+
+/// Why a call is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// 429 or `*.0308`.
+    Throttled,
+    /// 5xx.
+    ServerError,
+    /// Timeout, connection error, or an unreadable answer (proxies, truncated bodies).
+    Transport,
+}
+
+/// Why a person must act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HumanReason {
+    /// 401 or `*.0301`: wrong AK/SK, unknown key, bad signature, expired token.
+    Unauthenticated,
+    /// 403: the identity may not do this.
+    Forbidden,
+    /// `*.0101` or a redirect: the endpoint does not serve this API.
+    WrongEndpoint,
+    /// Another 4xx, or an error code on a success status.
+    Rejected,
+    /// The request could not be built (bad credentials Secret or endpoint).
+    InvalidRequest,
+}
+
+impl Disposition {
+    /// A stable CamelCase reason for conditions, Events and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Disposition::NotFound => "NotFound",
+            Disposition::Retry(RetryReason::Throttled) => "Throttled",
+            Disposition::Retry(RetryReason::ServerError) => "CloudServerError",
+            Disposition::Retry(RetryReason::Transport) => "CloudUnreachable",
+            Disposition::RenewToken => "TokenExpired",
+            Disposition::NeedsHuman(HumanReason::Unauthenticated) => "Unauthenticated",
+            Disposition::NeedsHuman(HumanReason::Forbidden) => "Forbidden",
+            Disposition::NeedsHuman(HumanReason::WrongEndpoint) => "WrongEndpoint",
+            Disposition::NeedsHuman(HumanReason::Rejected) => "RequestRejected",
+            Disposition::NeedsHuman(HumanReason::InvalidRequest) => "InvalidConfiguration",
+        }
+    }
+}
+
+/// Whether `code` is the gateway code `suffix` under either prefix (`APIGW.` or `APIG.`).
+fn is_gateway_code(code: &str, suffix: &str) -> bool {
+    code.strip_prefix("APIGW.").or_else(|| code.strip_prefix("APIG.")) == Some(suffix)
+}
+
+/// Classifies a failed call. `extra_not_found` adds codes to [`NOT_FOUND_ERROR_CODES`].
+pub fn classify(error: &CloudError, extra_not_found: &[String]) -> Disposition {
+    let api = match error {
+        CloudError::Transport { kind: TransportKind::Redirect, .. } => {
+            return Disposition::NeedsHuman(HumanReason::WrongEndpoint);
+        }
+        CloudError::Transport { .. } => return Disposition::Retry(RetryReason::Transport),
+        CloudError::Request { .. } => return Disposition::NeedsHuman(HumanReason::InvalidRequest),
+        CloudError::Api(api) => api,
+    };
+    let status = api.http_status;
+    let code = api.body.code.as_deref().unwrap_or("");
+    let not_found_code =
+        NOT_FOUND_ERROR_CODES.contains(&code) || extra_not_found.iter().any(|c| c == code);
+
+    if status == 429 || is_gateway_code(code, "0308") {
+        return Disposition::Retry(RetryReason::Throttled);
+    }
+    if is_gateway_code(code, "0307") {
+        return Disposition::RenewToken;
+    }
+    if status == 401 || is_gateway_code(code, "0301") {
+        return Disposition::NeedsHuman(HumanReason::Unauthenticated);
+    }
+    if status == 403 {
+        return Disposition::NeedsHuman(HumanReason::Forbidden);
+    }
+    if is_gateway_code(code, "0101") {
+        return Disposition::NeedsHuman(HumanReason::WrongEndpoint);
+    }
+    if not_found_code {
+        return Disposition::NotFound;
+    }
+    if status == 404 {
+        // Only the cloud's own JSON error body is trusted to mean "not found"; an HTML or empty
+        // 404 comes from a proxy or a wrong path, and trusting it would drop a cancel.
+        return if api.body.structured {
+            Disposition::NotFound
+        } else {
+            Disposition::Retry(RetryReason::Transport)
+        };
+    }
+    if status >= 500 {
+        return Disposition::Retry(RetryReason::ServerError);
+    }
+    if status == 408 || status == 425 {
+        return Disposition::Retry(RetryReason::Transport);
+    }
+    if (400..500).contains(&status) && !api.body.structured {
+        // A 4xx without the cloud's error body was written by something in between.
+        return Disposition::Retry(RetryReason::Transport);
+    }
+    Disposition::NeedsHuman(HumanReason::Rejected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workspace::error::{ApiError, ErrorBody, Operation};
+
+    fn api(status: u16, code: Option<&str>, structured: bool) -> CloudError {
+        CloudError::Api(ApiError {
+            operation: Operation::CancelRemoteAssistance,
+            http_status: status,
+            body: ErrorBody { code: code.map(str::to_string), structured, ..ErrorBody::default() },
+            request_id: None,
+        })
+    }
+
+    fn transport(kind: TransportKind) -> CloudError {
+        CloudError::Transport {
+            operation: Operation::CancelRemoteAssistance,
+            kind,
+            message: String::new(),
+            http_status: None,
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn table() {
+        use Disposition::*;
+        use HumanReason::*;
+        use RetryReason::*;
+        let none: &[String] = &[];
+        let cases: Vec<(CloudError, Disposition)> = vec![
+            (api(404, Some("WKS.00010032"), true), NotFound),
+            (api(404, None, false), Retry(Transport)),
+            (api(404, Some("APIGW.0101"), true), NeedsHuman(WrongEndpoint)),
+            (api(404, Some("APIG.0101"), true), NeedsHuman(WrongEndpoint)),
+            (api(400, Some("WKS.0001"), true), NotFound),
+            (api(200, Some("WKS.0001"), true), NotFound),
+            (api(400, Some("WKS.00010099"), true), NeedsHuman(Rejected)),
+            (api(400, Some("APIGW.0201"), true), NeedsHuman(Rejected)),
+            (api(413, None, false), Retry(Transport)),
+            (api(429, Some("APIGW.0308"), true), Retry(Throttled)),
+            (api(429, None, false), Retry(Throttled)),
+            (api(400, Some("APIG.0308"), true), Retry(Throttled)),
+            (api(401, Some("APIGW.0301"), true), NeedsHuman(Unauthenticated)),
+            (api(401, None, false), NeedsHuman(Unauthenticated)),
+            (api(400, Some("APIG.0301"), true), NeedsHuman(Unauthenticated)),
+            (api(401, Some("APIGW.0307"), true), RenewToken),
+            (api(401, Some("APIG.0307"), true), RenewToken),
+            (api(403, Some("WKS.00010002"), true), NeedsHuman(Forbidden)),
+            (api(403, None, false), NeedsHuman(Forbidden)),
+            (api(500, Some("WKS.00000001"), true), Retry(ServerError)),
+            (api(502, None, false), Retry(ServerError)),
+            (api(503, None, false), Retry(ServerError)),
+            (api(408, None, false), Retry(Transport)),
+            (api(200, Some("WKS.9999"), true), NeedsHuman(Rejected)),
+            (transport(TransportKind::Timeout), Retry(Transport)),
+            (transport(TransportKind::Connect), Retry(Transport)),
+            (transport(TransportKind::Body), Retry(Transport)),
+            (transport(TransportKind::Redirect), NeedsHuman(WrongEndpoint)),
+            (
+                CloudError::Request { operation: Operation::CancelRemoteAssistance, message: String::new() },
+                NeedsHuman(InvalidRequest),
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(classify(&error, none), expected, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn operator_supplied_not_found_codes() {
+        let extra = vec!["WKS.00010032".to_string()];
+        assert_eq!(classify(&api(400, Some("WKS.00010032"), true), &extra), Disposition::NotFound);
+        assert_eq!(classify(&api(400, Some("WKS.00010032"), true), &[]), Disposition::NeedsHuman(HumanReason::Rejected));
+    }
+}

@@ -1,0 +1,15 @@
+//! Huawei Cloud Workspace remote-assistance API: the client, AK/SK signing, typed errors and the
+//! classification of every answer. Nothing here knows about Kubernetes.
+
+pub mod classify;
+pub mod client;
+pub mod credentials;
+pub mod error;
+pub mod models;
+pub mod signer;
+
+pub use classify::{Disposition, HumanReason, RetryReason, classify};
+pub use client::{Answer, ClientOptions, Target, WorkspaceClient, resolve_endpoint};
+pub use credentials::{Credentials, Sensitive};
+pub use error::{ApiError, CloudError, ErrorBody, Operation, TransportKind};
+pub use models::{CreateResponse, ShowResponse};
