@@ -4,6 +4,7 @@
 //! - [`workspace`]: the cloud client (signing, errors, classification); no Kubernetes inside.
 
 pub mod resource;
+pub mod simulator;
 pub mod workspace;
 
 /// The CRDs this project installs, as one YAML stream.

@@ -1,0 +1,499 @@
+//! A Huawei Cloud Workspace simulator: the three remote-assistance operations of the contract,
+//! AK/SK signature and IAM token verification, per-desktop assistance state, the documented
+//! bodies and error bodies with `X-Request-Id`, faults injected on demand, and a record of every
+//! request for tests to assert on.
+
+pub mod auth;
+pub mod faults;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use faults::{Fault, FaultRule};
+
+use crate::workspace::Operation;
+use auth::AuthFailure;
+
+/// How far `X-Sdk-Date` may be from the simulator's clock.
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
+
+/// One request the simulator received.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// The operation, when the path and method named one.
+    pub operation: Option<Operation>,
+    /// Project ID from the path.
+    pub project_id: String,
+    /// Desktop ID from the path.
+    pub desktop_id: String,
+    /// Status answered (0 when the connection was dropped).
+    pub status: u16,
+    /// Whether the request was authenticated.
+    pub authenticated: bool,
+    /// Whether an injected fault answered it.
+    pub faulted: bool,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// A remote-assistance session as the simulated cloud keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Share space ID.
+    pub share_space_id: String,
+    /// OPEN, CLOSE, WAIT_USER_CONFIRM or WAIT_USER_ACCESS.
+    pub status: String,
+    /// ADMIN_INITIATE or ENDUSER_INITIATE.
+    pub initiator_type: String,
+    /// UTC, `yyyy-MM-ddTHH:mm:ssZ`.
+    pub create_time: String,
+    /// Invitation code (secret).
+    pub invitation_code: String,
+    /// Share space password (secret).
+    pub share_space_passwd: String,
+    /// Failure reason, when any.
+    pub failed_reason: Option<String>,
+}
+
+impl Session {
+    fn new(initiator_type: &str) -> Session {
+        Session {
+            share_space_id: random_hex(16),
+            status: "WAIT_USER_CONFIRM".into(),
+            initiator_type: initiator_type.into(),
+            create_time: jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            invitation_code: random_hex(4).to_uppercase(),
+            share_space_passwd: random_hex(8),
+            failed_reason: None,
+        }
+    }
+
+    /// Whether the session is still in progress.
+    pub fn in_progress(&self) -> bool {
+        self.status != "CLOSE"
+    }
+}
+
+#[derive(Debug, Clone)]
+struct AkSk {
+    secret_key: String,
+    security_token: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    aksk: HashMap<String, AkSk>,
+    tokens: HashMap<String, bool>,
+    sessions: HashMap<(String, String), Session>,
+    rules: Vec<FaultRule>,
+    latency: Duration,
+    requests: Vec<RecordedRequest>,
+}
+
+/// A running simulator. Dropping it stops the server.
+pub struct Simulator {
+    state: Arc<Mutex<State>>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl Simulator {
+    /// Starts a simulator on a free loopback port.
+    pub async fn start() -> std::io::Result<Simulator> {
+        Simulator::start_on("127.0.0.1:0".parse().expect("a socket address")).await
+    }
+
+    /// Starts a simulator listening on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Simulator> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let (stop, mut stopped) = watch::channel(false);
+        let served = state.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let state = served.clone();
+                        let mut stop_conn = stopped.clone();
+                        tokio::spawn(async move {
+                            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = stop_conn.changed() => {}
+                            }
+                        });
+                    }
+                }
+            }
+        });
+        Ok(Simulator { state, addr, stop })
+    }
+
+    /// Base URL of the simulator, for `spec.endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        f(&mut self.state.lock().expect("simulator state"))
+    }
+
+    /// Accepts a permanent access key.
+    pub fn add_access_key(&self, access_key_id: &str, secret_access_key: &str) {
+        self.with(|s| s.aksk.insert(access_key_id.into(), AkSk { secret_key: secret_access_key.into(), security_token: None }));
+    }
+
+    /// Accepts a temporary access key, valid only with its security token.
+    pub fn add_temporary_access_key(&self, access_key_id: &str, secret_access_key: &str, security_token: &str) {
+        self.with(|s| {
+            s.aksk.insert(
+                access_key_id.into(),
+                AkSk { secret_key: secret_access_key.into(), security_token: Some(security_token.into()) },
+            )
+        });
+    }
+
+    /// Stops accepting an access key (it answers 401 APIGW.0301 from now on).
+    pub fn remove_access_key(&self, access_key_id: &str) {
+        self.with(|s| s.aksk.remove(access_key_id));
+    }
+
+    /// Accepts an IAM token.
+    pub fn add_token(&self, token: &str) {
+        self.with(|s| s.tokens.insert(token.into(), false));
+    }
+
+    /// Marks an IAM token expired (it answers 401 APIGW.0307 from now on).
+    pub fn expire_token(&self, token: &str) {
+        self.with(|s| s.tokens.insert(token.into(), true));
+    }
+
+    /// Starts a session for a desktop as if its user had asked for assistance.
+    pub fn open_session(&self, project_id: &str, desktop_id: &str) -> Session {
+        let session = Session::new("ENDUSER_INITIATE");
+        self.with(|s| s.sessions.insert((project_id.into(), desktop_id.into()), session.clone()));
+        session
+    }
+
+    /// Changes the cloud status of a desktop's session (for example to CLOSE).
+    pub fn set_session_status(&self, project_id: &str, desktop_id: &str, status: &str) {
+        self.with(|s| {
+            if let Some(session) = s.sessions.get_mut(&(project_id.to_string(), desktop_id.to_string())) {
+                session.status = status.into();
+            }
+        });
+    }
+
+    /// The desktop's session, if it ever had one.
+    pub fn session(&self, project_id: &str, desktop_id: &str) -> Option<Session> {
+        self.with(|s| s.sessions.get(&(project_id.to_string(), desktop_id.to_string())).cloned())
+    }
+
+    /// Adds a fault rule; rules are consulted in the order added.
+    pub fn inject(&self, rule: FaultRule) {
+        self.with(|s| s.rules.push(rule));
+    }
+
+    /// Removes every fault rule.
+    pub fn clear_faults(&self) {
+        self.with(|s| s.rules.clear());
+    }
+
+    /// Delays every answer by `latency`.
+    pub fn set_latency(&self, latency: Duration) {
+        self.with(|s| s.latency = latency);
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.with(|s| s.requests.clone())
+    }
+
+    /// How many requests of `operation` for `desktop_id` were received.
+    pub fn count(&self, operation: Operation, desktop_id: &str) -> usize {
+        self.with(|s| {
+            s.requests.iter().filter(|r| r.operation == Some(operation) && r.desktop_id == desktop_id).count()
+        })
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// What the handler decided, before recording.
+struct Outcome {
+    response: Option<Response<Full<Bytes>>>,
+    authenticated: bool,
+    faulted: bool,
+}
+
+async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let at = Instant::now();
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let route = route(parts.method.as_str(), parts.uri.path());
+    let (operation, project_id, desktop_id) = match &route {
+        Some((op, p, d)) => (Some(*op), p.clone(), d.clone()),
+        None => (None, String::new(), String::new()),
+    };
+
+    let latency = state.lock().unwrap().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let outcome = decide(&state, &parts, &body, route).await;
+    let status = outcome.response.as_ref().map_or(0, |r| r.status().as_u16());
+    state.lock().unwrap().requests.push(RecordedRequest {
+        operation,
+        project_id,
+        desktop_id,
+        status,
+        authenticated: outcome.authenticated,
+        faulted: outcome.faulted,
+        at,
+    });
+    outcome
+        .response
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "fault: connection dropped"))
+}
+
+async fn decide(
+    state: &Arc<Mutex<State>>,
+    parts: &http::request::Parts,
+    body: &[u8],
+    route: Option<(Operation, String, String)>,
+) -> Outcome {
+    let Some((operation, project_id, desktop_id)) = route else {
+        let resp = error_response(404, "APIGW.0101", "The API does not exist or has not been published in the environment", None, None);
+        return Outcome { response: Some(resp), authenticated: false, faulted: false };
+    };
+    if let Err(failure) = authenticate(state, parts, body) {
+        let resp = error_response(401, failure.code(), &failure.message(), None, None);
+        return Outcome { response: Some(resp), authenticated: false, faulted: false };
+    }
+
+    let fault = {
+        let mut s = state.lock().unwrap();
+        s.rules
+            .iter_mut()
+            .find(|r| !r.faults.is_empty() && r.matches(&desktop_id, operation))
+            .map(|r| r.faults.remove(0))
+    };
+    match fault {
+        Some(Fault::Drop) => return Outcome { response: None, authenticated: true, faulted: true },
+        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Fault::Error { status, code, message, detail, encoded_authorization_message }) => {
+            let resp = error_response(status, &code, &message, detail.as_deref(), encoded_authorization_message.as_deref());
+            return Outcome { response: Some(resp), authenticated: true, faulted: true };
+        }
+        Some(Fault::Raw { status, content_type, body, headers }) => {
+            let mut builder = Response::builder()
+                .status(status)
+                .header("Content-Type", content_type)
+                .header("X-Request-Id", random_hex(16));
+            for (k, v) in headers {
+                builder = builder.header(k, v);
+            }
+            let resp = builder.body(Full::new(Bytes::from(body))).expect("a valid response");
+            return Outcome { response: Some(resp), authenticated: true, faulted: true };
+        }
+        None => {}
+    }
+
+    let response = serve(state, operation, &project_id, &desktop_id);
+    Outcome { response: Some(response), authenticated: true, faulted: false }
+}
+
+/// The normal, contract-faithful answer.
+fn serve(state: &Arc<Mutex<State>>, operation: Operation, project_id: &str, desktop_id: &str) -> Response<Full<Bytes>> {
+    let key = (project_id.to_string(), desktop_id.to_string());
+    let mut s = state.lock().unwrap();
+    match operation {
+        Operation::CancelRemoteAssistance => match s.sessions.get_mut(&key) {
+            Some(session) if session.in_progress() => {
+                session.status = "CLOSE".into();
+                Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .header("X-Request-Id", random_hex(16))
+                    .body(Full::new(Bytes::new()))
+                    .expect("a valid response")
+            }
+            _ => error_response(404, "WKS.0001", "The remote assistance does not exist.", None, None),
+        },
+        Operation::CreateRemoteAssistance => {
+            if s.sessions.get(&key).is_some_and(Session::in_progress) {
+                return error_response(400, "WKS.00010100", "A remote assistance is already in progress for this desktop.", None, None);
+            }
+            let session = Session::new("ADMIN_INITIATE");
+            let body = json!({
+                "share_space_id": session.share_space_id,
+                "status": session.status,
+                "desktop_id": desktop_id,
+                "initiator_type": session.initiator_type,
+            });
+            s.sessions.insert(key, session);
+            json_response(200, &body)
+        }
+        Operation::ShowDesktopRemoteAssistanceInfo => match s.sessions.get(&key) {
+            Some(session) => {
+                let body = json!({
+                    "share_space_id": session.share_space_id,
+                    "invitation_code": session.invitation_code,
+                    "share_space_name": format!("assist-{desktop_id}"),
+                    "share_space_passwd": session.share_space_passwd,
+                    "private_share_link": format!("https://share.example.internal/s/{}?code={}", session.share_space_id, session.invitation_code),
+                    "internet_share_link": format!("https://share.example.com/s/{}?code={}", session.share_space_id, session.invitation_code),
+                    "create_time": session.create_time,
+                    "status": session.status,
+                    "failed_reason": session.failed_reason,
+                });
+                json_response(200, &body)
+            }
+            None => json_response(200, &json!({})),
+        },
+    }
+}
+
+/// Maps a method and path to an operation and its IDs.
+fn route(method: &str, path: &str) -> Option<(Operation, String, String)> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let ["v2", project, "desktops", desktop, "remote-assistance"] = segments[..] else {
+        return None;
+    };
+    let decode = |s: &str| percent_decode(s);
+    let (project, desktop) = (decode(project), decode(desktop));
+    if project.is_empty() || desktop.is_empty() || project.len() > 255 || desktop.len() > 255 {
+        return None;
+    }
+    let operation = match method {
+        "DELETE" => Operation::CancelRemoteAssistance,
+        "POST" => Operation::CreateRemoteAssistance,
+        "GET" => Operation::ShowDesktopRemoteAssistanceInfo,
+        _ => return None,
+    };
+    Some((operation, project, desktop))
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// Checks the request's IAM token or AK/SK signature.
+fn authenticate(state: &Arc<Mutex<State>>, parts: &http::request::Parts, body: &[u8]) -> Result<(), AuthFailure> {
+    let headers = &parts.headers;
+    if let Some(token) = headers.get("x-auth-token") {
+        let token = token.to_str().map_err(|_| AuthFailure::UnknownToken)?;
+        return match state.lock().unwrap().tokens.get(token) {
+            Some(false) => Ok(()),
+            Some(true) => Err(AuthFailure::ExpiredToken),
+            None => Err(AuthFailure::UnknownToken),
+        };
+    }
+    let authorization = headers
+        .get("authorization")
+        .ok_or(AuthFailure::Missing)?
+        .to_str()
+        .map_err(|_| AuthFailure::Malformed("Authorization is not text".into()))?;
+    let parsed = auth::parse_authorization(authorization)?;
+    let mut sorted = parsed.signed_headers.clone();
+    sorted.sort();
+    if sorted != parsed.signed_headers || parsed.signed_headers.iter().any(|h| h != &h.to_ascii_lowercase()) {
+        return Err(AuthFailure::Malformed("SignedHeaders must be lower case and sorted".into()));
+    }
+    if !parsed.signed_headers.iter().any(|h| h == "x-sdk-date") {
+        return Err(AuthFailure::BadDate("x-sdk-date is not signed".into()));
+    }
+    let date = headers
+        .get("x-sdk-date")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| AuthFailure::BadDate("X-Sdk-Date is missing".into()))?;
+    let when = auth::parse_sdk_date(date).ok_or_else(|| AuthFailure::BadDate("X-Sdk-Date is not YYYYMMDDTHHMMSSZ".into()))?;
+    let skew = jiff::Timestamp::now().duration_since(when).unsigned_abs();
+    if skew > MAX_CLOCK_SKEW {
+        return Err(AuthFailure::BadDate("X-Sdk-Date is too far from the current time".into()));
+    }
+    let key = state.lock().unwrap().aksk.get(&parsed.access).cloned().ok_or(AuthFailure::UnknownAccessKey)?;
+    if let Some(expected) = &key.security_token {
+        let sent = headers.get("x-security-token").and_then(|v| v.to_str().ok());
+        if sent != Some(expected.as_str()) || !parsed.signed_headers.iter().any(|h| h == "x-security-token") {
+            return Err(AuthFailure::BadSecurityToken);
+        }
+    }
+    let canonical = auth::canonical_request_of(
+        parts.method.as_str(),
+        parts.uri.path(),
+        parts.uri.query(),
+        headers,
+        &parsed.signed_headers,
+        body,
+    );
+    let expected = auth::expected_signature(&key.secret_key, date, &canonical);
+    if auth::same_signature(&expected, &parsed.signature) {
+        Ok(())
+    } else {
+        Err(AuthFailure::SignatureMismatch)
+    }
+}
+
+fn error_response(
+    status: u16,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+    encoded_authorization_message: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let request_id = random_hex(16);
+    let mut body = json!({ "error_code": code, "error_msg": message, "request_id": request_id });
+    if let Some(d) = detail {
+        body["error_detail"] = json!(d);
+    }
+    if let Some(m) = encoded_authorization_message {
+        body["encoded_authorization_message"] = json!(m);
+    }
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .header("X-Request-Id", request_id)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a valid response")
+}
+
+fn json_response(status: u16, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .header("X-Request-Id", random_hex(16))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a valid response")
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+}
+
