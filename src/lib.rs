@@ -3,6 +3,8 @@
 //! - [`resource`]: the `RemoteAssistance` custom resource.
 //! - [`workspace`]: the cloud client (signing, errors, classification); no Kubernetes inside.
 
+pub mod cli;
+pub mod controller;
 pub mod resource;
 pub mod simulator;
 pub mod workspace;

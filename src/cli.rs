@@ -1,0 +1,153 @@
+//! Command-line interface: every setting is a flag and an environment variable.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::resource::DeletionPolicy;
+
+/// Kubernetes operator for Huawei Cloud Workspace remote assistance.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the operator against the cluster of the current kubeconfig or service account.
+    Run(Box<RunArgs>),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd,
+}
+
+/// Log line format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings of `run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Most reconciles running at once.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+
+    /// Most cloud API calls per second over all resources (the gateway allows about 200/s per API).
+    #[arg(long, env = "CLOUD_RATE_LIMIT", default_value = "50")]
+    pub cloud_rate_limit: NonZeroU32,
+
+    /// How often an open session is observed (e.g. 60s, 5m).
+    #[arg(long, env = "POLL_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// First retry after a passing cloud failure; doubles up to --backoff-max, with jitter.
+    #[arg(long, env = "BACKOFF_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub backoff_base: Duration,
+
+    /// Longest wait between retries of passing cloud failures.
+    #[arg(long, env = "BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+
+    /// Recheck interval after a failure that needs a person (401, 403, bad Secret); a change of
+    /// the Secret, the spec or the retry annotation rechecks at once.
+    #[arg(long, env = "NEEDS_HUMAN_RECHECK", default_value = "5m", value_parser = parse_duration)]
+    pub needs_human_recheck: Duration,
+
+    /// Timeout of one cloud call.
+    #[arg(long, env = "CLOUD_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub cloud_timeout: Duration,
+
+    /// Credentials Secret (NAMESPACE/NAME) for resources without spec.credentialsSecretRef.
+    #[arg(long, env = "DEFAULT_CREDENTIALS_SECRET", value_parser = parse_namespaced_name)]
+    pub default_credentials_secret: Option<(String, String)>,
+
+    /// Deletion policy of resources that set none: Cancel or Orphan.
+    #[arg(long, env = "DEFAULT_DELETION_POLICY", default_value = "Cancel", value_parser = parse_policy)]
+    pub default_deletion_policy: DeletionPolicy,
+
+    /// An extra cloud error code that means "not found" (repeatable).
+    #[arg(long = "not-found-error-code", env = "NOT_FOUND_ERROR_CODES", value_delimiter = ',')]
+    pub not_found_error_codes: Vec<String>,
+
+    /// PEM bundle of extra CA certificates to trust for the cloud endpoint.
+    #[arg(long, env = "CLOUD_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+
+    /// Accept any TLS certificate from the cloud endpoint. Dangerous; logged at every start.
+    #[arg(long, env = "INSECURE_SKIP_TLS_VERIFY", default_value_t = false)]
+    pub insecure_skip_tls_verify: bool,
+
+    /// Name of this instance in Events (set it to the pod name).
+    #[arg(long, env = "POD_NAME", default_value = "workspace-assist")]
+    pub instance_name: String,
+
+    /// Log level filter (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Parses `90s`, `5m`, `1h 30m`, `250ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s.trim().parse().map_err(|e| format!("{s:?} is not a duration like 30s or 5m: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("{s:?} must not be negative"))
+}
+
+fn parse_namespaced_name(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok((ns.into(), name.into())),
+        _ => Err(format!("{s:?} must be NAMESPACE/NAME")),
+    }
+}
+
+fn parse_policy(s: &str) -> Result<DeletionPolicy, String> {
+    match s {
+        "Cancel" => Ok(DeletionPolicy::Cancel),
+        "Orphan" => Ok(DeletionPolicy::Orphan),
+        _ => Err(format!("{s:?} must be Cancel or Orphan")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn names_and_policies() {
+        assert_eq!(parse_namespaced_name("ops/cloud").unwrap(), ("ops".into(), "cloud".into()));
+        assert!(parse_namespaced_name("cloud").is_err());
+        assert_eq!(parse_policy("Orphan").unwrap(), DeletionPolicy::Orphan);
+        assert!(parse_policy("orphan").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

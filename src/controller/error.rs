@@ -1,0 +1,54 @@
+//! Errors of a reconcile, each with its category (what the operator does next) and a stable
+//! reason shared by conditions, Events and metrics.
+
+use crate::workspace::{CloudError, Disposition};
+
+use super::credentials::CredentialsError;
+
+/// Why a reconcile did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A cloud call failed.
+    #[error("{error}")]
+    Cloud {
+        /// The failure.
+        error: CloudError,
+        /// What it means for the next step.
+        disposition: Disposition,
+    },
+    /// The credentials could not be read.
+    #[error("{0}")]
+    Credentials(#[from] CredentialsError),
+    /// The resource's spec cannot be acted on (for example an endpoint that is not a URL).
+    #[error("{0}")]
+    InvalidSpec(String),
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    /// Whether a person must act before a retry can succeed (the operator then rechecks slowly
+    /// and at once when the Secret, the spec or the retry annotation changes).
+    pub fn needs_human(&self) -> bool {
+        match self {
+            Error::Cloud { disposition, .. } => matches!(disposition, Disposition::NeedsHuman(_) | Disposition::RenewToken),
+            Error::Credentials(_) | Error::InvalidSpec(_) => true,
+            Error::Kube(_) | Error::Finalizer(_) => false,
+        }
+    }
+
+    /// A stable CamelCase reason for conditions, Events and metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Cloud { disposition, .. } => disposition.reason(),
+            Error::Credentials(e) => e.reason(),
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::Kube(_) => "KubernetesApiError",
+            Error::Finalizer(_) => "FinalizerError",
+        }
+    }
+}

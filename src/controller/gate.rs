@@ -1,0 +1,152 @@
+//! Per-object pacing of cloud calls: exponential backoff with jitter after passing failures, a
+//! slow recheck after failures that need a person, and an immediate retry when something that
+//! could fix the failure changed (the spec, a deletion, the credentials Secret, the retry
+//! annotation).
+//!
+//! Watch events alone must not drive cloud calls: the operator's own status writes trigger
+//! reconciles too, and without this gate every failed call would be retried at once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What, when it changes, may fix a failure; recorded with each failure.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Trigger {
+    /// metadata.generation (spec changes).
+    pub generation: Option<i64>,
+    /// Whether deletion was requested.
+    pub deleting: bool,
+    /// Value of the retry annotation.
+    pub retry_token: Option<String>,
+}
+
+/// How long to wait after a failure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackoffPolicy {
+    /// First retry after a passing failure.
+    pub base: Duration,
+    /// Longest wait between retries of passing failures.
+    pub max: Duration,
+    /// Wait before rechecking a failure that needs a person.
+    pub needs_human_recheck: Duration,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        BackoffPolicy {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            needs_human_recheck: Duration::from_secs(300),
+        }
+    }
+}
+
+impl BackoffPolicy {
+    /// The wait before attempt `failures + 1` of a passing failure: `base * 2^(failures-1)`,
+    /// capped at `max`, with "equal jitter" (between half and all of it) from `jitter` in [0, 1).
+    pub fn retry_delay(&self, failures: u32, jitter: f64) -> Duration {
+        let exp = failures.saturating_sub(1).min(30);
+        let full = self.base.saturating_mul(1u32 << exp).min(self.max);
+        full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    failures: u32,
+    not_before: Instant,
+    trigger: Trigger,
+    secret_changed: bool,
+}
+
+/// The gates of all objects, keyed by UID.
+#[derive(Debug, Default)]
+pub struct Gates {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl Gates {
+    /// Whether a cloud call may be made now for `uid`; if not, how long until it may.
+    pub fn wait_for(&self, uid: &str, trigger: &Trigger, now: Instant) -> Option<Duration> {
+        let entries = self.entries.lock().expect("gates");
+        let entry = entries.get(uid)?;
+        if entry.secret_changed || &entry.trigger != trigger || now >= entry.not_before {
+            return None;
+        }
+        Some(entry.not_before - now)
+    }
+
+    /// Records a failure and returns how long to wait before the next attempt.
+    pub fn failed(&self, uid: &str, trigger: Trigger, needs_human: bool, policy: &BackoffPolicy, now: Instant) -> Duration {
+        let mut entries = self.entries.lock().expect("gates");
+        let failures = entries.get(uid).map_or(0, |e| e.failures) + 1;
+        let delay = if needs_human {
+            policy.needs_human_recheck
+        } else {
+            policy.retry_delay(failures, rand::random::<f64>())
+        };
+        entries.insert(uid.to_string(), Entry { failures, not_before: now + delay, trigger, secret_changed: false });
+        delay
+    }
+
+    /// Forgets failures after a success.
+    pub fn succeeded(&self, uid: &str) {
+        self.entries.lock().expect("gates").remove(uid);
+    }
+
+    /// Lets the next attempt for `uid` go ahead at once (its credentials Secret changed).
+    pub fn secret_changed(&self, uid: &str) {
+        if let Some(e) = self.entries.lock().expect("gates").get_mut(uid) {
+            e.secret_changed = true;
+        }
+    }
+
+    /// Consecutive failures recorded for `uid`.
+    pub fn failures(&self, uid: &str) -> u32 {
+        self.entries.lock().expect("gates").get(uid).map_or(0, |e| e.failures)
+    }
+
+    /// Drops the entry of an object that is gone.
+    pub fn forget(&self, uid: &str) {
+        self.succeeded(uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_with_equal_jitter_and_cap() {
+        let p = BackoffPolicy::default();
+        assert_eq!(p.retry_delay(1, 0.999_999).as_millis(), 999);
+        assert_eq!(p.retry_delay(1, 0.0), Duration::from_millis(500));
+        assert_eq!(p.retry_delay(4, 0.0), Duration::from_secs(4));
+        assert_eq!(p.retry_delay(20, 0.0), Duration::from_secs(150));
+        assert!(p.retry_delay(u32::MAX, 1.0) <= Duration::from_secs(300));
+    }
+
+    #[test]
+    fn gate_holds_until_time_or_trigger_changes() {
+        let g = Gates::default();
+        let p = BackoffPolicy::default();
+        let t0 = Instant::now();
+        let trig = Trigger { generation: Some(1), deleting: true, retry_token: None };
+        assert_eq!(g.wait_for("u", &trig, t0), None, "no failure yet");
+        let d = g.failed("u", trig.clone(), false, &p, t0);
+        assert!(d >= Duration::from_millis(500) && d <= Duration::from_secs(1));
+        assert!(g.wait_for("u", &trig, t0).is_some(), "held after a failure");
+        assert_eq!(g.wait_for("u", &trig, t0 + d), None, "released when the time comes");
+        let changed = Trigger { generation: Some(2), ..trig.clone() };
+        assert_eq!(g.wait_for("u", &changed, t0), None, "released by a spec change");
+
+        let d = g.failed("u", trig.clone(), true, &p, t0);
+        assert_eq!(d, p.needs_human_recheck);
+        assert_eq!(g.failures("u"), 2);
+        g.secret_changed("u");
+        assert_eq!(g.wait_for("u", &trig, t0), None, "released by a Secret change");
+        g.succeeded("u");
+        assert_eq!(g.failures("u"), 0);
+    }
+}

@@ -1,0 +1,198 @@
+//! The controller: watches RemoteAssistances (and the Secrets they name), reconciles each with
+//! bounded concurrency, paces cloud calls per object and overall, and records status and Events.
+
+pub mod credentials;
+pub mod error;
+pub mod gate;
+pub mod reconcile;
+pub mod status;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{debug, warn};
+
+use crate::resource::{DeletionPolicy, RemoteAssistance};
+use crate::workspace::{ClientOptions, WorkspaceClient};
+
+pub use error::Error;
+pub use gate::BackoffPolicy;
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Watch only this namespace (all namespaces when None).
+    pub namespace: Option<String>,
+    /// Most reconciles running at once.
+    pub concurrency: u16,
+    /// Most cloud calls per second, over all resources.
+    pub cloud_rate_limit: NonZeroU32,
+    /// How often an open session is observed.
+    pub poll_interval: Duration,
+    /// Backoff after failures.
+    pub backoff: BackoffPolicy,
+    /// Credentials Secret (namespace, name) for resources that name none.
+    pub default_credentials: Option<(String, String)>,
+    /// Deletion policy of resources that set none.
+    pub default_deletion_policy: DeletionPolicy,
+    /// Error codes that also mean "not found".
+    pub not_found_codes: Vec<String>,
+    /// HTTP client settings.
+    pub client: ClientOptions,
+    /// Name of this instance in Events (the pod name in a cluster).
+    pub instance: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            namespace: None,
+            concurrency: 16,
+            cloud_rate_limit: NonZeroU32::new(50).expect("non-zero"),
+            poll_interval: Duration::from_secs(60),
+            backoff: BackoffPolicy::default(),
+            default_credentials: None,
+            default_deletion_policy: DeletionPolicy::Cancel,
+            not_found_codes: Vec::new(),
+            client: ClientOptions::default(),
+            instance: "workspace-assist".into(),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Cloud client.
+    pub cloud: WorkspaceClient,
+    /// Settings.
+    pub config: Config,
+    /// Per-object pacing.
+    pub gates: gate::Gates,
+    recorder: Recorder,
+    limiter: DefaultDirectRateLimiter,
+    cancelled: Mutex<HashSet<String>>,
+    secret_versions: Mutex<HashMap<(String, String), String>>,
+}
+
+impl Context {
+    /// Builds the shared context.
+    pub fn new(client: Client, config: Config) -> Result<Context, String> {
+        let cloud = WorkspaceClient::new(&config.client)?;
+        let reporter = Reporter { controller: "workspace-assist".into(), instance: Some(config.instance.clone()) };
+        Ok(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            limiter: RateLimiter::direct(Quota::per_second(config.cloud_rate_limit)),
+            client,
+            cloud,
+            config,
+            gates: gate::Gates::default(),
+            cancelled: Mutex::default(),
+            secret_versions: Mutex::default(),
+        })
+    }
+
+    /// Waits for the overall cloud rate limit.
+    pub async fn rate_limit(&self) {
+        self.limiter.until_ready().await;
+    }
+
+    /// Remembers that the cloud confirmed this object's cancel.
+    pub fn confirm_cancelled(&self, uid: &str) {
+        self.cancelled.lock().expect("cancelled set").insert(uid.to_string());
+    }
+
+    /// Whether this process saw the cloud confirm this object's cancel.
+    pub fn was_cancelled(&self, uid: &str) -> bool {
+        self.cancelled.lock().expect("cancelled set").contains(uid)
+    }
+
+    /// Forgets an object that is gone or whose status now records the cancel.
+    pub fn forget(&self, uid: &str) {
+        self.cancelled.lock().expect("cancelled set").remove(uid);
+        self.gates.forget(uid);
+    }
+
+    /// Publishes an Event in the background: a failed publish is logged, never blocks the
+    /// reconcile.
+    pub fn publish(&self, ra: &RemoteAssistance, type_: EventType, reason: &str, note: &str, action: &str) {
+        let recorder = self.recorder.clone();
+        let reference = ra.object_ref(&());
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1024).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                warn!(error = %e, reason = %event.reason, "could not publish an Event");
+            }
+        });
+    }
+
+    /// The resources to reconcile when a Secret changed: those in its namespace that name it,
+    /// or that use it as the default credentials. Unchanged versions (re-lists) trigger nothing.
+    fn on_secret(&self, secret: &Secret, store: &Store<RemoteAssistance>) -> Vec<ObjectRef<RemoteAssistance>> {
+        let (Some(ns), Some(name)) = (secret.namespace(), secret.metadata.name.clone()) else { return vec![] };
+        let version = secret.resource_version().unwrap_or_default();
+        let key = (ns.clone(), name.clone());
+        if self.secret_versions.lock().expect("secret versions").insert(key.clone(), version.clone()) == Some(version) {
+            return vec![];
+        }
+        let is_default = self.config.default_credentials.as_ref() == Some(&key);
+        store
+            .state()
+            .into_iter()
+            .filter(|ra| match &ra.spec.credentials_secret_ref {
+                Some(r) => r.name == name && ra.namespace().as_deref() == Some(ns.as_str()),
+                None => is_default,
+            })
+            .map(|ra| {
+                self.gates.secret_changed(&ra.uid().unwrap_or_default());
+                ObjectRef::from_obj(&*ra)
+            })
+            .collect()
+    }
+}
+
+/// Runs the controller until `shutdown` completes; in-flight reconciles finish first.
+pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()> + Send + Sync + 'static) -> Result<(), String> {
+    let ctx = Arc::new(Context::new(client.clone(), config)?);
+    let (resources, secrets): (Api<RemoteAssistance>, Api<Secret>) = match &ctx.config.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let controller = Controller::new(resources, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let mapper_ctx = ctx.clone();
+    controller
+        .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
+        .watches(secrets, watcher::Config::default().any_semantic(), move |secret| mapper_ctx.on_secret(&secret, &store))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(%object, "reconciled"),
+                Err(controller::Error::ReconcilerFailed(failure, object)) => {
+                    debug!(%object, error = %failure, retry_after_ms = failure.retry_after.as_millis() as u64, "reconcile failed")
+                }
+                Err(controller::Error::ObjectNotFound(_)) => {}
+                Err(e) => warn!(error = %e, "controller"),
+            }
+        })
+        .await;
+    Ok(())
+}

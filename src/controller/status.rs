@@ -1,0 +1,274 @@
+//! Builds the status a reconcile concluded and writes it with server-side apply, only when it
+//! changed. Condition messages carry no timestamps or request IDs, so an unchanged situation
+//! gives an identical status and no write.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::resource::{LastError, Phase, RemoteAssistance, RemoteAssistanceStatus};
+use crate::workspace::{CloudError, Operation};
+
+use super::error::Error;
+
+/// Field manager of the operator's writes.
+pub const MANAGER: &str = "workspace-assist";
+
+/// Condition types.
+pub const READY: &str = "Ready";
+/// The last reconcile reached the cloud and succeeded.
+pub const SYNCED: &str = "Synced";
+/// kstatus: the operator is working towards the desired state.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus: the operator cannot make progress without a person.
+pub const STALLED: &str = "Stalled";
+
+/// What a reconcile concluded.
+#[derive(Debug)]
+pub enum Conclusion<'a> {
+    /// The cloud confirmed a session in progress.
+    Active,
+    /// The cloud shows no session in progress for the desktop.
+    NoAssistance,
+    /// The cloud confirmed the cancel (or that there was nothing to cancel).
+    Cancelled,
+    /// The step failed.
+    Failed {
+        /// The failure.
+        error: &'a Error,
+        /// The operation that was attempted.
+        operation: Operation,
+    },
+}
+
+/// The status after a reconcile that concluded `conclusion`, starting from the current one.
+/// `cancel_calls` is how many cancel calls this reconcile made.
+pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_calls: u32, now: Time) -> RemoteAssistanceStatus {
+    let current = ra.status.clone().unwrap_or_default();
+    let generation = ra.metadata.generation;
+    let wants_cancel = ra.spec.cancelled || ra.metadata.deletion_timestamp.is_some();
+    let mut next = RemoteAssistanceStatus {
+        observed_generation: generation,
+        cancel_attempts: current.cancel_attempts.saturating_add(cancel_calls),
+        cancelled_at: current.cancelled_at.clone(),
+        last_error: current.last_error.clone(),
+        ..RemoteAssistanceStatus::default()
+    };
+    // (Ready, Synced, Reconciling, Stalled) as (status, reason, message).
+    let (phase, ready, synced, reconciling, stalled);
+    match conclusion {
+        Conclusion::Active => {
+            phase = Phase::Active;
+            ready = (true, "Active", "The remote assistance is in progress".to_string());
+            synced = (true, "Synced", String::new());
+            reconciling = (false, "Active", String::new());
+            stalled = (false, "Active", String::new());
+            next.last_error = None;
+        }
+        Conclusion::NoAssistance => {
+            phase = Phase::Pending;
+            ready = (false, "NoAssistance", "The cloud shows no remote assistance in progress for this desktop".to_string());
+            synced = (true, "Synced", String::new());
+            reconciling = (true, "NoAssistance", "Waiting for a remote assistance to start".to_string());
+            stalled = (false, "NoAssistance", String::new());
+            next.last_error = None;
+        }
+        Conclusion::Cancelled => {
+            phase = Phase::Cancelled;
+            ready = (true, "Cancelled", "The remote assistance is cancelled".to_string());
+            synced = (true, "Synced", String::new());
+            reconciling = (false, "Cancelled", String::new());
+            stalled = (false, "Cancelled", String::new());
+            next.last_error = None;
+            if next.cancelled_at.is_none() {
+                next.cancelled_at = Some(now.clone());
+            }
+        }
+        Conclusion::Failed { error, operation } => {
+            let reason = error.reason();
+            let message = format!("{operation} failed: {error}");
+            if error.needs_human() {
+                phase = Phase::Failed;
+                stalled = (true, reason, message.clone());
+                reconciling = (false, reason, String::new());
+            } else {
+                phase = if wants_cancel { Phase::Cancelling } else { Phase::Pending };
+                stalled = (false, reason, String::new());
+                reconciling = (true, reason, format!("Retrying with backoff: {message}"));
+            }
+            ready = (false, reason, message.clone());
+            synced = (false, reason, message);
+            if let Some(e) = last_error(error, *operation, now.clone()) {
+                next.last_error = Some(e);
+            }
+        }
+    }
+    next.phase = Some(phase);
+    let old = &current.conditions;
+    next.conditions = vec![
+        condition(old, READY, ready, generation, &now),
+        condition(old, SYNCED, synced, generation, &now),
+        condition(old, RECONCILING, reconciling, generation, &now),
+        condition(old, STALLED, stalled, generation, &now),
+    ];
+    next
+}
+
+/// A condition, keeping the old transition time when its status did not change.
+fn condition(old: &[Condition], type_: &str, (status, reason, message): (bool, &str, String), generation: Option<i64>, now: &Time) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last_transition_time = old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition { type_: type_.into(), status, reason: reason.into(), message, observed_generation: generation, last_transition_time }
+}
+
+/// The lastError for a failure; None for failures that are not about the cloud call.
+fn last_error(error: &Error, operation: Operation, now: Time) -> Option<LastError> {
+    let mut e = LastError { operation: operation.as_str().into(), time: Some(now), ..LastError::default() };
+    match error {
+        Error::Cloud { error: cloud, .. } => {
+            e.http_status = cloud.http_status();
+            e.error_code = cloud.code().map(str::to_string);
+            e.request_id = cloud.request_id().map(str::to_string);
+            match cloud {
+                CloudError::Api(api) => {
+                    e.error_message = api.body.message.clone();
+                    e.error_detail = api.body.detail.clone();
+                    e.encoded_authorization_message = api.body.encoded_authorization_message.clone();
+                }
+                CloudError::Transport { message, .. } | CloudError::Request { message, .. } => {
+                    e.error_message = Some(message.clone());
+                }
+            }
+        }
+        Error::Credentials(_) | Error::InvalidSpec(_) => {
+            e.error_code = Some(error.reason().into());
+            e.error_message = Some(error.to_string());
+        }
+        Error::Kube(_) | Error::Finalizer(_) => return None,
+    }
+    Some(e)
+}
+
+/// Whether two statuses differ in anything but condition transition times of equal conditions
+/// (they are equal then by construction).
+pub fn changed(current: Option<&RemoteAssistanceStatus>, next: &RemoteAssistanceStatus) -> bool {
+    current != Some(next)
+}
+
+/// Writes `next` with server-side apply when it differs from the object's status.
+pub async fn write(api: &Api<RemoteAssistance>, ra: &RemoteAssistance, next: &RemoteAssistanceStatus) -> Result<bool, kube::Error> {
+    if !changed(ra.status.as_ref(), next) {
+        return Ok(false);
+    }
+    let patch = json!({
+        "apiVersion": "workspace.assist.dev/v1alpha1",
+        "kind": "RemoteAssistance",
+        "status": next,
+    });
+    api.patch_status(&ra.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::RemoteAssistanceSpec;
+    use crate::workspace::{ApiError, Disposition, ErrorBody, HumanReason};
+
+    fn ra() -> RemoteAssistance {
+        let mut ra = RemoteAssistance::new(
+            "x",
+            RemoteAssistanceSpec {
+                project_id: "p".into(),
+                desktop_id: "d".into(),
+                region: Some("cn-north-4".into()),
+                endpoint: None,
+                credentials_secret_ref: None,
+                cancelled: false,
+                deletion_policy: None,
+            },
+        );
+        ra.metadata.generation = Some(3);
+        ra
+    }
+
+    fn t(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    fn forbidden() -> Error {
+        Error::Cloud {
+            error: CloudError::Api(ApiError {
+                operation: Operation::CancelRemoteAssistance,
+                http_status: 403,
+                body: ErrorBody {
+                    code: Some("WKS.00010003".into()),
+                    message: Some("denied".into()),
+                    detail: Some("detail".into()),
+                    encoded_authorization_message: Some("ENC".into()),
+                    request_id: None,
+                    structured: true,
+                },
+                request_id: Some("req-1".into()),
+            }),
+            disposition: Disposition::NeedsHuman(HumanReason::Forbidden),
+        }
+    }
+
+    #[test]
+    fn forbidden_is_stalled_with_every_error_field() {
+        let mut ra = ra();
+        ra.spec.cancelled = true;
+        let err = forbidden();
+        let s = next_status(&ra, &Conclusion::Failed { error: &err, operation: Operation::CancelRemoteAssistance }, 1, t("2026-01-01T00:00:00Z"));
+        assert_eq!(s.phase, Some(Phase::Failed));
+        assert_eq!(s.observed_generation, Some(3));
+        let stalled = s.conditions.iter().find(|c| c.type_ == STALLED).unwrap();
+        assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "Forbidden"));
+        assert!(!stalled.message.contains("req-1"), "no request ID in condition messages");
+        assert!(s.conditions.iter().all(|c| c.observed_generation == Some(3)));
+        let e = s.last_error.unwrap();
+        assert_eq!(e.http_status, Some(403));
+        assert_eq!(e.error_code.as_deref(), Some("WKS.00010003"));
+        assert_eq!(e.error_detail.as_deref(), Some("detail"));
+        assert_eq!(e.encoded_authorization_message.as_deref(), Some("ENC"));
+        assert_eq!(e.request_id.as_deref(), Some("req-1"));
+        assert_eq!(s.cancel_attempts, 1);
+    }
+
+    #[test]
+    fn same_situation_same_status_and_success_clears_the_error() {
+        let ra0 = ra();
+        let s1 = next_status(&ra0, &Conclusion::Active, 0, t("2026-01-01T00:00:00Z"));
+        let mut ra1 = ra0.clone();
+        ra1.status = Some(s1.clone());
+        let s2 = next_status(&ra1, &Conclusion::Active, 0, t("2026-01-01T01:00:00Z"));
+        assert_eq!(s1, s2, "an unchanged situation gives an identical status");
+        assert!(!changed(Some(&s1), &s2));
+
+        let err = forbidden();
+        let mut failed = ra1.clone();
+        failed.status = Some(next_status(&ra1, &Conclusion::Failed { error: &err, operation: Operation::ShowDesktopRemoteAssistanceInfo }, 0, t("2026-01-01T02:00:00Z")));
+        assert!(failed.status.as_ref().unwrap().last_error.is_some());
+        let cleared = next_status(&failed, &Conclusion::Active, 0, t("2026-01-01T03:00:00Z"));
+        assert_eq!(cleared.last_error, None);
+        let ready = cleared.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(ready.last_transition_time, t("2026-01-01T03:00:00Z"));
+    }
+
+    #[test]
+    fn cancelled_records_time_once() {
+        let mut ra = ra();
+        ra.spec.cancelled = true;
+        let s = next_status(&ra, &Conclusion::Cancelled, 1, t("2026-01-01T00:00:00Z"));
+        assert_eq!(s.phase, Some(Phase::Cancelled));
+        assert_eq!(s.cancelled_at, Some(t("2026-01-01T00:00:00Z")));
+        ra.status = Some(s);
+        let again = next_status(&ra, &Conclusion::Cancelled, 0, t("2026-01-02T00:00:00Z"));
+        assert_eq!(again.cancelled_at, Some(t("2026-01-01T00:00:00Z")));
+    }
+}

@@ -1,0 +1,196 @@
+//! Runs the operator against the real control plane and the project's Workspace simulator, and
+//! gives tests small helpers to create resources and wait for what the operator does.
+
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::oneshot;
+use workspace_assist::controller::{self, BackoffPolicy};
+use workspace_assist::resource::RemoteAssistance;
+use workspace_assist::simulator::Simulator;
+
+/// Project ID used by the tests.
+pub const PROJECT: &str = "0bec5db98280d2d02fd6c00c2de791ce";
+/// Access key the simulator accepts.
+pub const AK: &str = "AKTESTEXAMPLE0000001";
+/// Its secret key.
+pub const SK: &str = "sk-test-Zq8uVx2Lr9Wm4Tn6Yp1Ks3Hd5Jf7Gb0c";
+/// Name of the credentials Secret created in each test namespace.
+pub const SECRET: &str = "cloud-credentials";
+
+/// One test's world: a namespace, the simulator, and (once started) the operator.
+pub struct World {
+    /// Admin client.
+    pub client: Client,
+    /// The test's namespace.
+    pub namespace: String,
+    /// The simulator.
+    pub sim: Simulator,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl World {
+    /// A namespace with the CRDs installed, a simulator that knows AK/SK, and the credentials
+    /// Secret.
+    pub async fn new(prefix: &str) -> World {
+        let client = super::admin_client().await;
+        super::install_project_crds(&client).await;
+        let namespace = super::fresh_namespace(&client, prefix).await;
+        let sim = Simulator::start().await.expect("starting the simulator");
+        sim.add_access_key(AK, SK);
+        let world = World { client, namespace, sim, stop: None, task: None };
+        world.put_secret(SECRET, &[("accessKeyId", AK), ("secretAccessKey", SK)]).await;
+        world
+    }
+
+    /// Test-friendly controller settings: this namespace only, quick backoff.
+    pub fn config(&self) -> controller::Config {
+        controller::Config {
+            namespace: Some(self.namespace.clone()),
+            backoff: BackoffPolicy {
+                base: Duration::from_millis(200),
+                max: Duration::from_secs(5),
+                needs_human_recheck: Duration::from_secs(600),
+            },
+            ..controller::Config::default()
+        }
+    }
+
+    /// Starts the operator in this process.
+    pub fn start_operator(&mut self, config: controller::Config) {
+        let (tx, rx) = oneshot::channel();
+        let client = self.client.clone();
+        self.task = Some(tokio::spawn(controller::run(client, config, async move {
+            let _ = rx.await;
+        })));
+        self.stop = Some(tx);
+    }
+
+    /// Stops the operator and waits for it to finish in-flight work.
+    pub async fn stop_operator(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("the operator stops within 30s")
+                .expect("the operator task did not panic")
+                .expect("the operator ran without error");
+        }
+    }
+
+    /// The RemoteAssistance API of the test namespace.
+    pub fn api(&self) -> Api<RemoteAssistance> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Creates or replaces an Opaque Secret with string data.
+    pub async fn put_secret(&self, name: &str, data: &[(&str, &str)]) {
+        let string_data: serde_json::Map<String, serde_json::Value> =
+            data.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": name, "namespace": self.namespace },
+            "type": "Opaque",
+            "stringData": string_data,
+        }))
+        .unwrap();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        if api.get_opt(name).await.unwrap().is_some() {
+            api.replace(name, &PostParams::default(), &secret).await.expect("replacing the Secret");
+        } else {
+            api.create(&PostParams::default(), &secret).await.expect("creating the Secret");
+        }
+    }
+
+    /// The manifest of a RemoteAssistance for `desktop` that points at the simulator.
+    pub fn manifest(&self, name: &str, desktop: &str) -> serde_json::Value {
+        json!({
+            "apiVersion": "workspace.assist.dev/v1alpha1",
+            "kind": "RemoteAssistance",
+            "metadata": { "name": name, "namespace": self.namespace },
+            "spec": {
+                "projectId": PROJECT,
+                "desktopId": desktop,
+                "endpoint": self.sim.endpoint(),
+                "credentialsSecretRef": { "name": SECRET },
+            }
+        })
+    }
+
+    /// Creates a RemoteAssistance from a manifest.
+    pub async fn create(&self, manifest: serde_json::Value) -> RemoteAssistance {
+        let ra: RemoteAssistance = serde_json::from_value(manifest).expect("a RemoteAssistance manifest");
+        self.api().create(&PostParams::default(), &ra).await.expect("creating the RemoteAssistance")
+    }
+
+    /// Merge-patches a RemoteAssistance's spec.
+    pub async fn patch_spec(&self, name: &str, spec: serde_json::Value) -> Result<RemoteAssistance, kube::Error> {
+        self.api().patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec }))).await
+    }
+
+    /// Requests deletion.
+    pub async fn delete(&self, name: &str) {
+        self.api().delete(name, &DeleteParams::default()).await.expect("deleting the RemoteAssistance");
+    }
+
+    /// Polls until `check` holds for the object, or panics after `timeout` with the last state.
+    pub async fn wait_for(&self, name: &str, timeout: Duration, what: &str, check: impl Fn(&RemoteAssistance) -> bool) -> RemoteAssistance {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let current = self.api().get_opt(name).await.expect("reading the RemoteAssistance");
+            if let Some(ra) = &current {
+                if check(ra) {
+                    return ra.clone();
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("{name}: not {what} within {timeout:?}; last state: {}", serde_json::to_string_pretty(&current).unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Polls until the object is gone.
+    pub async fn wait_gone(&self, name: &str, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let current = self.api().get_opt(name).await.expect("reading the RemoteAssistance");
+            let Some(ra) = current else { return };
+            if tokio::time::Instant::now() > deadline {
+                panic!("{name}: still present after {timeout:?}: {}", serde_json::to_string_pretty(&ra).unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// The status of condition `type_` ("True", "False"), if present.
+pub fn condition(ra: &RemoteAssistance, type_: &str) -> Option<String> {
+    ra.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.clone())
+}
+
+/// The reason of condition `type_`, if present.
+pub fn condition_reason(ra: &RemoteAssistance, type_: &str) -> Option<String> {
+    ra.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.clone())
+}
+
+/// Whether the operator's finalizer is on the object.
+pub fn has_finalizer(ra: &RemoteAssistance) -> bool {
+    ra.finalizers().iter().any(|f| f == workspace_assist::resource::FINALIZER)
+}
+
+/// Waits until `f` returns true, polling, or panics with `what`.
+pub async fn eventually<F: Future<Output = bool>>(timeout: Duration, what: &str, mut f: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "not {what} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
