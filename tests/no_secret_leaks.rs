@@ -1,0 +1,123 @@
+//! No secret value (secret key, security token, IAM token, invitation code, share password or
+//! link) appears in the operator's logs at any level, in Events or in status. The operator runs
+//! as its real binary at trace level, through success, a 403 and a 401.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
+use serde_json::json;
+use support::operator::{AK, PROJECT, SK, World, condition};
+use tokio::io::AsyncReadExt;
+use workspace_assist::resource::Phase;
+use workspace_assist::simulator::{Fault, FaultRule};
+use workspace_assist::workspace::Operation;
+
+const T: Duration = Duration::from_secs(30);
+const TOKEN: &str = "MIIZtokenSECRETvalue-9f8e7d6c5b4a";
+const TEMP_SK: &str = "temporary-secret-key-Qw3Er5Ty7";
+const SECURITY_TOKEN: &str = "security-token-SECRET-Zx9Cv8Bn7";
+
+#[tokio::test]
+async fn secrets_never_reach_logs_events_or_status() {
+    let w = World::new("leaks").await;
+    w.sim.add_token(TOKEN);
+    w.sim.add_temporary_access_key("AKTEMPORARY000000001", TEMP_SK, SECURITY_TOKEN);
+    w.put_secret("token-credentials", &[("token", TOKEN)]).await;
+    w.put_secret(
+        "temporary-credentials",
+        &[("accessKeyId", "AKTEMPORARY000000001"), ("secretAccessKey", TEMP_SK), ("securityToken", SECURITY_TOKEN)],
+    )
+    .await;
+    w.put_secret("wrong-credentials", &[("accessKeyId", AK), ("secretAccessKey", "wrong-but-still-secret-SK-value")]).await;
+    let sessions: Vec<_> = ["desk-1", "desk-2", "desk-3", "desk-4"].iter().map(|d| w.sim.open_session(PROJECT, d)).collect();
+    w.sim.inject(FaultRule::new(
+        "desk-2",
+        Operation::CancelRemoteAssistance,
+        vec![Fault::Error {
+            status: 403,
+            code: "WKS.00010003".into(),
+            message: "denied".into(),
+            detail: None,
+            encoded_authorization_message: Some("ENC".into()),
+        }],
+    ));
+
+    let cp = support::control_plane::shared();
+    let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_workspace-assist"))
+        .args(["run", "--namespace", &w.namespace, "--log-level", "trace", "--backoff-base", "200ms"])
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting the operator binary");
+    let mut stdout = operator.stdout.take().unwrap();
+    let mut stderr = operator.stderr.take().unwrap();
+    let out = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s).await;
+        s
+    });
+    let err = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+
+    let secret_for = ["cloud-credentials", "cloud-credentials", "token-credentials", "temporary-credentials"];
+    for (i, desk) in ["desk-1", "desk-2", "desk-3", "desk-4"].iter().enumerate() {
+        let mut m = w.manifest(&format!("ra-{i}"), desk);
+        m["spec"]["credentialsSecretRef"]["name"] = json!(secret_for[i]);
+        w.create(m).await;
+    }
+    let mut wrong = w.manifest("ra-wrong", "desk-5");
+    wrong["spec"]["credentialsSecretRef"]["name"] = json!("wrong-credentials");
+    w.create(wrong).await;
+
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        statuses.push(w.wait_for(&format!("ra-{i}"), T, "Active", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)).await);
+    }
+    statuses.push(w.wait_for("ra-wrong", T, "Stalled", |ra| condition(ra, "Stalled").as_deref() == Some("True")).await);
+    for i in 0..4 {
+        w.delete(&format!("ra-{i}")).await;
+    }
+    statuses.push(w.wait_for("ra-1", T, "Stalled on 403", |ra| condition(ra, "Stalled").as_deref() == Some("True")).await);
+    for i in [0, 2, 3] {
+        w.wait_gone(&format!("ra-{i}"), T).await;
+    }
+
+    // Stop the operator gracefully and collect everything it wrote.
+    let pid = operator.id().unwrap() as i32;
+    sigterm(pid);
+    let status = tokio::time::timeout(T, operator.wait()).await.expect("the operator exits on SIGTERM").unwrap();
+    assert!(status.success(), "the operator exited with {status}");
+    let logs = format!("{}\n{}", out.await.unwrap(), err.await.unwrap());
+    assert!(logs.contains("remote assistance cancelled"), "the logs are captured (trace level):\n{}", &logs[..logs.len().min(2000)]);
+
+    let events: Api<Event> = Api::namespaced(w.client.clone(), &w.namespace);
+    let events = serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap();
+    let statuses = serde_json::to_string(&statuses).unwrap();
+
+    let mut secrets: Vec<String> = vec![SK.into(), TOKEN.into(), TEMP_SK.into(), SECURITY_TOKEN.into(), "wrong-but-still-secret-SK-value".into()];
+    for s in &sessions {
+        secrets.push(s.invitation_code.clone());
+        secrets.push(s.share_space_passwd.clone());
+    }
+    for (what, text) in [("logs", &logs), ("Events", &events), ("status", &statuses)] {
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "a secret value appears in the {what}");
+        }
+        assert!(!text.contains("share.example.com/s/"), "a share link appears in the {what}");
+    }
+}
+
+/// Sends SIGTERM through the `kill` command.
+fn sigterm(pid: i32) {
+    let ok = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success();
+    assert!(ok, "kill -TERM {pid}");
+}
