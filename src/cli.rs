@@ -51,7 +51,7 @@ pub struct RunArgs {
     pub cloud_rate_limit: NonZeroU32,
 
     /// How often an open session is observed (e.g. 60s, 5m).
-    #[arg(long, env = "POLL_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "POLL_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
     /// First retry after a passing cloud failure; doubles up to --backoff-max, with jitter.
@@ -82,6 +82,11 @@ pub struct RunArgs {
     /// An extra cloud error code that means "not found" (repeatable).
     #[arg(long = "not-found-error-code", env = "NOT_FOUND_ERROR_CODES", value_delimiter = ',')]
     pub not_found_error_codes: Vec<String>,
+
+    /// IAM endpoint for password logins whose Secret has no iamEndpoint (default: the region's,
+    /// https://iam.{region}.myhuaweicloud.com).
+    #[arg(long, env = "IAM_ENDPOINT")]
+    pub iam_endpoint: Option<url::Url>,
 
     /// PEM bundle of extra CA certificates to trust for the cloud endpoint.
     #[arg(long, env = "CLOUD_CA_BUNDLE")]

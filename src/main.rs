@@ -57,6 +57,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         default_credentials: args.default_credentials_secret.clone(),
         default_deletion_policy: args.default_deletion_policy,
         not_found_codes: args.not_found_error_codes.clone(),
+        iam_endpoint: args.iam_endpoint.clone(),
         client: ClientOptions { timeout: args.cloud_timeout, extra_ca_pem, insecure_skip_tls_verify: args.insecure_skip_tls_verify, ..ClientOptions::default() },
         instance: args.instance_name.clone(),
     };

@@ -11,6 +11,15 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "workspace.assist.dev";
 /// The finalizer that holds a RemoteAssistance until its cloud session is cancelled.
 pub const FINALIZER: &str = "workspace.assist.dev/cancel";
+/// The finalizer that holds a credentials Secret while a RemoteAssistance may still need it to
+/// cancel (so deleting a namespace cannot delete the Secret first).
+pub const SECRET_FINALIZER: &str = "workspace.assist.dev/credentials-in-use";
+/// Annotation (on the resource or its namespace) that sets the deletion policy: Cancel or Orphan.
+pub const DELETION_POLICY_ANNOTATION: &str = "workspace.assist.dev/deletion-policy";
+/// Annotation that, when "true", stops every cloud call for the resource.
+pub const PAUSED_ANNOTATION: &str = "workspace.assist.dev/paused";
+/// Annotation whose every new value re-drives a stalled resource at once.
+pub const RETRY_ANNOTATION: &str = "workspace.assist.dev/retry";
 
 /// A remote-assistance session of Huawei Cloud Workspace for one desktop. While the resource
 /// exists the operator holds a finalizer on it; deleting the resource (with deletionPolicy
@@ -83,10 +92,23 @@ pub struct RemoteAssistanceSpec {
     #[x_kube(validation = Rule::new("self || !oldSelf").message("cancelled cannot be set back to false; create a new RemoteAssistance for a new session"))]
     pub cancelled: bool,
 
-    /// What deleting this object does to the cloud session: Cancel (cancel it, the default) or
-    /// Orphan (leave it alone; needs no credentials).
+    /// What deleting this object does to the cloud session: Cancel (cancel it) or Orphan (leave
+    /// it alone; needs no credentials). When unset: the annotation
+    /// workspace.assist.dev/deletion-policy on this object, then on its namespace, then the
+    /// operator's default (Cancel unless configured otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
+
+    /// Whether the operator starts a remote assistance (CreateRemoteAssistance) when none is in
+    /// progress for the desktop. One already in progress is adopted either way. With false the
+    /// operator only observes a session started elsewhere (for example by the desktop user) and
+    /// cancels it on delete or cancel.
+    #[serde(default = "default_true")]
+    pub initiate: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Reference to a Secret in the resource's own namespace.
@@ -121,13 +143,16 @@ pub enum Phase {
     /// The last attempt failed with an error that needs a person (credentials, permissions,
     /// a bad request); the operator rechecks slowly and when the Secret or the spec changes.
     Failed,
+    /// The cloud reports the session closed by someone else (the desktop user, another tool);
+    /// nothing is left to cancel.
+    Closed,
 }
 
 /// Observed state of a RemoteAssistance, written by the operator.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RemoteAssistanceStatus {
-    /// Lifecycle phase: Pending, Active, Cancelling, Cancelled or Failed.
+    /// Lifecycle phase: Pending, Active, Cancelling, Cancelled, Closed or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
@@ -152,6 +177,42 @@ pub struct RemoteAssistanceStatus {
     /// How many CancelRemoteAssistance calls the operator has made for this resource.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cancel_attempts: u32,
+
+    /// What the cloud reports about the session (never its secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assistance: Option<AssistanceStatus>,
+
+    /// Secret (owned by this resource) with the invitation code, share space password and share
+    /// links, while the session is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invitation_secret_name: Option<String>,
+}
+
+/// The non-secret facts of a remote-assistance session, as the cloud reports them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AssistanceStatus {
+    /// The collaboration space of the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_space_id: Option<String>,
+    /// Name of the share space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_space_name: Option<String>,
+    /// Cloud status: WAIT_USER_CONFIRM, WAIT_USER_ACCESS, OPEN or CLOSE (kept verbatim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// ADMIN_INITIATE or ENDUSER_INITIATE (kept verbatim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator_type: Option<String>,
+    /// When the session was created (UTC, as the cloud reports it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<String>,
+    /// Why the session failed, when the cloud says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_reason: Option<String>,
+    /// Whether this operator created the session (false: adopted one already in progress).
+    #[serde(default)]
+    pub created_by_operator: bool,
 }
 
 fn is_zero(n: &u32) -> bool {

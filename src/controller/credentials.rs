@@ -7,6 +7,34 @@ use k8s_openapi::api::core::v1::Secret;
 
 use crate::workspace::{Credentials, Sensitive};
 
+/// Secret keys of an IAM password login.
+pub const USERNAME: &str = "username";
+/// The user's password.
+pub const PASSWORD: &str = "password";
+/// The account (domain) name.
+pub const DOMAIN_NAME: &str = "domainName";
+/// Optional IAM endpoint URL for the login (default: the operator's --iam-endpoint, else the
+/// region's).
+pub const IAM_ENDPOINT: &str = "iamEndpoint";
+
+/// What a credentials Secret holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretCredentials {
+    /// Credentials the API takes as they are (AK/SK or a token).
+    Direct(Credentials),
+    /// An IAM user's password, exchanged for a token.
+    Password {
+        /// Account (domain) name.
+        domain_name: String,
+        /// IAM user name.
+        username: String,
+        /// The password.
+        password: Sensitive,
+        /// IAM endpoint from the Secret, when set.
+        iam_endpoint: Option<String>,
+    },
+}
+
 /// Secret key of the access key ID.
 pub const ACCESS_KEY_ID: &str = "accessKeyId";
 /// Secret key of the secret access key.
@@ -49,9 +77,12 @@ pub enum CredentialsError {
         /// The key.
         key: String,
     },
-    /// Neither an AK/SK pair nor a token.
-    #[error("Secret {0} holds no credentials: set accessKeyId and secretAccessKey (and securityToken for temporary keys), or token")]
+    /// Neither an AK/SK pair nor a token nor a password login.
+    #[error("Secret {0} holds no credentials: set accessKeyId and secretAccessKey (and securityToken for temporary keys), token, or username, password and domainName")]
     NoCredentials(String),
+    /// A password login without an IAM endpoint to send it to.
+    #[error("Secret {0} holds a password login, but there is no IAM endpoint: set iamEndpoint in the Secret, spec.region, or the operator's --iam-endpoint")]
+    NoIamEndpoint(String),
     /// Half an AK/SK pair.
     #[error("Secret {name} has {present} but not {missing}")]
     Incomplete {
@@ -76,7 +107,7 @@ impl CredentialsError {
 }
 
 /// Reads credentials from a Secret's data.
-pub fn from_secret(secret: &Secret) -> Result<Credentials, CredentialsError> {
+pub fn from_secret(secret: &Secret) -> Result<SecretCredentials, CredentialsError> {
     let name = secret.metadata.name.clone().unwrap_or_default();
     if let Some(t) = secret.type_.as_deref() {
         if !t.is_empty() && t != "Opaque" {
@@ -88,7 +119,7 @@ pub fn from_secret(secret: &Secret) -> Result<Credentials, CredentialsError> {
 }
 
 /// Reads credentials from the data of the Secret `name`.
-pub fn from_data(name: &str, data: &BTreeMap<String, ByteString>) -> Result<Credentials, CredentialsError> {
+pub fn from_data(name: &str, data: &BTreeMap<String, ByteString>) -> Result<SecretCredentials, CredentialsError> {
     let text = |key: &str| -> Result<Option<Sensitive>, CredentialsError> {
         let Some(bytes) = data.get(key) else { return Ok(None) };
         let value = String::from_utf8(bytes.0.clone())
@@ -101,18 +132,36 @@ pub fn from_data(name: &str, data: &BTreeMap<String, ByteString>) -> Result<Cred
     };
     let ak = text(ACCESS_KEY_ID)?;
     let sk = text(SECRET_ACCESS_KEY)?;
+    let incomplete = |present, missing| CredentialsError::Incomplete { name: name.into(), present, missing };
     match (ak, sk) {
-        (Some(ak), Some(sk)) => Ok(Credentials::AkSk {
+        (Some(ak), Some(sk)) => Ok(SecretCredentials::Direct(Credentials::AkSk {
             access_key_id: ak.expose().to_string(),
             secret_access_key: sk,
             security_token: text(SECURITY_TOKEN)?,
-        }),
-        (Some(_), None) => Err(CredentialsError::Incomplete { name: name.into(), present: ACCESS_KEY_ID, missing: SECRET_ACCESS_KEY }),
-        (None, Some(_)) => Err(CredentialsError::Incomplete { name: name.into(), present: SECRET_ACCESS_KEY, missing: ACCESS_KEY_ID }),
-        (None, None) => match text(TOKEN)? {
-            Some(token) => Ok(Credentials::Token(token)),
-            None => Err(CredentialsError::NoCredentials(name.into())),
-        },
+        })),
+        (Some(_), None) => Err(incomplete(ACCESS_KEY_ID, SECRET_ACCESS_KEY)),
+        (None, Some(_)) => Err(incomplete(SECRET_ACCESS_KEY, ACCESS_KEY_ID)),
+        (None, None) => {
+            if let Some(token) = text(TOKEN)? {
+                return Ok(SecretCredentials::Direct(Credentials::Token(token)));
+            }
+            match (text(USERNAME)?, text(PASSWORD)?, text(DOMAIN_NAME)?) {
+                (Some(user), Some(password), Some(domain)) => Ok(SecretCredentials::Password {
+                    domain_name: domain.expose().to_string(),
+                    username: user.expose().to_string(),
+                    password,
+                    iam_endpoint: text(IAM_ENDPOINT)?.map(|e| e.expose().to_string()),
+                }),
+                (None, None, None) => Err(CredentialsError::NoCredentials(name.into())),
+                (u, p, _) => Err(if u.is_none() {
+                    incomplete(PASSWORD, USERNAME)
+                } else if p.is_none() {
+                    incomplete(USERNAME, PASSWORD)
+                } else {
+                    incomplete(USERNAME, DOMAIN_NAME)
+                }),
+            }
+        }
     }
 }
 
@@ -129,12 +178,20 @@ mod tests {
         let c = from_data("s", &data(&[("accessKeyId", b"AK"), ("secretAccessKey", b"SK\n")])).unwrap();
         assert_eq!(
             c,
-            Credentials::AkSk { access_key_id: "AK".into(), secret_access_key: Sensitive::new("SK"), security_token: None }
+            SecretCredentials::Direct(Credentials::AkSk {
+                access_key_id: "AK".into(),
+                secret_access_key: Sensitive::new("SK"),
+                security_token: None
+            })
         );
         let c = from_data("s", &data(&[("accessKeyId", b"AK"), ("secretAccessKey", b"SK"), ("securityToken", b"T")])).unwrap();
-        assert!(matches!(c, Credentials::AkSk { security_token: Some(_), .. }));
+        assert!(matches!(c, SecretCredentials::Direct(Credentials::AkSk { security_token: Some(_), .. })));
         let c = from_data("s", &data(&[("token", b"TOK")])).unwrap();
-        assert_eq!(c, Credentials::Token(Sensitive::new("TOK")));
+        assert_eq!(c, SecretCredentials::Direct(Credentials::Token(Sensitive::new("TOK"))));
+        let c = from_data("s", &data(&[("username", b"u"), ("password", b"p"), ("domainName", b"d")])).unwrap();
+        assert!(matches!(c, SecretCredentials::Password { iam_endpoint: None, .. }));
+        let e = from_data("s", &data(&[("username", b"u"), ("password", b"p")])).unwrap_err();
+        assert_eq!(e.to_string(), "Secret s has username but not domainName");
     }
 
     #[test]
@@ -145,7 +202,7 @@ mod tests {
         assert_eq!(e.to_string(), "key secretAccessKey of Secret s is empty");
         let e = from_data("s", &data(&[("token", &[0xff, 0xfe])])).unwrap_err();
         assert_eq!(e.to_string(), "key token of Secret s is not UTF-8 text");
-        let e = from_data("s", &data(&[("password", b"x")])).unwrap_err();
+        let e = from_data("s", &data(&[("apiKey", b"x")])).unwrap_err();
         assert!(matches!(e, CredentialsError::NoCredentials(_)));
         let mut secret = Secret::default();
         secret.metadata.name = Some("tls".into());

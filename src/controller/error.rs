@@ -28,6 +28,9 @@ pub enum Error {
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// The paused annotation holds a deletion: the finalizer stays until it is removed.
+    #[error("paused by the annotation workspace.assist.dev/paused")]
+    Paused,
 }
 
 impl Error {
@@ -36,7 +39,7 @@ impl Error {
     pub fn needs_human(&self) -> bool {
         match self {
             Error::Cloud { disposition, .. } => matches!(disposition, Disposition::NeedsHuman(_) | Disposition::RenewToken),
-            Error::Credentials(_) | Error::InvalidSpec(_) => true,
+            Error::Credentials(_) | Error::InvalidSpec(_) | Error::Paused => true,
             Error::Kube(_) | Error::Finalizer(_) => false,
         }
     }
@@ -49,6 +52,7 @@ impl Error {
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::Kube(_) => "KubernetesApiError",
             Error::Finalizer(_) => "FinalizerError",
+            Error::Paused => "Paused",
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct Trigger {
     pub deleting: bool,
     /// Value of the retry annotation.
     pub retry_token: Option<String>,
+    /// Whether the paused annotation is set.
+    pub paused: bool,
 }
 
 /// How long to wait after a failure.
@@ -132,7 +134,7 @@ mod tests {
         let g = Gates::default();
         let p = BackoffPolicy::default();
         let t0 = Instant::now();
-        let trig = Trigger { generation: Some(1), deleting: true, retry_token: None };
+        let trig = Trigger { generation: Some(1), deleting: true, retry_token: None, paused: false };
         assert_eq!(g.wait_for("u", &trig, t0), None, "no failure yet");
         let d = g.failed("u", trig.clone(), false, &p, t0);
         assert!(d >= Duration::from_millis(500) && d <= Duration::from_secs(1));

@@ -1,16 +1,18 @@
 //! The controller: watches RemoteAssistances (and the Secrets they name), reconciles each with
 //! bounded concurrency, paces cloud calls per object and overall, and records status and Events.
 
+pub mod cloud;
 pub mod credentials;
 pub mod error;
 pub mod gate;
 pub mod reconcile;
+pub mod secrets;
 pub mod status;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -22,11 +24,15 @@ use kube::runtime::{Controller, controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, warn};
 
-use crate::resource::{DeletionPolicy, RemoteAssistance};
-use crate::workspace::{ClientOptions, WorkspaceClient};
+use crate::resource::{DeletionPolicy, RemoteAssistance, SECRET_FINALIZER};
+use crate::workspace::{ClientOptions, TokenCache, WorkspaceClient};
 
 pub use error::Error;
 pub use gate::BackoffPolicy;
+
+/// How long a confirmed cancel is remembered in memory (beyond that, status records it, or the
+/// object is long gone).
+pub const CANCEL_MEMORY: Duration = Duration::from_secs(600);
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -47,6 +53,8 @@ pub struct Config {
     pub default_deletion_policy: DeletionPolicy,
     /// Error codes that also mean "not found".
     pub not_found_codes: Vec<String>,
+    /// IAM endpoint for password logins whose Secret names none (default: the region's).
+    pub iam_endpoint: Option<url::Url>,
     /// HTTP client settings.
     pub client: ClientOptions,
     /// Name of this instance in Events (the pod name in a cluster).
@@ -59,11 +67,12 @@ impl Default for Config {
             namespace: None,
             concurrency: 16,
             cloud_rate_limit: NonZeroU32::new(50).expect("non-zero"),
-            poll_interval: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(300),
             backoff: BackoffPolicy::default(),
             default_credentials: None,
             default_deletion_policy: DeletionPolicy::Cancel,
             not_found_codes: Vec::new(),
+            iam_endpoint: None,
             client: ClientOptions::default(),
             instance: "workspace-assist".into(),
         }
@@ -80,10 +89,16 @@ pub struct Context {
     pub config: Config,
     /// Per-object pacing.
     pub gates: gate::Gates,
+    /// IAM tokens of password logins.
+    pub tokens: TokenCache,
     recorder: Recorder,
     limiter: DefaultDirectRateLimiter,
-    cancelled: Mutex<HashSet<String>>,
+    /// Confirmed cancels by UID, kept for a while after the object is gone: the cache may still
+    /// hold the object and queue one more reconcile for it.
+    cancelled: Mutex<HashMap<String, std::time::Instant>>,
     secret_versions: Mutex<HashMap<(String, String), String>>,
+    invitations: Mutex<HashMap<String, u64>>,
+    store: OnceLock<Store<RemoteAssistance>>,
 }
 
 impl Context {
@@ -98,9 +113,17 @@ impl Context {
             cloud,
             config,
             gates: gate::Gates::default(),
+            tokens: TokenCache::default(),
             cancelled: Mutex::default(),
             secret_versions: Mutex::default(),
+            invitations: Mutex::default(),
+            store: OnceLock::new(),
         })
+    }
+
+    /// The controller's cache of RemoteAssistances (set when the controller starts).
+    pub fn store(&self) -> Option<&Store<RemoteAssistance>> {
+        self.store.get()
     }
 
     /// Waits for the overall cloud rate limit.
@@ -110,18 +133,27 @@ impl Context {
 
     /// Remembers that the cloud confirmed this object's cancel.
     pub fn confirm_cancelled(&self, uid: &str) {
-        self.cancelled.lock().expect("cancelled set").insert(uid.to_string());
+        let now = std::time::Instant::now();
+        let mut cancelled = self.cancelled.lock().expect("cancelled set");
+        cancelled.retain(|_, at| now.duration_since(*at) < CANCEL_MEMORY);
+        cancelled.insert(uid.to_string(), now);
     }
 
     /// Whether this process saw the cloud confirm this object's cancel.
     pub fn was_cancelled(&self, uid: &str) -> bool {
-        self.cancelled.lock().expect("cancelled set").contains(uid)
+        self.cancelled.lock().expect("cancelled set").contains_key(uid)
     }
 
-    /// Forgets an object that is gone or whose status now records the cancel.
+    /// Forgets the per-object state of an object that is gone (its confirmed cancel is kept for
+    /// [`CANCEL_MEMORY`]).
     pub fn forget(&self, uid: &str) {
-        self.cancelled.lock().expect("cancelled set").remove(uid);
+        self.invitations.lock().expect("invitations").remove(uid);
         self.gates.forget(uid);
+    }
+
+    /// Forgets a confirmed cancel once the status records it.
+    pub fn forget_cancel(&self, uid: &str) {
+        self.cancelled.lock().expect("cancelled set").remove(uid);
     }
 
     /// Publishes an Event in the background: a failed publish is logged, never blocks the
@@ -145,8 +177,18 @@ impl Context {
 
     /// The resources to reconcile when a Secret changed: those in its namespace that name it,
     /// or that use it as the default credentials. Unchanged versions (re-lists) trigger nothing.
-    fn on_secret(&self, secret: &Secret, store: &Store<RemoteAssistance>) -> Vec<ObjectRef<RemoteAssistance>> {
+    fn on_secret(self: &Arc<Self>, secret: &Secret, store: &Store<RemoteAssistance>) -> Vec<ObjectRef<RemoteAssistance>> {
         let (Some(ns), Some(name)) = (secret.namespace(), secret.metadata.name.clone()) else { return vec![] };
+        if secret.metadata.deletion_timestamp.is_some() && secret.finalizers().iter().any(|f| f == SECRET_FINALIZER) {
+            // A pinned Secret is being deleted: let it go as soon as no resource needs it.
+            let ctx = self.clone();
+            let (ns, name) = (ns.clone(), name.clone());
+            tokio::spawn(async move {
+                if let Err(e) = ctx.release_secret_if_unused(&ns, &name, "").await {
+                    warn!(error = %e, secret = %name, "could not release the credentials Secret");
+                }
+            });
+        }
         let version = secret.resource_version().unwrap_or_default();
         let key = (ns.clone(), name.clone());
         if self.secret_versions.lock().expect("secret versions").insert(key.clone(), version.clone()) == Some(version) {
@@ -177,6 +219,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     };
     let controller = Controller::new(resources, watcher::Config::default().any_semantic());
     let store = controller.store();
+    let _ = ctx.store.set(store.clone());
     let mapper_ctx = ctx.clone();
     controller
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))

@@ -1,10 +1,10 @@
-//! The reconcile: the finalizer flow dispatching to apply (observe, or cancel when the spec says
-//! so) and cleanup (cancel before the object goes, unless orphaned).
+//! The reconcile: the finalizer flow dispatching to apply (start, adopt or observe a session; or
+//! cancel it when the spec says so) and cleanup (cancel before the object goes, unless orphaned).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -12,17 +12,19 @@ use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::resource::{DeletionPolicy, FINALIZER, Phase, RemoteAssistance};
-use crate::workspace::{Credentials, Disposition, Operation, Target, classify, resolve_endpoint};
+use crate::resource::{
+    AssistanceStatus, DELETION_POLICY_ANNOTATION, DeletionPolicy, FINALIZER, PAUSED_ANNOTATION, Phase, RETRY_ANNOTATION,
+    RemoteAssistance, RemoteAssistanceStatus,
+};
+use crate::workspace::{Disposition, Operation, PasswordLogin, ShowResponse, Target, classify, iam, resolve_endpoint};
 
 use super::Context;
-use super::credentials::{self, CredentialsError};
+use super::cloud::CallCredentials;
+use super::credentials::{self, CredentialsError, SecretCredentials};
 use super::error::Error;
 use super::gate::Trigger;
+use super::secrets::may_need_cancel;
 use super::status::{self, Conclusion};
-
-/// Annotation whose every new value re-drives a stalled resource at once.
-pub const RETRY_ANNOTATION: &str = "workspace.assist.dev/retry";
 
 /// A failed reconcile and when to try again.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,7 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
         generation: ra.metadata.generation,
         deleting: ra.metadata.deletion_timestamp.is_some(),
         retry_token: ra.annotations().get(RETRY_ANNOTATION).cloned(),
+        paused: is_paused(&ra),
     };
     if let Some(wait) = ctx.gates.wait_for(&uid, &trigger, Instant::now()) {
         debug!(wait_ms = wait.as_millis() as u64, "backing off");
@@ -50,8 +53,8 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
     let api: Api<RemoteAssistance> = Api::namespaced(ctx.client.clone(), &ra.namespace().unwrap_or_default());
     let result = finalizer(&api, FINALIZER, ra, |event| async {
         match event {
-            FinalizerEvent::Apply(ra) => apply(&api, &ra, &ctx).await,
-            FinalizerEvent::Cleanup(ra) => cleanup(&api, &ra, &ctx).await,
+            FinalizerEvent::Apply(ra) => Step::new(&api, &ra, &ctx).apply().await,
+            FinalizerEvent::Cleanup(ra) => Step::new(&api, &ra, &ctx).cleanup().await,
         }
     })
     .await;
@@ -81,161 +84,394 @@ pub fn error_policy(_ra: Arc<RemoteAssistance>, failure: &Failure, _ctx: Arc<Con
     Action::requeue(failure.retry_after)
 }
 
-/// The object exists and holds the finalizer.
-async fn apply(api: &Api<RemoteAssistance>, ra: &RemoteAssistance, ctx: &Context) -> Result<Action, Error> {
-    if ra.spec.cancelled {
-        if already_cancelled(ra, ctx) {
-            write_status(api, ra, &Conclusion::Cancelled, 0).await?;
-            if ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled) {
-                // The status records it now; the process's memory is no longer needed.
-                ctx.forget(&ra.uid().unwrap_or_default());
-            }
+/// Whether the paused annotation is set.
+pub fn is_paused(ra: &RemoteAssistance) -> bool {
+    ra.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// The deletion policy in force: the resource (spec, then annotation), then its namespace's
+/// annotation, then the operator's default.
+pub fn deletion_policy(ra: &RemoteAssistance, namespace_annotation: Option<&str>, default: DeletionPolicy) -> DeletionPolicy {
+    let parse = |v: &str| match v.trim() {
+        "Orphan" => Some(DeletionPolicy::Orphan),
+        "Cancel" => Some(DeletionPolicy::Cancel),
+        _ => None,
+    };
+    ra.spec
+        .deletion_policy
+        .or_else(|| ra.annotations().get(DELETION_POLICY_ANNOTATION).and_then(|v| parse(v)))
+        .or_else(|| namespace_annotation.and_then(parse))
+        .unwrap_or(default)
+}
+
+/// One reconcile of one object: the object as it is now (updated by this step's own status
+/// writes) and what it needs.
+struct Step<'a> {
+    api: &'a Api<RemoteAssistance>,
+    ctx: &'a Context,
+    ra: RemoteAssistance,
+}
+
+impl<'a> Step<'a> {
+    fn new(api: &'a Api<RemoteAssistance>, ra: &RemoteAssistance, ctx: &'a Context) -> Self {
+        Step { api, ctx, ra: ra.clone() }
+    }
+
+    fn uid(&self) -> String {
+        self.ra.uid().unwrap_or_default()
+    }
+
+    fn phase(&self) -> Option<Phase> {
+        self.ra.status.as_ref().and_then(|s| s.phase)
+    }
+
+    /// The object exists and holds the finalizer.
+    async fn apply(mut self) -> Result<Action, Error> {
+        if is_paused(&self.ra) {
+            self.write(&Conclusion::Paused, 0, |_| {}).await?;
             return Ok(Action::await_change());
         }
-        return match cancel(ra, ctx).await {
+        if self.spec_cancelled_done() {
+            self.finish(&Conclusion::Cancelled).await?;
+            return Ok(Action::await_change());
+        }
+        if self.phase() == Some(Phase::Closed) {
+            return Ok(Action::await_change());
+        }
+        let (target, creds) = match self.prepare().await {
+            Ok(p) => p,
+            Err(error) => {
+                let op = if self.ra.spec.cancelled { Operation::CancelRemoteAssistance } else { Operation::ShowDesktopRemoteAssistanceInfo };
+                return self.fail(error, op, 0).await;
+            }
+        };
+        if self.ra.spec.cancelled {
+            return match self.cancel(&target, &creds).await {
+                Ok(()) => {
+                    self.finish_with_calls(&Conclusion::Cancelled, 1).await?;
+                    Ok(Action::await_change())
+                }
+                Err(error) => self.fail(error, Operation::CancelRemoteAssistance, 1).await,
+            };
+        }
+        self.observe(&target, &creds).await
+    }
+
+    /// Deletion was requested: cancel (unless orphaned, paused or already done), then let go.
+    async fn cleanup(mut self) -> Result<Action, Error> {
+        if is_paused(&self.ra) {
+            self.write(&Conclusion::Paused, 0, |_| {}).await?;
+            return Err(Error::Paused);
+        }
+        let namespace_policy = self.namespace_policy().await?;
+        let policy = deletion_policy(&self.ra, namespace_policy.as_deref(), self.ctx.config.default_deletion_policy);
+        if policy == DeletionPolicy::Orphan {
+            info!("deletion policy Orphan: leaving the cloud session alone");
+            self.ctx.publish(&self.ra, EventType::Normal, "Orphaned", "Deleted without cancelling the remote assistance (deletion policy Orphan)", "Delete");
+            self.release().await?;
+            return Ok(Action::await_change());
+        }
+        if self.already_done() {
+            debug!("nothing left to cancel: releasing without a cloud call");
+            self.release().await?;
+            return Ok(Action::await_change());
+        }
+        let (target, creds) = match self.prepare().await {
+            Ok(p) => p,
+            Err(error) => return self.fail(error, Operation::CancelRemoteAssistance, 0).await,
+        };
+        match self.cancel(&target, &creds).await {
             Ok(()) => {
-                write_status(api, ra, &Conclusion::Cancelled, 1).await?;
+                self.release().await?;
                 Ok(Action::await_change())
             }
-            Err(error) => fail(api, ra, ctx, error, Operation::CancelRemoteAssistance, 1).await,
-        };
-    }
-    observe(api, ra, ctx).await
-}
-
-/// Deletion was requested: cancel (unless orphaned or already cancelled), then let go.
-async fn cleanup(api: &Api<RemoteAssistance>, ra: &RemoteAssistance, ctx: &Context) -> Result<Action, Error> {
-    if deletion_policy(ra, ctx) == DeletionPolicy::Orphan {
-        info!("deletion policy Orphan: leaving the cloud session alone");
-        ctx.publish(ra, EventType::Normal, "Orphaned", "Deleted without cancelling the remote assistance (deletionPolicy Orphan)", "Delete");
-        return Ok(Action::await_change());
-    }
-    if already_cancelled(ra, ctx) {
-        debug!("already cancelled: releasing without a cloud call");
-        return Ok(Action::await_change());
-    }
-    match cancel(ra, ctx).await {
-        Ok(()) => Ok(Action::await_change()),
-        Err(error) => fail(api, ra, ctx, error, Operation::CancelRemoteAssistance, 1).await,
-    }
-}
-
-/// Reads the cloud's view of the session.
-async fn observe(api: &Api<RemoteAssistance>, ra: &RemoteAssistance, ctx: &Context) -> Result<Action, Error> {
-    let operation = Operation::ShowDesktopRemoteAssistanceInfo;
-    let (target, creds) = match prepare(ra, ctx).await {
-        Ok(prepared) => prepared,
-        Err(error) => return fail(api, ra, ctx, error, operation, 0).await,
-    };
-    ctx.rate_limit().await;
-    let conclusion = match ctx.cloud.show(&target, &creds).await {
-        Ok(answer) if answer.value.in_progress() => Conclusion::Active,
-        Ok(_) => Conclusion::NoAssistance,
-        Err(error) => match classify(&error, &ctx.config.not_found_codes) {
-            Disposition::NotFound => Conclusion::NoAssistance,
-            disposition => return fail(api, ra, ctx, Error::Cloud { error, disposition }, operation, 0).await,
-        },
-    };
-    let was_active = ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active);
-    if matches!(conclusion, Conclusion::Active) && !was_active {
-        ctx.publish(ra, EventType::Normal, "Active", "The remote assistance is in progress", "Observe");
-    }
-    write_status(api, ra, &conclusion, 0).await?;
-    Ok(Action::requeue(ctx.config.poll_interval))
-}
-
-/// Calls CancelRemoteAssistance once. Ok when the cloud confirmed the cancel or that there is
-/// nothing to cancel.
-async fn cancel(ra: &RemoteAssistance, ctx: &Context) -> Result<(), Error> {
-    let (target, creds) = prepare(ra, ctx).await?;
-    ctx.rate_limit().await;
-    let result = ctx.cloud.cancel(&target, &creds).await;
-    let uid = ra.uid().unwrap_or_default();
-    match result {
-        Ok(answer) => {
-            info!(request_id = answer.request_id.as_deref().unwrap_or(""), "remote assistance cancelled");
-            ctx.confirm_cancelled(&uid);
-            ctx.publish(ra, EventType::Normal, "Cancelled", "The cloud confirmed the cancel", "Cancel");
-            Ok(())
+            Err(error) => self.fail(error, Operation::CancelRemoteAssistance, 1).await,
         }
-        Err(error) => match classify(&error, &ctx.config.not_found_codes) {
-            Disposition::NotFound => {
-                info!(
-                    request_id = error.request_id().unwrap_or(""),
-                    code = error.code().unwrap_or(""),
-                    "nothing to cancel: the cloud has no remote assistance for this desktop"
-                );
-                ctx.confirm_cancelled(&uid);
-                ctx.publish(ra, EventType::Normal, "NothingToCancel", "The cloud has no remote assistance in progress for this desktop", "Cancel");
+    }
+
+    /// Starts, adopts or observes the session.
+    async fn observe(&mut self, target: &Target, creds: &CallCredentials) -> Result<Action, Error> {
+        let shown = match self.show(target, creds).await {
+            Ok(shown) => shown,
+            Err(error) => return self.fail(error, Operation::ShowDesktopRemoteAssistanceInfo, 0).await,
+        };
+        if shown.in_progress() {
+            return self.hold(&shown, false).await;
+        }
+        let had_session = self.ra.status.as_ref().and_then(|s| s.assistance.as_ref()).is_some_and(|a| a.share_space_id.is_some());
+        if had_session {
+            info!("the cloud reports the session closed");
+            self.ctx.publish(&self.ra, EventType::Normal, "ClosedRemotely", "The session was closed in the cloud", "Observe");
+            let facts = shown.share_space_id.is_some().then(|| assistance_from_show(&shown, self.created_by_operator(&shown)));
+            self.finish_closed(facts).await?;
+            return Ok(Action::await_change());
+        }
+        if !self.ra.spec.initiate {
+            self.write(&Conclusion::NoAssistance, 0, |_| {}).await?;
+            return Ok(Action::requeue(self.ctx.config.poll_interval));
+        }
+        let ctx = self.ctx;
+        let created = match ctx.call(creds, |c| async move { ctx.cloud.create(target, &c).await }).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                let disposition = classify(&error, &self.ctx.config.not_found_codes);
+                return self.fail(Error::Cloud { error, disposition }, Operation::CreateRemoteAssistance, 0).await;
+            }
+        };
+        info!(request_id = created.request_id.as_deref().unwrap_or(""), share_space_id = created.value.share_space_id.as_deref().unwrap_or(""), "remote assistance created");
+        self.ctx.publish(&self.ra, EventType::Normal, "Created", "Started a remote assistance for the desktop", "Create");
+        // Persist what the cloud said before any step that depends on it.
+        let facts = AssistanceStatus {
+            share_space_id: created.value.share_space_id.clone(),
+            status: created.value.status.clone(),
+            initiator_type: created.value.initiator_type.clone(),
+            created_by_operator: true,
+            ..AssistanceStatus::default()
+        };
+        self.write(&Conclusion::Active, 0, |s| s.assistance = Some(facts)).await?;
+        let shown = match self.show(target, creds).await {
+            Ok(shown) => shown,
+            Err(error) => return self.fail(error, Operation::ShowDesktopRemoteAssistanceInfo, 0).await,
+        };
+        self.hold(&shown, true).await
+    }
+
+    /// The session is in progress: record its facts, its secret parts, and poll again later.
+    async fn hold(&mut self, shown: &ShowResponse, just_created: bool) -> Result<Action, Error> {
+        let was_active = self.phase() == Some(Phase::Active) && self.ra.status.as_ref().is_some_and(|s| s.invitation_secret_name.is_some());
+        let facts = assistance_from_show(shown, just_created || self.created_by_operator(shown));
+        let secret_name = self.ctx.apply_invitation_secret(&self.ra, shown).await?;
+        if !was_active && !just_created {
+            self.ctx.publish(&self.ra, EventType::Normal, "Adopted", "A remote assistance already in progress for the desktop is now held by this resource", "Observe");
+        }
+        self.write(&Conclusion::Active, 0, |s| {
+            s.assistance = Some(facts);
+            s.invitation_secret_name = Some(secret_name);
+        })
+        .await?;
+        Ok(Action::requeue(self.ctx.config.poll_interval))
+    }
+
+    /// Whether this resource's operator created the session the cloud shows.
+    fn created_by_operator(&self, shown: &ShowResponse) -> bool {
+        self.ra
+            .status
+            .as_ref()
+            .and_then(|s| s.assistance.as_ref())
+            .is_some_and(|a| a.created_by_operator && a.share_space_id.is_some() && a.share_space_id == shown.share_space_id)
+    }
+
+    async fn show(&self, target: &Target, creds: &CallCredentials) -> Result<ShowResponse, Error> {
+        let ctx = self.ctx;
+        match ctx.call(creds, |c| async move { ctx.cloud.show(target, &c).await }).await {
+            Ok(answer) => Ok(answer.value),
+            Err(error) => match classify(&error, &self.ctx.config.not_found_codes) {
+                Disposition::NotFound => Ok(ShowResponse::default()),
+                disposition => Err(Error::Cloud { error, disposition }),
+            },
+        }
+    }
+
+    /// Calls CancelRemoteAssistance once. Ok when the cloud confirmed the cancel or that there
+    /// is nothing to cancel.
+    async fn cancel(&self, target: &Target, creds: &CallCredentials) -> Result<(), Error> {
+        let ctx = self.ctx;
+        let result = ctx.call(creds, |c| async move { ctx.cloud.cancel(target, &c).await }).await;
+        let (ra, ctx) = (&self.ra, self.ctx);
+        match result {
+            Ok(answer) => {
+                info!(request_id = answer.request_id.as_deref().unwrap_or(""), "remote assistance cancelled");
+                ctx.confirm_cancelled(&self.uid());
+                ctx.publish(ra, EventType::Normal, "Cancelled", "The cloud confirmed the cancel", "Cancel");
                 Ok(())
             }
-            disposition => {
-                warn!(
-                    request_id = error.request_id().unwrap_or(""),
-                    code = error.code().unwrap_or(""),
-                    http_status = error.http_status().unwrap_or(0),
-                    reason = disposition.reason(),
-                    "cancel failed"
-                );
-                Err(Error::Cloud { error, disposition })
+            Err(error) => match classify(&error, &ctx.config.not_found_codes) {
+                Disposition::NotFound => {
+                    info!(
+                        request_id = error.request_id().unwrap_or(""),
+                        code = error.code().unwrap_or(""),
+                        "nothing to cancel: the cloud has no remote assistance for this desktop"
+                    );
+                    ctx.confirm_cancelled(&self.uid());
+                    ctx.publish(ra, EventType::Normal, "NothingToCancel", "The cloud has no remote assistance in progress for this desktop", "Cancel");
+                    Ok(())
+                }
+                disposition => {
+                    warn!(
+                        request_id = error.request_id().unwrap_or(""),
+                        code = error.code().unwrap_or(""),
+                        http_status = error.http_status().unwrap_or(0),
+                        reason = disposition.reason(),
+                        "cancel failed"
+                    );
+                    Err(Error::Cloud { error, disposition })
+                }
+            },
+        }
+    }
+
+    /// Records a failed step in status and Events, and hands the error to the backoff.
+    async fn fail(&mut self, error: Error, operation: Operation, cancel_calls: u32) -> Result<Action, Error> {
+        // A cancel that never reached the cloud (bad Secret, bad endpoint) is not an attempt.
+        let calls = if matches!(error, Error::Cloud { .. }) { cancel_calls } else { 0 };
+        let reason = error.reason();
+        self.ctx.publish(&self.ra, EventType::Warning, reason, &format!("{operation} failed: {error}"), operation.as_str());
+        if let Err(e) = self.write(&Conclusion::Failed { error: &error, operation }, calls, |_| {}).await {
+            warn!(error = %e, "could not record the failure in status");
+        }
+        Err(error)
+    }
+
+    /// Writes the status the step concluded (when it changed) and keeps it for later writes of
+    /// the same step.
+    async fn write(&mut self, conclusion: &Conclusion<'_>, cancel_calls: u32, edit: impl FnOnce(&mut RemoteAssistanceStatus)) -> Result<(), Error> {
+        let mut next = status::next_status(&self.ra, conclusion, cancel_calls, Time(jiff::Timestamp::now()));
+        edit(&mut next);
+        status::write(self.api, &self.ra, &next).await?;
+        self.ra.status = Some(next);
+        Ok(())
+    }
+
+    /// The session is over (cancelled): drop its secret parts and the credentials pin.
+    async fn finish(&mut self, conclusion: &Conclusion<'_>) -> Result<(), Error> {
+        self.finish_with_calls(conclusion, 0).await
+    }
+
+    async fn finish_with_calls(&mut self, conclusion: &Conclusion<'_>, calls: u32) -> Result<(), Error> {
+        self.ctx.delete_invitation_secret(&self.ra).await?;
+        self.write(conclusion, calls, |s| s.invitation_secret_name = None).await?;
+        self.release().await?;
+        if self.phase() == Some(Phase::Cancelled) && self.ctx.was_cancelled(&self.uid()) {
+            // The status records it now; memory is no longer needed.
+            self.ctx.forget_cancel(&self.uid());
+        }
+        Ok(())
+    }
+
+    async fn finish_closed(&mut self, facts: Option<AssistanceStatus>) -> Result<(), Error> {
+        self.ctx.delete_invitation_secret(&self.ra).await?;
+        self.write(&Conclusion::Closed, 0, |s| {
+            s.invitation_secret_name = None;
+            if let Some(f) = facts {
+                s.assistance = Some(f);
             }
-        },
+        })
+        .await?;
+        self.release().await
+    }
+
+    /// Drops the invitation Secret of a resource that is going, and the credentials pin when no
+    /// other resource needs the Secret.
+    async fn release(&self) -> Result<(), Error> {
+        if self.ra.metadata.deletion_timestamp.is_some() {
+            self.ctx.delete_invitation_secret(&self.ra).await?;
+        }
+        if let Some(r) = &self.ra.spec.credentials_secret_ref {
+            self.ctx.release_secret_if_unused(&self.ra.namespace().unwrap_or_default(), &r.name, &self.uid()).await?;
+        }
+        Ok(())
+    }
+
+    /// spec.cancelled is set and the cancel is already confirmed.
+    fn spec_cancelled_done(&self) -> bool {
+        self.ra.spec.cancelled && self.already_done()
+    }
+
+    /// The cancel was confirmed (status, or this process's memory when the status write has not
+    /// reached the cache yet), or the session was closed in the cloud.
+    fn already_done(&self) -> bool {
+        matches!(self.phase(), Some(Phase::Cancelled | Phase::Closed)) || self.ctx.was_cancelled(&self.uid())
+    }
+
+    async fn namespace_policy(&self) -> Result<Option<String>, Error> {
+        if self.ra.spec.deletion_policy.is_some() || self.ra.annotations().contains_key(DELETION_POLICY_ANNOTATION) {
+            return Ok(None);
+        }
+        let ns = Api::<Namespace>::all(self.ctx.client.clone()).get_opt(&self.ra.namespace().unwrap_or_default()).await?;
+        Ok(ns.and_then(|ns| ns.annotations().get(DELETION_POLICY_ANNOTATION).cloned()))
+    }
+
+    /// The cloud target and credentials; pins the credentials Secret while a cancel may need it.
+    async fn prepare(&self) -> Result<(Target, CallCredentials), Error> {
+        let spec = &self.ra.spec;
+        let endpoint = resolve_endpoint(spec.region.as_deref(), spec.endpoint.as_deref()).map_err(Error::InvalidSpec)?;
+        let target = Target { endpoint, project_id: spec.project_id.clone(), desktop_id: spec.desktop_id.clone() };
+        let (namespace, name) = match &spec.credentials_secret_ref {
+            Some(r) => (self.ra.namespace().unwrap_or_default(), r.name.clone()),
+            None => self.ctx.config.default_credentials.clone().ok_or(CredentialsError::NotConfigured)?,
+        };
+        let secret = Api::<Secret>::namespaced(self.ctx.client.clone(), &namespace)
+            .get_opt(&name)
+            .await?
+            .ok_or_else(|| CredentialsError::SecretNotFound(name.clone()))?;
+        if spec.credentials_secret_ref.is_some() && may_need_cancel(&self.ra) {
+            if let Err(e) = self.ctx.pin_secret(&secret).await {
+                warn!(error = %e, secret = %name, "could not pin the credentials Secret");
+            }
+        }
+        let creds = match credentials::from_secret(&secret)? {
+            SecretCredentials::Direct(c) => CallCredentials::Direct(c),
+            SecretCredentials::Password { domain_name, username, password, iam_endpoint } => {
+                let iam_endpoint = match (iam_endpoint, &self.ctx.config.iam_endpoint, &spec.region) {
+                    (Some(e), _, _) => url::Url::parse(&e).map_err(|err| Error::InvalidSpec(format!("iamEndpoint of Secret {name} is not a URL: {err}")))?,
+                    (None, Some(e), _) => e.clone(),
+                    (None, None, Some(region)) => iam::iam_endpoint_for_region(region).map_err(Error::InvalidSpec)?,
+                    (None, None, None) => return Err(CredentialsError::NoIamEndpoint(name).into()),
+                };
+                CallCredentials::Login(PasswordLogin { iam_endpoint, domain_name, username, password, project_id: spec.project_id.clone() })
+            }
+        };
+        Ok((target, creds))
     }
 }
 
-/// Records a failed step in status and Events, and hands the error to the backoff.
-async fn fail(
-    api: &Api<RemoteAssistance>,
-    ra: &RemoteAssistance,
-    ctx: &Context,
-    error: Error,
-    operation: Operation,
-    cancel_calls: u32,
-) -> Result<Action, Error> {
-    // A cancel that never reached the cloud (bad Secret, bad endpoint) is not an attempt.
-    let calls = if matches!(error, Error::Cloud { .. }) { cancel_calls } else { 0 };
-    let reason = error.reason();
-    ctx.publish(ra, EventType::Warning, reason, &format!("{operation} failed: {error}"), operation.as_str());
-    if let Err(e) = write_status(api, ra, &Conclusion::Failed { error: &error, operation }, calls).await {
-        warn!(error = %e, "could not record the failure in status");
+/// The non-secret facts of a Show answer.
+fn assistance_from_show(shown: &ShowResponse, created_by_operator: bool) -> AssistanceStatus {
+    AssistanceStatus {
+        share_space_id: shown.share_space_id.clone(),
+        share_space_name: shown.share_space_name.clone(),
+        status: shown.status.clone(),
+        initiator_type: None,
+        create_time: shown.create_time.clone(),
+        failed_reason: shown.failed_reason.clone(),
+        created_by_operator,
     }
-    Err(error)
 }
 
-async fn write_status(api: &Api<RemoteAssistance>, ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_calls: u32) -> Result<(), Error> {
-    let next = status::next_status(ra, conclusion, cancel_calls, Time(jiff::Timestamp::now()));
-    status::write(api, ra, &next).await?;
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::RemoteAssistanceSpec;
 
-/// The cloud target and credentials of a resource.
-async fn prepare(ra: &RemoteAssistance, ctx: &Context) -> Result<(Target, Credentials), Error> {
-    let endpoint = resolve_endpoint(ra.spec.region.as_deref(), ra.spec.endpoint.as_deref()).map_err(Error::InvalidSpec)?;
-    let target = Target { endpoint, project_id: ra.spec.project_id.clone(), desktop_id: ra.spec.desktop_id.clone() };
-    Ok((target, load_credentials(ra, ctx).await?))
-}
+    fn ra(policy: Option<DeletionPolicy>, annotation: Option<&str>) -> RemoteAssistance {
+        let mut ra = RemoteAssistance::new(
+            "x",
+            RemoteAssistanceSpec {
+                project_id: "p".into(),
+                desktop_id: "d".into(),
+                region: Some("cn-north-4".into()),
+                endpoint: None,
+                credentials_secret_ref: None,
+                cancelled: false,
+                deletion_policy: policy,
+                initiate: true,
+            },
+        );
+        if let Some(a) = annotation {
+            ra.annotations_mut().insert(DELETION_POLICY_ANNOTATION.into(), a.into());
+        }
+        ra
+    }
 
-/// Reads the credentials the resource names, or the operator's default ones. Only Secrets in
-/// the resource's own namespace can be named.
-async fn load_credentials(ra: &RemoteAssistance, ctx: &Context) -> Result<Credentials, Error> {
-    let (namespace, name) = match &ra.spec.credentials_secret_ref {
-        Some(r) => (ra.namespace().unwrap_or_default(), r.name.clone()),
-        None => ctx.config.default_credentials.clone().ok_or(CredentialsError::NotConfigured)?,
-    };
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
-        .get_opt(&name)
-        .await?
-        .ok_or_else(|| CredentialsError::SecretNotFound(name.clone()))?;
-    Ok(credentials::from_secret(&secret)?)
-}
-
-/// Whether this resource's cancel was already confirmed (status, or this process's memory when
-/// the status write has not reached the cache yet).
-fn already_cancelled(ra: &RemoteAssistance, ctx: &Context) -> bool {
-    ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled) || ctx.was_cancelled(&ra.uid().unwrap_or_default())
-}
-
-/// The deletion policy in force for a resource.
-pub fn deletion_policy(ra: &RemoteAssistance, ctx: &Context) -> DeletionPolicy {
-    ra.spec.deletion_policy.unwrap_or(ctx.config.default_deletion_policy)
+    #[test]
+    fn deletion_policy_precedence() {
+        use DeletionPolicy::*;
+        let d = Cancel;
+        assert_eq!(deletion_policy(&ra(None, None), None, d), Cancel);
+        assert_eq!(deletion_policy(&ra(None, None), None, Orphan), Orphan, "operator flag");
+        assert_eq!(deletion_policy(&ra(None, None), Some("Orphan"), d), Orphan, "namespace over flag");
+        assert_eq!(deletion_policy(&ra(None, Some("Cancel")), Some("Orphan"), Orphan), Cancel, "resource annotation over namespace");
+        assert_eq!(deletion_policy(&ra(Some(Orphan), Some("Cancel")), Some("Cancel"), d), Orphan, "spec over all");
+        assert_eq!(deletion_policy(&ra(None, Some("bogus")), Some("Orphan"), d), Orphan, "an unknown value is ignored");
+    }
 }

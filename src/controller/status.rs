@@ -33,6 +33,10 @@ pub enum Conclusion<'a> {
     NoAssistance,
     /// The cloud confirmed the cancel (or that there was nothing to cancel).
     Cancelled,
+    /// The cloud reports the session closed by someone else.
+    Closed,
+    /// The paused annotation stops all cloud calls.
+    Paused,
     /// The step failed.
     Failed {
         /// The failure.
@@ -53,10 +57,12 @@ pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_ca
         cancel_attempts: current.cancel_attempts.saturating_add(cancel_calls),
         cancelled_at: current.cancelled_at.clone(),
         last_error: current.last_error.clone(),
+        assistance: current.assistance.clone(),
+        invitation_secret_name: current.invitation_secret_name.clone(),
         ..RemoteAssistanceStatus::default()
     };
     // (Ready, Synced, Reconciling, Stalled) as (status, reason, message).
-    let (phase, ready, synced, reconciling, stalled);
+    let (phase, ready, synced, reconciling, stalled): (Phase, (bool, &str, String), (bool, &str, String), (bool, &str, String), (bool, &str, String));
     match conclusion {
         Conclusion::Active => {
             phase = Phase::Active;
@@ -84,6 +90,24 @@ pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_ca
             if next.cancelled_at.is_none() {
                 next.cancelled_at = Some(now.clone());
             }
+        }
+        Conclusion::Closed => {
+            phase = Phase::Closed;
+            ready = (true, "ClosedRemotely", "The session was closed in the cloud; nothing is left to cancel".to_string());
+            synced = (true, "Synced", String::new());
+            reconciling = (false, "ClosedRemotely", String::new());
+            stalled = (false, "ClosedRemotely", String::new());
+            next.last_error = None;
+        }
+        Conclusion::Paused => {
+            phase = current.phase.unwrap_or(Phase::Pending);
+            let was_ready = current.conditions.iter().any(|c| c.type_ == READY && c.status == "True");
+            let old_ready = current.conditions.iter().find(|c| c.type_ == READY);
+            ready = (was_ready, old_ready.map_or("Paused", |c| c.reason.as_str()), old_ready.map_or(String::new(), |c| c.message.clone()));
+            let paused = "Paused: the annotation workspace.assist.dev/paused stops all cloud calls".to_string();
+            synced = (false, "Paused", paused);
+            reconciling = (false, "Paused", String::new());
+            stalled = (false, "Paused", String::new());
         }
         Conclusion::Failed { error, operation } => {
             let reason = error.reason();
@@ -148,7 +172,7 @@ fn last_error(error: &Error, operation: Operation, now: Time) -> Option<LastErro
             e.error_code = Some(error.reason().into());
             e.error_message = Some(error.to_string());
         }
-        Error::Kube(_) | Error::Finalizer(_) => return None,
+        Error::Kube(_) | Error::Finalizer(_) | Error::Paused => return None,
     }
     Some(e)
 }
@@ -190,6 +214,7 @@ mod tests {
                 credentials_secret_ref: None,
                 cancelled: false,
                 deletion_policy: None,
+                initiate: true,
             },
         );
         ra.metadata.generation = Some(3);

@@ -91,10 +91,20 @@ struct AkSk {
     security_token: Option<String>,
 }
 
+#[derive(Debug, Clone)]
+struct IamUser {
+    domain: String,
+    name: String,
+    password: String,
+}
+
 #[derive(Default)]
 struct State {
     aksk: HashMap<String, AkSk>,
     tokens: HashMap<String, bool>,
+    iam_users: Vec<IamUser>,
+    token_lifetime: Option<Duration>,
+    token_requests: usize,
     sessions: HashMap<(String, String), Session>,
     rules: Vec<FaultRule>,
     latency: Duration,
@@ -183,6 +193,27 @@ impl Simulator {
         self.with(|s| s.tokens.insert(token.into(), false));
     }
 
+    /// Lets an IAM user log in with a password at `POST /v3/auth/tokens` (the simulator serves
+    /// IAM too: use its endpoint as the IAM endpoint).
+    pub fn add_iam_user(&self, domain_name: &str, username: &str, password: &str) {
+        self.with(|s| s.iam_users.push(IamUser { domain: domain_name.into(), name: username.into(), password: password.into() }));
+    }
+
+    /// Lifetime of the tokens IAM issues (default 24 hours).
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.with(|s| s.token_lifetime = Some(lifetime));
+    }
+
+    /// How many token requests IAM answered with a token.
+    pub fn tokens_issued(&self) -> usize {
+        self.with(|s| s.token_requests)
+    }
+
+    /// Marks every issued token expired (each answers 401 APIGW.0307 from now on).
+    pub fn expire_all_tokens(&self) {
+        self.with(|s| s.tokens.values_mut().for_each(|expired| *expired = true));
+    }
+
     /// Marks an IAM token expired (it answers 401 APIGW.0307 from now on).
     pub fn expire_token(&self, token: &str) {
         self.with(|s| s.tokens.insert(token.into(), true));
@@ -254,6 +285,9 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
     let at = Instant::now();
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if parts.method == http::Method::POST && parts.uri.path() == "/v3/auth/tokens" {
+        return Ok(issue_token(&state, &body));
+    }
     let route = route(parts.method.as_str(), parts.uri.path());
     let (operation, project_id, desktop_id) = match &route {
         Some((op, p, d)) => (Some(*op), p.clone(), d.clone()),
@@ -357,6 +391,7 @@ fn serve(state: &Arc<Mutex<State>>, operation: Operation, project_id: &str, desk
             s.sessions.insert(key, session);
             json_response(200, &body)
         }
+        Operation::IamTokenRequest => error_response(404, "APIGW.0101", "The API does not exist", None, None),
         Operation::ShowDesktopRemoteAssistanceInfo => match s.sessions.get(&key) {
             Some(session) => {
                 let body = json!({
@@ -375,6 +410,38 @@ fn serve(state: &Arc<Mutex<State>>, operation: Operation, project_id: &str, desk
             None => json_response(200, &json!({})),
         },
     }
+}
+
+/// IAM's password login: 201 with `X-Subject-Token` and `token.expires_at`.
+fn issue_token(state: &Arc<Mutex<State>>, body: &[u8]) -> Response<Full<Bytes>> {
+    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let user = &request["auth"]["identity"]["password"]["user"];
+    let (name, password, domain) = (user["name"].as_str(), user["password"].as_str(), user["domain"]["name"].as_str());
+    let methods_ok = request["auth"]["identity"]["methods"] == json!(["password"]);
+    let project = request["auth"]["scope"]["project"]["id"].as_str().unwrap_or_default().to_string();
+    let mut s = state.lock().unwrap();
+    let known = s.iam_users.iter().any(|u| Some(u.name.as_str()) == name && Some(u.password.as_str()) == password && Some(u.domain.as_str()) == domain);
+    if !methods_ok || !known || project.is_empty() {
+        return error_response(401, "IAM.0011", "The username or password is incorrect.", None, None);
+    }
+    let token = format!("MII{}", random_hex(48));
+    let lifetime = s.token_lifetime.unwrap_or(Duration::from_secs(24 * 3600));
+    let expires_at = jiff::Timestamp::now() + jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::from_hours(24));
+    s.tokens.insert(token.clone(), false);
+    s.token_requests += 1;
+    let body = json!({ "token": {
+        "expires_at": expires_at.strftime("%Y-%m-%dT%H:%M:%S.000000Z").to_string(),
+        "methods": ["password"],
+        "project": { "id": project },
+        "user": { "name": name, "domain": { "name": domain } },
+    }});
+    Response::builder()
+        .status(201)
+        .header("Content-Type", "application/json")
+        .header("X-Subject-Token", token)
+        .header("X-Request-Id", random_hex(16))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a valid response")
 }
 
 /// Maps a method and path to an operation and its IDs.

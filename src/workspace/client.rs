@@ -130,6 +130,11 @@ impl WorkspaceClient {
         Ok(WorkspaceClient { http })
     }
 
+    /// The underlying HTTP client (shared with the IAM token requests).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// CancelRemoteAssistance: `DELETE`, 204 on success.
     pub async fn cancel(&self, target: &Target, credentials: &Credentials) -> Result<Answer<()>, CloudError> {
         let raw = self.call(Operation::CancelRemoteAssistance, target, credentials).await?;

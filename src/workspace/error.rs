@@ -13,6 +13,8 @@ pub enum Operation {
     CreateRemoteAssistance,
     /// `GET .../remote-assistance`: 200 with the session's details.
     ShowDesktopRemoteAssistanceInfo,
+    /// IAM `POST /v3/auth/tokens`: 201 with the token in `X-Subject-Token`.
+    IamTokenRequest,
 }
 
 impl Operation {
@@ -22,6 +24,7 @@ impl Operation {
             Operation::CancelRemoteAssistance => "CancelRemoteAssistance",
             Operation::CreateRemoteAssistance => "CreateRemoteAssistance",
             Operation::ShowDesktopRemoteAssistanceInfo => "ShowDesktopRemoteAssistanceInfo",
+            Operation::IamTokenRequest => "KeystoneCreateUserTokenByPassword",
         }
     }
 
@@ -31,6 +34,7 @@ impl Operation {
             Operation::CancelRemoteAssistance => reqwest::Method::DELETE,
             Operation::CreateRemoteAssistance => reqwest::Method::POST,
             Operation::ShowDesktopRemoteAssistanceInfo => reqwest::Method::GET,
+            Operation::IamTokenRequest => reqwest::Method::POST,
         }
     }
 }

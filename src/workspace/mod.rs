@@ -5,11 +5,13 @@ pub mod classify;
 pub mod client;
 pub mod credentials;
 pub mod error;
+pub mod iam;
 pub mod models;
 pub mod signer;
 
 pub use classify::{Disposition, HumanReason, RetryReason, classify};
 pub use client::{Answer, ClientOptions, Target, WorkspaceClient, resolve_endpoint};
 pub use credentials::{Credentials, Sensitive};
+pub use iam::{PasswordLogin, TokenCache};
 pub use error::{ApiError, CloudError, ErrorBody, Operation, TransportKind};
 pub use models::{CreateResponse, ShowResponse};

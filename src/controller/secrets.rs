@@ -1,0 +1,175 @@
+//! The Secrets the operator writes or holds: the invitation Secret owned by each resource, and
+//! the finalizer that pins a credentials Secret while a resource may still need it to cancel.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info};
+
+use crate::resource::{DeletionPolicy, DELETION_POLICY_ANNOTATION, Phase, RemoteAssistance, SECRET_FINALIZER};
+use crate::workspace::ShowResponse;
+
+use super::Context;
+use super::status::MANAGER;
+
+/// Name of a resource's invitation Secret (`<name>-invitation`, shortened with a hash when the
+/// name is long).
+pub fn invitation_secret_name(resource_name: &str) -> String {
+    let name = format!("{resource_name}-invitation");
+    if name.len() <= 253 {
+        return name;
+    }
+    let mut h = DefaultHasher::new();
+    resource_name.hash(&mut h);
+    format!("{}-{:08x}-invitation", &resource_name[..200], h.finish() as u32)
+}
+
+/// The secret parts of a session, as Secret data.
+fn invitation_data(show: &ShowResponse) -> BTreeMap<String, String> {
+    let mut data = BTreeMap::new();
+    let mut put = |key: &str, value: &Option<crate::workspace::Sensitive>| {
+        if let Some(v) = value {
+            data.insert(key.to_string(), v.expose().to_string());
+        }
+    };
+    put("invitationCode", &show.invitation_code);
+    put("shareSpacePassword", &show.share_space_passwd);
+    put("privateShareLink", &show.private_share_link);
+    put("internetShareLink", &show.internet_share_link);
+    data
+}
+
+fn fingerprint(data: &BTreeMap<String, String>) -> u64 {
+    let mut h = DefaultHasher::new();
+    data.hash(&mut h);
+    h.finish()
+}
+
+impl Context {
+    /// Writes the invitation Secret (owned by the resource) when its content changed since this
+    /// process last wrote it. Returns its name.
+    pub async fn apply_invitation_secret(&self, ra: &RemoteAssistance, show: &ShowResponse) -> Result<String, kube::Error> {
+        let name = invitation_secret_name(&ra.name_any());
+        let data = invitation_data(show);
+        let uid = ra.uid().unwrap_or_default();
+        let print = fingerprint(&data);
+        if self.invitations.lock().expect("invitations").get(&uid) == Some(&print) {
+            return Ok(name);
+        }
+        let owner = OwnerReference {
+            api_version: RemoteAssistance::api_version(&()).into_owned(),
+            kind: RemoteAssistance::kind(&()).into_owned(),
+            name: ra.name_any(),
+            uid: uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        };
+        let secret = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "labels": { "app.kubernetes.io/managed-by": "workspace-assist" },
+                "ownerReferences": [owner],
+            },
+            "type": "Opaque",
+            "stringData": data,
+        });
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ra.namespace().unwrap_or_default());
+        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await?;
+        self.invitations.lock().expect("invitations").insert(uid, print);
+        debug!(secret = %name, "invitation Secret written");
+        Ok(name)
+    }
+
+    /// Deletes the resource's invitation Secret, if any (the session is over or the resource is
+    /// going; owner references would do it too where a garbage collector runs).
+    pub async fn delete_invitation_secret(&self, ra: &RemoteAssistance) -> Result<(), kube::Error> {
+        let Some(name) = ra.status.as_ref().and_then(|s| s.invitation_secret_name.clone()) else { return Ok(()) };
+        self.invitations.lock().expect("invitations").remove(&ra.uid().unwrap_or_default());
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ra.namespace().unwrap_or_default());
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Puts the pin finalizer on a credentials Secret that a resource may still need.
+    pub async fn pin_secret(&self, secret: &Secret) -> Result<(), kube::Error> {
+        if secret.finalizers().iter().any(|f| f == SECRET_FINALIZER) || secret.metadata.deletion_timestamp.is_some() {
+            return Ok(());
+        }
+        let mut finalizers = secret.finalizers().to_vec();
+        finalizers.push(SECRET_FINALIZER.to_string());
+        let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": secret.resource_version() } });
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &secret.namespace().unwrap_or_default());
+        api.patch(&secret.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        info!(secret = %secret.name_any(), "credentials Secret pinned until no RemoteAssistance needs it to cancel");
+        Ok(())
+    }
+
+    /// Removes the pin from Secret `namespace/name` when no resource other than `except_uid`
+    /// may still need it to cancel.
+    pub async fn release_secret_if_unused(&self, namespace: &str, name: &str, except_uid: &str) -> Result<(), kube::Error> {
+        let still_needed = self.store().is_some_and(|store| {
+            store.state().iter().any(|ra| {
+                ra.uid().as_deref() != Some(except_uid)
+                    && ra.namespace().as_deref() == Some(namespace)
+                    && ra.spec.credentials_secret_ref.as_ref().is_some_and(|r| r.name == name)
+                    && may_need_cancel(ra)
+            })
+        });
+        if still_needed {
+            return Ok(());
+        }
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        for _ in 0..5 {
+            let Some(secret) = api.get_opt(name).await? else { return Ok(()) };
+            if !secret.finalizers().iter().any(|f| f == SECRET_FINALIZER) {
+                return Ok(());
+            }
+            let finalizers: Vec<&String> = secret.finalizers().iter().filter(|f| *f != SECRET_FINALIZER).collect();
+            let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": secret.resource_version() } });
+            match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    info!(secret = %name, "credentials Secret released");
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a resource may still have to cancel with its credentials: not cancelled or closed
+/// yet, and not marked Orphan on the resource itself (the namespace and operator defaults are
+/// not consulted here: pinning too long is safe, releasing too early is not).
+pub fn may_need_cancel(ra: &RemoteAssistance) -> bool {
+    let done = matches!(ra.status.as_ref().and_then(|s| s.phase), Some(Phase::Cancelled | Phase::Closed));
+    let orphan_on_resource = ra.spec.deletion_policy == Some(DeletionPolicy::Orphan)
+        || ra.annotations().get(DELETION_POLICY_ANNOTATION).map(String::as_str) == Some("Orphan");
+    !done && !orphan_on_resource && (ra.metadata.deletion_timestamp.is_none() || ra.finalizers().iter().any(|f| f == crate::resource::FINALIZER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invitation_names_fit() {
+        assert_eq!(invitation_secret_name("ra"), "ra-invitation");
+        let long = "a".repeat(253);
+        let n = invitation_secret_name(&long);
+        assert!(n.len() <= 253, "{}", n.len());
+        assert_ne!(invitation_secret_name(&"b".repeat(253)), n);
+    }
+}
