@@ -123,6 +123,7 @@ impl Context {
                     && ra.namespace().as_deref() == Some(namespace)
                     && ra.spec.credentials_secret_ref.as_ref().is_some_and(|r| r.name == name)
                     && may_need_cancel(ra)
+                    && !self.was_cancelled(&ra.uid().unwrap_or_default())
             })
         });
         if still_needed {

@@ -52,6 +52,7 @@ impl World {
     pub fn config(&self) -> controller::Config {
         controller::Config {
             namespace: Some(self.namespace.clone()),
+            poll_interval: Duration::from_millis(500),
             backoff: BackoffPolicy {
                 base: Duration::from_millis(200),
                 max: Duration::from_secs(5),
@@ -128,6 +129,27 @@ impl World {
     pub async fn create(&self, manifest: serde_json::Value) -> RemoteAssistance {
         let ra: RemoteAssistance = serde_json::from_value(manifest).expect("a RemoteAssistance manifest");
         self.api().create(&PostParams::default(), &ra).await.expect("creating the RemoteAssistance")
+    }
+
+    /// Merge-patches a RemoteAssistance's metadata.annotations (a null value removes one).
+    pub async fn annotate(&self, name: &str, annotations: serde_json::Value) {
+        self.api()
+            .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "metadata": { "annotations": annotations } })))
+            .await
+            .expect("annotating the RemoteAssistance");
+    }
+
+    /// Merge-patches the annotations of the test namespace.
+    pub async fn annotate_namespace(&self, annotations: serde_json::Value) {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        api.patch(&self.namespace, &PatchParams::default(), &Patch::Merge(json!({ "metadata": { "annotations": annotations } })))
+            .await
+            .expect("annotating the namespace");
+    }
+
+    /// Reads a Secret of the test namespace.
+    pub async fn secret(&self, name: &str) -> Option<Secret> {
+        Api::<Secret>::namespaced(self.client.clone(), &self.namespace).get_opt(name).await.expect("reading a Secret")
     }
 
     /// Merge-patches a RemoteAssistance's spec.
