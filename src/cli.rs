@@ -24,6 +24,59 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
+    /// Run the Workspace simulator (and IAM token endpoint): try the operator or a GitOps setup
+    /// without a Huawei Cloud account.
+    Simulate(SimulateArgs),
+    /// Run the whole lifecycle locally: a real control plane, the simulator and the operator.
+    Demo(DemoArgs),
+}
+
+/// Settings of `simulate`.
+#[derive(Args, Debug, Clone)]
+pub struct SimulateArgs {
+    /// Address to listen on (plain HTTP; put `endpoint: http://ADDRESS` in a RemoteAssistance).
+    #[arg(long, env = "SIMULATOR_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+
+    /// An accepted access key, as ACCESS_KEY_ID:SECRET_ACCESS_KEY (repeatable).
+    #[arg(long = "access-key", env = "SIMULATOR_ACCESS_KEYS", value_delimiter = ' ')]
+    pub access_keys: Vec<String>,
+
+    /// An accepted IAM token (repeatable).
+    #[arg(long = "token", env = "SIMULATOR_TOKENS", value_delimiter = ' ')]
+    pub tokens: Vec<String>,
+
+    /// An IAM user that may log in with a password, as DOMAIN/USER:PASSWORD (repeatable).
+    #[arg(long = "iam-user", env = "SIMULATOR_IAM_USERS", value_delimiter = ' ')]
+    pub iam_users: Vec<String>,
+
+    /// Lifetime of the tokens the IAM endpoint issues.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub token_lifetime: Duration,
+
+    /// A session already in progress, as PROJECT_ID/DESKTOP_ID (repeatable), as if the desktop's
+    /// user had asked for help.
+    #[arg(long = "open-session")]
+    pub open_sessions: Vec<String>,
+
+    /// Delay added to every answer.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub latency: Duration,
+
+    /// A fault rule, e.g. `operation=cancel,status=503,code=APIGW.0308,times=3` (repeatable;
+    /// keys: operation, desktop, kind=error|html|drop|delay|redirect, times, status, code,
+    /// message, delay, location).
+    #[arg(long = "fault")]
+    pub faults: Vec<String>,
+}
+
+/// Settings of `demo`.
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Where to build the control-plane harness (default: control-plane/ in Cargo's target
+    /// directory).
+    #[arg(long)]
+    pub build_dir: Option<PathBuf>,
 }
 
 /// Log line format.

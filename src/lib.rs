@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod controller;
+pub mod devenv;
 pub mod resource;
 pub mod simulator;
 pub mod workspace;

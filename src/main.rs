@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing::{error, info, warn};
-use workspace_assist::cli::{Cli, Command, LogFormat, RunArgs};
+use workspace_assist::cli::{Cli, Command, DemoArgs, LogFormat, RunArgs, SimulateArgs};
 use workspace_assist::controller::{self, BackoffPolicy};
 use workspace_assist::workspace::ClientOptions;
 
@@ -15,16 +15,79 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => {
             init_logging(&args.log_level, args.log_format);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-            match runtime.block_on(run(*args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    error!(error = %e, "the operator stopped");
-                    ExitCode::FAILURE
-                }
-            }
+            finish("the operator stopped", runtime().block_on(run(*args)))
+        }
+        Command::Simulate(args) => {
+            init_logging("info", LogFormat::Text);
+            finish("the simulator stopped", runtime().block_on(simulate(args)))
+        }
+        Command::Demo(args) => {
+            init_logging("warn", LogFormat::Text);
+            finish("the demo failed", runtime().block_on(demo(args)))
         }
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime")
+}
+
+fn finish(what: &str, result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "{what}");
+            eprintln!("{what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn demo(args: DemoArgs) -> Result<(), String> {
+    workspace_assist::install_crypto_provider();
+    let build_dir = args.build_dir.unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+        target.join("control-plane")
+    });
+    workspace_assist::devenv::demo::run(workspace_assist::devenv::demo::DemoOptions { build_dir }).await
+}
+
+async fn simulate(args: SimulateArgs) -> Result<(), String> {
+    use workspace_assist::simulator::{Simulator, faults::parse_fault_rule};
+    let split = |s: &str, sep: char, what: &str| -> Result<(String, String), String> {
+        s.split_once(sep).map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| format!("{what} must look like {}", match sep {
+            ':' => "A:B",
+            _ => "A/B",
+        }))
+    };
+    let sim = Simulator::start_on(args.listen).await.map_err(|e| format!("listening on {}: {e}", args.listen))?;
+    for key in &args.access_keys {
+        let (ak, sk) = split(key, ':', "--access-key")?;
+        sim.add_access_key(&ak, &sk);
+    }
+    for token in &args.tokens {
+        sim.add_token(token);
+    }
+    for user in &args.iam_users {
+        let (domain, rest) = split(user, '/', "--iam-user")?;
+        let (name, password) = split(&rest, ':', "--iam-user")?;
+        sim.add_iam_user(&domain, &name, &password);
+    }
+    sim.set_token_lifetime(args.token_lifetime);
+    for session in &args.open_sessions {
+        let (project, desktop) = split(session, '/', "--open-session")?;
+        sim.open_session(&project, &desktop);
+    }
+    sim.set_latency(args.latency);
+    for fault in &args.faults {
+        sim.inject(parse_fault_rule(fault)?);
+    }
+    println!("SIMULATOR_READY {}", sim.endpoint());
+    info!(endpoint = %sim.endpoint(), access_keys = args.access_keys.len(), "Workspace simulator running; IAM tokens at {}/v3/auth/tokens", sim.endpoint());
+    shutdown_signal().await;
+    Ok(())
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -32,7 +95,8 @@ fn init_logging(level: &str, format: LogFormat) {
         eprintln!("invalid --log-level {level:?} ({e}); using info");
         tracing_subscriber::EnvFilter::new("info")
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
         LogFormat::Text => builder.init(),

@@ -44,7 +44,7 @@ fn main() {
 }
 
 fn hold() {
-    let cp = support::ControlPlane::start().unwrap_or_else(|e| panic!("{e}"));
+    let cp = support::ControlPlane::start(&support::control_plane::harness()).unwrap_or_else(|e| panic!("{e}"));
     println!("HARNESS_PID {}", cp.pid);
     loop {
         std::thread::sleep(Duration::from_secs(3600));

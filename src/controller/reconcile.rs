@@ -339,7 +339,14 @@ impl<'a> Step<'a> {
 
     async fn finish_with_calls(&mut self, conclusion: &Conclusion<'_>, calls: u32) -> Result<(), Error> {
         self.ctx.delete_invitation_secret(&self.ra).await?;
-        self.write(conclusion, calls, |s| s.invitation_secret_name = None).await?;
+        self.write(conclusion, calls, |s| {
+            s.invitation_secret_name = None;
+            // The cloud closes a cancelled session.
+            if let Some(a) = s.assistance.as_mut() {
+                a.status = Some(crate::workspace::models::STATUS_CLOSE.to_string());
+            }
+        })
+        .await?;
         self.release().await?;
         if self.phase() == Some(Phase::Cancelled) && self.ctx.was_cancelled(&self.uid()) {
             // The status records it now; memory is no longer needed.

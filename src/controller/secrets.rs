@@ -102,15 +102,28 @@ impl Context {
 
     /// Puts the pin finalizer on a credentials Secret that a resource may still need.
     pub async fn pin_secret(&self, secret: &Secret) -> Result<(), kube::Error> {
-        if secret.finalizers().iter().any(|f| f == SECRET_FINALIZER) || secret.metadata.deletion_timestamp.is_some() {
-            return Ok(());
-        }
-        let mut finalizers = secret.finalizers().to_vec();
-        finalizers.push(SECRET_FINALIZER.to_string());
-        let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": secret.resource_version() } });
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &secret.namespace().unwrap_or_default());
-        api.patch(&secret.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        info!(secret = %secret.name_any(), "credentials Secret pinned until no RemoteAssistance needs it to cancel");
+        let mut current = secret.clone();
+        for _ in 0..5 {
+            if current.finalizers().iter().any(|f| f == SECRET_FINALIZER) || current.metadata.deletion_timestamp.is_some() {
+                return Ok(());
+            }
+            let mut finalizers = current.finalizers().to_vec();
+            finalizers.push(SECRET_FINALIZER.to_string());
+            // The resourceVersion makes this a compare-and-swap: other finalizers are kept.
+            let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": current.resource_version() } });
+            match api.patch(&current.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    info!(secret = %current.name_any(), "credentials Secret pinned until no RemoteAssistance needs it to cancel");
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&current.name_any()).await? {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(()),
+                },
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 

@@ -92,3 +92,65 @@ impl FaultRule {
         self.desktop_id.as_deref().is_none_or(|d| d == desktop_id) && self.operation.is_none_or(|o| o == operation)
     }
 }
+
+/// Parses a fault rule written as comma-separated `key=value` pairs, for `simulate --fault`:
+///
+/// - `operation=cancel|create|show|*` (default `*`), `desktop=ID|*` (default `*`),
+/// - `kind=error|html|drop|delay|redirect` (default `error`), `times=N` (default 1),
+/// - for `error`: `status=N` (default 500), `code=CODE` (default `WKS.00000001`), `message=TEXT`;
+///   for `html`: `status=N` (default 502); for `delay`: `delay=DURATION` (e.g. `2s`);
+///   for `redirect`: `status=N` (default 302), `location=URL`.
+///
+/// Example: `operation=cancel,status=503,code=APIGW.0308,times=3`.
+pub fn parse_fault_rule(spec: &str) -> Result<FaultRule, String> {
+    let mut fields = std::collections::HashMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| format!("{part:?} is not key=value"))?;
+        fields.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let get = |k: &str| fields.get(k).map(String::as_str);
+    let operation = match get("operation").unwrap_or("*") {
+        "*" => None,
+        "cancel" => Some(Operation::CancelRemoteAssistance),
+        "create" => Some(Operation::CreateRemoteAssistance),
+        "show" => Some(Operation::ShowDesktopRemoteAssistanceInfo),
+        other => return Err(format!("operation {other:?} is not cancel, create, show or *")),
+    };
+    let desktop_id = get("desktop").filter(|d| *d != "*").map(str::to_string);
+    let times: usize = get("times").unwrap_or("1").parse().map_err(|_| "times must be a whole number".to_string())?;
+    let status = |default: u16| -> Result<u16, String> {
+        get("status").map_or(Ok(default), |s| s.parse().map_err(|_| format!("status {s:?} is not a number")))
+    };
+    let fault = match get("kind").unwrap_or("error") {
+        "error" => Fault::error(status(500)?, get("code").unwrap_or("WKS.00000001"), get("message").unwrap_or("Injected fault")),
+        "html" => Fault::html(status(502)?),
+        "drop" => Fault::Drop,
+        "delay" => Fault::Delay(crate::cli::parse_duration(get("delay").ok_or("kind=delay needs delay=DURATION")?)?),
+        "redirect" => Fault::redirect(status(302)?, get("location").unwrap_or("https://example.com/")),
+        other => return Err(format!("kind {other:?} is not error, html, drop, delay or redirect")),
+    };
+    let known = ["operation", "desktop", "times", "status", "code", "message", "kind", "delay", "location"];
+    if let Some(k) = fields.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(format!("unknown key {k:?} (known: {})", known.join(", ")));
+    }
+    Ok(FaultRule { desktop_id, operation, faults: vec![fault; times] })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rules() {
+        let r = parse_fault_rule("operation=cancel,status=503,code=APIGW.0308,times=3").unwrap();
+        assert_eq!(r.operation, Some(Operation::CancelRemoteAssistance));
+        assert_eq!(r.desktop_id, None);
+        assert_eq!(r.faults, vec![Fault::error(503, "APIGW.0308", "Injected fault"); 3]);
+        let r = parse_fault_rule("desktop=d1,kind=delay,delay=2s").unwrap();
+        assert_eq!(r.faults, vec![Fault::Delay(std::time::Duration::from_secs(2))]);
+        assert_eq!(parse_fault_rule("kind=drop").unwrap().faults, vec![Fault::Drop]);
+        assert!(parse_fault_rule("operation=reboot").is_err());
+        assert!(parse_fault_rule("status=abc").is_err());
+        assert!(parse_fault_rule("colour=red").is_err());
+    }
+}

@@ -2,16 +2,32 @@
 //! namespace per test, and the project's CRDs installed and Established.
 #![allow(dead_code)]
 
-pub mod control_plane;
 pub mod operator;
+
+/// The project's control plane, started once per test binary.
+pub mod control_plane {
+    use std::sync::OnceLock;
+
+    pub use workspace_assist::devenv::control_plane::*;
+
+    /// The harness built into this test run's target directory.
+    pub fn harness() -> Harness {
+        Harness::new(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("control-plane"))
+    }
+
+    /// The control plane shared by every test of this test binary, started on first use.
+    pub fn shared() -> &'static ControlPlane {
+        static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+        SHARED.get_or_init(|| ControlPlane::start(&harness()).unwrap_or_else(|e| panic!("{e}")))
+    }
+}
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::Client;
 
 pub use control_plane::ControlPlane;
 
@@ -20,11 +36,7 @@ pub const TEST_MANAGER: &str = "integration-tests";
 
 /// A client with the admin identity of the given control plane.
 pub async fn client_for(cp: &ControlPlane) -> Client {
-    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("reading the harness kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("loading the harness kubeconfig");
-    Client::try_from(config).expect("building a kube client")
+    workspace_assist::devenv::demo::client_for(cp).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// An admin client of the shared control plane. Each test gets its own (a client belongs to the

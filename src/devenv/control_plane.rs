@@ -1,14 +1,14 @@
 //! Starts the project's real control plane (kube-apiserver + embedded etcd, built from the Go
-//! module in `tests/control-plane/`) for integration tests.
+//! module in `tests/control-plane/`) for the integration tests and the local demo.
 //!
-//! The harness binary is built with `go build` when it is missing or its sources changed, started
-//! once per test binary, and stopped by the operating system closing its standard input when the
-//! test process exits, however it exits.
+//! The harness binary is built with `go build` when it is missing or its sources changed, and
+//! stops when its standard input closes: when the process that started it exits, however it
+//! exits, the operating system closes the pipe.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -40,29 +40,42 @@ struct ReadyLine {
     start_millis: u64,
 }
 
-/// The control plane shared by every test of this test binary, started on first use.
-pub fn shared() -> &'static ControlPlane {
-    static SHARED: OnceLock<ControlPlane> = OnceLock::new();
-    SHARED.get_or_init(|| ControlPlane::start().unwrap_or_else(|e| panic!("{e}")))
+/// Where the harness's Go sources are and where its binary goes.
+#[derive(Debug, Clone)]
+pub struct Harness {
+    /// The Go module of the harness (`tests/control-plane`).
+    pub source_dir: PathBuf,
+    /// Where the built binary and its fingerprint are kept.
+    pub build_dir: PathBuf,
+}
+
+impl Harness {
+    /// The harness of this source tree, built into `build_dir`.
+    pub fn new(build_dir: impl Into<PathBuf>) -> Harness {
+        Harness {
+            source_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("control-plane"),
+            build_dir: build_dir.into(),
+        }
+    }
 }
 
 impl ControlPlane {
     /// Builds the harness if needed and starts a new instance in a fresh temporary directory.
-    pub fn start() -> Result<ControlPlane, String> {
+    pub fn start(harness: &Harness) -> Result<ControlPlane, String> {
         let dir = tempfile::Builder::new()
             .prefix("control-plane-")
             .tempdir()
             .map_err(|e| format!("creating a temporary directory: {e}"))?;
         let path = dir.path().to_path_buf();
-        let mut cp = Self::start_in(&path, &[])?;
+        let mut cp = Self::start_in(harness, &path, &[])?;
         cp._dir = Some(dir);
         Ok(cp)
     }
 
     /// Starts an instance whose kubeconfig, logs and etcd data live in `dir`; `args` are passed
     /// to the harness as they are.
-    pub fn start_in(dir: &Path, args: &[&str]) -> Result<ControlPlane, String> {
-        let binary = harness_binary()?;
+    pub fn start_in(harness: &Harness, dir: &Path, args: &[&str]) -> Result<ControlPlane, String> {
+        let binary = build(harness)?;
         let mut child = Command::new(&binary)
             .arg("-dir")
             .arg(dir)
@@ -140,24 +153,14 @@ impl ControlPlane {
     }
 }
 
-/// Where the harness sources live.
-fn harness_source_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("control-plane")
-}
-
 /// Returns the harness binary, building it with `go build` when missing or stale.
-pub fn harness_binary() -> Result<PathBuf, String> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT.get_or_init(build_harness).clone()
-}
-
-fn build_harness() -> Result<PathBuf, String> {
-    let src = harness_source_dir();
-    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("control-plane");
-    std::fs::create_dir_all(&out_dir).map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
+pub fn build(harness: &Harness) -> Result<PathBuf, String> {
+    let src = &harness.source_dir;
+    let out_dir = &harness.build_dir;
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
     let binary = out_dir.join("control-plane");
     let stamp = out_dir.join("control-plane.fingerprint");
-    let fingerprint = source_fingerprint(&src)?;
+    let fingerprint = source_fingerprint(src)?;
     if binary.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(fingerprint.as_str()) {
         return Ok(binary);
     }
@@ -172,12 +175,12 @@ fn build_harness() -> Result<PathBuf, String> {
             go.to_string_lossy()
         ));
     }
-    eprintln!("building the test control plane (a cold build takes several minutes)...");
+    eprintln!("building the control plane harness with go build (a cold build takes several minutes)...");
     let started = Instant::now();
     let tmp = out_dir.join(format!("control-plane.tmp-{}", std::process::id()));
     // No -trimpath: the upstream test server finds its certificate fixtures through its source path.
     let output = Command::new(&go)
-        .current_dir(&src)
+        .current_dir(src)
         .env("GOTOOLCHAIN", "local")
         .args(["build", "-buildvcs=false", "-o"])
         .arg(&tmp)
@@ -192,7 +195,7 @@ fn build_harness() -> Result<PathBuf, String> {
     }
     std::fs::rename(&tmp, &binary).map_err(|e| format!("installing the harness binary: {e}"))?;
     std::fs::write(&stamp, &fingerprint).map_err(|e| format!("writing {}: {e}", stamp.display()))?;
-    eprintln!("built the test control plane in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!("built the control plane harness in {:.1}s", started.elapsed().as_secs_f64());
     Ok(binary)
 }
 
