@@ -153,6 +153,39 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME", default_value = "workspace-assist")]
     pub instance_name: String,
 
+    /// Address of the metrics (/metrics) and health (/healthz, /readyz) server.
+    #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub metrics_address: std::net::SocketAddr,
+
+    /// Elect a leader on a coordination.k8s.io Lease; only the leader reconciles.
+    #[arg(long, env = "LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else "default").
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "LEADER_ELECTION_LEASE_NAME", default_value = "workspace-assist")]
+    pub leader_election_lease_name: String,
+
+    /// How long a leader's lease is valid after its last renewal; a standby takes over after it.
+    #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// How long before its expiry the leader renews the lease.
+    #[arg(long, env = "LEASE_RENEW_BEFORE", default_value = "5s", value_parser = parse_duration)]
+    pub lease_renew_before: Duration,
+
+    /// On SIGTERM, how long in-flight work may take before the process exits anyway (keep it
+    /// below the pod's terminationGracePeriodSeconds).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// A resource deleting for longer than this counts in workspace_assist_resources_stuck_deleting.
+    #[arg(long, env = "STUCK_DELETING_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub stuck_deleting_after: Duration,
+
     /// Log level filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod devenv;
 pub mod resource;
 pub mod simulator;
+pub mod telemetry;
 pub mod workspace;
 
 /// The CRDs this project installs, as one YAML stream.

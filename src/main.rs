@@ -4,6 +4,9 @@ use clap::Parser;
 use tracing::{error, info, warn};
 use workspace_assist::cli::{Cli, Command, DemoArgs, LogFormat, RunArgs, SimulateArgs};
 use workspace_assist::controller::{self, BackoffPolicy};
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio_util::sync::CancellationToken;
+use workspace_assist::telemetry;
 use workspace_assist::workspace::ClientOptions;
 
 fn main() -> ExitCode {
@@ -124,10 +127,100 @@ async fn run(args: RunArgs) -> Result<(), String> {
         iam_endpoint: args.iam_endpoint.clone(),
         client: ClientOptions { timeout: args.cloud_timeout, extra_ca_pem, insecure_skip_tls_verify: args.insecure_skip_tls_verify, ..ClientOptions::default() },
         instance: args.instance_name.clone(),
+        stuck_deleting_after: args.stuck_deleting_after,
     };
     let client = kube::Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
-    info!(namespace = args.namespace.as_deref().unwrap_or("(all)"), concurrency = args.concurrency, "starting the operator");
-    controller::run(client, config, shutdown_signal()).await
+    let telemetry = controller::Telemetry::default();
+    let address = telemetry::serve(args.metrics_address, telemetry.metrics.clone(), telemetry.health.clone())
+        .await
+        .map_err(|e| format!("serving metrics on {}: {e}", args.metrics_address))?;
+    info!(namespace = args.namespace.as_deref().unwrap_or("(all)"), concurrency = args.concurrency, metrics = %address, instance = %args.instance_name, "starting the operator");
+
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    let (health, grace) = (telemetry.health.clone(), args.shutdown_timeout);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        health.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        on_signal.cancel();
+        tokio::time::sleep(grace).await;
+        error!(timeout = ?grace, "in-flight work did not finish within the shutdown timeout: exiting anyway");
+        std::process::exit(1);
+    });
+
+    if !args.leader_elect {
+        let stop = shutdown.clone();
+        return controller::run(client, config, telemetry, async move { stop.cancelled().await }).await;
+    }
+    lead_then_run(client, config, telemetry, &args, shutdown).await
+}
+
+/// Waits for the leader Lease, reconciles while holding it, and releases it on shutdown. Losing
+/// the lease stops the process (the pod restarts and becomes a standby).
+async fn lead_then_run(
+    client: kube::Client,
+    config: controller::Config,
+    telemetry: controller::Telemetry,
+    args: &RunArgs,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let namespace = args
+        .leader_election_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "default".into());
+    let manager = LeaseManagerBuilder::new(client.clone(), &args.leader_election_lease_name)
+        .with_namespace(&namespace)
+        .with_identity(&args.instance_name)
+        .with_duration(args.lease_duration.as_secs().max(2))
+        .with_grace(args.lease_renew_before.as_secs().max(1))
+        .with_field_manager(format!("workspace-assist-{}", args.instance_name))
+        .build()
+        .await
+        .map_err(|e| format!("setting up leader election on Lease {namespace}/{}: {e}", args.leader_election_lease_name))?;
+    let (mut leading, lease_task) = manager.watch().await;
+    // A standby is ready: it can take over at once.
+    telemetry.health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    info!(lease = %format!("{namespace}/{}", args.leader_election_lease_name), "waiting to become the leader");
+    while !*leading.borrow_and_update() {
+        tokio::select! {
+            changed = leading.changed() => if changed.is_err() { return Err("leader election stopped".into()) },
+            _ = shutdown.cancelled() => {
+                drop(leading);
+                let _ = lease_task.await;
+                return Ok(());
+            }
+        }
+    }
+    info!("became the leader: reconciling");
+    telemetry.metrics.set_leader(true);
+    let lost = CancellationToken::new();
+    let (stop, lost_signal, mut watch_leading) = (shutdown.clone(), lost.clone(), leading.clone());
+    let stop_controller = async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = async {
+                loop {
+                    if watch_leading.changed().await.is_err() || !*watch_leading.borrow_and_update() {
+                        break;
+                    }
+                }
+            } => lost_signal.cancel(),
+        }
+    };
+    let result = controller::run(client, config, telemetry.clone(), stop_controller).await;
+    telemetry.metrics.set_leader(false);
+    drop(leading);
+    match lease_task.await {
+        Ok(Ok(_)) => info!("leader Lease released"),
+        Ok(Err(e)) => warn!(error = %e, "could not release the leader Lease"),
+        Err(e) => warn!(error = %e, "the leader-election task failed"),
+    }
+    result?;
+    if lost.is_cancelled() {
+        return Err("lost the leader Lease: exiting so that this instance restarts as a standby".into());
+    }
+    Ok(())
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -48,7 +48,8 @@ async fn secrets_never_reach_logs_events_or_status() {
 
     let cp = support::control_plane::shared();
     let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_workspace-assist"))
-        .args(["run", "--namespace", &w.namespace, "--log-level", "trace", "--backoff-base", "200ms"])
+        .args(["run", "--namespace", &w.namespace, "--log-level", "trace", "--backoff-base", "200ms", "--leader-elect", "false"])
+        .args(["--metrics-address", &format!("127.0.0.1:{}", support::process::free_port())])
         .env("KUBECONFIG", &cp.kubeconfig)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

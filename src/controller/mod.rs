@@ -25,6 +25,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, warn};
 
 use crate::resource::{DeletionPolicy, RemoteAssistance, SECRET_FINALIZER};
+use crate::telemetry::{Health, Metrics};
 use crate::workspace::{ClientOptions, TokenCache, WorkspaceClient};
 
 pub use error::Error;
@@ -59,6 +60,8 @@ pub struct Config {
     pub client: ClientOptions,
     /// Name of this instance in Events (the pod name in a cluster).
     pub instance: String,
+    /// A resource deleting for longer than this counts as stuck in the metrics.
+    pub stuck_deleting_after: Duration,
 }
 
 impl Default for Config {
@@ -75,6 +78,7 @@ impl Default for Config {
             iam_endpoint: None,
             client: ClientOptions::default(),
             instance: "workspace-assist".into(),
+            stuck_deleting_after: Duration::from_secs(600),
         }
     }
 }
@@ -91,6 +95,8 @@ pub struct Context {
     pub gates: gate::Gates,
     /// IAM tokens of password logins.
     pub tokens: TokenCache,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
     recorder: Recorder,
     limiter: DefaultDirectRateLimiter,
     /// Confirmed cancels by UID, kept for a while after the object is gone: the cache may still
@@ -103,7 +109,7 @@ pub struct Context {
 
 impl Context {
     /// Builds the shared context.
-    pub fn new(client: Client, config: Config) -> Result<Context, String> {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Result<Context, String> {
         let cloud = WorkspaceClient::new(&config.client)?;
         let reporter = Reporter { controller: "workspace-assist".into(), instance: Some(config.instance.clone()) };
         Ok(Context {
@@ -114,6 +120,7 @@ impl Context {
             config,
             gates: gate::Gates::default(),
             tokens: TokenCache::default(),
+            metrics,
             cancelled: Mutex::default(),
             secret_versions: Mutex::default(),
             invitations: Mutex::default(),
@@ -210,9 +217,23 @@ impl Context {
     }
 }
 
+/// Where the controller reports: metrics and readiness.
+#[derive(Clone, Default)]
+pub struct Telemetry {
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Readiness.
+    pub health: Arc<Health>,
+}
+
 /// Runs the controller until `shutdown` completes; in-flight reconciles finish first.
-pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()> + Send + Sync + 'static) -> Result<(), String> {
-    let ctx = Arc::new(Context::new(client.clone(), config)?);
+pub async fn run(
+    client: Client,
+    config: Config,
+    telemetry: Telemetry,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), String> {
+    let ctx = Arc::new(Context::new(client.clone(), config, telemetry.metrics.clone())?);
     let (resources, secrets): (Api<RemoteAssistance>, Api<Secret>) = match &ctx.config.namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
@@ -220,6 +241,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     let controller = Controller::new(resources, watcher::Config::default().any_semantic());
     let store = controller.store();
     let _ = ctx.store.set(store.clone());
+    let gauges = tokio::spawn(report_resources(store.clone(), telemetry.clone(), ctx.config.stuck_deleting_after));
     let mapper_ctx = ctx.clone();
     controller
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
@@ -237,5 +259,34 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             }
         })
         .await;
+    gauges.abort();
     Ok(())
+}
+
+/// Marks the instance ready once the cache is synced, then keeps the per-phase gauges current.
+async fn report_resources(store: Store<RemoteAssistance>, telemetry: Telemetry, stuck_after: Duration) {
+    if store.wait_until_ready().await.is_ok() {
+        telemetry.health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let phases = ["Pending", "Active", "Cancelling", "Cancelled", "Closed", "Failed"];
+    loop {
+        let now = jiff::Timestamp::now();
+        let mut counts: Vec<(&'static str, i64)> = phases.iter().map(|p| (*p, 0)).collect();
+        let mut stuck = 0;
+        for ra in store.state() {
+            if let Some(phase) = ra.status.as_ref().and_then(|s| s.phase) {
+                let name = format!("{phase:?}");
+                if let Some(c) = counts.iter_mut().find(|(p, _)| *p == name) {
+                    c.1 += 1;
+                }
+            }
+            if let Some(deleting) = &ra.metadata.deletion_timestamp {
+                if now.duration_since(deleting.0).unsigned_abs() > stuck_after {
+                    stuck += 1;
+                }
+            }
+        }
+        telemetry.metrics.set_resources(&counts, stuck);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }

@@ -39,6 +39,7 @@ pub struct Failure {
 /// Reconciles one RemoteAssistance.
 #[tracing::instrument(skip_all, fields(namespace = ra.namespace().unwrap_or_default(), name = ra.name_any()))]
 pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<Action, Failure> {
+    let started = Instant::now();
     let uid = ra.uid().unwrap_or_default();
     let trigger = Trigger {
         generation: ra.metadata.generation,
@@ -48,6 +49,7 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
     };
     if let Some(wait) = ctx.gates.wait_for(&uid, &trigger, Instant::now()) {
         debug!(wait_ms = wait.as_millis() as u64, "backing off");
+        ctx.metrics.reconciled("backoff", "BackingOff", started.elapsed());
         return Ok(Action::requeue(wait));
     }
     let api: Api<RemoteAssistance> = Api::namespaced(ctx.client.clone(), &ra.namespace().unwrap_or_default());
@@ -65,6 +67,7 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
             } else {
                 ctx.gates.succeeded(&uid);
             }
+            ctx.metrics.reconciled("success", "Reconciled", started.elapsed());
             Ok(action)
         }
         Err(e) => {
@@ -74,6 +77,10 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
                 other => Error::Finalizer(other.to_string()),
             };
             let retry_after = ctx.gates.failed(&uid, trigger, error.needs_human(), &ctx.config.backoff, Instant::now());
+            ctx.metrics.reconciled("error", error.reason(), started.elapsed());
+            if !error.needs_human() {
+                ctx.metrics.retry(error.reason());
+            }
             Err(Failure { error, retry_after })
         }
     }
@@ -211,7 +218,7 @@ impl<'a> Step<'a> {
             return Ok(Action::requeue(self.ctx.config.poll_interval));
         }
         let ctx = self.ctx;
-        let created = match ctx.call(creds, |c| async move { ctx.cloud.create(target, &c).await }).await {
+        let created = match ctx.call(Operation::CreateRemoteAssistance, creds, |c| async move { ctx.cloud.create(target, &c).await }).await {
             Ok(answer) => answer,
             Err(error) => {
                 let disposition = classify(&error, &self.ctx.config.not_found_codes);
@@ -263,7 +270,7 @@ impl<'a> Step<'a> {
 
     async fn show(&self, target: &Target, creds: &CallCredentials) -> Result<ShowResponse, Error> {
         let ctx = self.ctx;
-        match ctx.call(creds, |c| async move { ctx.cloud.show(target, &c).await }).await {
+        match ctx.call(Operation::ShowDesktopRemoteAssistanceInfo, creds, |c| async move { ctx.cloud.show(target, &c).await }).await {
             Ok(answer) => Ok(answer.value),
             Err(error) => match classify(&error, &self.ctx.config.not_found_codes) {
                 Disposition::NotFound => Ok(ShowResponse::default()),
@@ -276,7 +283,7 @@ impl<'a> Step<'a> {
     /// is nothing to cancel.
     async fn cancel(&self, target: &Target, creds: &CallCredentials) -> Result<(), Error> {
         let ctx = self.ctx;
-        let result = ctx.call(creds, |c| async move { ctx.cloud.cancel(target, &c).await }).await;
+        let result = ctx.call(Operation::CancelRemoteAssistance, creds, |c| async move { ctx.cloud.cancel(target, &c).await }).await;
         let (ra, ctx) = (&self.ra, self.ctx);
         match result {
             Ok(answer) => {

@@ -87,7 +87,7 @@ async fn lifecycle(cp: &ControlPlane, say: &impl Fn(&str), started: Instant) -> 
         instance: "demo".into(),
         ..controller::Config::default()
     };
-    let operator = tokio::spawn(controller::run(client.clone(), config, async move {
+    let operator = tokio::spawn(controller::run(client.clone(), config, Default::default(), async move {
         let _ = stopped.await;
     }));
     say("operator running (watching namespace demo)");

@@ -100,6 +100,8 @@ pub struct Answer<T> {
     pub value: T,
     /// `X-Request-Id` of the answer.
     pub request_id: Option<String>,
+    /// HTTP status of the answer.
+    pub http_status: u16,
 }
 
 /// Client of the Workspace remote-assistance API. Cheap to clone.
@@ -138,7 +140,7 @@ impl WorkspaceClient {
     /// CancelRemoteAssistance: `DELETE`, 204 on success.
     pub async fn cancel(&self, target: &Target, credentials: &Credentials) -> Result<Answer<()>, CloudError> {
         let raw = self.call(Operation::CancelRemoteAssistance, target, credentials).await?;
-        Ok(Answer { value: (), request_id: raw.request_id })
+        Ok(Answer { value: (), request_id: raw.request_id, http_status: raw.status })
     }
 
     /// ShowDesktopRemoteAssistanceInfo: `GET`, 200 with the session's details.
@@ -301,10 +303,10 @@ struct RawAnswer {
 impl RawAnswer {
     fn decode<T: serde::de::DeserializeOwned + Default>(self, operation: Operation) -> Result<Answer<T>, CloudError> {
         if self.body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Answer { value: T::default(), request_id: self.request_id });
+            return Ok(Answer { value: T::default(), request_id: self.request_id, http_status: self.status });
         }
         match serde_json::from_slice::<T>(&self.body) {
-            Ok(value) => Ok(Answer { value, request_id: self.request_id }),
+            Ok(value) => Ok(Answer { value, request_id: self.request_id, http_status: self.status }),
             Err(e) => Err(CloudError::Transport {
                 operation,
                 kind: TransportKind::Body,

@@ -66,7 +66,7 @@ impl World {
     pub fn start_operator(&mut self, config: controller::Config) {
         let (tx, rx) = oneshot::channel();
         let client = self.client.clone();
-        self.task = Some(tokio::spawn(controller::run(client, config, async move {
+        self.task = Some(tokio::spawn(controller::run(client, config, Default::default(), async move {
             let _ = rx.await;
         })));
         self.stop = Some(tx);

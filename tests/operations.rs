@@ -1,0 +1,155 @@
+//! Running for months: health and metrics endpoints, leader election with failover, and a
+//! graceful shutdown that finishes in-flight work and releases the lease. The operator runs as
+//! its real binary.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
+use support::operator::{PROJECT, World};
+use support::process::OperatorProcess;
+use workspace_assist::resource::{Phase, RemoteAssistance};
+use workspace_assist::simulator::{Fault, FaultRule};
+use workspace_assist::workspace::Operation;
+
+const T: Duration = Duration::from_secs(30);
+const CANCEL: Operation = Operation::CancelRemoteAssistance;
+
+fn active(ra: &RemoteAssistance) -> bool {
+    ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)
+}
+
+fn operator(w: &World, instance: &str, extra: &[&str]) -> OperatorProcess {
+    let cp = support::control_plane::shared();
+    let mut args = vec![
+        "--namespace",
+        &w.namespace,
+        "--leader-election-namespace",
+        &w.namespace,
+        "--instance-name",
+        instance,
+        "--poll-interval",
+        "1h",
+    ];
+    args.extend_from_slice(extra);
+    OperatorProcess::spawn(&cp.kubeconfig, &args)
+}
+
+async fn lease_holder(w: &World) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(w.client.clone(), &w.namespace);
+    leases.get_opt("workspace-assist").await.unwrap().and_then(|l| l.spec).and_then(|s| s.holder_identity).filter(|h| !h.is_empty())
+}
+
+async fn wait_for_holder(w: &World, timeout: Duration, check: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(h) = lease_holder(w).await {
+            if check(&h) {
+                return h;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no expected lease holder within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let w = World::new("ops").await;
+    w.sim.open_session(PROJECT, "desk-m");
+    let op = operator(&w, "solo", &[]);
+    op.wait_http("/readyz", 200, T).await;
+    assert_eq!(op.get("/healthz").await.0, 200);
+    wait_for_holder(&w, T, |h| h == "solo").await;
+
+    w.create(w.manifest("ra", "desk-m")).await;
+    w.wait_for("ra", T, "Active", active).await;
+    w.delete("ra").await;
+    w.wait_gone("ra", T).await;
+
+    let (status, text) = op.get("/metrics").await;
+    assert_eq!(status, 200);
+    for expected in [
+        r#"workspace_assist_cloud_requests_total{operation="CancelRemoteAssistance",http_status="204",error_code=""} 1"#,
+        r#"workspace_assist_cloud_requests_total{operation="ShowDesktopRemoteAssistanceInfo",http_status="200",error_code=""}"#,
+        r#"workspace_assist_reconciles_total{result="success",reason="Reconciled"}"#,
+        "workspace_assist_reconcile_duration_seconds_bucket",
+        "workspace_assist_cloud_request_duration_seconds_bucket",
+        "workspace_assist_leader 1",
+        "workspace_assist_resources_stuck_deleting 0",
+    ] {
+        assert!(text.contains(expected), "/metrics lacks {expected}:\n{text}");
+    }
+    assert!(!text.contains("desk-m") && !text.contains(&w.namespace), "no names or IDs in metrics");
+    assert_eq!(op.get("/nope").await.0, 404);
+}
+
+#[tokio::test]
+async fn one_leader_acts_and_a_standby_takes_over_when_it_is_killed() {
+    let w = World::new("ops").await;
+    let lease = ["--lease-duration", "4s", "--lease-renew-before", "1s"];
+    let a = operator(&w, "op-a", &lease);
+    let b = operator(&w, "op-b", &lease);
+    let leader = wait_for_holder(&w, T, |_| true).await;
+    let (mut leading, standby, standby_name) = if leader == "op-a" { (a, b, "op-b") } else { (b, a, "op-a") };
+    standby.wait_http("/readyz", 200, T).await;
+
+    let names: Vec<String> = (0..5).map(|i| format!("ha-{i}")).collect();
+    for n in &names {
+        w.sim.open_session(PROJECT, n);
+        w.create(w.manifest(n, n)).await;
+    }
+    for n in &names {
+        w.wait_for(n, T, "Active", active).await;
+    }
+    let events: Api<Event> = Api::namespaced(w.client.clone(), &w.namespace);
+    let reporters: Vec<String> = events.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|e| e.reporting_instance).collect();
+    assert!(!reporters.is_empty());
+    assert!(reporters.iter().all(|r| *r == leader), "only the leader acts: {reporters:?}");
+    assert!(standby.get("/metrics").await.1.contains("workspace_assist_leader 0"));
+    assert!(!standby.logs().contains("remote assistance created"), "the standby made no cloud call");
+
+    leading.signal("-KILL");
+    leading.wait(T).await;
+    let killed = Instant::now();
+    for n in &names {
+        w.delete(n).await;
+    }
+    let new_leader = wait_for_holder(&w, Duration::from_secs(20), |h| h == standby_name).await;
+    let takeover = killed.elapsed();
+    for n in &names {
+        w.wait_gone(n, T).await;
+        assert_eq!(w.sim.count(CANCEL, n), 1, "{n}: cancelled exactly once");
+    }
+    assert_eq!(new_leader, standby_name);
+    assert!(takeover < Duration::from_secs(4 + 5), "took over within the lease duration (plus a renew period): {takeover:?}");
+    println!("takeover after SIGKILL of the leader: {takeover:?}");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_work_and_releases_the_lease() {
+    let w = World::new("ops").await;
+    w.sim.open_session(PROJECT, "desk-slow");
+    let mut op = operator(&w, "graceful", &[]);
+    wait_for_holder(&w, T, |h| h == "graceful").await;
+    w.create(w.manifest("ra", "desk-slow")).await;
+    w.wait_for("ra", T, "Active", active).await;
+
+    w.sim.inject(FaultRule::new("desk-slow", CANCEL, vec![Fault::Delay(Duration::from_secs(3))]));
+    w.delete("ra").await;
+    tokio::time::sleep(Duration::from_millis(800)).await; // the cancel is now in flight
+    assert_eq!(w.sim.count(CANCEL, "desk-slow"), 0, "the cancel has not completed yet");
+    let sent = Instant::now();
+    op.signal("-TERM");
+    let status = op.wait(Duration::from_secs(20)).await;
+    assert!(status.success(), "clean exit after SIGTERM: {status}\n{}", op.logs());
+    println!("exited {:?} after SIGTERM", sent.elapsed());
+
+    assert_eq!(w.sim.count(CANCEL, "desk-slow"), 1, "the in-flight cancel completed");
+    assert!(w.api().get_opt("ra").await.unwrap().is_none(), "and its finalizer was removed before exit");
+    assert_eq!(lease_holder(&w).await, None, "the lease was released");
+    assert!(op.logs().contains("leader Lease released"), "{}", op.logs());
+}
