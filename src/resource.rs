@@ -176,6 +176,7 @@ pub struct RemoteAssistanceStatus {
 
     /// How many CancelRemoteAssistance calls the operator has made for this resource.
     #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(with = "i32", range(min = 0))]
     pub cancel_attempts: u32,
 
     /// What the cloud reports about the session (never its secrets).
@@ -228,6 +229,7 @@ pub struct LastError {
     pub operation: String,
     /// HTTP status of the answer; absent when no answer arrived (timeout, connection error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i32>", range(min = 100, max = 599))]
     pub http_status: Option<u16>,
     /// The cloud's error code, verbatim (for example WKS.00010032 or APIGW.0301).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -22,7 +22,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::resource::{DeletionPolicy, RemoteAssistance, SECRET_FINALIZER};
 use crate::telemetry::{Health, Metrics};
@@ -252,7 +252,13 @@ pub async fn run(
             match result {
                 Ok((object, _)) => debug!(%object, "reconciled"),
                 Err(controller::Error::ReconcilerFailed(failure, object)) => {
-                    debug!(%object, error = %failure, retry_after_ms = failure.retry_after.as_millis() as u64, "reconcile failed")
+                    let retry_after_ms = failure.retry_after.as_millis() as u64;
+                    let reason = failure.error.reason();
+                    if matches!(failure.error, Error::Cloud { .. }) && !failure.error.needs_human() {
+                        info!(%object, error = %failure, reason, retry_after_ms, "reconcile failed; retrying with backoff")
+                    } else {
+                        warn!(%object, error = %failure, reason, retry_after_ms, "reconcile failed")
+                    }
                 }
                 Err(controller::Error::ObjectNotFound(_)) => {}
                 Err(e) => warn!(error = %e, "controller"),

@@ -155,12 +155,18 @@ impl ControlPlane {
 
 /// Returns the harness binary, building it with `go build` when missing or stale.
 pub fn build(harness: &Harness) -> Result<PathBuf, String> {
+    build_tool(harness, ".", "control-plane")
+}
+
+/// Builds the Go package `package` (relative to the harness module, e.g. `./cmd/kubectl`) into
+/// `name` in the build directory, unless its sources are unchanged since the last build.
+pub fn build_tool(harness: &Harness, package: &str, name: &str) -> Result<PathBuf, String> {
     let src = &harness.source_dir;
     let out_dir = &harness.build_dir;
     std::fs::create_dir_all(out_dir).map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
-    let binary = out_dir.join("control-plane");
-    let stamp = out_dir.join("control-plane.fingerprint");
-    let fingerprint = source_fingerprint(src)?;
+    let binary = out_dir.join(name);
+    let stamp = out_dir.join(format!("{name}.fingerprint"));
+    let fingerprint = source_fingerprint(src, &src.join(package))?;
     if binary.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(fingerprint.as_str()) {
         return Ok(binary);
     }
@@ -169,47 +175,42 @@ pub fn build(harness: &Harness) -> Result<PathBuf, String> {
     let version = Command::new(&go).arg("version").output();
     if !matches!(&version, Ok(o) if o.status.success()) {
         return Err(format!(
-            "the integration tests need Go (1.26 or newer) to build the test control plane from \
-             tests/control-plane, and `{}` could not be run: install Go from your distribution or \
-             go.dev and make sure `go` is on PATH (or set GO=/path/to/go)",
+            "building {name} needs Go (1.26 or newer) to build tests/control-plane, and `{}` could not be \
+             run: install Go from your distribution or go.dev and make sure `go` is on PATH (or set GO=/path/to/go)",
             go.to_string_lossy()
         ));
     }
-    eprintln!("building the control plane harness with go build (a cold build takes several minutes)...");
+    eprintln!("building {name} with go build (a cold build takes several minutes)...");
     let started = Instant::now();
-    let tmp = out_dir.join(format!("control-plane.tmp-{}", std::process::id()));
+    let tmp = out_dir.join(format!("{name}.tmp-{}", std::process::id()));
     // No -trimpath: the upstream test server finds its certificate fixtures through its source path.
     let output = Command::new(&go)
         .current_dir(src)
         .env("GOTOOLCHAIN", "local")
         .args(["build", "-buildvcs=false", "-o"])
         .arg(&tmp)
-        .arg(".")
+        .arg(package)
         .output()
         .map_err(|e| format!("running go build: {e}"))?;
     if !output.status.success() {
-        return Err(format!(
-            "go build of the test control plane failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
+        return Err(format!("go build of {name} failed:\n{}", String::from_utf8_lossy(&output.stderr)));
     }
-    std::fs::rename(&tmp, &binary).map_err(|e| format!("installing the harness binary: {e}"))?;
+    std::fs::rename(&tmp, &binary).map_err(|e| format!("installing {name}: {e}"))?;
     std::fs::write(&stamp, &fingerprint).map_err(|e| format!("writing {}: {e}", stamp.display()))?;
-    eprintln!("built the control plane harness in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!("built {name} in {:.1}s", started.elapsed().as_secs_f64());
     Ok(binary)
 }
 
-/// A hash over the harness's Go sources and module files.
-fn source_fingerprint(src: &Path) -> Result<String, String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(src)
-        .map_err(|e| format!("reading {}: {e}", src.display()))?
+/// A hash over a package's Go sources and the module's go.mod and go.sum.
+fn source_fingerprint(module: &Path, package: &Path) -> Result<String, String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(package)
+        .map_err(|e| format!("reading {}: {e}", package.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.ends_with(".go") || name == "go.mod" || name == "go.sum"
-        })
+        .filter(|p| p.extension().is_some_and(|x| x == "go"))
         .collect();
     files.sort();
+    files.push(module.join("go.mod"));
+    files.push(module.join("go.sum"));
     let mut hash = Sha256::new();
     for f in files {
         hash.update(f.file_name().unwrap().as_encoded_bytes());

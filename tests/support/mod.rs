@@ -16,6 +16,11 @@ pub mod control_plane {
         Harness::new(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("control-plane"))
     }
 
+    /// A Go tool of the harness module (`kubectl`, `kstatus`, `luahealth`), built when needed.
+    pub fn go_tool(name: &str) -> std::path::PathBuf {
+        build_tool(&harness(), &format!("./cmd/{name}"), name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// The control plane shared by every test of this test binary, started on first use.
     pub fn shared() -> &'static ControlPlane {
         static SHARED: OnceLock<ControlPlane> = OnceLock::new();
@@ -94,9 +99,11 @@ pub fn project_crds() -> Vec<CustomResourceDefinition> {
     files.sort();
     files
         .iter()
-        .map(|f| {
+        .filter_map(|f| {
             let text = std::fs::read_to_string(f).expect("reading a CRD file");
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", f.display()))
+            let value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", f.display()));
+            (value["kind"] == "CustomResourceDefinition")
+                .then(|| serde_yaml::from_value(value).unwrap_or_else(|e| panic!("parsing {}: {e}", f.display())))
         })
         .collect()
 }

@@ -1,0 +1,104 @@
+//! Every manifest users apply passes `kubectl apply --dry-run=server` on the real control plane,
+//! with the real kubectl (built from the pinned release's Go modules): the kustomize base, the
+//! namespace-scoped variant, the optional components and the examples.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn kubectl(args: &[&str]) -> (bool, String) {
+    let cp = support::control_plane::shared();
+    let out = Command::new(support::control_plane::go_tool("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .args(args)
+        .current_dir(ROOT)
+        .output()
+        .expect("running kubectl");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Creates a namespace the way kubectl apply would (so a later apply does not warn).
+async fn ensure_namespace(name: &str) {
+    let client = support::admin_client().await;
+    if Api::<Namespace>::all(client).get_opt(name).await.unwrap().is_none() {
+        let (ok, out) = kubectl(&["create", "namespace", name, "--save-config"]);
+        assert!(ok, "{out}");
+    }
+}
+
+fn dry_run(args: &[&str]) {
+    let mut full = vec!["apply", "--dry-run=server"];
+    full.extend_from_slice(args);
+    let (ok, out) = kubectl(&full);
+    assert!(ok, "kubectl {} failed:\n{out}", full.join(" "));
+    // Objects another test created without kubectl (the CRD) draw a last-applied note; any
+    // other warning (an unknown field, a deprecated API, a schema format) fails the test.
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("Warning") && !l.contains("last-applied-configuration")).collect();
+    assert!(warnings.is_empty(), "kubectl {} warned:\n{out}", full.join(" "));
+    assert!(out.contains("(server dry run)"), "{out}");
+}
+
+#[tokio::test]
+async fn the_kustomize_base_and_variants_pass_a_server_side_dry_run() {
+    // A dry run creates nothing, so the namespaces the manifests live in must exist.
+    ensure_namespace("workspace-assist").await;
+    ensure_namespace("team-a").await;
+    dry_run(&["-k", "deploy/"]);
+    dry_run(&["-k", "deploy/namespaced"]);
+
+    // The optional components, through an overlay as users would write it. The ServiceMonitor
+    // kind comes from the Prometheus Operator; a minimal CRD stands in for it here.
+    let crd = r#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+        "metadata":{"name":"servicemonitors.monitoring.coreos.com"},
+        "spec":{"group":"monitoring.coreos.com","scope":"Namespaced",
+        "names":{"plural":"servicemonitors","singular":"servicemonitor","kind":"ServiceMonitor"},
+        "versions":[{"name":"v1","served":true,"storage":true,"schema":{"openAPIV3Schema":
+        {"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition = serde_json::from_str(crd).unwrap();
+    support::install_crd(&support::admin_client().await, &crd).await;
+    let overlay = tempfile::tempdir().unwrap();
+    let deploy = Path::new(ROOT).join("deploy");
+    std::fs::write(
+        overlay.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - {}\n  - {}\n",
+            deploy.join("base").display(),
+            deploy.join("components/servicemonitor").display(),
+            deploy.join("components/networkpolicy").display()
+        ),
+    )
+    .unwrap();
+    dry_run(&["-k", overlay.path().to_str().unwrap()]);
+}
+
+#[tokio::test]
+async fn the_examples_pass_a_server_side_dry_run() {
+    let client = support::admin_client().await;
+    support::install_project_crds(&client).await;
+    let ns = support::fresh_namespace(&client, "examples").await;
+    dry_run(&["-k", "deploy/examples", "-n", &ns]);
+}
+
+#[test]
+fn the_namespaced_variant_has_no_cluster_wide_write_access() {
+    let (ok, out) = kubectl(&["kustomize", "deploy/namespaced"]);
+    assert!(ok, "{out}");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&out).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    let kinds: Vec<(String, String)> = docs
+        .iter()
+        .map(|d| (d["kind"].as_str().unwrap_or("").to_string(), d["metadata"]["name"].as_str().unwrap_or("").to_string()))
+        .collect();
+    assert!(!kinds.contains(&("ClusterRoleBinding".into(), "workspace-assist".into())), "{kinds:?}");
+    let binding = docs.iter().find(|d| d["kind"] == "RoleBinding" && d["metadata"]["name"] == "workspace-assist-watched").expect("a RoleBinding");
+    assert_eq!(binding["metadata"]["namespace"], "team-a");
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let env = serde_yaml::to_string(&deployment["spec"]["template"]["spec"]["containers"][0]["env"]).unwrap();
+    assert!(env.contains("WATCH_NAMESPACE"), "{env}");
+}
