@@ -63,8 +63,9 @@ async fn the_kustomize_base_and_variants_pass_a_server_side_dry_run() {
         {"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
     let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition = serde_json::from_str(crd).unwrap();
     support::install_crd(&support::admin_client().await, &crd).await;
-    let overlay = tempfile::tempdir().unwrap();
-    let deploy = Path::new(ROOT).join("deploy");
+    // Kustomize takes only relative paths to other kustomizations.
+    let overlay = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let deploy = relative(overlay.path(), &Path::new(ROOT).join("deploy"));
     std::fs::write(
         overlay.path().join("kustomization.yaml"),
         format!(
@@ -76,6 +77,20 @@ async fn the_kustomize_base_and_variants_pass_a_server_side_dry_run() {
     )
     .unwrap();
     dry_run(&["-k", overlay.path().to_str().unwrap()]);
+}
+
+/// The path of `to` relative to the directory `from`.
+fn relative(from: &Path, to: &Path) -> std::path::PathBuf {
+    let (from, to) = (from.canonicalize().unwrap(), to.canonicalize().unwrap());
+    let common = from.components().zip(to.components()).take_while(|(a, b)| a == b).count();
+    let mut rel = std::path::PathBuf::new();
+    for _ in from.components().skip(common) {
+        rel.push("..");
+    }
+    for c in to.components().skip(common) {
+        rel.push(c);
+    }
+    rel
 }
 
 #[tokio::test]
