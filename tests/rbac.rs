@@ -1,0 +1,208 @@
+//! The ClusterRole and Role in deploy/ are sufficient and minimal: the operator runs under its
+//! own ServiceAccount's token (TokenRequest API) with only those rules bound, through the whole
+//! lifecycle; and with any one rule removed it fails, visibly (a "forbidden" in its logs).
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{Api, ListParams, PostParams};
+use kube::ResourceExt;
+use serde_json::json;
+use support::operator::{PROJECT, SECRET, World};
+use support::process::OperatorProcess;
+use workspace_assist::resource::{Phase, RemoteAssistance, SECRET_FINALIZER};
+use workspace_assist::simulator::{Fault, FaultRule};
+use workspace_assist::workspace::Operation;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const STEP: Duration = Duration::from_secs(12);
+
+/// Which rule to leave out.
+#[derive(Clone, Copy, Debug)]
+enum Without {
+    Nothing,
+    ClusterRule(usize),
+    LeaseRule(usize),
+}
+
+fn yaml_docs(path: &str) -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(PathBuf::from(ROOT).join(path)).unwrap();
+    serde_yaml::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+}
+
+fn cluster_rules() -> usize {
+    yaml_docs("deploy/base/clusterrole.yaml")[0]["rules"].as_sequence().unwrap().len()
+}
+
+fn lease_rules() -> usize {
+    yaml_docs("deploy/base/leader-election-role.yaml")[0]["rules"].as_sequence().unwrap().len()
+}
+
+/// Binds deploy/'s roles (less one rule, maybe) to a ServiceAccount of the world's namespace and
+/// returns a kubeconfig holding that ServiceAccount's token.
+async fn install_rbac(w: &World, without: Without, dir: &std::path::Path) -> PathBuf {
+    let ns = &w.namespace;
+    let sa: ServiceAccount = serde_json::from_value(json!({ "metadata": { "name": "workspace-assist" } })).unwrap();
+    Api::<ServiceAccount>::namespaced(w.client.clone(), ns).create(&PostParams::default(), &sa).await.unwrap();
+
+    let mut role: ClusterRole = serde_yaml::from_value(yaml_docs("deploy/base/clusterrole.yaml").remove(0)).unwrap();
+    role.metadata.name = Some(format!("workspace-assist-{ns}"));
+    if let Without::ClusterRule(i) = without {
+        role.rules.as_mut().unwrap().remove(i);
+    }
+    Api::<ClusterRole>::all(w.client.clone()).create(&PostParams::default(), &role).await.unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": format!("workspace-assist-{ns}") },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("workspace-assist-{ns}") },
+        "subjects": [{ "kind": "ServiceAccount", "name": "workspace-assist", "namespace": ns }],
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(w.client.clone()).create(&PostParams::default(), &binding).await.unwrap();
+
+    let docs = yaml_docs("deploy/base/leader-election-role.yaml");
+    let mut lease_role: Role = serde_yaml::from_value(docs[0].clone()).unwrap();
+    if let Without::LeaseRule(i) = without {
+        lease_role.rules.as_mut().unwrap().remove(i);
+    }
+    Api::<Role>::namespaced(w.client.clone(), ns).create(&PostParams::default(), &lease_role).await.unwrap();
+    let mut lease_binding: RoleBinding = serde_yaml::from_value(docs[1].clone()).unwrap();
+    lease_binding.subjects.as_mut().unwrap()[0].namespace = Some(ns.clone());
+    Api::<RoleBinding>::namespaced(w.client.clone(), ns).create(&PostParams::default(), &lease_binding).await.unwrap();
+
+    // A real ServiceAccount token, as a pod would mount it.
+    let request = json!({ "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": { "expirationSeconds": 3600 } });
+    let answer: serde_json::Value = Api::<ServiceAccount>::namespaced(w.client.clone(), ns)
+        .create_subresource("token", "workspace-assist", &PostParams::default(), &request)
+        .await
+        .expect("TokenRequest");
+    let token = answer["status"]["token"].as_str().expect("a token").to_string();
+    let cp = support::control_plane::shared();
+    let mut kubeconfig: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&cp.kubeconfig).unwrap()).unwrap();
+    kubeconfig["users"][0]["user"] = serde_yaml::to_value(json!({ "token": token })).unwrap();
+    let path = dir.join(format!("kubeconfig-{ns}"));
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+    path
+}
+
+async fn step(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("not {what} within {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn get(w: &World, name: &str) -> Option<RemoteAssistance> {
+    w.api().get_opt(name).await.unwrap()
+}
+
+fn phase(ra: &Option<RemoteAssistance>) -> Option<Phase> {
+    ra.as_ref().and_then(|r| r.status.as_ref()).and_then(|s| s.phase)
+}
+
+/// The core lifecycle; every step needs some of the rules.
+async fn lifecycle(w: &World) -> Result<(), String> {
+    let leases: Api<Lease> = Api::namespaced(w.client.clone(), &w.namespace);
+    step("holding the leader Lease", STEP, async || {
+        leases.get_opt("workspace-assist").await.unwrap().and_then(|l| l.spec).and_then(|s| s.holder_identity).is_some_and(|h| h == "rbac")
+    })
+    .await?;
+
+    w.create(w.manifest("one", "desk-one")).await;
+    step("Active with its invitation Secret", STEP, async || {
+        get(w, "one").await.is_some_and(|ra| ra.status.as_ref().is_some_and(|s| s.phase == Some(Phase::Active) && s.invitation_secret_name.is_some()))
+    })
+    .await?;
+    step("the credentials Secret pinned", STEP, async || {
+        w.secret(SECRET).await.is_some_and(|s| s.finalizers().iter().any(|f| f == SECRET_FINALIZER))
+    })
+    .await?;
+    let events: Api<Event> = Api::namespaced(w.client.clone(), &w.namespace);
+    step("Events published", STEP, async || {
+        events.list(&ListParams::default()).await.unwrap().items.iter().any(|e| e.reporting_controller.as_deref() == Some("workspace-assist"))
+    })
+    .await?;
+
+    // A repeated failure: the second identical Event patches the first into a series.
+    w.sim.inject(FaultRule::new("desk-two", Operation::ShowDesktopRemoteAssistanceInfo, vec![Fault::error(500, "WKS.00000001", "internal"); 2]));
+    w.create(w.manifest("two", "desk-two")).await;
+    step("a repeated Event counted as a series", STEP, async || {
+        events.list(&ListParams::default()).await.unwrap().items.iter().any(|e| e.series.as_ref().is_some_and(|s| s.count >= 2))
+    })
+    .await?;
+
+    w.patch_spec("one", json!({ "cancelled": true })).await.unwrap();
+    step("Cancelled with its invitation Secret deleted", STEP, async || {
+        let ra = get(w, "one").await;
+        phase(&ra) == Some(Phase::Cancelled) && w.secret("one-invitation").await.is_none()
+    })
+    .await?;
+
+    w.delete("two").await;
+    step("deleted after its cancel", STEP, async || get(w, "two").await.is_none()).await?;
+    if w.sim.count(Operation::CancelRemoteAssistance, "desk-two") != 1 {
+        return Err("desk-two was not cancelled exactly once".into());
+    }
+    Ok(())
+}
+
+async fn run_case(without: Without, dir: &std::path::Path) -> (Result<(), String>, String) {
+    let w = World::new("rbac").await;
+    w.sim.open_session(PROJECT, "desk-unused");
+    let kubeconfig = install_rbac(&w, without, dir).await;
+    let op = OperatorProcess::spawn(
+        &kubeconfig,
+        &[
+            "--namespace",
+            &w.namespace,
+            "--leader-election-namespace",
+            &w.namespace,
+            "--instance-name",
+            "rbac",
+            "--backoff-base",
+            "200ms",
+            "--backoff-max",
+            "1s",
+            "--needs-human-recheck",
+            "2s",
+        ],
+    );
+    let result = lifecycle(&w).await;
+    (result, op.logs())
+}
+
+#[tokio::test]
+async fn the_deployed_roles_are_sufficient() {
+    let dir = tempfile::tempdir().unwrap();
+    let (result, logs) = run_case(Without::Nothing, dir.path()).await;
+    assert!(result.is_ok(), "{result:?}\nlogs:\n{logs}");
+    assert!(!logs.to_lowercase().contains("forbidden"), "no request was forbidden:\n{logs}");
+}
+
+#[tokio::test]
+async fn every_rule_is_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases: Vec<Without> = (0..cluster_rules()).map(Without::ClusterRule).collect();
+    cases.extend((0..lease_rules()).map(Without::LeaseRule));
+    let results = futures::future::join_all(cases.iter().map(|c| run_case(*c, dir.path()))).await;
+    let mut unused = Vec::new();
+    for (case, (result, logs)) in cases.iter().zip(results) {
+        match result {
+            Ok(()) => unused.push(format!("{case:?}: the lifecycle completed without it")),
+            Err(step) if !logs.to_lowercase().contains("forbidden") => {
+                unused.push(format!("{case:?}: failed ({step}) but nothing in the logs says forbidden"))
+            }
+            Err(step) => println!("{case:?}: fails visibly ({step})"),
+        }
+    }
+    assert!(unused.is_empty(), "rules not shown necessary:\n{}", unused.join("\n"));
+}
