@@ -10,6 +10,7 @@ import (
 	"os"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 )
 
@@ -25,7 +26,8 @@ func main() {
 		fail("reading stdin: %v", err)
 	}
 	var objects []map[string]interface{}
-	if err := json.Unmarshal(input, &objects); err != nil {
+	// Decode as Kubernetes does: whole numbers become int64.
+	if err := utiljson.Unmarshal(input, &objects); err != nil {
 		fail("stdin is not a JSON array of objects: %v", err)
 	}
 	var results []result
