@@ -60,7 +60,7 @@ async fn wait_for_holder(w: &World, timeout: Duration, check: impl Fn(&str) -> b
 async fn health_readiness_and_metrics() {
     let w = World::new("ops").await;
     w.sim.open_session(PROJECT, "desk-m");
-    let op = operator(&w, "solo", &[]);
+    let op = operator(&w, "solo", &["--log-format", "json"]);
     op.wait_http("/readyz", 200, T).await;
     assert_eq!(op.get("/healthz").await.0, 200);
     wait_for_holder(&w, T, |h| h == "solo").await;
@@ -85,6 +85,18 @@ async fn health_readiness_and_metrics() {
     }
     assert!(!text.contains("desk-m") && !text.contains(&w.namespace), "no names or IDs in metrics");
     assert_eq!(op.get("/nope").await.0, 404);
+
+    // JSON logs: every line an object; lines about a cloud call name the resource and the
+    // cloud's request ID.
+    let logs = op.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .collect();
+    let cancelled = lines.iter().find(|l| l["message"] == "remote assistance cancelled").expect("a log line about the cancel");
+    assert_eq!(cancelled["span"]["namespace"], w.namespace.as_str(), "{cancelled}");
+    assert_eq!(cancelled["span"]["resource"], "ra", "{cancelled}");
+    assert_eq!(cancelled["request_id"].as_str().map(str::len), Some(32), "{cancelled}");
 }
 
 #[tokio::test]

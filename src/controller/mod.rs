@@ -254,10 +254,14 @@ pub async fn run(
                 Err(controller::Error::ReconcilerFailed(failure, object)) => {
                     let retry_after_ms = failure.retry_after.as_millis() as u64;
                     let reason = failure.error.reason();
+                    let request_id = match &failure.error {
+                        Error::Cloud { error, .. } => error.request_id().unwrap_or_default().to_string(),
+                        _ => String::new(),
+                    };
                     if matches!(failure.error, Error::Cloud { .. }) && !failure.error.needs_human() {
-                        info!(%object, error = %failure, reason, retry_after_ms, "reconcile failed; retrying with backoff")
+                        info!(%object, error = %failure, reason, request_id, retry_after_ms, "reconcile failed; retrying with backoff")
                     } else {
-                        warn!(%object, error = %failure, reason, retry_after_ms, "reconcile failed")
+                        warn!(%object, error = %failure, reason, request_id, retry_after_ms, "reconcile failed")
                     }
                 }
                 Err(controller::Error::ObjectNotFound(_)) => {}

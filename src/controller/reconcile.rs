@@ -37,7 +37,7 @@ pub struct Failure {
 }
 
 /// Reconciles one RemoteAssistance.
-#[tracing::instrument(skip_all, fields(namespace = ra.namespace().unwrap_or_default(), name = ra.name_any()))]
+#[tracing::instrument(skip_all, fields(namespace = ra.namespace().unwrap_or_default(), resource = ra.name_any()))]
 pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<Action, Failure> {
     let started = Instant::now();
     let uid = ra.uid().unwrap_or_default();
