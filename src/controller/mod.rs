@@ -19,8 +19,9 @@ use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, controller, watcher};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -184,7 +185,7 @@ impl Context {
 
     /// The resources to reconcile when a Secret changed: those in its namespace that name it,
     /// or that use it as the default credentials. Unchanged versions (re-lists) trigger nothing.
-    fn on_secret(self: &Arc<Self>, secret: &Secret, store: &Store<RemoteAssistance>) -> Vec<ObjectRef<RemoteAssistance>> {
+    fn on_secret(self: &Arc<Self>, secret: &PartialObjectMeta<Secret>, store: &Store<RemoteAssistance>) -> Vec<ObjectRef<RemoteAssistance>> {
         let (Some(ns), Some(name)) = (secret.namespace(), secret.metadata.name.clone()) else { return vec![] };
         if secret.metadata.deletion_timestamp.is_some() && secret.finalizers().iter().any(|f| f == SECRET_FINALIZER) {
             // A pinned Secret is being deleted: let it go as soon as no resource needs it.
@@ -234,18 +235,30 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), String> {
     let ctx = Arc::new(Context::new(client.clone(), config, telemetry.metrics.clone())?);
-    let (resources, secrets): (Api<RemoteAssistance>, Api<Secret>) = match &ctx.config.namespace {
+    let (resources, secrets): (Api<RemoteAssistance>, Api<PartialObjectMeta<Secret>>) = match &ctx.config.namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let controller = Controller::new(resources, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // The cache keeps only what reconciles read: managed fields and the last-applied annotation
+    // (a copy of the whole object) are dropped as objects arrive.
+    let (store, writer) = reflector::store();
+    let resources = watcher(resources, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|ra: &mut RemoteAssistance| {
+            ra.managed_fields_mut().clear();
+            ra.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+        })
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(resources, store.clone());
     let _ = ctx.store.set(store.clone());
+    // Secrets only trigger reconciles: their metadata (name, resourceVersion, finalizers) is enough.
+    let secrets = watcher(secrets, watcher::Config::default().any_semantic()).default_backoff().touched_objects();
     let gauges = tokio::spawn(report_resources(store.clone(), telemetry.clone(), ctx.config.stuck_deleting_after));
     let mapper_ctx = ctx.clone();
     controller
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
-        .watches(secrets, watcher::Config::default().any_semantic(), move |secret| mapper_ctx.on_secret(&secret, &store))
+        .watches_stream(secrets, move |secret| mapper_ctx.on_secret(&secret, &store))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|result| async move {
