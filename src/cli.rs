@@ -29,6 +29,36 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Run the whole lifecycle locally: a real control plane, the simulator and the operator.
     Demo(DemoArgs),
+    /// Measure deletion latency, drain and create throughput, memory and idle cost against a
+    /// floor measured in the same run (build with --release).
+    Bench(BenchArgs),
+}
+
+/// Settings of `bench`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Sequential deletions in the latency scenario.
+    #[arg(long, default_value_t = 200)]
+    pub latency_samples: usize,
+    /// Resources in the create, drain, memory and idle scenarios.
+    #[arg(long, default_value_t = 10_000)]
+    pub resources: usize,
+    /// Resources in the large memory and start-up scenario (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    pub large: usize,
+    /// Resources in the cloud-latency scenario (0 skips it).
+    #[arg(long, default_value_t = 2_000)]
+    pub latency_scenario_resources: usize,
+    /// Measuring window of the idle scenario (0s skips it).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_window: Duration,
+    /// Reconciles at once (the operator's --concurrency, and the floor's).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u16,
+    /// Where to build the control-plane harness (default: control-plane/ in Cargo's target
+    /// directory).
+    #[arg(long)]
+    pub build_dir: Option<PathBuf>,
 }
 
 /// Settings of `simulate`.

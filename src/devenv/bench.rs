@@ -1,0 +1,565 @@
+//! `workspace-assist bench`: how fast a deletion completes, how many the operator drains, and how
+//! little memory it needs, measured on the real control plane and the simulator against a floor
+//! measured in the same run (a minimal client doing only the necessary work).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use super::control_plane::{ControlPlane, Harness};
+use crate::resource::{Phase, RemoteAssistance};
+use crate::simulator::Simulator;
+use crate::workspace::{ClientOptions, Credentials, Operation, Sensitive, Target, WorkspaceClient, resolve_endpoint};
+
+const PROJECT: &str = "0bec5db98280d2d02fd6c00c2de791ce";
+const AK: &str = "AKBENCH0000000000001";
+const SK: &str = "bench-secret-key";
+const FLOOR_FINALIZER: &str = "bench.workspace.assist.dev/floor";
+
+/// What to run, and how big.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Where the control-plane harness is built.
+    pub build_dir: PathBuf,
+    /// The operator binary to measure (run as `BIN run ...`).
+    pub operator: PathBuf,
+    /// Sequential deletions for the latency scenario.
+    pub latency_samples: usize,
+    /// Resources for the drain and create scenarios (and the small memory point).
+    pub resources: usize,
+    /// Resources for the large memory point (0 skips it).
+    pub large: usize,
+    /// Resources for the cloud-latency scenario (0 skips it).
+    pub latency_scenario_resources: usize,
+    /// Measuring window of the idle scenario (zero skips it).
+    pub idle_window: Duration,
+    /// Reconciles (and floor workers) at once.
+    pub concurrency: u16,
+}
+
+/// One row of the result table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Scenario and measure.
+    pub what: String,
+    /// The operator's figure.
+    pub operator: String,
+    /// The floor's figure, when there is one.
+    pub floor: String,
+    /// operator / floor (or floor / operator for throughputs), when meaningful.
+    pub ratio: String,
+}
+
+fn row(what: impl Into<String>, operator: impl Into<String>, floor: impl Into<String>, ratio: impl Into<String>) -> Row {
+    Row { what: what.into(), operator: operator.into(), floor: floor.into(), ratio: ratio.into() }
+}
+
+/// Everything the scenarios share.
+struct Bench {
+    client: Client,
+    sim: Simulator,
+    cloud: WorkspaceClient,
+    options: BenchOptions,
+    kubeconfig: PathBuf,
+}
+
+/// Runs the benchmark and returns its table (also printed as it goes).
+pub async fn run(options: BenchOptions) -> Result<Vec<Row>, String> {
+    let harness = Harness::new(options.build_dir.clone());
+    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&harness)).await.map_err(|e| e.to_string())??;
+    let result = async {
+        let client = super::demo::client_for(&cp).await?;
+        super::demo::install_crds(&client).await?;
+        let sim = Simulator::start().await.map_err(|e| e.to_string())?;
+        sim.add_access_key(AK, SK);
+        let cloud = WorkspaceClient::new(&ClientOptions::default())?;
+        let bench = Bench { client, sim, cloud, options: options.clone(), kubeconfig: cp.kubeconfig.clone() };
+        bench.all().await
+    }
+    .await;
+    let _ = tokio::task::spawn_blocking(move || cp.stop()).await;
+    let rows = result?;
+    print_table(&rows);
+    Ok(rows)
+}
+
+/// Prints the table in Markdown.
+pub fn print_table(rows: &[Row]) {
+    println!("\n| scenario | operator | floor | ratio |\n|---|---|---|---|");
+    for r in rows {
+        println!("| {} | {} | {} | {} |", r.what, r.operator, r.floor, r.ratio);
+    }
+}
+
+impl Bench {
+    async fn all(&self) -> Result<Vec<Row>, String> {
+        let mut rows = Vec::new();
+        let o = &self.options;
+        if o.latency_samples > 0 {
+            rows.extend(self.latency().await?);
+        }
+        if o.resources > 0 {
+            rows.extend(self.create_hold_drain().await?);
+        }
+        if o.large > 0 {
+            rows.extend(self.large_memory().await?);
+        }
+        if o.latency_scenario_resources > 0 {
+            rows.extend(self.cloud_latency().await?);
+        }
+        Ok(rows)
+    }
+
+    async fn namespace(&self, prefix: &str) -> Result<String, String> {
+        let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xffffff);
+        let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } })).expect("namespace");
+        Api::<Namespace>::all(self.client.clone()).create(&PostParams::default(), &ns).await.map_err(e)?;
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": { "name": "creds" }, "type": "Opaque",
+            "stringData": { "accessKeyId": AK, "secretAccessKey": SK }
+        }))
+        .expect("secret");
+        Api::<Secret>::namespaced(self.client.clone(), &name).create(&PostParams::default(), &secret).await.map_err(e)?;
+        Ok(name)
+    }
+
+    fn manifest(&self, name: &str, desktop: &str, finalizer: Option<&str>) -> RemoteAssistance {
+        let mut m = json!({
+            "apiVersion": "workspace.assist.dev/v1alpha1", "kind": "RemoteAssistance",
+            "metadata": { "name": name },
+            "spec": { "projectId": PROJECT, "desktopId": desktop, "endpoint": self.sim.endpoint(), "credentialsSecretRef": { "name": "creds" } }
+        });
+        if let Some(f) = finalizer {
+            m["metadata"]["finalizers"] = json!([f]);
+        }
+        serde_json::from_value(m).expect("a RemoteAssistance")
+    }
+
+    /// Creates `count` resources (names `{prefix}-{i}`), `parallel` at a time.
+    async fn create_many(&self, ns: &str, prefix: &str, count: usize, finalizer: Option<&str>) -> Result<(), String> {
+        let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), ns);
+        futures::stream::iter(0..count)
+            .map(|i| {
+                let api = api.clone();
+                let ra = self.manifest(&format!("{prefix}-{i}"), &format!("{ns}-{prefix}-{i}"), finalizer);
+                async move { api.create(&PostParams::default(), &ra).await.map(|_| ()).map_err(e) }
+            })
+            .buffer_unordered(64)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
+
+    fn operator(&self, ns: &str) -> Result<OperatorProcess, String> {
+        self.operator_with(ns, self.options.concurrency, 100_000)
+    }
+
+    fn operator_with(&self, ns: &str, concurrency: u16, rate_limit: u32) -> Result<OperatorProcess, String> {
+        let (concurrency, rate_limit) = (concurrency.to_string(), rate_limit.to_string());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|err| err.to_string())?.port();
+        let metrics = format!("127.0.0.1:{port}");
+        let args = vec![
+            "run", "--namespace", ns, "--leader-elect", "false", "--metrics-address", &metrics,
+            "--concurrency", &concurrency, "--cloud-rate-limit", &rate_limit, "--log-level", "warn",
+        ];
+        OperatorProcess::start(&self.options.operator, &self.kubeconfig, &args, metrics.clone())
+    }
+
+    async fn count_phase(&self, ns: &str, phase: Phase) -> Result<usize, String> {
+        let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), ns);
+        let list = api.list(&ListParams::default()).await.map_err(e)?;
+        Ok(list.items.iter().filter(|ra| ra.status.as_ref().and_then(|s| s.phase) == Some(phase)).count())
+    }
+
+    async fn count_all(&self, ns: &str) -> Result<usize, String> {
+        let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), ns);
+        Ok(api.list_metadata(&ListParams::default()).await.map_err(e)?.items.len())
+    }
+
+    async fn wait_active(&self, ns: &str, count: usize, timeout: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        while self.count_phase(ns, Phase::Active).await? < count {
+            if start.elapsed() > timeout {
+                return Err(format!("{count} resources not Active within {timeout:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(start.elapsed())
+    }
+
+    async fn wait_empty(&self, ns: &str, timeout: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        while self.count_all(ns).await? > 0 {
+            if start.elapsed() > timeout {
+                return Err(format!("resources in {ns} not gone within {timeout:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(start.elapsed())
+    }
+
+    fn cancels_since(&self, since: Instant) -> usize {
+        self.sim.requests().iter().filter(|r| r.operation == Some(Operation::CancelRemoteAssistance) && r.at >= since).count()
+    }
+
+    /// Scenario 1: sequential deletions, delete request to object gone.
+    async fn latency(&self) -> Result<Vec<Row>, String> {
+        let n = self.options.latency_samples;
+        progress(&format!("1. deletion latency: {n} sequential deletions"));
+        let ns = self.namespace("latency").await?;
+        let op = self.operator(&ns)?;
+        self.create_many(&ns, "ra", n, None).await?;
+        self.wait_active(&ns, n, Duration::from_secs(600)).await?;
+        progress("   operator: deleting one at a time");
+        let operator = self.sequential_deletions(&ns, n).await?;
+        drop(op);
+
+        let floor_ns = self.namespace("latency-floor").await?;
+        for i in 0..n {
+            self.sim.open_session(PROJECT, &format!("{floor_ns}-ra-{i}"));
+        }
+        let floor = FloorClient::start(self.client.clone(), &floor_ns, self.cloud.clone(), self.sim.endpoint(), self.options.concurrency);
+        self.create_many(&floor_ns, "ra", n, Some(FLOOR_FINALIZER)).await?;
+        progress("   floor: deleting one at a time");
+        let floor_lat = self.sequential_deletions(&floor_ns, n).await?;
+        floor.stop();
+        let p = |v: &Vec<Duration>, q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+        let mut rows = Vec::new();
+        for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+            let (a, b) = (p(&operator, q), p(&floor_lat, q));
+            rows.push(row(format!("1. delete → gone, {label} ({n} sequential)"), ms(a), ms(b), format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64())));
+        }
+        Ok(rows)
+    }
+
+    async fn sequential_deletions(&self, ns: &str, n: usize) -> Result<Vec<Duration>, String> {
+        let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), ns);
+        let gone: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let seen = gone.clone();
+        let watch = tokio::spawn(async move {
+            let mut events = std::pin::pin!(watcher(api.clone(), watcher::Config::default()).default_backoff());
+            while let Some(Ok(event)) = events.next().await {
+                if let watcher::Event::Delete(ra) = event {
+                    seen.lock().unwrap().insert(ra.name_any(), Instant::now());
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), ns);
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..n {
+            let name = format!("ra-{i}");
+            let start = Instant::now();
+            api.delete(&name, &DeleteParams::default()).await.map_err(e)?;
+            loop {
+                if let Some(at) = gone.lock().unwrap().get(&name) {
+                    samples.push(*at - start);
+                    break;
+                }
+                if start.elapsed() > Duration::from_secs(60) {
+                    return Err(format!("{ns}/{name} not gone within 60s"));
+                }
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+        }
+        watch.abort();
+        samples.sort();
+        Ok(samples)
+    }
+
+    /// Scenarios 3, 4 (small), 6 and 2: create to Active, memory and idle cost while holding
+    /// them, then drain them all.
+    async fn create_hold_drain(&self) -> Result<Vec<Row>, String> {
+        let n = self.options.resources;
+        progress(&format!("3. create to Active, 4. memory, 6. idle, 2. drain: {n} resources"));
+        let mut rows = Vec::new();
+        let ns = self.namespace("drain").await?;
+        let op = self.operator(&ns)?;
+        let started = Instant::now();
+        self.create_many(&ns, "ra", n, None).await?;
+        self.wait_active(&ns, n, Duration::from_secs(3600)).await?;
+        let create = started.elapsed();
+        let calls = self.sim.requests().iter().filter(|r| r.at >= started && r.operation.is_some()).count();
+
+        let floor_ns = self.namespace("drain-floor").await?;
+        let floor = FloorClient::start(self.client.clone(), &floor_ns, self.cloud.clone(), self.sim.endpoint(), self.options.concurrency);
+        let floor_started = Instant::now();
+        self.create_many(&floor_ns, "ra", n, None).await?;
+        self.wait_active(&floor_ns, n, Duration::from_secs(3600)).await?;
+        let floor_create = floor_started.elapsed();
+        let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        rows.push(row(
+            format!("3. create → Active, {n} resources (per second)"),
+            format!("{:.0}/s ({:.1}s, {:.1} cloud calls each)", rate(create), create.as_secs_f64(), calls as f64 / n as f64),
+            format!("{:.0}/s ({:.1}s)", rate(floor_create), floor_create.as_secs_f64()),
+            format!("{:.2}×", rate(create) / rate(floor_create)),
+        ));
+
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (rss, peak) = op.memory();
+        rows.push(row(format!("4. memory holding {n} (steady RSS / peak)"), format!("{} / {}", mib(rss), mib(peak)), "", ""));
+        if !self.options.idle_window.is_zero() {
+            let window = self.options.idle_window;
+            let (cpu0, since) = (op.cpu_seconds(), Instant::now());
+            tokio::time::sleep(window).await;
+            let cpu = op.cpu_seconds() - cpu0;
+            let idle_calls = self.sim.requests().iter().filter(|r| r.at >= since && r.operation.is_some()).count();
+            let per_hour = 3600.0 / window.as_secs_f64();
+            rows.push(row(
+                format!("6. idle, {n} Active, poll 5m (per hour, from {}s)", window.as_secs()),
+                format!("{:.1} CPU-s, {:.0} cloud calls", cpu * per_hour, idle_calls as f64 * per_hour),
+                "",
+                "",
+            ));
+        }
+
+        // Scenario 2: delete them all at once.
+        let drain = |ns: String| async move {
+            let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), &ns);
+            let start = Instant::now();
+            futures::stream::iter(0..n)
+                .map(|i| {
+                    let api = api.clone();
+                    async move { api.delete(&format!("ra-{i}"), &DeleteParams::default()).await.map(|_| ()).map_err(e) }
+                })
+                .buffer_unordered(64)
+                .try_collect::<Vec<_>>()
+                .await?;
+            let took = self.wait_empty(&ns, Duration::from_secs(3600)).await?;
+            let took = took + start.elapsed() - took;
+            Ok::<_, String>((took, self.cancels_since(start)))
+        };
+        let (took, cancels) = drain(ns.clone()).await?;
+        drop(op);
+        let (floor_took, floor_cancels) = drain(floor_ns.clone()).await?;
+        floor.stop();
+        rows.push(row(
+            format!("2. drain {n} deleted at once (deletions per second)"),
+            format!("{:.0}/s ({:.1}s, {cancels} DELETEs)", rate(took), took.as_secs_f64()),
+            format!("{:.0}/s ({:.1}s, {floor_cancels} DELETEs)", rate(floor_took), floor_took.as_secs_f64()),
+            format!("{:.2}×", rate(took) / rate(floor_took)),
+        ));
+        if cancels != n {
+            return Err(format!("the operator sent {cancels} DELETEs for {n} resources"));
+        }
+        Ok(rows)
+    }
+
+    /// Scenario 4 (large): memory and start-up with many existing resources.
+    async fn large_memory(&self) -> Result<Vec<Row>, String> {
+        let n = self.options.large;
+        progress(&format!("4. memory and start-up with {n} existing resources"));
+        let ns = self.namespace("large").await?;
+        // Already cancelled resources: the operator holds them and makes no cloud call.
+        let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), &ns);
+        futures::stream::iter(0..n)
+            .map(|i| {
+                let api = api.clone();
+                let mut ra = self.manifest(&format!("ra-{i}"), &format!("large-{i}"), Some(crate::resource::FINALIZER));
+                ra.spec.cancelled = true;
+                async move {
+                    api.create(&PostParams::default(), &ra).await.map_err(e)?;
+                    let status = json!({ "status": { "phase": "Cancelled", "observedGeneration": 1 } });
+                    api.patch_status(&format!("ra-{i}"), &PatchParams::default(), &Patch::Merge(&status)).await.map_err(e)?;
+                    Ok::<_, String>(())
+                }
+            })
+            .buffer_unordered(64)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let started = Instant::now();
+        let op = self.operator(&ns)?;
+        let first = op.wait_reconciles(1, Duration::from_secs(600)).await?;
+        let first_reconcile = first.duration_since(started);
+        op.wait_reconciles(n as u64, Duration::from_secs(1800)).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (rss, peak) = op.memory();
+        Ok(vec![
+            row(format!("4. memory holding {n} (steady RSS / peak)"), format!("{} / {}", mib(rss), mib(peak)), "", ""),
+            row(format!("4. start-up to first reconcile with {n} existing"), ms(first_reconcile), "", ""),
+        ])
+    }
+
+    /// Scenario 5: a drain with 50 ms cloud latency, shaped by concurrency and the rate limit.
+    async fn cloud_latency(&self) -> Result<Vec<Row>, String> {
+        let n = self.options.latency_scenario_resources;
+        progress(&format!("5. drain {n} with 50 ms cloud latency"));
+        let mut rows = Vec::new();
+        for (concurrency, limit) in [(16u16, 100000u32), (64, 100000), (64, 50)] {
+            let ns = self.namespace("slow").await?;
+            let op = self.operator_with(&ns, concurrency, limit)?;
+            self.create_many(&ns, "ra", n, None).await?;
+            self.wait_active(&ns, n, Duration::from_secs(3600)).await?;
+            self.sim.set_latency(Duration::from_millis(50));
+            let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), &ns);
+            let start = Instant::now();
+            futures::stream::iter(0..n)
+                .map(|i| {
+                    let api = api.clone();
+                    async move { api.delete(&format!("ra-{i}"), &DeleteParams::default()).await.map(|_| ()).map_err(e) }
+                })
+                .buffer_unordered(64)
+                .try_collect::<Vec<_>>()
+                .await?;
+            let took = start.elapsed() + self.wait_empty(&ns, Duration::from_secs(3600)).await?;
+            self.sim.set_latency(Duration::ZERO);
+            drop(op);
+            // Highest number of DELETEs the simulator received in any one-second window.
+            let times: Vec<Instant> = self.sim.requests().iter().filter(|r| r.operation == Some(Operation::CancelRemoteAssistance) && r.at >= start).map(|r| r.at).collect();
+            let peak = times.iter().map(|t| times.iter().filter(|u| **u >= *t && **u < *t + Duration::from_secs(1)).count()).max().unwrap_or(0);
+            let limit_text = if limit >= 100000 { "none".to_string() } else { format!("{limit}/s") };
+            rows.push(row(
+                format!("5. drain {n}, 50 ms cloud latency, concurrency {concurrency}, rate limit {limit_text}"),
+                format!("{:.0}/s (peak {peak} DELETEs in 1 s)", n as f64 / took.as_secs_f64()),
+                "",
+                if limit < 100000 { format!("limit {}", if peak as u32 <= limit { "held" } else { "EXCEEDED" }) } else { String::new() },
+            ));
+        }
+        Ok(rows)
+    }
+}
+
+/// The floor: a minimal client that does only the necessary work. On a new object it adds its
+/// finalizer, creates the session and shows it, and writes phase Active; on a deleted one it
+/// sends one DELETE and removes its finalizer.
+struct FloorClient {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FloorClient {
+    fn start(client: Client, ns: &str, cloud: WorkspaceClient, endpoint: String, concurrency: u16) -> FloorClient {
+        let api: Api<RemoteAssistance> = Api::namespaced(client, ns);
+        let target_for = move |ra: &RemoteAssistance| Target {
+            endpoint: resolve_endpoint(None, Some(&endpoint)).expect("endpoint"),
+            project_id: ra.spec.project_id.clone(),
+            desktop_id: ra.spec.desktop_id.clone(),
+        };
+        let creds = Credentials::AkSk { access_key_id: AK.into(), secret_access_key: Sensitive::new(SK), security_token: None };
+        let permits = Arc::new(Semaphore::new(concurrency as usize));
+        let task = tokio::spawn(async move {
+            let mut events = std::pin::pin!(watcher(api.clone(), watcher::Config::default()).default_backoff().applied_objects());
+            while let Some(Ok(ra)) = events.next().await {
+                let (api, cloud, creds, target, permits) = (api.clone(), cloud.clone(), creds.clone(), target_for(&ra), permits.clone());
+                let has_finalizer = ra.finalizers().iter().any(|f| f == FLOOR_FINALIZER);
+                let name = ra.name_any();
+                if ra.metadata.deletion_timestamp.is_some() && has_finalizer {
+                    tokio::spawn(async move {
+                        let _permit = permits.acquire().await;
+                        let _ = cloud.cancel(&target, &creds).await;
+                        let remove = json!({ "metadata": { "finalizers": null } });
+                        let _ = api.patch(&name, &PatchParams::default(), &Patch::Merge(&remove)).await;
+                    });
+                } else if ra.metadata.deletion_timestamp.is_none() && !has_finalizer {
+                    tokio::spawn(async move {
+                        let _permit = permits.acquire().await;
+                        let add = json!({ "metadata": { "finalizers": [FLOOR_FINALIZER] } });
+                        if api.patch(&name, &PatchParams::default(), &Patch::Merge(&add)).await.is_err() {
+                            return;
+                        }
+                        if cloud.create(&target, &creds).await.is_ok() && cloud.show(&target, &creds).await.is_ok() {
+                            let status = json!({ "status": { "phase": "Active" } });
+                            let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+                        }
+                    });
+                }
+            }
+        });
+        FloorClient { task }
+    }
+
+    fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// The operator binary under measurement.
+struct OperatorProcess {
+    child: std::process::Child,
+    metrics: String,
+}
+
+impl OperatorProcess {
+    fn start(binary: &std::path::Path, kubeconfig: &std::path::Path, args: &[&str], metrics: String) -> Result<OperatorProcess, String> {
+        let child = std::process::Command::new(binary)
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|err| format!("starting {}: {err}", binary.display()))?;
+        Ok(OperatorProcess { child, metrics })
+    }
+
+    /// (current RSS, peak RSS) in bytes.
+    fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// User plus system CPU seconds so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        ticks / 100.0
+    }
+
+    /// Waits until the operator counted at least `count` reconciles; returns when it first did.
+    async fn wait_reconciles(&self, count: u64, timeout: Duration) -> Result<Instant, String> {
+        let start = Instant::now();
+        loop {
+            {
+                if let Ok(resp) = reqwest::get(format!("http://{}/metrics", self.metrics)).await {
+                    let text = resp.text().await.unwrap_or_default();
+                    let total: f64 = text
+                        .lines()
+                        .filter(|l| l.starts_with("workspace_assist_reconciles_total{"))
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                        .sum();
+                    if total as u64 >= count {
+                        return Ok(Instant::now());
+                    }
+                }
+            }
+            if start.elapsed() > timeout {
+                return Err(format!("fewer than {count} reconciles within {timeout:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn progress(what: &str) {
+    eprintln!("bench: {what}");
+}
+
+fn e(err: kube::Error) -> String {
+    format!("Kubernetes API: {err}")
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}

@@ -1,0 +1,27 @@
+//! A small run of the benchmark's deletion scenarios (1 and 2), so that the benchmark code keeps
+//! working. It asserts what must hold at any speed (one DELETE per resource, every resource gone),
+//! never a timing.
+
+mod support;
+
+use std::time::Duration;
+
+use workspace_assist::devenv::bench::{BenchOptions, run};
+
+#[tokio::test]
+async fn small_latency_and_drain_runs() {
+    let options = BenchOptions {
+        build_dir: std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("control-plane"),
+        operator: env!("CARGO_BIN_EXE_workspace-assist").into(),
+        latency_samples: 20,
+        resources: 200,
+        large: 0,
+        latency_scenario_resources: 0,
+        idle_window: Duration::ZERO,
+        concurrency: 16,
+    };
+    let rows = run(options).await.expect("the benchmark runs");
+    let drain = rows.iter().find(|r| r.what.starts_with("2. drain 200")).expect("a drain row");
+    assert!(drain.operator.contains("200 DELETEs") && drain.floor.contains("200 DELETEs"), "one DELETE per resource: {drain:?}");
+    assert!(rows.iter().any(|r| r.what.contains("p99")), "latency percentiles: {rows:?}");
+}
