@@ -103,7 +103,13 @@ pub struct Context {
     /// Confirmed cancels by UID, kept for a while after the object is gone: the cache may still
     /// hold the object and queue one more reconcile for it.
     cancelled: Mutex<HashMap<String, std::time::Instant>>,
-    secret_versions: Mutex<HashMap<(String, String), String>>,
+    /// Latest resourceVersion of each watched Secret, and whether it carries the pin.
+    secret_versions: Mutex<HashMap<(String, String), (String, bool)>>,
+    /// Credentials read from a Secret at a resourceVersion: a Secret that did not change since
+    /// is not read again.
+    credentials_cache: Mutex<HashMap<(String, String), (String, Secret)>>,
+    /// When each Active resource was last observed, at which generation.
+    observed: Mutex<HashMap<String, (std::time::Instant, Option<i64>)>>,
     invitations: Mutex<HashMap<String, u64>>,
     store: OnceLock<Store<RemoteAssistance>>,
 }
@@ -124,6 +130,8 @@ impl Context {
             metrics,
             cancelled: Mutex::default(),
             secret_versions: Mutex::default(),
+            credentials_cache: Mutex::default(),
+            observed: Mutex::default(),
             invitations: Mutex::default(),
             store: OnceLock::new(),
         })
@@ -156,7 +164,54 @@ impl Context {
     /// [`CANCEL_MEMORY`]).
     pub fn forget(&self, uid: &str) {
         self.invitations.lock().expect("invitations").remove(uid);
+        self.observed.lock().expect("observed").remove(uid);
         self.gates.forget(uid);
+    }
+
+    /// Records that an open session was just observed.
+    pub fn observed_now(&self, uid: &str, generation: Option<i64>) {
+        self.observed.lock().expect("observed").insert(uid.to_string(), (std::time::Instant::now(), generation));
+    }
+
+    /// How long until the next observation is due, when the last one (at the same generation)
+    /// is more recent than the poll interval; None when one is due now.
+    pub fn next_observation_in(&self, uid: &str, generation: Option<i64>) -> Option<Duration> {
+        let observed = self.observed.lock().expect("observed");
+        let (at, observed_generation) = observed.get(uid)?;
+        let age = at.elapsed();
+        (*observed_generation == generation && age < self.config.poll_interval).then(|| self.config.poll_interval - age)
+    }
+
+    /// The Secret, from the cache when the watch says it has not changed since it was read.
+    pub async fn secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>, kube::Error> {
+        let key = (namespace.to_string(), name.to_string());
+        let latest = self.secret_versions.lock().expect("secret versions").get(&key).map(|(v, _)| v.clone());
+        if let (Some(latest), Some((cached_version, secret))) = (latest, self.credentials_cache.lock().expect("credentials").get(&key)) {
+            if latest == *cached_version {
+                return Ok(Some(secret.clone()));
+            }
+        }
+        let secret = Api::<Secret>::namespaced(self.client.clone(), namespace).get_opt(name).await?;
+        match &secret {
+            Some(s) => {
+                let version = s.resource_version().unwrap_or_default();
+                self.credentials_cache.lock().expect("credentials").insert(key, (version, s.clone()));
+            }
+            None => {
+                self.credentials_cache.lock().expect("credentials").remove(&key);
+            }
+        }
+        Ok(secret)
+    }
+
+    /// Whether the watch says Secret `namespace/name` carries no pin (so releasing it needs no
+    /// API call). Unknown Secrets count as possibly pinned.
+    pub fn known_unpinned(&self, namespace: &str, name: &str) -> bool {
+        self.secret_versions
+            .lock()
+            .expect("secret versions")
+            .get(&(namespace.to_string(), name.to_string()))
+            .is_some_and(|(_, pinned)| !pinned)
     }
 
     /// Forgets a confirmed cancel once the status records it.
@@ -199,7 +254,9 @@ impl Context {
         }
         let version = secret.resource_version().unwrap_or_default();
         let key = (ns.clone(), name.clone());
-        if self.secret_versions.lock().expect("secret versions").insert(key.clone(), version.clone()) == Some(version) {
+        let pinned = secret.finalizers().iter().any(|f| f == SECRET_FINALIZER);
+        let previous = self.secret_versions.lock().expect("secret versions").insert(key.clone(), (version.clone(), pinned));
+        if previous.map(|(v, _)| v) == Some(version) {
             return vec![];
         }
         let is_default = self.config.default_credentials.as_ref() == Some(&key);

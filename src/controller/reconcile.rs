@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -145,6 +145,12 @@ impl<'a> Step<'a> {
         if self.phase() == Some(Phase::Closed) {
             return Ok(Action::await_change());
         }
+        if !self.ra.spec.cancelled && self.phase() == Some(Phase::Active) {
+            // Our own status writes trigger reconciles too: observe only when a poll is due.
+            if let Some(wait) = self.ctx.next_observation_in(&self.uid(), self.ra.metadata.generation) {
+                return Ok(Action::requeue(wait));
+            }
+        }
         let (target, creds) = match self.prepare().await {
             Ok(p) => p,
             Err(error) => {
@@ -187,9 +193,13 @@ impl<'a> Step<'a> {
             Ok(p) => p,
             Err(error) => return self.fail(error, Operation::CancelRemoteAssistance, 0).await,
         };
-        match self.cancel(&target, &creds).await {
+        // The session's secret parts go while the cancel is on its way: both are needed, and
+        // neither waits for the other.
+        let (cancelled, invitation) = tokio::join!(self.cancel(&target, &creds), self.ctx.delete_invitation_secret(&self.ra));
+        invitation?;
+        match cancelled {
             Ok(()) => {
-                self.release().await?;
+                self.release_pin().await?;
                 Ok(Action::await_change())
             }
             Err(error) => self.fail(error, Operation::CancelRemoteAssistance, 1).await,
@@ -256,6 +266,7 @@ impl<'a> Step<'a> {
             s.invitation_secret_name = Some(secret_name);
         })
         .await?;
+        self.ctx.observed_now(&self.uid(), self.ra.metadata.generation);
         Ok(Action::requeue(self.ctx.config.poll_interval))
     }
 
@@ -380,6 +391,11 @@ impl<'a> Step<'a> {
         if self.ra.metadata.deletion_timestamp.is_some() {
             self.ctx.delete_invitation_secret(&self.ra).await?;
         }
+        self.release_pin().await
+    }
+
+    /// Drops the credentials pin when no other resource needs the Secret.
+    async fn release_pin(&self) -> Result<(), Error> {
         if let Some(r) = &self.ra.spec.credentials_secret_ref {
             self.ctx.release_secret_if_unused(&self.ra.namespace().unwrap_or_default(), &r.name, &self.uid()).await?;
         }
@@ -414,10 +430,7 @@ impl<'a> Step<'a> {
             Some(r) => (self.ra.namespace().unwrap_or_default(), r.name.clone()),
             None => self.ctx.config.default_credentials.clone().ok_or(CredentialsError::NotConfigured)?,
         };
-        let secret = Api::<Secret>::namespaced(self.ctx.client.clone(), &namespace)
-            .get_opt(&name)
-            .await?
-            .ok_or_else(|| CredentialsError::SecretNotFound(name.clone()))?;
+        let secret = self.ctx.secret(&namespace, &name).await?.ok_or_else(|| CredentialsError::SecretNotFound(name.clone()))?;
         if spec.credentials_secret_ref.is_some() && may_need_cancel(&self.ra) {
             if let Err(e) = self.ctx.pin_secret(&secret).await {
                 warn!(error = %e, secret = %name, "could not pin the credentials Secret");

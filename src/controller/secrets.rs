@@ -139,7 +139,7 @@ impl Context {
                     && !self.was_cancelled(&ra.uid().unwrap_or_default())
             })
         });
-        if still_needed {
+        if still_needed || self.known_unpinned(namespace, name) {
             return Ok(());
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
