@@ -130,6 +130,11 @@ impl Context {
     /// Removes the pin from Secret `namespace/name` when no resource other than `except_uid`
     /// may still need it to cancel.
     pub async fn release_secret_if_unused(&self, namespace: &str, name: &str, except_uid: &str) -> Result<(), kube::Error> {
+        // The watch knows whether the Secret carries a pin at all: if not, there is nothing to
+        // release and no need to look through every resource.
+        if self.known_unpinned(namespace, name) {
+            return Ok(());
+        }
         let still_needed = self.store().is_some_and(|store| {
             store.state().iter().any(|ra| {
                 ra.uid().as_deref() != Some(except_uid)
@@ -139,7 +144,7 @@ impl Context {
                     && !self.was_cancelled(&ra.uid().unwrap_or_default())
             })
         });
-        if still_needed || self.known_unpinned(namespace, name) {
+        if still_needed {
             return Ok(());
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);

@@ -59,8 +59,11 @@ pub struct Row {
     pub ratio: String,
 }
 
+/// Makes a row and prints it at once (a long run shows its figures as they come).
 fn row(what: impl Into<String>, operator: impl Into<String>, floor: impl Into<String>, ratio: impl Into<String>) -> Row {
-    Row { what: what.into(), operator: operator.into(), floor: floor.into(), ratio: ratio.into() }
+    let r = Row { what: what.into(), operator: operator.into(), floor: floor.into(), ratio: ratio.into() };
+    eprintln!("bench: | {} | {} | {} | {} |", r.what, r.operator, r.floor, r.ratio);
+    r
 }
 
 /// Everything the scenarios share.

@@ -107,6 +107,7 @@ struct State {
     token_requests: usize,
     sessions: HashMap<(String, String), Session>,
     rules: Vec<FaultRule>,
+    random_faults: Option<(f64, Vec<Fault>)>,
     latency: Duration,
     requests: Vec<RecordedRequest>,
 }
@@ -245,6 +246,12 @@ impl Simulator {
         self.with(|s| s.rules.push(rule));
     }
 
+    /// Answers a share `rate` (0 to 1) of authenticated requests with one of `faults`, picked at
+    /// random, instead of normally.
+    pub fn set_random_faults(&self, rate: f64, faults: Vec<Fault>) {
+        self.with(|s| s.random_faults = (rate > 0.0 && !faults.is_empty()).then_some((rate, faults)));
+    }
+
     /// Removes every fault rule.
     pub fn clear_faults(&self) {
         self.with(|s| s.rules.clear());
@@ -331,10 +338,11 @@ async fn decide(
 
     let fault = {
         let mut s = state.lock().unwrap();
-        s.rules
-            .iter_mut()
-            .find(|r| !r.faults.is_empty() && r.matches(&desktop_id, operation))
-            .map(|r| r.faults.remove(0))
+        let ruled = s.rules.iter_mut().find(|r| !r.faults.is_empty() && r.matches(&desktop_id, operation)).map(|r| r.faults.remove(0));
+        ruled.or_else(|| {
+            let (rate, faults) = s.random_faults.as_ref()?;
+            (rand::random::<f64>() < *rate).then(|| faults[rand::random_range(0..faults.len())].clone())
+        })
     };
     match fault {
         Some(Fault::Drop) => return Outcome { response: None, authenticated: true, faulted: true },

@@ -137,9 +137,20 @@ impl WorkspaceClient {
         &self.http
     }
 
-    /// CancelRemoteAssistance: `DELETE`, 204 on success.
+    /// CancelRemoteAssistance: `DELETE`, 204 on success. A success status with a body that is
+    /// neither empty nor JSON (a proxy's page) is not taken as a confirmed cancel.
     pub async fn cancel(&self, target: &Target, credentials: &Credentials) -> Result<Answer<()>, CloudError> {
         let raw = self.call(Operation::CancelRemoteAssistance, target, credentials).await?;
+        let blank = raw.body.iter().all(u8::is_ascii_whitespace);
+        if !blank && serde_json::from_slice::<serde_json::Value>(&raw.body).is_err() {
+            return Err(CloudError::Transport {
+                operation: Operation::CancelRemoteAssistance,
+                kind: TransportKind::Body,
+                message: format!("HTTP {} with a body that is not the API's: the cancel is not confirmed", raw.status),
+                http_status: Some(raw.status),
+                request_id: raw.request_id,
+            });
+        }
         Ok(Answer { value: (), request_id: raw.request_id, http_status: raw.status })
     }
 
@@ -301,10 +312,9 @@ struct RawAnswer {
 }
 
 impl RawAnswer {
-    fn decode<T: serde::de::DeserializeOwned + Default>(self, operation: Operation) -> Result<Answer<T>, CloudError> {
-        if self.body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Answer { value: T::default(), request_id: self.request_id, http_status: self.status });
-        }
+    /// Decodes a JSON body. An empty body is not the API's answer (it sends `{}` at least), so
+    /// it is an error to retry rather than "nothing there".
+    fn decode<T: serde::de::DeserializeOwned>(self, operation: Operation) -> Result<Answer<T>, CloudError> {
         match serde_json::from_slice::<T>(&self.body) {
             Ok(value) => Ok(Answer { value, request_id: self.request_id, http_status: self.status }),
             Err(e) => Err(CloudError::Transport {
