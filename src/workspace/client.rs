@@ -137,16 +137,16 @@ impl WorkspaceClient {
         &self.http
     }
 
-    /// CancelRemoteAssistance: `DELETE`, 204 on success. A success status with a body that is
-    /// neither empty nor JSON (a proxy's page) is not taken as a confirmed cancel.
+    /// CancelRemoteAssistance: `DELETE`, 204 on success. Only a 204 confirms the cancel: another
+    /// success status (a proxy's page, an empty 200) is retried, and a cancel that did happen
+    /// then answers "not found".
     pub async fn cancel(&self, target: &Target, credentials: &Credentials) -> Result<Answer<()>, CloudError> {
         let raw = self.call(Operation::CancelRemoteAssistance, target, credentials).await?;
-        let blank = raw.body.iter().all(u8::is_ascii_whitespace);
-        if !blank && serde_json::from_slice::<serde_json::Value>(&raw.body).is_err() {
+        if raw.status != 204 {
             return Err(CloudError::Transport {
                 operation: Operation::CancelRemoteAssistance,
                 kind: TransportKind::Body,
-                message: format!("HTTP {} with a body that is not the API's: the cancel is not confirmed", raw.status),
+                message: format!("HTTP {} instead of 204: the cancel is not confirmed", raw.status),
                 http_status: Some(raw.status),
                 request_id: raw.request_id,
             });
