@@ -210,6 +210,22 @@ impl Bench {
         Ok(start.elapsed())
     }
 
+    /// Deletes `ra-0` .. `ra-{n-1}` at once and waits until all are gone: (time taken, start).
+    async fn delete_all_and_wait(&self, ns: &str, n: usize) -> Result<(Duration, Instant), String> {
+        let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), ns);
+        let start = Instant::now();
+        futures::stream::iter(0..n)
+            .map(|i| {
+                let api = api.clone();
+                async move { api.delete(&format!("ra-{i}"), &DeleteParams::default()).await.map(|_| ()).map_err(e) }
+            })
+            .buffer_unordered(64)
+            .try_collect::<Vec<_>>()
+            .await?;
+        self.wait_empty(ns, Duration::from_secs(3600)).await?;
+        Ok((start.elapsed(), start))
+    }
+
     fn cancels_since(&self, since: Instant) -> usize {
         self.sim.requests().iter().filter(|r| r.operation == Some(Operation::CancelRemoteAssistance) && r.at >= since).count()
     }
@@ -327,18 +343,7 @@ impl Bench {
 
         // Scenario 2: delete them all at once.
         let drain = |ns: String| async move {
-            let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), &ns);
-            let start = Instant::now();
-            futures::stream::iter(0..n)
-                .map(|i| {
-                    let api = api.clone();
-                    async move { api.delete(&format!("ra-{i}"), &DeleteParams::default()).await.map(|_| ()).map_err(e) }
-                })
-                .buffer_unordered(64)
-                .try_collect::<Vec<_>>()
-                .await?;
-            let took = self.wait_empty(&ns, Duration::from_secs(3600)).await?;
-            let took = took + start.elapsed() - took;
+            let (took, start) = self.delete_all_and_wait(&ns, n).await?;
             Ok::<_, String>((took, self.cancels_since(start)))
         };
         let (took, cancels) = drain(ns.clone()).await?;
@@ -403,17 +408,7 @@ impl Bench {
             self.create_many(&ns, "ra", n, None).await?;
             self.wait_active(&ns, n, Duration::from_secs(3600)).await?;
             self.sim.set_latency(Duration::from_millis(50));
-            let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), &ns);
-            let start = Instant::now();
-            futures::stream::iter(0..n)
-                .map(|i| {
-                    let api = api.clone();
-                    async move { api.delete(&format!("ra-{i}"), &DeleteParams::default()).await.map(|_| ()).map_err(e) }
-                })
-                .buffer_unordered(64)
-                .try_collect::<Vec<_>>()
-                .await?;
-            let took = start.elapsed() + self.wait_empty(&ns, Duration::from_secs(3600)).await?;
+            let (took, start) = self.delete_all_and_wait(&ns, n).await?;
             self.sim.set_latency(Duration::ZERO);
             drop(op);
             // Highest number of DELETEs the simulator received in any one-second window.

@@ -244,24 +244,30 @@ pub async fn install_crds(client: &Client) -> Result<(), String> {
     for crd in [RemoteAssistance::crd()] {
         let name = crd.name_any();
         api.patch(&name, &PatchParams::apply("workspace-assist").force(), &Patch::Apply(&crd)).await.map_err(kube_err)?;
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
-            let current = api.get(&name).await.map_err(kube_err)?;
-            let established = current
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
-            if established {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!("CRD {name} was not Established within {STEP_TIMEOUT:?}"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_established(client, &name).await?;
     }
     Ok(())
+}
+
+/// Waits until the apiserver reports CRD `name` Established.
+pub async fn wait_established(client: &Client, name: &str) -> Result<(), String> {
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let current = api.get(name).await.map_err(kube_err)?;
+        let established = current
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+        if established {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("CRD {name} was not Established within {STEP_TIMEOUT:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn kube_err(e: kube::Error) -> String {

@@ -28,7 +28,6 @@ pub mod control_plane {
     }
 }
 
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -72,20 +71,7 @@ pub async fn install_crd(client: &Client, crd: &CustomResourceDefinition) {
     api.patch(&name, &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(crd))
         .await
         .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let current = api.get(&name).await.expect("reading the CRD back");
-        let established = current
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
-        if established {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "CRD {name} did not become Established in 30s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    workspace_assist::devenv::demo::wait_established(client, &name).await.unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The project's CRDs as committed in `crds/`.
