@@ -49,8 +49,8 @@ pub struct BenchArgs {
     /// Resources in the cloud-latency scenario (0 skips it).
     #[arg(long, default_value_t = 2_000)]
     pub latency_scenario_resources: usize,
-    /// Measuring window of the idle scenario (0s skips it).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    /// Measuring window of the idle scenario: at least the poll interval (5m) to see every poll (0s skips it).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub idle_window: Duration,
     /// Reconciles at once (the operator's --concurrency, and the floor's).
     #[arg(long, default_value_t = 16)]

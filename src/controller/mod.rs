@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -25,7 +25,7 @@ use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::resource::{DeletionPolicy, RemoteAssistance, SECRET_FINALIZER};
+use crate::resource::{DELETION_POLICY_ANNOTATION, DeletionPolicy, RemoteAssistance, SECRET_FINALIZER};
 use crate::telemetry::{Health, Metrics};
 use crate::workspace::{ClientOptions, TokenCache, WorkspaceClient};
 
@@ -35,6 +35,9 @@ pub use gate::BackoffPolicy;
 /// How long a confirmed cancel is remembered in memory (beyond that, status records it, or the
 /// object is long gone).
 pub const CANCEL_MEMORY: Duration = Duration::from_secs(600);
+
+/// Longest a reconcile waits for the cache to catch up with this process's own status write.
+pub const OWN_WRITE_WAIT: Duration = Duration::from_secs(10);
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -111,7 +114,10 @@ pub struct Context {
     /// When each Active resource was last observed, at which generation.
     observed: Mutex<HashMap<String, (std::time::Instant, Option<i64>)>>,
     invitations: Mutex<HashMap<String, u64>>,
+    /// The resourceVersion of this process's last status write, by UID.
+    own_writes: Mutex<HashMap<String, (u64, std::time::Instant)>>,
     store: OnceLock<Store<RemoteAssistance>>,
+    namespaces: OnceLock<Store<PartialObjectMeta<Namespace>>>,
 }
 
 impl Context {
@@ -133,13 +139,26 @@ impl Context {
             credentials_cache: Mutex::default(),
             observed: Mutex::default(),
             invitations: Mutex::default(),
+            own_writes: Mutex::default(),
             store: OnceLock::new(),
+            namespaces: OnceLock::new(),
         })
     }
 
     /// The controller's cache of RemoteAssistances (set when the controller starts).
     pub fn store(&self) -> Option<&Store<RemoteAssistance>> {
         self.store.get()
+    }
+
+    /// The namespace's deletion-policy annotation: from the watch of namespace metadata, or
+    /// read from the API server when the watch does not hold the namespace (yet).
+    pub async fn namespace_deletion_policy(&self, namespace: &str) -> Result<Option<String>, kube::Error> {
+        let annotation = |meta: &kube::core::ObjectMeta| meta.annotations.as_ref().and_then(|a| a.get(DELETION_POLICY_ANNOTATION).cloned());
+        if let Some(cached) = self.namespaces.get().and_then(|store| store.get(&ObjectRef::new(namespace))) {
+            return Ok(annotation(&cached.metadata));
+        }
+        let ns = Api::<Namespace>::all(self.client.clone()).get_metadata_opt(namespace).await?;
+        Ok(ns.and_then(|ns| annotation(&ns.metadata)))
     }
 
     /// Waits for the overall cloud rate limit.
@@ -165,7 +184,33 @@ impl Context {
     pub fn forget(&self, uid: &str) {
         self.invitations.lock().expect("invitations").remove(uid);
         self.observed.lock().expect("observed").remove(uid);
+        self.own_writes.lock().expect("own writes").remove(uid);
         self.gates.forget(uid);
+    }
+
+    /// Records the resourceVersion of a status write of this process.
+    pub fn wrote(&self, uid: &str, resource_version: &str) {
+        if let Ok(version) = resource_version.parse::<u64>() {
+            self.own_writes.lock().expect("own writes").insert(uid.to_string(), (version, std::time::Instant::now()));
+        }
+    }
+
+    /// Whether the cached object predates this process's last status write of it (made less
+    /// than [`OWN_WRITE_WAIT`] ago). The resourceVersions of one etcd are increasing integers;
+    /// anything else never counts as older. The record goes once the cache has caught up or
+    /// the wait is over, so a store restored from backup cannot hold an object back.
+    pub fn is_older_than_own_write(&self, ra: &RemoteAssistance) -> bool {
+        let Some(version) = ra.resource_version().and_then(|v| v.parse::<u64>().ok()) else { return false };
+        let uid = ra.uid().unwrap_or_default();
+        let mut writes = self.own_writes.lock().expect("own writes");
+        match writes.get(&uid) {
+            Some((written, at)) if version < *written && at.elapsed() < OWN_WRITE_WAIT => true,
+            Some(_) => {
+                writes.remove(&uid);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Records that an open session was just observed.
@@ -261,12 +306,11 @@ impl Context {
         }
         let is_default = self.config.default_credentials.as_ref() == Some(&key);
         store
-            .state()
-            .into_iter()
-            .filter(|ra| match &ra.spec.credentials_secret_ref {
+            .state_filter(|ra| match &ra.spec.credentials_secret_ref {
                 Some(r) => r.name == name && ra.namespace().as_deref() == Some(ns.as_str()),
                 None => is_default,
             })
+            .into_iter()
             .map(|ra| {
                 self.gates.secret_changed(&ra.uid().unwrap_or_default());
                 ObjectRef::from_obj(&*ra)
@@ -310,7 +354,10 @@ pub async fn run(
     let controller = Controller::for_stream(resources, store.clone());
     let _ = ctx.store.set(store.clone());
     // Secrets only trigger reconciles: their metadata (name, resourceVersion, finalizers) is enough.
-    let secrets = watcher(secrets, watcher::Config::default().any_semantic()).default_backoff().touched_objects();
+    // Invitation Secrets (one per resource, written by the operator) are left out.
+    let secrets_config = watcher::Config::default().any_semantic().labels(&format!("!{}", secrets::INVITATION_LABEL));
+    let secrets = watcher(secrets, secrets_config).default_backoff().touched_objects();
+    let namespaces = tokio::spawn(watch_namespaces(ctx.clone()));
     let gauges = tokio::spawn(report_resources(store.clone(), telemetry.clone(), ctx.config.stuck_deleting_after));
     let mapper_ctx = ctx.clone();
     controller
@@ -340,7 +387,30 @@ pub async fn run(
         })
         .await;
     gauges.abort();
+    namespaces.abort();
     Ok(())
+}
+
+/// Keeps the metadata of the watched namespaces (all, or the one watched) in a cache, so that a
+/// deletion reads the namespace's deletion policy without an API call.
+async fn watch_namespaces(ctx: Arc<Context>) {
+    let api: Api<PartialObjectMeta<Namespace>> = Api::all(ctx.client.clone());
+    let config = match &ctx.config.namespace {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
+    };
+    let (store, writer) = reflector::store();
+    let _ = ctx.namespaces.set(store);
+    watcher(api, config.any_semantic())
+        .default_backoff()
+        .modify(|ns: &mut PartialObjectMeta<Namespace>| ns.managed_fields_mut().clear())
+        .reflect(writer)
+        .for_each(|event| async move {
+            if let Err(e) = event {
+                warn!(error = %e, "namespace watch");
+            }
+        })
+        .await;
 }
 
 /// Marks the instance ready once the cache is synced, then keeps the per-phase gauges current.

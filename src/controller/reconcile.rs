@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -47,6 +46,13 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
         retry_token: ra.annotations().get(RETRY_ANNOTATION).cloned(),
         paused: is_paused(&ra),
     };
+    if ctx.is_older_than_own_write(&ra) {
+        // The cache has not caught up with this process's last status write: acting on it
+        // would repeat work (the watch event of that write triggers a reconcile soon).
+        debug!("cache older than our last write; waiting for it");
+        ctx.metrics.reconciled("success", "CacheCatchingUp", started.elapsed());
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     if let Some(wait) = ctx.gates.wait_for(&uid, &trigger, Instant::now()) {
         debug!(wait_ms = wait.as_millis() as u64, "backing off");
         ctx.metrics.reconciled("backoff", "BackingOff", started.elapsed());
@@ -193,11 +199,10 @@ impl<'a> Step<'a> {
             Ok(p) => p,
             Err(error) => return self.fail(error, Operation::CancelRemoteAssistance, 0).await,
         };
-        // The session's secret parts go while the cancel is on its way: both are needed, and
-        // neither waits for the other.
-        let (cancelled, invitation) = tokio::join!(self.cancel(&target, &creds), self.ctx.delete_invitation_secret(&self.ra));
-        invitation?;
-        match cancelled {
+        // The session's secret parts go while the cancel is on its way; the finalizer does not
+        // wait for them (the Secret is owned by this resource).
+        self.ctx.delete_invitation_secret_in_background(&self.ra);
+        match self.cancel(&target, &creds).await {
             Ok(()) => {
                 self.release_pin().await?;
                 Ok(Action::await_change())
@@ -237,7 +242,8 @@ impl<'a> Step<'a> {
         };
         info!(request_id = created.request_id.as_deref().unwrap_or(""), share_space_id = created.value.share_space_id.as_deref().unwrap_or(""), "remote assistance created");
         self.ctx.publish(&self.ra, EventType::Normal, "Created", "Started a remote assistance for the desktop", "Create");
-        // Persist what the cloud said before any step that depends on it.
+        // What the cloud said about the new session goes into the step's next status write,
+        // whether the show below succeeds (Active) or fails (the failure is recorded with it).
         let facts = AssistanceStatus {
             share_space_id: created.value.share_space_id.clone(),
             status: created.value.status.clone(),
@@ -245,7 +251,7 @@ impl<'a> Step<'a> {
             created_by_operator: true,
             ..AssistanceStatus::default()
         };
-        self.write(&Conclusion::Active, 0, |s| s.assistance = Some(facts)).await?;
+        self.ra.status.get_or_insert_with(Default::default).assistance = Some(facts);
         let shown = match self.show(target, creds).await {
             Ok(shown) => shown,
             Err(error) => return self.fail(error, Operation::ShowDesktopRemoteAssistanceInfo, 0).await,
@@ -345,7 +351,9 @@ impl<'a> Step<'a> {
     async fn write(&mut self, conclusion: &Conclusion<'_>, cancel_calls: u32, edit: impl FnOnce(&mut RemoteAssistanceStatus)) -> Result<(), Error> {
         let mut next = status::next_status(&self.ra, conclusion, cancel_calls, Time(jiff::Timestamp::now()));
         edit(&mut next);
-        status::write(self.api, &self.ra, &next).await?;
+        if let Some(version) = status::write(self.api, &self.ra, &next).await? {
+            self.ctx.wrote(&self.uid(), &version);
+        }
         self.ra.status = Some(next);
         Ok(())
     }
@@ -417,8 +425,7 @@ impl<'a> Step<'a> {
         if self.ra.spec.deletion_policy.is_some() || self.ra.annotations().contains_key(DELETION_POLICY_ANNOTATION) {
             return Ok(None);
         }
-        let ns = Api::<Namespace>::all(self.ctx.client.clone()).get_opt(&self.ra.namespace().unwrap_or_default()).await?;
-        Ok(ns.and_then(|ns| ns.annotations().get(DELETION_POLICY_ANNOTATION).cloned()))
+        Ok(self.ctx.namespace_deletion_policy(&self.ra.namespace().unwrap_or_default()).await?)
     }
 
     /// The cloud target and credentials; pins the credentials Secret while a cancel may need it.

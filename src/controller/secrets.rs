@@ -9,13 +9,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::resource::{DeletionPolicy, DELETION_POLICY_ANNOTATION, Phase, RemoteAssistance, SECRET_FINALIZER};
 use crate::workspace::ShowResponse;
 
 use super::Context;
 use super::status::MANAGER;
+
+/// Label of invitation Secrets. The operator's Secret watch leaves them out: they never hold
+/// credentials, and there is one per resource.
+pub const INVITATION_LABEL: &str = "workspace.assist.dev/invitation";
 
 /// Name of a resource's invitation Secret (`<name>-invitation`, shortened with a hash when the
 /// name is long).
@@ -74,7 +78,7 @@ impl Context {
             "kind": "Secret",
             "metadata": {
                 "name": name,
-                "labels": { "app.kubernetes.io/managed-by": "workspace-assist" },
+                "labels": { "app.kubernetes.io/managed-by": "workspace-assist", INVITATION_LABEL: "true" },
                 "ownerReferences": [owner],
             },
             "type": "Opaque",
@@ -90,14 +94,37 @@ impl Context {
     /// Deletes the resource's invitation Secret, if any (the session is over or the resource is
     /// going; owner references would do it too where a garbage collector runs).
     pub async fn delete_invitation_secret(&self, ra: &RemoteAssistance) -> Result<(), kube::Error> {
-        let Some(name) = ra.status.as_ref().and_then(|s| s.invitation_secret_name.clone()) else { return Ok(()) };
+        match self.invitation_secret_deletion(ra) {
+            Some(deletion) => deletion.await,
+            None => Ok(()),
+        }
+    }
+
+    /// Starts deleting the invitation Secret of a resource that is going, without waiting: its
+    /// owner reference is the guarantee (the garbage collector deletes it after the resource),
+    /// this only makes it go sooner. A failure is logged.
+    pub fn delete_invitation_secret_in_background(&self, ra: &RemoteAssistance) {
+        if let Some(deletion) = self.invitation_secret_deletion(ra) {
+            tokio::spawn(async move {
+                if let Err(e) = deletion.await {
+                    warn!(error = %e, "could not delete the invitation Secret (its owner reference lets the garbage collector do it)");
+                }
+            });
+        }
+    }
+
+    /// The deletion of the resource's invitation Secret, when it has one.
+    fn invitation_secret_deletion(&self, ra: &RemoteAssistance) -> Option<impl Future<Output = Result<(), kube::Error>> + Send + 'static> {
+        let name = ra.status.as_ref().and_then(|s| s.invitation_secret_name.clone())?;
         self.invitations.lock().expect("invitations").remove(&ra.uid().unwrap_or_default());
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &ra.namespace().unwrap_or_default());
-        match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(e),
-        }
+        Some(async move {
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     /// Puts the pin finalizer on a credentials Secret that a resource may still need.
@@ -135,14 +162,17 @@ impl Context {
         if self.known_unpinned(namespace, name) {
             return Ok(());
         }
+        // `find` stops at the first resource that needs it, without copying the cache.
         let still_needed = self.store().is_some_and(|store| {
-            store.state().iter().any(|ra| {
-                ra.uid().as_deref() != Some(except_uid)
-                    && ra.namespace().as_deref() == Some(namespace)
-                    && ra.spec.credentials_secret_ref.as_ref().is_some_and(|r| r.name == name)
-                    && may_need_cancel(ra)
-                    && !self.was_cancelled(&ra.uid().unwrap_or_default())
-            })
+            store
+                .find(|ra| {
+                    ra.uid().as_deref() != Some(except_uid)
+                        && ra.namespace().as_deref() == Some(namespace)
+                        && ra.spec.credentials_secret_ref.as_ref().is_some_and(|r| r.name == name)
+                        && may_need_cancel(ra)
+                        && !self.was_cancelled(&ra.uid().unwrap_or_default())
+                })
+                .is_some()
         });
         if still_needed {
             return Ok(());

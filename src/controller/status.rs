@@ -183,18 +183,19 @@ pub fn changed(current: Option<&RemoteAssistanceStatus>, next: &RemoteAssistance
     current != Some(next)
 }
 
-/// Writes `next` with server-side apply when it differs from the object's status.
-pub async fn write(api: &Api<RemoteAssistance>, ra: &RemoteAssistance, next: &RemoteAssistanceStatus) -> Result<bool, kube::Error> {
+/// Writes `next` with server-side apply when it differs from the object's status. Returns the
+/// resourceVersion written, if it wrote.
+pub async fn write(api: &Api<RemoteAssistance>, ra: &RemoteAssistance, next: &RemoteAssistanceStatus) -> Result<Option<String>, kube::Error> {
     if !changed(ra.status.as_ref(), next) {
-        return Ok(false);
+        return Ok(None);
     }
     let patch = json!({
         "apiVersion": "workspace.assist.dev/v1alpha1",
         "kind": "RemoteAssistance",
         "status": next,
     });
-    api.patch_status(&ra.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
-    Ok(true)
+    let written = api.patch_status(&ra.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(written.resource_version())
 }
 
 #[cfg(test)]

@@ -226,6 +226,18 @@ impl Bench {
         Ok((start.elapsed(), start))
     }
 
+    /// Requests the API server has served so far (the sum of its `apiserver_request_total`):
+    /// the difference over a phase, per resource, shows the API work each side does.
+    async fn apiserver_requests(&self) -> Result<f64, String> {
+        let request = http::Request::get("/metrics").body(Vec::new()).map_err(|err| err.to_string())?;
+        let text = self.client.request_text(request).await.map_err(e)?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("apiserver_request_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     fn cancels_since(&self, since: Instant) -> usize {
         self.sim.requests().iter().filter(|r| r.operation == Some(Operation::CancelRemoteAssistance) && r.at >= since).count()
     }
@@ -303,23 +315,27 @@ impl Bench {
         let mut rows = Vec::new();
         let ns = self.namespace("drain").await?;
         let op = self.operator(&ns)?;
-        let started = Instant::now();
+        let (started, requests) = (Instant::now(), self.apiserver_requests().await?);
         self.create_many(&ns, "ra", n, None).await?;
         self.wait_active(&ns, n, Duration::from_secs(3600)).await?;
         let create = started.elapsed();
+        let per_resource = |before: f64, after: f64| (after - before) / n as f64;
+        let api_calls = per_resource(requests, self.apiserver_requests().await?);
         let calls = self.sim.requests().iter().filter(|r| r.at >= started && r.operation.is_some()).count();
 
         let floor_ns = self.namespace("drain-floor").await?;
         let floor = FloorClient::start(self.client.clone(), &floor_ns, self.cloud.clone(), self.sim.endpoint(), self.options.concurrency);
-        let floor_started = Instant::now();
+        let (floor_started, requests) = (Instant::now(), self.apiserver_requests().await?);
         self.create_many(&floor_ns, "ra", n, None).await?;
         self.wait_active(&floor_ns, n, Duration::from_secs(3600)).await?;
         let floor_create = floor_started.elapsed();
+        let floor_api_calls = per_resource(requests, self.apiserver_requests().await?);
+        let floor_calls = self.sim.requests().iter().filter(|r| r.at >= floor_started && r.operation.is_some()).count();
         let rate = |d: Duration| n as f64 / d.as_secs_f64();
         rows.push(row(
             format!("3. create → Active, {n} resources (per second)"),
-            format!("{:.0}/s ({:.1}s, {:.1} cloud calls each)", rate(create), create.as_secs_f64(), calls as f64 / n as f64),
-            format!("{:.0}/s ({:.1}s)", rate(floor_create), floor_create.as_secs_f64()),
+            format!("{:.0}/s ({:.1}s; per resource {:.1} cloud calls, {api_calls:.1} API requests)", rate(create), create.as_secs_f64(), calls as f64 / n as f64),
+            format!("{:.0}/s ({:.1}s; per resource {:.1} cloud calls, {floor_api_calls:.1} API requests)", rate(floor_create), floor_create.as_secs_f64(), floor_calls as f64 / n as f64),
             format!("{:.2}×", rate(create) / rate(floor_create)),
         ));
 
@@ -343,17 +359,18 @@ impl Bench {
 
         // Scenario 2: delete them all at once.
         let drain = |ns: String| async move {
+            let requests = self.apiserver_requests().await?;
             let (took, start) = self.delete_all_and_wait(&ns, n).await?;
-            Ok::<_, String>((took, self.cancels_since(start)))
+            Ok::<_, String>((took, self.cancels_since(start), per_resource(requests, self.apiserver_requests().await?)))
         };
-        let (took, cancels) = drain(ns.clone()).await?;
+        let (took, cancels, api_calls) = drain(ns.clone()).await?;
         drop(op);
-        let (floor_took, floor_cancels) = drain(floor_ns.clone()).await?;
+        let (floor_took, floor_cancels, floor_api_calls) = drain(floor_ns.clone()).await?;
         floor.stop();
         rows.push(row(
             format!("2. drain {n} deleted at once (deletions per second)"),
-            format!("{:.0}/s ({:.1}s, {cancels} DELETEs)", rate(took), took.as_secs_f64()),
-            format!("{:.0}/s ({:.1}s, {floor_cancels} DELETEs)", rate(floor_took), floor_took.as_secs_f64()),
+            format!("{:.0}/s ({:.1}s, {cancels} DELETEs, {api_calls:.1} API requests each)", rate(took), took.as_secs_f64()),
+            format!("{:.0}/s ({:.1}s, {floor_cancels} DELETEs, {floor_api_calls:.1} API requests each)", rate(floor_took), floor_took.as_secs_f64()),
             format!("{:.2}×", rate(took) / rate(floor_took)),
         ));
         if cancels != n {
@@ -427,14 +444,16 @@ impl Bench {
 }
 
 /// The floor: a minimal client that does only the necessary work. On a new object it adds its
-/// finalizer, creates the session and shows it, and writes phase Active; on a deleted one it
-/// sends one DELETE and removes its finalizer.
+/// finalizer, creates the session and shows it, hands the invitation over in a Secret and writes
+/// phase Active; on a deleted one it sends one DELETE and removes its finalizer (and leaves the
+/// Secret behind).
 struct FloorClient {
     task: tokio::task::JoinHandle<()>,
 }
 
 impl FloorClient {
     fn start(client: Client, ns: &str, cloud: WorkspaceClient, endpoint: String, concurrency: u16) -> FloorClient {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
         let api: Api<RemoteAssistance> = Api::namespaced(client, ns);
         let target_for = move |ra: &RemoteAssistance| Target {
             endpoint: resolve_endpoint(None, Some(&endpoint)).expect("endpoint"),
@@ -446,7 +465,7 @@ impl FloorClient {
         let task = tokio::spawn(async move {
             let mut events = std::pin::pin!(watcher(api.clone(), watcher::Config::default()).default_backoff().applied_objects());
             while let Some(Ok(ra)) = events.next().await {
-                let (api, cloud, creds, target, permits) = (api.clone(), cloud.clone(), creds.clone(), target_for(&ra), permits.clone());
+                let (api, secrets, cloud, creds, target, permits) = (api.clone(), secrets.clone(), cloud.clone(), creds.clone(), target_for(&ra), permits.clone());
                 let has_finalizer = ra.finalizers().iter().any(|f| f == FLOOR_FINALIZER);
                 let name = ra.name_any();
                 if ra.metadata.deletion_timestamp.is_some() && has_finalizer {
@@ -463,7 +482,18 @@ impl FloorClient {
                         if api.patch(&name, &PatchParams::default(), &Patch::Merge(&add)).await.is_err() {
                             return;
                         }
-                        if cloud.create(&target, &creds).await.is_ok() && cloud.show(&target, &creds).await.is_ok() {
+                        if cloud.create(&target, &creds).await.is_err() {
+                            return;
+                        }
+                        let Ok(shown) = cloud.show(&target, &creds).await else { return };
+                        // The session's access (invitation code) is handed over in a Secret, as
+                        // it may not go in status.
+                        let secret: Secret = serde_json::from_value(json!({
+                            "metadata": { "name": format!("{name}-invitation") },
+                            "stringData": { "invitationCode": shown.value.invitation_code.as_ref().map(|c| c.expose().to_string()) }
+                        }))
+                        .expect("a Secret");
+                        if secrets.create(&PostParams::default(), &secret).await.is_ok() {
                             let status = json!({ "status": { "phase": "Active" } });
                             let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
                         }
