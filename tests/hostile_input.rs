@@ -82,6 +82,17 @@ async fn malformed_specs_are_rejected() {
         assert!(matches!(&err, kube::Error::Api(s) if s.code == 422), "{what}: {err:?}");
     }
 
+    // A Secret of another namespace cannot be named: a `namespace` in the reference is refused
+    // under strict field validation (kubectl's default), and dropped by the schema otherwise, so
+    // the operator only ever reads the resource's own namespace.
+    let other_ns = with(&w, "other-ns", &[("credentialsSecretRef", Some(json!({ "name": "creds", "namespace": "kube-system" })))]);
+    let strict = kube::api::PatchParams { field_validation: Some(kube::api::ValidationDirective::Strict), ..kube::api::PatchParams::apply("tests") };
+    let err = api.patch("other-ns", &strict, &kube::api::Patch::Apply(&other_ns)).await.expect_err("a namespace in the Secret reference");
+    assert!(err.to_string().contains("not declared in schema") || err.to_string().contains("unknown field"), "{err}");
+    let stored = api.create(&PostParams::default(), &other_ns).await.unwrap();
+    assert_eq!(stored.data["spec"]["credentialsSecretRef"], json!({ "name": "creds" }), "the namespace is not kept");
+    api.delete("other-ns", &Default::default()).await.unwrap();
+
     // Transition rules on an existing object.
     w.create(w.manifest("good", "desk")).await;
     for (what, spec) in [

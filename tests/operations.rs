@@ -142,6 +142,46 @@ async fn one_leader_acts_and_a_standby_takes_over_when_it_is_killed() {
 }
 
 #[tokio::test]
+async fn a_leader_killed_mid_drain_loses_no_cancel() {
+    let w = World::new("ops").await;
+    let lease = ["--lease-duration", "4s", "--lease-renew-before", "1s"];
+    let a = operator(&w, "op-a", &lease);
+    let b = operator(&w, "op-b", &lease);
+    let leader = wait_for_holder(&w, T, |_| true).await;
+    let (mut leading, standby, standby_name) = if leader == "op-a" { (a, b, "op-b") } else { (b, a, "op-a") };
+    standby.wait_http("/readyz", 200, T).await;
+    let names: Vec<String> = (0..80).map(|i| format!("drain-{i}")).collect();
+    for n in &names {
+        w.create(w.manifest(n, n)).await;
+    }
+    for n in &names {
+        w.wait_for(n, Duration::from_secs(60), "Active", active).await;
+    }
+
+    // A slow cloud makes the drain last a few seconds; the leader dies in the middle of it.
+    w.sim.set_latency(Duration::from_millis(400));
+    for n in &names {
+        w.delete(n).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    leading.signal("-KILL");
+    leading.wait(T).await;
+    let api = w.api();
+    let left = futures::future::join_all(names.iter().map(|n| api.get_opt(n))).await.into_iter().filter(|r| matches!(r, Ok(Some(_)))).count();
+    assert!(left > 0 && left < names.len(), "the leader died mid-drain ({left} of {} left)", names.len());
+
+    wait_for_holder(&w, Duration::from_secs(20), |h| h == standby_name).await;
+    for n in &names {
+        w.wait_gone(n, Duration::from_secs(60)).await;
+        let session = w.sim.session(PROJECT, n).unwrap();
+        assert!(!session.in_progress(), "{n}: cancelled in the cloud");
+    }
+    let deletes: usize = names.iter().map(|n| w.sim.count(CANCEL, n)).sum();
+    println!("leader killed with {left} of {} resources left: {deletes} cloud DELETEs in all ({} duplicates)", names.len(), deletes - names.len());
+    assert!(standby.logs().contains("became the leader"));
+}
+
+#[tokio::test]
 async fn sigterm_finishes_in_flight_work_and_releases_the_lease() {
     let w = World::new("ops").await;
     w.sim.open_session(PROJECT, "desk-slow");

@@ -23,6 +23,9 @@ pub struct Trigger {
     pub paused: bool,
 }
 
+/// Longest wait between retries of a failure to talk to the Kubernetes API.
+pub const API_RETRY_MAX: Duration = Duration::from_secs(10);
+
 /// How long to wait after a failure.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BackoffPolicy {

@@ -127,7 +127,7 @@ impl Context {
         let reporter = Reporter { controller: "workspace-assist".into(), instance: Some(config.instance.clone()) };
         Ok(Context {
             recorder: Recorder::new(client.clone(), reporter),
-            limiter: RateLimiter::direct(Quota::per_second(config.cloud_rate_limit)),
+            limiter: RateLimiter::direct(cloud_quota(config.cloud_rate_limit)),
             client,
             cloud,
             config,
@@ -344,19 +344,20 @@ pub async fn run(
     // (a copy of the whole object) are dropped as objects arrive.
     let (store, writer) = reflector::store();
     let resources = watcher(resources, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(watch_backoff())
         .modify(|ra: &mut RemoteAssistance| {
             ra.managed_fields_mut().clear();
             ra.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
         })
         .reflect(writer)
         .applied_objects();
+    let (resources, resources_relay) = relay(resources, "RemoteAssistance");
     let controller = Controller::for_stream(resources, store.clone());
     let _ = ctx.store.set(store.clone());
     // Secrets only trigger reconciles: their metadata (name, resourceVersion, finalizers) is enough.
     // Invitation Secrets (one per resource, written by the operator) are left out.
     let secrets_config = watcher::Config::default().any_semantic().labels(&format!("!{}", secrets::INVITATION_LABEL));
-    let secrets = watcher(secrets, secrets_config).default_backoff().touched_objects();
+    let (secrets, secrets_relay) = relay(watcher(secrets, secrets_config).backoff(watch_backoff()).touched_objects(), "Secret");
     let namespaces = tokio::spawn(watch_namespaces(ctx.clone()));
     let gauges = tokio::spawn(report_resources(store.clone(), telemetry.clone(), ctx.config.stuck_deleting_after));
     let mapper_ctx = ctx.clone();
@@ -388,7 +389,53 @@ pub async fn run(
         .await;
     gauges.abort();
     namespaces.abort();
+    resources_relay.abort();
+    secrets_relay.abort();
     Ok(())
+}
+
+/// The cloud call quota: `per_second` calls spaced evenly, no burst, so that no one-second
+/// window (as the cloud's gateway counts) ever holds more than `per_second` calls. (A burst the
+/// size of the rate would allow nearly twice the rate in the second after a quiet spell.)
+fn cloud_quota(per_second: NonZeroU32) -> Quota {
+    Quota::with_period(Duration::from_secs(1) / per_second.get()).expect("a non-zero period").allow_burst(NonZeroU32::MIN)
+}
+
+/// Runs a watch (with its backoff) in a task of its own and hands its objects on; its errors
+/// are logged there. The controller merges its trigger streams and does not always poll one
+/// that is backing off: a watch driven by the controller can stay down for tens of seconds
+/// after the API server is back. Driven by its own task, it retries on its own schedule.
+fn relay<T: Send + 'static>(
+    watch: impl futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
+    what: &'static str,
+) -> (impl futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static, tokio::task::JoinHandle<()>) {
+    use futures::SinkExt;
+    let (mut tx, rx) = futures::channel::mpsc::channel(1024);
+    let task = tokio::spawn(async move {
+        let mut watch = std::pin::pin!(watch);
+        while let Some(item) = watch.next().await {
+            match item {
+                Ok(object) => {
+                    if tx.send(Ok(object)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => warn!(error = %e, watch = what, "watch failed; retrying"),
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// How the watches retry after an error: from 0.5 s, doubling, at most 5 s apart (kube's default
+/// goes to 30 s), so that work resumes within seconds of the API server coming back.
+fn watch_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .into()
 }
 
 /// Keeps the metadata of the watched namespaces (all, or the one watched) in a cache, so that a
@@ -402,7 +449,7 @@ async fn watch_namespaces(ctx: Arc<Context>) {
     let (store, writer) = reflector::store();
     let _ = ctx.namespaces.set(store);
     watcher(api, config.any_semantic())
-        .default_backoff()
+        .backoff(watch_backoff())
         .modify(|ns: &mut PartialObjectMeta<Namespace>| ns.managed_fields_mut().clear())
         .reflect(writer)
         .for_each(|event| async move {
@@ -438,5 +485,36 @@ async fn report_resources(store: Store<RemoteAssistance>, telemetry: Telemetry, 
         }
         telemetry.metrics.set_resources(&counts, stuck);
         tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_one_second_window_exceeds_the_cloud_rate_limit() {
+        use governor::clock::{Clock, FakeRelativeClock};
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::direct_with_clock(cloud_quota(NonZeroU32::new(50).unwrap()), clock.clone());
+        // As many calls as the limiter lets through, each as early as it allows, over 3 s.
+        let mut admitted = Vec::new();
+        while clock.now().as_u64() < 3_000_000_000 {
+            if limiter.check().is_ok() {
+                admitted.push(clock.now().as_u64());
+            } else {
+                clock.advance(Duration::from_micros(100));
+            }
+        }
+        let busiest = admitted.iter().map(|t| admitted.iter().filter(|u| **u >= *t && **u < *t + 1_000_000_000).count()).max().unwrap();
+        assert_eq!(busiest, 50, "at most the limit in any one-second window");
+        assert!(admitted.len() >= 149, "and the limit is used: {}", admitted.len());
+    }
+
+    #[test]
+    fn watches_retry_within_seconds() {
+        let delays: Vec<Duration> = watch_backoff().take(12).collect();
+        assert_eq!(delays.len(), 12, "never gives up");
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(10)), "{delays:?}");
     }
 }

@@ -21,7 +21,7 @@ use super::Context;
 use super::cloud::CallCredentials;
 use super::credentials::{self, CredentialsError, SecretCredentials};
 use super::error::Error;
-use super::gate::Trigger;
+use super::gate::{API_RETRY_MAX, BackoffPolicy, Trigger};
 use super::secrets::may_need_cancel;
 use super::status::{self, Conclusion};
 
@@ -76,13 +76,27 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
             ctx.metrics.reconciled("success", "Reconciled", started.elapsed());
             Ok(action)
         }
+        // The finalizer patches test the finalizers they saw: a 422 means the cached object was
+        // older than the stored one (this process's own write is still on its way back).
+        Err(finalizer::Error::AddFinalizer(kube::Error::Api(s)) | finalizer::Error::RemoveFinalizer(kube::Error::Api(s))) if s.code == 422 => {
+            debug!("finalizer patch raced a newer version of the object; retrying when the cache has it");
+            ctx.metrics.reconciled("success", "CacheCatchingUp", started.elapsed());
+            Ok(Action::requeue(Duration::from_millis(500)))
+        }
         Err(e) => {
             let error = match e {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
                 finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
                 other => Error::Finalizer(other.to_string()),
             };
-            let retry_after = ctx.gates.failed(&uid, trigger, error.needs_human(), &ctx.config.backoff, Instant::now());
+            // Failures talking to the Kubernetes API (an outage, a conflict) cost the cloud
+            // nothing and pass on their own: their backoff stops growing early, so work resumes
+            // soon after the API server is back.
+            let policy = match error {
+                Error::Kube(_) => BackoffPolicy { max: ctx.config.backoff.max.min(API_RETRY_MAX), ..ctx.config.backoff },
+                _ => ctx.config.backoff,
+            };
+            let retry_after = ctx.gates.failed(&uid, trigger, error.needs_human(), &policy, Instant::now());
             ctx.metrics.reconciled("error", error.reason(), started.elapsed());
             if !error.needs_human() {
                 ctx.metrics.retry(error.reason());

@@ -69,6 +69,16 @@ func writeKubeconfig(path string, cfg *restclient.Config) error {
 	return clientcmd.WriteToFile(*kc, path)
 }
 
+// writeStableKubeconfig writes an admin kubeconfig for the stable address and identity.
+func writeStableKubeconfig(path, server string, id *stableIdentity) error {
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["control-plane"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: id.caPEM}
+	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: id.token}
+	kc.Contexts["admin"] = &clientcmdapi.Context{Cluster: "control-plane", AuthInfo: "admin", Namespace: "default"}
+	kc.CurrentContext = "admin"
+	return clientcmd.WriteToFile(*kc, path)
+}
+
 // harnessTB implements ktesting.TB outside of `go test`: the upstream test server wants one for
 // logging, temporary directories and cleanup callbacks.
 type harnessTB struct {

@@ -19,6 +19,10 @@
 //
 //	CONTROL_PLANE_READY {"server":"https://127.0.0.1:PORT","kubeconfig":"PATH","pid":PID,...}
 //
+// With -port N (and the same -dir), the server keeps its address, certificate and admin token
+// across restarts: with -keep-data, a restart is the same server on the same data to its clients
+// (the outage tests stop it and start it again under a running operator).
+//
 // It shuts down cleanly on SIGTERM, on SIGINT, and when its standard input reaches end of file, so
 // it never outlives the process that started it with a pipe on stdin.
 package main
@@ -32,6 +36,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -45,6 +50,7 @@ func main() {
 		verbose     = flag.Bool("verbose", false, "log the apiserver and etcd to stderr (default: to DIR/control-plane.log)")
 		watchStdin  = flag.Bool("exit-on-stdin-eof", true, "shut down when standard input reaches end of file")
 		extraFlagsJ = flag.String("apiserver-flags", "", "extra kube-apiserver flags, as a JSON array of strings")
+		stablePort  = flag.Int("port", 0, "serve on this fixed loopback port with an identity (CA, serving certificate, admin token) kept in -dir, so that a restart with -keep-data is the same server to its clients (default: a new port and identity each start)")
 	)
 	// The Kubernetes test packages register klog's -v and -vmodule on the default flag set already.
 	flag.Parse()
@@ -77,6 +83,14 @@ func main() {
 		}()
 	}
 
+	var identity *stableIdentity
+	if *stablePort != 0 {
+		if identity, err = loadOrCreateIdentity(dir); err != nil {
+			fatal("preparing the stable identity: %v", err)
+		}
+		extra = append(extra, identity.apiserverFlags()...)
+	}
+
 	etcd, err := startEtcd(filepath.Join(dir, "etcd"), *keepData, logOut)
 	if err != nil {
 		fatal("starting embedded etcd: %v", err)
@@ -90,14 +104,28 @@ func main() {
 	}
 
 	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := writeKubeconfig(kubeconfig, api.config); err != nil {
+	server := api.config.Host
+	var fwd *forwarder
+	if identity != nil {
+		target := strings.TrimPrefix(api.config.Host, "https://")
+		if fwd, err = startForwarder(*stablePort, target); err != nil {
+			api.stop()
+			etcd.stop()
+			fatal("%v", err)
+		}
+		server = fmt.Sprintf("https://127.0.0.1:%d", *stablePort)
+		err = writeStableKubeconfig(kubeconfig, server, identity)
+	} else {
+		err = writeKubeconfig(kubeconfig, api.config)
+	}
+	if err != nil {
 		api.stop()
 		etcd.stop()
 		fatal("writing the kubeconfig: %v", err)
 	}
 
 	ready, _ := json.Marshal(readyLine{
-		Server:       api.config.Host,
+		Server:       server,
 		Kubeconfig:   kubeconfig,
 		Dir:          dir,
 		PID:          os.Getpid(),
@@ -119,6 +147,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "control-plane: forced exit")
 		os.Exit(1)
 	}()
+	if fwd != nil {
+		fwd.stop()
+	}
 	api.stop()
 	etcd.stop()
 	klog.Flush()

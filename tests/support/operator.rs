@@ -38,7 +38,11 @@ impl World {
     /// A namespace with the CRDs installed, a simulator that knows AK/SK, and the credentials
     /// Secret.
     pub async fn new(prefix: &str) -> World {
-        let client = super::admin_client().await;
+        World::on(super::admin_client().await, prefix).await
+    }
+
+    /// The same, on the control plane of `client`.
+    pub async fn on(client: Client, prefix: &str) -> World {
         super::install_project_crds(&client).await;
         let namespace = super::fresh_namespace(&client, prefix).await;
         let sim = Simulator::start().await.expect("starting the simulator");

@@ -69,6 +69,11 @@ impl OperatorProcess {
         assert!(ok, "kill {signal} {}", self.pid());
     }
 
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("checking the operator process").is_none()
+    }
+
     /// Waits for it to exit.
     pub async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
         tokio::time::timeout(timeout, self.child.wait()).await.expect("the operator exits in time").unwrap()

@@ -1,0 +1,198 @@
+//! Operator crashes: the operator, its real binary, is SIGKILLed at random moments while
+//! resources are created, cancelled and deleted, and restarted each time. At the end every
+//! deleted resource is gone, every session that was asked to end is cancelled in the cloud, no
+//! finalizer came off before the cloud confirmed the cancel, nothing is stuck; and the figures
+//! (duplicate cloud DELETEs per kill, busiest second per resource) are printed.
+//!
+//! The test command runs a short version. The soak:
+//!
+//!     SOAK_RESOURCES=1000 SOAK_KILLS=20 cargo test --release --test crash_soak -- --nocapture
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::ResourceExt;
+use kube::runtime::watcher;
+use rand::Rng;
+use support::operator::{PROJECT, World};
+use support::process::OperatorProcess;
+use workspace_assist::resource::{Phase, RemoteAssistance};
+use workspace_assist::simulator::RecordedRequest;
+use workspace_assist::workspace::Operation;
+
+const CREATE: Operation = Operation::CreateRemoteAssistance;
+const CANCEL: Operation = Operation::CancelRemoteAssistance;
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// What the workload does to resource `i`.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Fate {
+    /// Deleted while the kills go on.
+    Deleted,
+    /// Cancelled through its spec, then deleted at the end.
+    Cancelled,
+    /// Left Active, then deleted at the end.
+    Drained,
+}
+
+fn fate(i: usize) -> Fate {
+    match i % 3 {
+        0 => Fate::Deleted,
+        1 => Fate::Cancelled,
+        _ => Fate::Drained,
+    }
+}
+
+/// Restarts the operator after each SIGKILL, `kills` times at random moments, then leaves one
+/// running. Returns it.
+async fn kill_repeatedly(ns: String, kills: usize, killed: Arc<Mutex<usize>>) -> OperatorProcess {
+    let kubeconfig = support::control_plane::shared().kubeconfig.clone();
+    let spawn = || {
+        OperatorProcess::spawn(&kubeconfig, &["--namespace", &ns, "--leader-elect", "false", "--poll-interval", "1h", "--log-level", "info"])
+    };
+    let mut operator = spawn();
+    for _ in 0..kills {
+        let wait = rand::rng().random_range(300..1500);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        assert!(operator.running(), "the operator died on its own; logs:\n{}", operator.logs());
+        operator.signal("-KILL");
+        operator.wait(Duration::from_secs(10)).await;
+        assert!(!operator.logs().contains("panicked"), "the operator panicked; logs:\n{}", operator.logs());
+        *killed.lock().unwrap() += 1;
+        operator = spawn();
+    }
+    operator
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_at_random_moments_lose_no_cancel() {
+    let n = setting("SOAK_RESOURCES", 90);
+    let kills = setting("SOAK_KILLS", 6);
+    let w = World::new("crash").await;
+    let api = w.api();
+
+    // When each resource disappeared, as the apiserver's watch reports it.
+    let gone: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen = gone.clone();
+    let deletions = tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+        while let Some(event) = events.next().await {
+            if let Ok(watcher::Event::Delete(ra)) = event {
+                seen.lock().unwrap().insert(ra.name_any(), Instant::now());
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let killed = Arc::new(Mutex::new(0));
+    let started = Instant::now();
+    let names: Vec<String> = (0..n).map(|i| format!("c-{i}")).collect();
+    let killer = tokio::spawn(kill_repeatedly(w.namespace.clone(), kills, killed.clone()));
+
+    // The workload, paced so that it spans the kills: create in batches; cancel and delete
+    // while resources are still being created and started.
+    let batch = (n / 10).max(1);
+    for (b, chunk) in names.chunks(batch).enumerate() {
+        for name in chunk {
+            w.create(w.manifest(name, name)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if b >= 2 {
+            for (i, name) in names.iter().enumerate().take((b - 1) * batch).skip((b - 2) * batch) {
+                match fate(i) {
+                    Fate::Deleted => w.delete(name).await,
+                    Fate::Cancelled => {
+                        w.patch_spec(name, serde_json::json!({ "cancelled": true })).await.unwrap();
+                    }
+                    Fate::Drained => {}
+                }
+            }
+        }
+    }
+    for (i, name) in names.iter().enumerate().skip(names.len().saturating_sub(2 * batch)) {
+        match fate(i) {
+            Fate::Deleted => w.delete(name).await,
+            Fate::Cancelled => {
+                w.patch_spec(name, serde_json::json!({ "cancelled": true })).await.unwrap();
+            }
+            Fate::Drained => {}
+        }
+    }
+    let mut operator = killer.await.unwrap();
+    let kills_done = *killed.lock().unwrap();
+
+    // Cancelled ones reach Cancelled; then everything still there is deleted (a drain).
+    for (i, name) in names.iter().enumerate() {
+        if fate(i) == Fate::Cancelled {
+            w.wait_for(name, Duration::from_secs(120), "Cancelled", |ra: &RemoteAssistance| {
+                ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled)
+            })
+            .await;
+        }
+    }
+    for (i, name) in names.iter().enumerate() {
+        if fate(i) != Fate::Deleted {
+            w.delete(name).await;
+        }
+    }
+    for name in &names {
+        w.wait_gone(name, Duration::from_secs(120)).await;
+    }
+    let converged = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    deletions.abort();
+    assert!(operator.running());
+    assert!(!operator.logs().contains("panicked"));
+
+    // The cloud's view.
+    let requests = w.sim.requests();
+    let of = |name: &str| -> Vec<&RecordedRequest> { requests.iter().filter(|r| r.desktop_id == name).collect() };
+    let gone = gone.lock().unwrap().clone();
+    let mut sessions = 0;
+    for name in &names {
+        let reqs = of(name);
+        let created = reqs.iter().any(|r| r.operation == Some(CREATE) && r.status == 200);
+        if !created {
+            // Deleted before a session was started: nothing to cancel.
+            continue;
+        }
+        sessions += 1;
+        let session = w.sim.session(PROJECT, name).expect("the cloud has the session");
+        assert!(!session.in_progress(), "{name}: its session is still open in the cloud");
+        let confirmed = reqs.iter().filter(|r| r.operation == Some(CANCEL) && r.status == 204).map(|r| r.at).min();
+        let confirmed = confirmed.unwrap_or_else(|| panic!("{name}: no cancel confirmed by the cloud"));
+        let gone_at = gone.get(name).unwrap_or_else(|| panic!("{name}: its deletion was not seen"));
+        assert!(confirmed <= *gone_at, "{name}: the finalizer came off before the cloud confirmed the cancel");
+    }
+
+    // Figures.
+    let deletes = requests.iter().filter(|r| r.operation == Some(CANCEL)).count();
+    let cancelled_desktops = names.iter().filter(|n| requests.iter().any(|r| r.desktop_id == **n && r.operation == Some(CANCEL))).count();
+    let duplicates = deletes - cancelled_desktops;
+    let mut by_desktop: HashMap<&str, Vec<Instant>> = HashMap::new();
+    for r in &requests {
+        by_desktop.entry(r.desktop_id.as_str()).or_default().push(r.at);
+    }
+    let busiest = by_desktop
+        .values()
+        .map(|times| times.iter().map(|t| times.iter().filter(|u| **u >= *t && **u < *t + Duration::from_secs(1)).count()).max().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    println!(
+        "crash soak: {n} resources, {sessions} sessions started, {kills_done} SIGKILLs, converged in {converged:.1?}; \
+         {deletes} cloud DELETEs for {cancelled_desktops} resources: {duplicates} duplicates ({:.2} per kill); \
+         at most {busiest} cloud calls per resource in one second",
+        duplicates as f64 / kills_done.max(1) as f64
+    );
+    assert_eq!(kills_done, kills);
+    assert!(busiest <= 8, "a resource was called {busiest} times within one second");
+    operator.signal("-TERM");
+    operator.wait(Duration::from_secs(30)).await;
+}

@@ -1,0 +1,96 @@
+//! API server outage: the control plane stops for 30 s in the middle of a run, with cancels on
+//! their way to the cloud, and starts again on the same data (same address, certificate and
+//! token). The operator, its real binary, is not restarted: it recovers on its own and completes
+//! the work, and no cancel is lost.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::control_plane::{ControlPlane, harness};
+use support::operator::{PROJECT, World};
+use support::process::{OperatorProcess, free_port};
+use workspace_assist::resource::{Phase, RemoteAssistance};
+use workspace_assist::workspace::Operation;
+
+const OUTAGE: Duration = Duration::from_secs(30);
+const CANCEL: Operation = Operation::CancelRemoteAssistance;
+
+fn phase_is(phase: Phase) -> impl Fn(&RemoteAssistance) -> bool {
+    move |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(phase)
+}
+
+#[tokio::test]
+async fn the_operator_recovers_from_a_30s_api_server_outage_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let args = ["-port", port.as_str(), "-keep-data"];
+    let cp = ControlPlane::start_in(&harness(), dir.path(), &args).unwrap_or_else(|e| panic!("{e}"));
+    let mut w = World::on(support::client_for(&cp).await, "outage").await;
+    let ns = w.namespace.clone();
+    let mut operator = OperatorProcess::spawn(
+        &cp.kubeconfig,
+        &["--namespace", &ns, "--leader-election-namespace", &ns, "--poll-interval", "1h"],
+    );
+
+    let names: Vec<String> = (0..12).map(|i| format!("out-{i}")).collect();
+    for n in &names {
+        w.create(w.manifest(n, n)).await;
+    }
+    for n in &names {
+        w.wait_for(n, Duration::from_secs(60), "Active", phase_is(Phase::Active)).await;
+    }
+
+    // Cancels are slow in the cloud: the control plane goes away while they are on their way, so
+    // the cloud confirms them when the finalizers cannot be removed.
+    w.sim.set_latency(Duration::from_secs(2));
+    let (deleted, kept) = names.split_at(6);
+    for n in deleted {
+        w.delete(n).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped = tokio::task::spawn_blocking(move || {
+        cp.stop();
+        cp
+    })
+    .await
+    .unwrap();
+    let outage_started = Instant::now();
+    tokio::time::sleep(OUTAGE).await;
+    w.sim.set_latency(Duration::ZERO);
+    assert!(operator.running(), "the operator kept running through the outage; logs:\n{}", operator.logs());
+
+    let cp = ControlPlane::start_in(&harness(), dir.path(), &args).unwrap_or_else(|e| panic!("{e}"));
+    let restarted = Instant::now();
+    drop(stopped);
+    // A new client (the old one's connections are gone); same kubeconfig contents.
+    w.client = support::client_for(&cp).await;
+    for n in &kept[..3] {
+        w.patch_spec(n, serde_json::json!({ "cancelled": true })).await.unwrap();
+    }
+    for n in deleted {
+        w.wait_gone(n, Duration::from_secs(120)).await;
+    }
+    for n in &kept[..3] {
+        w.wait_for(n, Duration::from_secs(120), "Cancelled", phase_is(Phase::Cancelled)).await;
+    }
+    let recovered = restarted.elapsed();
+    for n in deleted.iter().chain(&kept[..3]) {
+        assert!(!w.sim.session(PROJECT, n).unwrap().in_progress(), "{n}: cancelled in the cloud");
+        assert!(w.sim.count(CANCEL, n) >= 1, "{n}: at least one cancel");
+    }
+    for n in &kept[3..] {
+        assert_eq!(w.sim.count(CANCEL, n), 0, "{n}: left alone");
+        assert!(w.sim.session(PROJECT, n).unwrap().in_progress());
+    }
+    assert!(operator.running(), "the operator was never restarted; logs:\n{}", operator.logs());
+    let cancels: usize = deleted.iter().chain(&kept[..3]).map(|n| w.sim.count(CANCEL, n)).sum();
+    println!(
+        "outage {:?}; work completed {recovered:?} after the control plane was back; {cancels} cloud DELETEs for 9 cancels",
+        restarted.duration_since(outage_started)
+    );
+    operator.signal("-TERM");
+    operator.wait(Duration::from_secs(30)).await;
+    w.stop_operator().await;
+    tokio::task::spawn_blocking(move || cp.stop()).await.unwrap();
+}
