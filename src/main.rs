@@ -10,6 +10,7 @@ use workspace_assist::telemetry;
 use workspace_assist::workspace::ClientOptions;
 
 fn main() -> ExitCode {
+    workspace_assist::memory::limit_arenas();
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => {

@@ -466,7 +466,11 @@ async fn report_resources(store: Store<RemoteAssistance>, telemetry: Telemetry, 
         telemetry.health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let phases = ["Pending", "Active", "Cancelling", "Cancelled", "Closed", "Failed"];
-    loop {
+    for round in 0u64.. {
+        // Every 30 s (and once the cache is built), free heap pages go back to the system.
+        if round % 6 == 0 {
+            crate::memory::release_free_memory();
+        }
         let now = jiff::Timestamp::now();
         let mut counts: Vec<(&'static str, i64)> = phases.iter().map(|p| (*p, 0)).collect();
         let mut stuck = 0;

@@ -28,7 +28,6 @@ pub struct ControlPlane {
     pub start_millis: u64,
     child: Mutex<Child>,
     stdin: Mutex<Option<ChildStdin>>,
-    _dir: Option<tempfile::TempDir>,
 }
 
 #[derive(serde::Deserialize)]
@@ -60,25 +59,28 @@ impl Harness {
 }
 
 impl ControlPlane {
-    /// Builds the harness if needed and starts a new instance in a fresh temporary directory.
+    /// Builds the harness if needed and starts a new instance in a temporary directory of the
+    /// harness's own, which it removes when it exits (also when this process dies first: it
+    /// exits when its standard input closes). A `ControlPlane` kept in a static is never dropped,
+    /// so the directory must not depend on this process cleaning up.
     pub fn start(harness: &Harness) -> Result<ControlPlane, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("control-plane-")
-            .tempdir()
-            .map_err(|e| format!("creating a temporary directory: {e}"))?;
-        let path = dir.path().to_path_buf();
-        let mut cp = Self::start_in(harness, &path, &[])?;
-        cp._dir = Some(dir);
-        Ok(cp)
+        Self::spawn(harness, None, &[])
     }
 
-    /// Starts an instance whose kubeconfig, logs and etcd data live in `dir`; `args` are passed
-    /// to the harness as they are.
+    /// Starts an instance whose kubeconfig, logs and etcd data live in `dir` (kept after it
+    /// stops); `args` are passed to the harness as they are.
     pub fn start_in(harness: &Harness, dir: &Path, args: &[&str]) -> Result<ControlPlane, String> {
+        Self::spawn(harness, Some(dir), args)
+    }
+
+    fn spawn(harness: &Harness, dir: Option<&Path>, args: &[&str]) -> Result<ControlPlane, String> {
         let binary = build(harness)?;
+        let dir_args: Vec<&std::ffi::OsStr> = match dir {
+            Some(d) => vec!["-dir".as_ref(), d.as_os_str()],
+            None => vec![],
+        };
         let mut child = Command::new(&binary)
-            .arg("-dir")
-            .arg(dir)
+            .args(dir_args)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -117,7 +119,7 @@ impl ControlPlane {
                         return Err(format!(
                             "the control plane exited ({status}) before it was ready; stderr:\n{}\nlog: {}",
                             stderr_text.lock().unwrap(),
-                            dir.join("control-plane.log").display()
+                            dir.map_or_else(|| "control-plane.log in its temporary directory".to_string(), |d| d.join("control-plane.log").display().to_string())
                         ));
                     }
                     if Instant::now() > deadline {
@@ -142,7 +144,6 @@ impl ControlPlane {
             start_millis: ready.start_millis,
             child: Mutex::new(child),
             stdin: Mutex::new(stdin),
-            _dir: None,
         })
     }
 

@@ -72,6 +72,10 @@ func main() {
 		}
 	}
 
+	// The parent may be gone when the harness shuts down: a write to its closed stderr pipe must
+	// not kill the harness before it has removed its temporary directory.
+	signal.Ignore(syscall.SIGPIPE)
+
 	stop := make(chan string, 4)
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
