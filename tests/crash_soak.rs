@@ -18,7 +18,7 @@ use futures::StreamExt;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use rand::Rng;
-use support::operator::{PROJECT, World};
+use support::operator::{PROJECT, World, busiest_second_per_desktop};
 use support::process::OperatorProcess;
 use workspace_assist::resource::{Phase, RemoteAssistance};
 use workspace_assist::simulator::RecordedRequest;
@@ -176,15 +176,7 @@ async fn sigkills_at_random_moments_lose_no_cancel() {
     let deletes = requests.iter().filter(|r| r.operation == Some(CANCEL)).count();
     let cancelled_desktops = names.iter().filter(|n| requests.iter().any(|r| r.desktop_id == **n && r.operation == Some(CANCEL))).count();
     let duplicates = deletes - cancelled_desktops;
-    let mut by_desktop: HashMap<&str, Vec<Instant>> = HashMap::new();
-    for r in &requests {
-        by_desktop.entry(r.desktop_id.as_str()).or_default().push(r.at);
-    }
-    let busiest = by_desktop
-        .values()
-        .map(|times| times.iter().map(|t| times.iter().filter(|u| **u >= *t && **u < *t + Duration::from_secs(1)).count()).max().unwrap_or(0))
-        .max()
-        .unwrap_or(0);
+    let busiest = busiest_second_per_desktop(&requests);
     println!(
         "crash soak: {n} resources, {sessions} sessions started, {kills_done} SIGKILLs, converged in {converged:.1?}; \
          {deletes} cloud DELETEs for {cancelled_desktops} resources: {duplicates} duplicates ({:.2} per kill); \

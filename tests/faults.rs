@@ -4,10 +4,9 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use support::operator::{AK, PROJECT, SECRET, World};
+use support::operator::{AK, PROJECT, SECRET, World, busiest_second_per_desktop};
 use workspace_assist::resource::Phase;
 use workspace_assist::simulator::Fault;
 use workspace_assist::workspace::Operation;
@@ -59,15 +58,7 @@ async fn thirty_percent_cloud_faults_converge_without_hot_loops() {
     }
     // No hot loop: per resource, at most a handful of calls in any second.
     let requests = w.sim.requests();
-    let mut by_desktop: HashMap<&str, Vec<std::time::Instant>> = HashMap::new();
-    for r in &requests {
-        by_desktop.entry(r.desktop_id.as_str()).or_default().push(r.at);
-    }
-    let worst = by_desktop
-        .values()
-        .map(|times| times.iter().map(|t| times.iter().filter(|u| **u >= *t && **u < *t + Duration::from_secs(1)).count()).max().unwrap_or(0))
-        .max()
-        .unwrap_or(0);
+    let worst = busiest_second_per_desktop(&requests);
     let faulted = requests.iter().filter(|r| r.faulted).count();
     println!("{n} resources, {} cloud requests, {faulted} faulted, at most {worst} requests per resource in one second", requests.len());
     assert!(worst <= 8, "a resource was called {worst} times within one second");

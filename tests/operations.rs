@@ -56,6 +56,18 @@ async fn wait_for_holder(w: &World, timeout: Duration, check: impl Fn(&str) -> b
     }
 }
 
+/// Two operators with a 4 s lease: (leader's name, leader, standby, standby's name), once the
+/// standby is ready.
+async fn leader_and_standby(w: &World) -> (String, OperatorProcess, OperatorProcess, &'static str) {
+    let lease = ["--lease-duration", "4s", "--lease-renew-before", "1s"];
+    let a = operator(w, "op-a", &lease);
+    let b = operator(w, "op-b", &lease);
+    let leader = wait_for_holder(w, T, |_| true).await;
+    let (leading, standby, standby_name) = if leader == "op-a" { (a, b, "op-b") } else { (b, a, "op-a") };
+    standby.wait_http("/readyz", 200, T).await;
+    (leader, leading, standby, standby_name)
+}
+
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let w = World::new("ops").await;
@@ -102,12 +114,7 @@ async fn health_readiness_and_metrics() {
 #[tokio::test]
 async fn one_leader_acts_and_a_standby_takes_over_when_it_is_killed() {
     let w = World::new("ops").await;
-    let lease = ["--lease-duration", "4s", "--lease-renew-before", "1s"];
-    let a = operator(&w, "op-a", &lease);
-    let b = operator(&w, "op-b", &lease);
-    let leader = wait_for_holder(&w, T, |_| true).await;
-    let (mut leading, standby, standby_name) = if leader == "op-a" { (a, b, "op-b") } else { (b, a, "op-a") };
-    standby.wait_http("/readyz", 200, T).await;
+    let (leader, mut leading, standby, standby_name) = leader_and_standby(&w).await;
 
     let names: Vec<String> = (0..5).map(|i| format!("ha-{i}")).collect();
     for n in &names {
@@ -144,12 +151,7 @@ async fn one_leader_acts_and_a_standby_takes_over_when_it_is_killed() {
 #[tokio::test]
 async fn a_leader_killed_mid_drain_loses_no_cancel() {
     let w = World::new("ops").await;
-    let lease = ["--lease-duration", "4s", "--lease-renew-before", "1s"];
-    let a = operator(&w, "op-a", &lease);
-    let b = operator(&w, "op-b", &lease);
-    let leader = wait_for_holder(&w, T, |_| true).await;
-    let (mut leading, standby, standby_name) = if leader == "op-a" { (a, b, "op-b") } else { (b, a, "op-a") };
-    standby.wait_http("/readyz", 200, T).await;
+    let (_, mut leading, standby, standby_name) = leader_and_standby(&w).await;
     let names: Vec<String> = (0..80).map(|i| format!("drain-{i}")).collect();
     for n in &names {
         w.create(w.manifest(n, n)).await;

@@ -220,3 +220,16 @@ pub async fn eventually<F: Future<Output = bool>>(timeout: Duration, what: &str,
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// The most cloud calls any one desktop received within one second.
+pub fn busiest_second_per_desktop(requests: &[workspace_assist::simulator::RecordedRequest]) -> usize {
+    let mut by_desktop: std::collections::HashMap<&str, Vec<std::time::Instant>> = std::collections::HashMap::new();
+    for r in requests {
+        by_desktop.entry(r.desktop_id.as_str()).or_default().push(r.at);
+    }
+    by_desktop
+        .values()
+        .map(|times| times.iter().map(|t| times.iter().filter(|u| **u >= *t && **u < *t + Duration::from_secs(1)).count()).max().unwrap_or(0))
+        .max()
+        .unwrap_or(0)
+}
