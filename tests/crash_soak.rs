@@ -7,6 +7,8 @@
 //! The test command runs a short version. The soak:
 //!
 //!     SOAK_RESOURCES=1000 SOAK_KILLS=20 cargo test --release --test crash_soak -- --nocapture
+//!
+//! A share of the cloud calls fails at random all along (`SOAK_FAULT_RATE`, default 0.1).
 
 mod support;
 
@@ -18,7 +20,7 @@ use futures::StreamExt;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use rand::Rng;
-use support::operator::{PROJECT, World, busiest_second_per_desktop};
+use support::operator::{PROJECT, World, assorted_cloud_faults, busiest_second_per_desktop};
 use support::process::OperatorProcess;
 use workspace_assist::resource::{Phase, RemoteAssistance};
 use workspace_assist::simulator::RecordedRequest;
@@ -27,7 +29,7 @@ use workspace_assist::workspace::Operation;
 const CREATE: Operation = Operation::CreateRemoteAssistance;
 const CANCEL: Operation = Operation::CancelRemoteAssistance;
 
-fn setting(name: &str, default: usize) -> usize {
+fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
@@ -75,7 +77,9 @@ async fn kill_repeatedly(ns: String, kills: usize, killed: Arc<Mutex<usize>>) ->
 async fn sigkills_at_random_moments_lose_no_cancel() {
     let n = setting("SOAK_RESOURCES", 90);
     let kills = setting("SOAK_KILLS", 6);
+    let fault_rate = setting("SOAK_FAULT_RATE", 0.1);
     let w = World::new("crash").await;
+    w.sim.set_random_faults(fault_rate, assorted_cloud_faults());
     let api = w.api();
 
     // When each resource disappeared, as the apiserver's watch reports it.
@@ -158,7 +162,7 @@ async fn sigkills_at_random_moments_lose_no_cancel() {
     let mut sessions = 0;
     for name in &names {
         let reqs = of(name);
-        let created = reqs.iter().any(|r| r.operation == Some(CREATE) && r.status == 200);
+        let created = reqs.iter().any(|r| r.operation == Some(CREATE) && r.status == 200 && !r.faulted);
         if !created {
             // Deleted before a session was started: nothing to cancel.
             continue;
@@ -166,21 +170,27 @@ async fn sigkills_at_random_moments_lose_no_cancel() {
         sessions += 1;
         let session = w.sim.session(PROJECT, name).expect("the cloud has the session");
         assert!(!session.in_progress(), "{name}: its session is still open in the cloud");
-        let confirmed = reqs.iter().filter(|r| r.operation == Some(CANCEL) && r.status == 204).map(|r| r.at).min();
+        let confirmed = reqs.iter().filter(|r| r.operation == Some(CANCEL) && r.status == 204 && !r.faulted).map(|r| r.at).min();
         let confirmed = confirmed.unwrap_or_else(|| panic!("{name}: no cancel confirmed by the cloud"));
         let gone_at = gone.get(name).unwrap_or_else(|| panic!("{name}: its deletion was not seen"));
         assert!(confirmed <= *gone_at, "{name}: the finalizer came off before the cloud confirmed the cancel");
     }
 
     // Figures.
-    let deletes = requests.iter().filter(|r| r.operation == Some(CANCEL)).count();
+    let faults = requests.iter().filter(|r| r.faulted).count();
+    let confirmed = requests.iter().filter(|r| r.operation == Some(CANCEL) && r.status == 204 && !r.faulted).count();
+    // A DELETE that met an injected fault is a retry, not a duplicate.
+    let deletes = requests.iter().filter(|r| r.operation == Some(CANCEL) && !r.faulted).count();
     let cancelled_desktops = names.iter().filter(|n| requests.iter().any(|r| r.desktop_id == **n && r.operation == Some(CANCEL))).count();
-    let duplicates = deletes - cancelled_desktops;
+    let duplicates = deletes.saturating_sub(cancelled_desktops);
     let busiest = busiest_second_per_desktop(&requests);
     println!(
-        "crash soak: {n} resources, {sessions} sessions started, {kills_done} SIGKILLs, converged in {converged:.1?}; \
-         {deletes} cloud DELETEs for {cancelled_desktops} resources: {duplicates} duplicates ({:.2} per kill); \
-         at most {busiest} cloud calls per resource in one second",
+        "crash soak: {n} resources, {sessions} sessions started, {kills_done} SIGKILLs, {faults} of {} cloud calls faulted \
+         ({:.0}%), converged in {converged:.1?}; {confirmed} cancels confirmed (204); {deletes} unfaulted cloud DELETEs for \
+         {cancelled_desktops} resources: {duplicates} duplicates ({:.2} per kill); at most {busiest} cloud calls per \
+         resource in one second",
+        requests.len(),
+        fault_rate * 100.0,
         duplicates as f64 / kills_done.max(1) as f64
     );
     assert_eq!(kills_done, kills);

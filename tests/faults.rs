@@ -6,33 +6,17 @@ mod support;
 
 use std::time::Duration;
 
-use support::operator::{AK, PROJECT, SECRET, World, busiest_second_per_desktop};
+use support::operator::{AK, PROJECT, SECRET, World, assorted_cloud_faults, busiest_second_per_desktop};
 use workspace_assist::resource::Phase;
-use workspace_assist::simulator::Fault;
 use workspace_assist::workspace::Operation;
 
 const T: Duration = Duration::from_secs(90);
-
-fn faults() -> Vec<Fault> {
-    let raw = |status: u16, body: &[u8]| Fault::Raw { status, content_type: "application/json".into(), body: body.to_vec(), headers: vec![] };
-    vec![
-        Fault::error(500, "WKS.00000001", "internal error"),
-        Fault::html(502),
-        Fault::error(503, "APIGW.0503", "service unavailable"),
-        Fault::error(429, "APIGW.0308", "throttled"),
-        Fault::Delay(Duration::from_millis(1500)),
-        Fault::Drop,
-        raw(200, b"{\"share_space_id\": \"trunc"),
-        raw(200, b""),
-        raw(200, &vec![b'x'; 2 << 20]),
-    ]
-}
 
 #[tokio::test]
 async fn thirty_percent_cloud_faults_converge_without_hot_loops() {
     let mut w = World::new("faults").await;
     let n = 40;
-    w.sim.set_random_faults(0.3, faults());
+    w.sim.set_random_faults(0.3, assorted_cloud_faults());
     let mut config = w.config();
     config.client.timeout = Duration::from_secs(1);
     config.poll_interval = Duration::from_secs(3600);

@@ -233,3 +233,21 @@ pub fn busiest_second_per_desktop(requests: &[workspace_assist::simulator::Recor
         .max()
         .unwrap_or(0)
 }
+
+/// Every kind of cloud failure the tests inject at random: server errors, an HTML page,
+/// throttling, a slow answer, a dropped connection, truncated JSON, an empty and a huge body.
+pub fn assorted_cloud_faults() -> Vec<workspace_assist::simulator::Fault> {
+    use workspace_assist::simulator::Fault;
+    let raw = |status: u16, body: &[u8]| Fault::Raw { status, content_type: "application/json".into(), body: body.to_vec(), headers: vec![] };
+    vec![
+        Fault::error(500, "WKS.00000001", "internal error"),
+        Fault::html(502),
+        Fault::error(503, "APIGW.0503", "service unavailable"),
+        Fault::error(429, "APIGW.0308", "throttled"),
+        Fault::Delay(Duration::from_millis(1500)),
+        Fault::Drop,
+        raw(200, b"{\"share_space_id\": \"trunc"),
+        raw(200, b""),
+        raw(200, &vec![b'x'; 2 << 20]),
+    ]
+}
