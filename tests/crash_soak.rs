@@ -54,7 +54,7 @@ fn fate(i: usize) -> Fate {
 
 /// Restarts the operator after each SIGKILL, `kills` times at random moments, then leaves one
 /// running. Returns it.
-async fn kill_repeatedly(ns: String, kills: usize, killed: Arc<Mutex<usize>>) -> OperatorProcess {
+async fn kill_repeatedly(ns: String, kills: usize, killed: Arc<Mutex<usize>>, logs: Arc<Mutex<String>>) -> OperatorProcess {
     let kubeconfig = support::control_plane::shared().kubeconfig.clone();
     let spawn = || {
         OperatorProcess::spawn(&kubeconfig, &["--namespace", &ns, "--leader-elect", "false", "--poll-interval", "1h", "--log-level", "info"])
@@ -67,6 +67,7 @@ async fn kill_repeatedly(ns: String, kills: usize, killed: Arc<Mutex<usize>>) ->
         operator.signal("-KILL");
         operator.wait(Duration::from_secs(10)).await;
         assert!(!operator.logs().contains("panicked"), "the operator panicked; logs:\n{}", operator.logs());
+        logs.lock().unwrap().push_str(&operator.logs());
         *killed.lock().unwrap() += 1;
         operator = spawn();
     }
@@ -98,7 +99,8 @@ async fn sigkills_at_random_moments_lose_no_cancel() {
     let killed = Arc::new(Mutex::new(0));
     let started = Instant::now();
     let names: Vec<String> = (0..n).map(|i| format!("c-{i}")).collect();
-    let killer = tokio::spawn(kill_repeatedly(w.namespace.clone(), kills, killed.clone()));
+    let logs = Arc::new(Mutex::new(String::new()));
+    let killer = tokio::spawn(kill_repeatedly(w.namespace.clone(), kills, killed.clone(), logs.clone()));
 
     // The workload, paced so that it spans the kills: create in batches; cancel and delete
     // while resources are still being created and started.
@@ -133,13 +135,19 @@ async fn sigkills_at_random_moments_lose_no_cancel() {
     let kills_done = *killed.lock().unwrap();
 
     // Cancelled ones reach Cancelled; then everything still there is deleted (a drain).
+    let statuses: Mutex<Vec<serde_json::Value>> = Mutex::default();
     for (i, name) in names.iter().enumerate() {
         if fate(i) == Fate::Cancelled {
-            w.wait_for(name, Duration::from_secs(120), "Cancelled", |ra: &RemoteAssistance| {
-                ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled)
-            })
-            .await;
+            let ra = w
+                .wait_for(name, Duration::from_secs(120), "Cancelled", |ra: &RemoteAssistance| {
+                    ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled)
+                })
+                .await;
+            statuses.lock().unwrap().push(serde_json::to_value(&ra.status).unwrap());
         }
+    }
+    for ra in w.api().list(&Default::default()).await.unwrap() {
+        statuses.lock().unwrap().push(serde_json::to_value(&ra.status).unwrap());
     }
     for (i, name) in names.iter().enumerate() {
         if fate(i) != Fate::Deleted {
@@ -174,6 +182,23 @@ async fn sigkills_at_random_moments_lose_no_cancel() {
         let confirmed = confirmed.unwrap_or_else(|| panic!("{name}: no cancel confirmed by the cloud"));
         let gone_at = gone.get(name).unwrap_or_else(|| panic!("{name}: its deletion was not seen"));
         assert!(confirmed <= *gone_at, "{name}: the finalizer came off before the cloud confirmed the cancel");
+    }
+
+    // No secret value in what the operators logged, the Events or the statuses they wrote.
+    let logs = format!("{}{}", logs.lock().unwrap(), operator.logs());
+    assert!(logs.contains("remote assistance cancelled"), "the operators' logs were collected");
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> = kube::Api::namespaced(w.client.clone(), &w.namespace);
+    let events = serde_json::to_string(&events.list(&Default::default()).await.unwrap().items).unwrap();
+    let statuses = serde_json::to_string(&statuses.lock().unwrap().clone()).unwrap();
+    let mut secrets = vec![support::operator::SK.to_string()];
+    for name in &names {
+        if let Some(session) = w.sim.session(PROJECT, name) {
+            secrets.extend([session.invitation_code, session.share_space_passwd]);
+        }
+    }
+    for (what, text) in [("logs", &logs), ("Events", &events), ("statuses", &statuses)] {
+        assert!(secrets.iter().all(|secret| !text.contains(secret.as_str())), "a secret value appears in the {what}");
+        assert!(!text.contains("share.example.com/s/"), "a share link appears in the {what}");
     }
 
     // Figures.
