@@ -45,6 +45,7 @@ fn main() {
 
 fn hold() {
     let cp = support::ControlPlane::start(&support::control_plane::harness()).unwrap_or_else(|e| panic!("{e}"));
+    println!("HARNESS_DIR {}", cp.kubeconfig.parent().expect("the kubeconfig is in the harness's directory").display());
     println!("HARNESS_PID {}", cp.pid);
     loop {
         std::thread::sleep(Duration::from_secs(3600));
@@ -58,9 +59,12 @@ fn harness_dies_with_a_killed_parent() -> Result<(), String> {
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting the holder: {e}"))?;
-    let mut pid = None;
+    let (mut pid, mut dir) = (None, None);
     for line in BufReader::new(holder.stdout.take().unwrap()).lines() {
         let line = line.map_err(|e| e.to_string())?;
+        if let Some(d) = line.strip_prefix("HARNESS_DIR ") {
+            dir = Some(std::path::PathBuf::from(d.trim()));
+        }
         if let Some(p) = line.strip_prefix("HARNESS_PID ") {
             pid = Some(p.trim().parse::<i32>().map_err(|e| e.to_string())?);
             break;
@@ -80,6 +84,11 @@ fn harness_dies_with_a_killed_parent() -> Result<(), String> {
             return Err(format!("harness {pid} still running 30s after its parent was SIGKILLed"));
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // It cleaned up on its way out, although its parent (and its output pipes) were gone.
+    let dir = dir.ok_or("the holder did not say where the harness keeps its data")?;
+    if dir.exists() {
+        return Err(format!("the harness left its directory {} behind", dir.display()));
     }
     Ok(())
 }

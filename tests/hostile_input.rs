@@ -6,8 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::ApiResource;
 use serde_json::{Value, json};
 use support::operator::{World, condition, condition_reason};
@@ -107,19 +106,6 @@ async fn malformed_specs_are_rejected() {
     assert!(err.to_string().contains("cannot be set back"), "{err}");
 }
 
-async fn warning_reasons(w: &World, name: &str) -> Vec<String> {
-    let events: Api<Event> = Api::namespaced(w.client.clone(), &w.namespace);
-    events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name) && e.type_.as_deref() == Some("Warning"))
-        .filter_map(|e| e.reason)
-        .collect()
-}
-
 #[tokio::test]
 async fn bad_credentials_and_endpoints_stall_with_a_clear_reason_and_no_hot_loop() {
     let mut w = World::new("hostile").await;
@@ -186,7 +172,7 @@ async fn bad_credentials_and_endpoints_stall_with_a_clear_reason_and_no_hot_loop
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(w.sim.count(Operation::ShowDesktopRemoteAssistanceInfo, "redirected"), before, "a redirect is not retried at once");
     for (name, _, reason) in &cases {
-        support::operator::eventually(T, &format!("a {reason} Event for {name}"), || async { warning_reasons(&w, name).await.iter().any(|r| r == reason) }).await;
+        support::operator::eventually(T, &format!("a {reason} Event for {name}"), || async { w.event_reasons(name, Some("Warning")).await.iter().any(|r| r == reason) }).await;
         let ra = w.api().get(name).await.unwrap();
         assert!(ra.status.as_ref().unwrap().last_error.as_ref().unwrap().error_message.as_ref().is_some_and(|m| !m.contains("//79") && !m.contains("QUs")));
     }

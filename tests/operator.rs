@@ -6,8 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use serde_json::json;
 use support::operator::{PROJECT, SECRET, SK, World, condition, condition_reason, eventually, has_finalizer};
 use workspace_assist::resource::Phase;
@@ -19,19 +18,6 @@ const CANCEL: Operation = Operation::CancelRemoteAssistance;
 
 fn phase(ra: &workspace_assist::resource::RemoteAssistance) -> Option<Phase> {
     ra.status.as_ref().and_then(|s| s.phase)
-}
-
-async fn event_reasons(world: &World, name: &str) -> Vec<String> {
-    let events: Api<Event> = Api::namespaced(world.client.clone(), &world.namespace);
-    events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .filter_map(|e| e.reason)
-        .collect()
 }
 
 #[tokio::test]
@@ -53,7 +39,7 @@ async fn create_then_delete_cancels_exactly_once() {
     w.wait_gone("ra", T).await;
     assert_eq!(w.sim.count(CANCEL, "desk-a"), 1, "exactly one DELETE");
     assert!(!w.sim.session(PROJECT, "desk-a").unwrap().in_progress(), "the cloud session is closed");
-    eventually(T, "a Cancelled Event", || async { event_reasons(&w, "ra").await.contains(&"Cancelled".to_string()) }).await;
+    eventually(T, "a Cancelled Event", || async { w.event_reasons("ra", None).await.contains(&"Cancelled".to_string()) }).await;
     w.stop_operator().await;
 }
 
@@ -100,7 +86,7 @@ async fn not_found_answers_release_the_object() {
         w.wait_gone(name, T).await;
         assert_eq!(w.sim.count(CANCEL, desk), 1);
     }
-    eventually(T, "a NothingToCancel Event", || async { event_reasons(&w, "a").await.contains(&"NothingToCancel".to_string()) }).await;
+    eventually(T, "a NothingToCancel Event", || async { w.event_reasons("a", None).await.contains(&"NothingToCancel".to_string()) }).await;
     w.stop_operator().await;
 }
 
@@ -195,7 +181,7 @@ async fn forbidden_stalls_with_every_error_field_and_keeps_the_object() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(has_finalizer(&w.api().get("ra").await.unwrap()));
     assert_eq!(w.sim.count(CANCEL, "desk-403"), 1, "a needs-a-human error is not hammered");
-    eventually(T, "a Forbidden Event", || async { event_reasons(&w, "ra").await.contains(&"Forbidden".to_string()) }).await;
+    eventually(T, "a Forbidden Event", || async { w.event_reasons("ra", None).await.contains(&"Forbidden".to_string()) }).await;
 
     // The retry annotation re-drives it at once (the fault is used up: it succeeds).
     w.api()

@@ -89,13 +89,7 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
                 finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
                 other => Error::Finalizer(other.to_string()),
             };
-            // Failures talking to the Kubernetes API (an outage, a conflict) cost the cloud
-            // nothing and pass on their own: their backoff stops growing early, so work resumes
-            // soon after the API server is back.
-            let policy = match error {
-                Error::Kube(_) => BackoffPolicy { max: ctx.config.backoff.max.min(API_RETRY_MAX), ..ctx.config.backoff },
-                _ => ctx.config.backoff,
-            };
+            let policy = retry_policy(&error, ctx.config.backoff);
             let retry_after = ctx.gates.failed(&uid, trigger, error.needs_human(), &policy, Instant::now());
             ctx.metrics.reconciled("error", error.reason(), started.elapsed());
             if !error.needs_human() {
@@ -103,6 +97,16 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
             }
             Err(Failure { error, retry_after })
         }
+    }
+}
+
+/// The backoff for a failure. Failures talking to the Kubernetes API (an outage, a conflict)
+/// cost the cloud nothing and pass on their own: their backoff stops growing early, so work
+/// resumes soon after the API server is back.
+fn retry_policy(error: &Error, configured: BackoffPolicy) -> BackoffPolicy {
+    match error {
+        Error::Kube(_) => BackoffPolicy { max: configured.max.min(API_RETRY_MAX), ..configured },
+        _ => configured,
     }
 }
 
@@ -509,6 +513,14 @@ mod tests {
             ra.annotations_mut().insert(DELETION_POLICY_ANNOTATION.into(), a.into());
         }
         ra
+    }
+
+    #[test]
+    fn api_server_failures_back_off_briefly_others_as_configured() {
+        let configured = BackoffPolicy::default();
+        let outage = Error::Kube(kube::Error::Api(kube::core::Status::failure("unavailable", "ServiceUnavailable").with_code(503).boxed()));
+        assert_eq!(retry_policy(&outage, configured).max, API_RETRY_MAX);
+        assert_eq!(retry_policy(&Error::InvalidSpec("x".into()), configured), configured);
     }
 
     #[test]

@@ -251,3 +251,20 @@ pub fn assorted_cloud_faults() -> Vec<workspace_assist::simulator::Fault> {
         raw(200, &vec![b'x'; 2 << 20]),
     ]
 }
+
+impl World {
+    /// Reasons of the Events about resource `name` (of the given type, or any).
+    pub async fn event_reasons(&self, name: &str, type_: Option<&str>) -> Vec<String> {
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| type_.is_none() || e.type_.as_deref() == type_)
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+}
