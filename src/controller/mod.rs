@@ -4,6 +4,7 @@
 pub mod cloud;
 pub mod credentials;
 pub mod error;
+pub mod events;
 pub mod gate;
 pub mod reconcile;
 pub mod secrets;
@@ -18,7 +19,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
@@ -30,6 +30,7 @@ use crate::telemetry::{Health, Metrics};
 use crate::workspace::{ClientOptions, TokenCache, WorkspaceClient};
 
 pub use error::Error;
+use events::{EventPublisher, EventType, Note};
 pub use gate::BackoffPolicy;
 
 /// How long a confirmed cancel is remembered in memory (beyond that, status records it, or the
@@ -101,7 +102,7 @@ pub struct Context {
     pub tokens: TokenCache,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    recorder: Recorder,
+    events: Arc<EventPublisher>,
     limiter: DefaultDirectRateLimiter,
     /// Confirmed cancels by UID, kept for a while after the object is gone: the cache may still
     /// hold the object and queue one more reconcile for it.
@@ -124,9 +125,8 @@ impl Context {
     /// Builds the shared context.
     pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Result<Context, String> {
         let cloud = WorkspaceClient::new(&config.client)?;
-        let reporter = Reporter { controller: "workspace-assist".into(), instance: Some(config.instance.clone()) };
         Ok(Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: Arc::new(EventPublisher::new(client.clone(), "workspace-assist", &config.instance)),
             limiter: RateLimiter::direct(cloud_quota(config.cloud_rate_limit)),
             client,
             cloud,
@@ -266,19 +266,13 @@ impl Context {
 
     /// Publishes an Event in the background: a failed publish is logged, never blocks the
     /// reconcile.
-    pub fn publish(&self, ra: &RemoteAssistance, type_: EventType, reason: &str, note: &str, action: &str) {
-        let recorder = self.recorder.clone();
-        let reference = ra.object_ref(&());
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1024).collect()),
-            action: action.into(),
-            secondary: None,
-        };
+    pub fn publish(&self, ra: &RemoteAssistance, type_: EventType, reason: &'static str, note: &str, action: &'static str) {
+        let events = self.events.clone();
+        let regarding = ra.object_ref(&());
+        let note = note.to_string();
         tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&event, &reference).await {
-                warn!(error = %e, reason = %event.reason, "could not publish an Event");
+            if let Err(e) = events.publish(&Note { type_, reason, note: &note, action }, &regarding).await {
+                warn!(error = %e, reason, "could not publish an Event");
             }
         });
     }

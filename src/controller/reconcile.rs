@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
@@ -21,6 +20,7 @@ use super::Context;
 use super::cloud::CallCredentials;
 use super::credentials::{self, CredentialsError, SecretCredentials};
 use super::error::Error;
+use super::events::EventType;
 use super::gate::{API_RETRY_MAX, BackoffPolicy, Trigger};
 use super::secrets::may_need_cancel;
 use super::status::{self, Conclusion};
