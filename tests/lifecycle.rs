@@ -76,6 +76,28 @@ async fn creates_a_session_and_publishes_its_invitation_in_an_owned_secret() {
 }
 
 #[tokio::test]
+async fn each_open_session_is_polled_once_per_interval() {
+    let mut w = World::new("life").await;
+    let mut config = w.config();
+    config.poll_interval = Duration::from_secs(1);
+    w.start_operator(config);
+    for i in 0..3 {
+        w.create(w.manifest(&format!("ra-{i}"), &format!("desk-poll-{i}"))).await;
+    }
+    for i in 0..3 {
+        w.wait_for(&format!("ra-{i}"), T, "Active", active_with_secret).await;
+    }
+    let before: Vec<usize> = (0..3).map(|i| w.sim.count(SHOW, &format!("desk-poll-{i}"))).collect();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for (i, before) in before.iter().enumerate() {
+        let polls = w.sim.count(SHOW, &format!("desk-poll-{i}")) - before;
+        // One Show per second, each at most a quarter of a second late.
+        assert!((4..=7).contains(&polls), "resource {i}: {polls} Shows in 6 s at a 1 s poll interval");
+    }
+    w.stop_operator().await;
+}
+
+#[tokio::test]
 async fn adopts_a_session_already_in_progress() {
     let mut w = World::new("life").await;
     let session = w.sim.open_session(PROJECT, "desk-user");

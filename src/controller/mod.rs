@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod error;
 pub mod events;
 pub mod gate;
+pub mod polls;
 pub mod reconcile;
 pub mod secrets;
 pub mod status;
@@ -112,8 +113,8 @@ pub struct Context {
     /// Credentials read from a Secret at a resourceVersion: a Secret that did not change since
     /// is not read again.
     credentials_cache: Mutex<HashMap<(String, String), (String, Secret)>>,
-    /// When each Active resource was last observed, at which generation.
-    observed: Mutex<HashMap<String, (std::time::Instant, Option<i64>)>>,
+    /// When each open session was last observed, and which polls are due.
+    pub observations: Arc<polls::Observations>,
     invitations: Mutex<HashMap<String, u64>>,
     /// The resourceVersion of this process's last status write, by UID.
     own_writes: Mutex<HashMap<String, (u64, std::time::Instant)>>,
@@ -125,6 +126,7 @@ impl Context {
     /// Builds the shared context.
     pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Result<Context, String> {
         let cloud = WorkspaceClient::new(&config.client)?;
+        let observations = Arc::new(polls::Observations::new(config.poll_interval));
         Ok(Context {
             events: Arc::new(EventPublisher::new(client.clone(), "workspace-assist", &config.instance)),
             limiter: RateLimiter::direct(cloud_quota(config.cloud_rate_limit)),
@@ -137,7 +139,7 @@ impl Context {
             cancelled: Mutex::default(),
             secret_versions: Mutex::default(),
             credentials_cache: Mutex::default(),
-            observed: Mutex::default(),
+            observations,
             invitations: Mutex::default(),
             own_writes: Mutex::default(),
             store: OnceLock::new(),
@@ -183,7 +185,7 @@ impl Context {
     /// [`CANCEL_MEMORY`]).
     pub fn forget(&self, uid: &str) {
         self.invitations.lock().expect("invitations").remove(uid);
-        self.observed.lock().expect("observed").remove(uid);
+        self.observations.forget(uid);
         self.own_writes.lock().expect("own writes").remove(uid);
         self.gates.forget(uid);
     }
@@ -211,20 +213,6 @@ impl Context {
             }
             None => false,
         }
-    }
-
-    /// Records that an open session was just observed.
-    pub fn observed_now(&self, uid: &str, generation: Option<i64>) {
-        self.observed.lock().expect("observed").insert(uid.to_string(), (std::time::Instant::now(), generation));
-    }
-
-    /// How long until the next observation is due, when the last one (at the same generation)
-    /// is more recent than the poll interval; None when one is due now.
-    pub fn next_observation_in(&self, uid: &str, generation: Option<i64>) -> Option<Duration> {
-        let observed = self.observed.lock().expect("observed");
-        let (at, observed_generation) = observed.get(uid)?;
-        let age = at.elapsed();
-        (*observed_generation == generation && age < self.config.poll_interval).then(|| self.config.poll_interval - age)
     }
 
     /// The Secret, from the cache when the watch says it has not changed since it was read.
@@ -355,7 +343,9 @@ pub async fn run(
     let namespaces = tokio::spawn(watch_namespaces(ctx.clone()));
     let gauges = tokio::spawn(report_resources(store.clone(), telemetry.clone(), ctx.config.stuck_deleting_after));
     let mapper_ctx = ctx.clone();
+    let polls = polls::due(ctx.observations.clone(), store.clone());
     controller
+        .reconcile_on(polls)
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
         .watches_stream(secrets, move |secret| mapper_ctx.on_secret(&secret, &store))
         .graceful_shutdown_on(shutdown)

@@ -169,10 +169,11 @@ impl<'a> Step<'a> {
         if self.phase() == Some(Phase::Closed) {
             return Ok(Action::await_change());
         }
-        if !self.ra.spec.cancelled && self.phase() == Some(Phase::Active) {
-            // Our own status writes trigger reconciles too: observe only when a poll is due.
-            if let Some(wait) = self.ctx.next_observation_in(&self.uid(), self.ra.metadata.generation) {
-                return Ok(Action::requeue(wait));
+        if !self.ra.spec.cancelled && matches!(self.phase(), Some(Phase::Active | Phase::Pending)) {
+            // Our own status writes trigger reconciles too: observe only when a poll is due (the
+            // poll scan asks for a reconcile then).
+            if self.ctx.observations.next_in(&self.uid(), self.ra.metadata.generation).is_some() {
+                return Ok(Action::await_change());
             }
         }
         let (target, creds) = match self.prepare().await {
@@ -248,7 +249,8 @@ impl<'a> Step<'a> {
         }
         if !self.ra.spec.initiate {
             self.write(&Conclusion::NoAssistance, 0, |_| {}).await?;
-            return Ok(Action::requeue(self.ctx.config.poll_interval));
+            self.ctx.observations.observed_now(&self.uid(), self.ra.metadata.generation);
+            return Ok(Action::await_change());
         }
         let ctx = self.ctx;
         let created = match ctx.call(Operation::CreateRemoteAssistance, creds, |c| async move { ctx.cloud.create(target, &c).await }).await {
@@ -290,8 +292,8 @@ impl<'a> Step<'a> {
             s.invitation_secret_name = Some(secret_name);
         })
         .await?;
-        self.ctx.observed_now(&self.uid(), self.ra.metadata.generation);
-        Ok(Action::requeue(self.ctx.config.poll_interval))
+        self.ctx.observations.observed_now(&self.uid(), self.ra.metadata.generation);
+        Ok(Action::await_change())
     }
 
     /// Whether this resource's operator created the session the cloud shows.
@@ -382,6 +384,7 @@ impl<'a> Step<'a> {
     }
 
     async fn finish_with_calls(&mut self, conclusion: &Conclusion<'_>, calls: u32) -> Result<(), Error> {
+        self.ctx.observations.forget(&self.uid());
         self.ctx.delete_invitation_secret(&self.ra).await?;
         self.write(conclusion, calls, |s| {
             s.invitation_secret_name = None;
@@ -400,6 +403,7 @@ impl<'a> Step<'a> {
     }
 
     async fn finish_closed(&mut self, facts: Option<AssistanceStatus>) -> Result<(), Error> {
+        self.ctx.observations.forget(&self.uid());
         self.ctx.delete_invitation_secret(&self.ra).await?;
         self.write(&Conclusion::Closed, 0, |s| {
             s.invitation_secret_name = None;
