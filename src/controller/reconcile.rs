@@ -283,7 +283,7 @@ impl<'a> Step<'a> {
     async fn hold(&mut self, shown: &ShowResponse, just_created: bool) -> Result<Action, Error> {
         let was_active = self.phase() == Some(Phase::Active) && self.ra.status.as_ref().is_some_and(|s| s.invitation_secret_name.is_some());
         let facts = assistance_from_show(shown, just_created || self.created_by_operator(shown));
-        let secret_name = self.ctx.apply_invitation_secret(&self.ra, shown).await?;
+        let secret_name = self.ctx.apply_invitation_secret(&self.ra, shown, just_created).await?;
         if !was_active && !just_created {
             self.ctx.publish(&self.ra, EventType::Normal, "Adopted", "A remote assistance already in progress for the desktop is now held by this resource", "Observe");
         }

@@ -6,7 +6,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -56,8 +56,9 @@ fn fingerprint(data: &BTreeMap<String, String>) -> u64 {
 
 impl Context {
     /// Writes the invitation Secret (owned by the resource) when its content changed since this
-    /// process last wrote it. Returns its name.
-    pub async fn apply_invitation_secret(&self, ra: &RemoteAssistance, show: &ShowResponse) -> Result<String, kube::Error> {
+    /// process last wrote it; `fresh`: the session was just created, so the Secret is new.
+    /// Returns its name.
+    pub async fn apply_invitation_secret(&self, ra: &RemoteAssistance, show: &ShowResponse, fresh: bool) -> Result<String, kube::Error> {
         let name = invitation_secret_name(&ra.name_any());
         let data = invitation_data(show);
         let uid = ra.uid().unwrap_or_default();
@@ -85,7 +86,19 @@ impl Context {
             "stringData": data,
         });
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &ra.namespace().unwrap_or_default());
-        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await?;
+        // A new session's Secret is created (cheaper for the API server than an apply); one that
+        // is there already (restart, adoption, a change) is applied.
+        let created = match fresh {
+            true => match api.create(&PostParams { field_manager: Some(MANAGER.into()), ..PostParams::default() }, &serde_json::from_value(secret.clone()).map_err(kube::Error::SerdeError)?).await {
+                Ok(_) => true,
+                Err(kube::Error::Api(s)) if s.code == 409 => false,
+                Err(e) => return Err(e),
+            },
+            false => false,
+        };
+        if !created {
+            api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await?;
+        }
         self.invitations.lock().expect("invitations").insert(uid, print);
         debug!(secret = %name, "invitation Secret written");
         Ok(name)
