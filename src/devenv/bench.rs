@@ -248,7 +248,7 @@ impl Bench {
         for i in 0..n {
             self.sim.open_session(PROJECT, &format!("{floor_ns}-ra-{i}"));
         }
-        let floor = FloorClient::start(self.client.clone(), &floor_ns, self.cloud.clone(), self.sim.endpoint(), self.options.concurrency);
+        let floor = FloorClient::start(self.client.clone(), &floor_ns, self.cloud.clone(), self.sim.endpoint(), self.options.concurrency, json!({ "phase": "Active" }));
         self.create_many(&floor_ns, "ra", n, Some(FLOOR_FINALIZER)).await?;
         progress("   floor: deleting one at a time");
         let floor_lat = self.sequential_deletions(&floor_ns, n).await?;
@@ -313,21 +313,32 @@ impl Bench {
         let api_calls = per_resource(requests, self.apiserver_requests().await?);
         let calls = self.sim.requests().iter().filter(|r| r.at >= started && r.operation.is_some()).count();
 
-        let floor_ns = self.namespace("drain-floor").await?;
-        let floor = FloorClient::start(self.client.clone(), &floor_ns, self.cloud.clone(), self.sim.endpoint(), self.options.concurrency);
-        let (floor_started, requests) = (Instant::now(), self.apiserver_requests().await?);
-        self.create_many(&floor_ns, "ra", n, None).await?;
-        self.wait_active(&floor_ns, n, Duration::from_secs(3600)).await?;
-        let floor_create = floor_started.elapsed();
-        let floor_api_calls = per_resource(requests, self.apiserver_requests().await?);
-        let floor_calls = self.sim.requests().iter().filter(|r| r.at >= floor_started && r.operation.is_some()).count();
         let rate = |d: Duration| n as f64 / d.as_secs_f64();
-        rows.push(row(
-            format!("3. create → Active, {n} resources (per second)"),
-            format!("{:.0}/s ({:.1}s; per resource {:.1} cloud calls, {api_calls:.1} API requests)", rate(create), create.as_secs_f64(), calls as f64 / n as f64),
-            format!("{:.0}/s ({:.1}s; per resource {:.1} cloud calls, {floor_api_calls:.1} API requests)", rate(floor_create), floor_create.as_secs_f64(), floor_calls as f64 / n as f64),
-            format!("{:.2}×", rate(create) / rate(floor_create)),
-        ));
+        let create_figures = |took: Duration, calls: usize, api_calls: f64| {
+            format!("{:.0}/s ({:.1}s; per resource {:.1} cloud calls, {api_calls:.1} API requests)", rate(took), took.as_secs_f64(), calls as f64 / n as f64)
+        };
+        // Two floors: the minimal one (status: phase Active), and one that writes the status the
+        // operator wrote (a status that bigger costs the API server on every later request).
+        let operator_status = Api::<RemoteAssistance>::namespaced(self.client.clone(), &ns).get("ra-0").await.map_err(e)?.status;
+        let operator_status = serde_json::to_value(operator_status).map_err(|err| err.to_string())?;
+        let mut floors = Vec::new();
+        for (label, suffix, status) in [("", "drain-floor", json!({ "phase": "Active" })), (", floor writing the operator's status", "drain-floor-status", operator_status)] {
+            let floor_ns = self.namespace(suffix).await?;
+            let floor = FloorClient::start(self.client.clone(), &floor_ns, self.cloud.clone(), self.sim.endpoint(), self.options.concurrency, status);
+            let (floor_started, requests) = (Instant::now(), self.apiserver_requests().await?);
+            self.create_many(&floor_ns, "ra", n, None).await?;
+            self.wait_active(&floor_ns, n, Duration::from_secs(3600)).await?;
+            let floor_create = floor_started.elapsed();
+            let floor_api_calls = per_resource(requests, self.apiserver_requests().await?);
+            let floor_calls = self.sim.requests().iter().filter(|r| r.at >= floor_started && r.operation.is_some()).count();
+            rows.push(row(
+                format!("3. create → Active, {n} resources (per second){label}"),
+                create_figures(create, calls, api_calls),
+                create_figures(floor_create, floor_calls, floor_api_calls),
+                format!("{:.2}×", rate(create) / rate(floor_create)),
+            ));
+            floors.push((label, floor_ns, floor));
+        }
 
         if !self.options.idle_window.is_zero() {
             let window = self.options.idle_window;
@@ -356,14 +367,16 @@ impl Bench {
         };
         let (took, cancels, api_calls) = drain(ns.clone()).await?;
         drop(op);
-        let (floor_took, floor_cancels, floor_api_calls) = drain(floor_ns.clone()).await?;
-        floor.stop();
-        rows.push(row(
-            format!("2. drain {n} deleted at once (deletions per second)"),
-            format!("{:.0}/s ({:.1}s, {cancels} DELETEs, {api_calls:.1} API requests each)", rate(took), took.as_secs_f64()),
-            format!("{:.0}/s ({:.1}s, {floor_cancels} DELETEs, {floor_api_calls:.1} API requests each)", rate(floor_took), floor_took.as_secs_f64()),
-            format!("{:.2}×", rate(took) / rate(floor_took)),
-        ));
+        for (label, floor_ns, floor) in floors {
+            let (floor_took, floor_cancels, floor_api_calls) = drain(floor_ns).await?;
+            floor.stop();
+            rows.push(row(
+                format!("2. drain {n} deleted at once (deletions per second){label}"),
+                format!("{:.0}/s ({:.1}s, {cancels} DELETEs, {api_calls:.1} API requests each)", rate(took), took.as_secs_f64()),
+                format!("{:.0}/s ({:.1}s, {floor_cancels} DELETEs, {floor_api_calls:.1} API requests each)", rate(floor_took), floor_took.as_secs_f64()),
+                format!("{:.2}×", rate(took) / rate(floor_took)),
+            ));
+        }
         if cancels != n {
             return Err(format!("the operator sent {cancels} DELETEs for {n} resources"));
         }
@@ -443,7 +456,8 @@ struct FloorClient {
 }
 
 impl FloorClient {
-    fn start(client: Client, ns: &str, cloud: WorkspaceClient, endpoint: String, concurrency: u16) -> FloorClient {
+    /// `status`: what the floor writes as status once the session is handed over.
+    fn start(client: Client, ns: &str, cloud: WorkspaceClient, endpoint: String, concurrency: u16, status: serde_json::Value) -> FloorClient {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
         let api: Api<RemoteAssistance> = Api::namespaced(client, ns);
         let target_for = move |ra: &RemoteAssistance| Target {
@@ -469,6 +483,7 @@ impl FloorClient {
                         let _ = api.patch(&name, &PatchParams::default(), &Patch::Merge(&remove)).await;
                     });
                 } else if ra.metadata.deletion_timestamp.is_none() && !has_finalizer {
+                    let status = status.clone();
                     tokio::spawn(async move {
                         let _permit = permits.acquire().await;
                         let add = json!({ "metadata": { "finalizers": [FLOOR_FINALIZER] } });
@@ -487,7 +502,7 @@ impl FloorClient {
                         }))
                         .expect("a Secret");
                         if secrets.create(&PostParams::default(), &secret).await.is_ok() {
-                            let status = json!({ "status": { "phase": "Active" } });
+                            let status = json!({ "status": status });
                             let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
                         }
                     });
