@@ -130,12 +130,15 @@ pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_ca
     }
     next.phase = Some(phase);
     let old = &current.conditions;
-    next.conditions = vec![
-        condition(old, READY, ready, generation, &now),
-        condition(old, SYNCED, synced, generation, &now),
-        condition(old, RECONCILING, reconciling, generation, &now),
-        condition(old, STALLED, stalled, generation, &now),
-    ];
+    next.conditions = vec![condition(old, READY, ready, generation, &now), condition(old, SYNCED, synced, generation, &now)];
+    // Reconciling and Stalled have abnormal-true polarity (kstatus): present only while True, as
+    // Flux's controllers do; absent reads as False. (Two conditions fewer on every healthy object
+    // is less for the API server to store, send and diff, and for the cache to hold.)
+    for (type_, value) in [(RECONCILING, reconciling), (STALLED, stalled)] {
+        if value.0 {
+            next.conditions.push(condition(old, type_, value, generation, &now));
+        }
+    }
     next
 }
 
@@ -285,6 +288,18 @@ mod tests {
         assert_eq!(cleared.last_error, None);
         let ready = cleared.conditions.iter().find(|c| c.type_ == READY).unwrap();
         assert_eq!(ready.last_transition_time, t("2026-01-01T03:00:00Z"));
+    }
+
+    #[test]
+    fn reconciling_and_stalled_are_present_only_while_true() {
+        let types = |s: &RemoteAssistanceStatus| s.conditions.iter().map(|c| c.type_.clone()).collect::<Vec<_>>();
+        let active = next_status(&ra(), &Conclusion::Active, 0, t("2026-01-01T00:00:00Z"));
+        assert_eq!(types(&active), [READY, SYNCED]);
+        let err = forbidden();
+        let stalled = next_status(&ra(), &Conclusion::Failed { error: &err, operation: Operation::CancelRemoteAssistance }, 1, t("2026-01-01T00:00:00Z"));
+        assert_eq!(types(&stalled), [READY, SYNCED, STALLED]);
+        let waiting = next_status(&ra(), &Conclusion::NoAssistance, 0, t("2026-01-01T00:00:00Z"));
+        assert_eq!(types(&waiting), [READY, SYNCED, RECONCILING]);
     }
 
     #[test]
