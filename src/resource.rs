@@ -168,8 +168,9 @@ pub struct RemoteAssistanceStatus {
     pub conditions: Vec<Condition>,
 
     /// The last failed cloud call, cleared by the next success.
+    // Boxed: most objects have none, and the operator's cache holds every object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<LastError>,
+    pub last_error: Option<Box<LastError>>,
 
     /// When the cloud confirmed the cancel (or that there was nothing to cancel).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -124,7 +124,7 @@ pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_ca
             ready = (false, reason, message.clone());
             synced = (false, reason, message);
             if let Some(e) = last_error(error, *operation, now.clone()) {
-                next.last_error = Some(e);
+                next.last_error = Some(Box::new(e));
             }
         }
     }
