@@ -74,6 +74,15 @@ fn harness_dies_with_a_killed_parent() -> Result<(), String> {
     if !alive(pid) {
         return Err(format!("harness {pid} is not running while its holder lives"));
     }
+    // The test server's own temporary files (certificates) are in the harness's directory, so
+    // they go with it rather than pile up in the system's temporary directory.
+    let scratch = dir.as_ref().ok_or("the holder did not say where the harness lives")?.join("tmp");
+    let own_files = std::fs::read_dir(&scratch)
+        .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("kubernetes-kube-apiserver")))
+        .unwrap_or(false);
+    if !own_files {
+        return Err(format!("the test server's temporary files are not in {}", scratch.display()));
+    }
 
     holder.kill().map_err(|e| format!("SIGKILL to the holder: {e}"))?; // Child::kill sends SIGKILL
     holder.wait().map_err(|e| e.to_string())?;

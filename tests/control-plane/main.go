@@ -60,6 +60,14 @@ func main() {
 	if err != nil {
 		fatal("preparing the work directory: %v", err)
 	}
+	// The test server makes temporary directories of its own (certificates): they go inside the
+	// work directory, so that nothing is left in the system's temporary directory, even when the
+	// harness is killed before it can clean up.
+	scratch := filepath.Join(dir, "tmp")
+	if err := os.MkdirAll(scratch, 0o700); err != nil {
+		fatal("preparing the scratch directory: %v", err)
+	}
+	_ = os.Setenv("TMPDIR", scratch)
 	logOut, err := configureLogging(dir, *verbose)
 	if err != nil {
 		fatal("configuring logging: %v", err)
@@ -157,6 +165,7 @@ func main() {
 	api.stop()
 	etcd.stop()
 	klog.Flush()
+	_ = os.RemoveAll(scratch)
 	if removeDir {
 		_ = os.RemoveAll(dir)
 	}
