@@ -96,16 +96,6 @@ impl Observations {
         let uids: HashSet<String> = cached.iter().filter_map(|ra| ra.uid()).collect();
         self.entries.lock().expect("observations").retain(|uid, _| uids.contains(uid));
     }
-
-    /// Number of polled resources.
-    pub fn len(&self) -> usize {
-        self.entries.lock().expect("observations").len()
-    }
-
-    /// Whether no resource is polled.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The resources whose poll is due, as they fall due (for `Controller::reconcile_on`).
@@ -182,8 +172,8 @@ mod tests {
         o.observed_now("uid-a", None);
         o.observed_now("uid-gone", None);
         o.sweep(&store_of(vec![resource("a", "uid-a")]));
-        assert_eq!(o.len(), 1);
+        assert_eq!(o.entries.lock().unwrap().len(), 1);
         o.forget("uid-a");
-        assert!(o.is_empty());
+        assert!(o.entries.lock().unwrap().is_empty());
     }
 }

@@ -88,13 +88,15 @@ impl Context {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &ra.namespace().unwrap_or_default());
         // A new session's Secret is created (cheaper for the API server than an apply); one that
         // is there already (restart, adoption, a change) is applied.
-        let created = match fresh {
-            true => match api.create(&PostParams { field_manager: Some(MANAGER.into()), ..PostParams::default() }, &serde_json::from_value(secret.clone()).map_err(kube::Error::SerdeError)?).await {
+        let created = if fresh {
+            let params = PostParams { field_manager: Some(MANAGER.into()), ..PostParams::default() };
+            match api.create(&params, &serde_json::from_value(secret.clone()).map_err(kube::Error::SerdeError)?).await {
                 Ok(_) => true,
                 Err(kube::Error::Api(s)) if s.code == 409 => false,
                 Err(e) => return Err(e),
-            },
-            false => false,
+            }
+        } else {
+            false
         };
         if !created {
             api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await?;

@@ -248,7 +248,7 @@ impl Bench {
         for i in 0..n {
             self.sim.open_session(PROJECT, &format!("{floor_ns}-ra-{i}"));
         }
-        let floor = FloorClient::start(self.client.clone(), &floor_ns, self.cloud.clone(), self.sim.endpoint(), self.options.concurrency, json!({ "phase": "Active" }));
+        let floor = FloorClient::start(self.client.clone(), &floor_ns, self.cloud.clone(), self.sim.endpoint(), self.options.concurrency, minimal_status());
         self.create_many(&floor_ns, "ra", n, Some(FLOOR_FINALIZER)).await?;
         progress("   floor: deleting one at a time");
         let floor_lat = self.sequential_deletions(&floor_ns, n).await?;
@@ -322,7 +322,7 @@ impl Bench {
         let operator_status = Api::<RemoteAssistance>::namespaced(self.client.clone(), &ns).get("ra-0").await.map_err(e)?.status;
         let operator_status = serde_json::to_value(operator_status).map_err(|err| err.to_string())?;
         let mut floors = Vec::new();
-        for (label, suffix, status) in [("", "drain-floor", json!({ "phase": "Active" })), (", floor writing the operator's status", "drain-floor-status", operator_status)] {
+        for (label, suffix, status) in [("", "drain-floor", minimal_status()), (", floor writing the operator's status", "drain-floor-status", operator_status)] {
             let floor_ns = self.namespace(suffix).await?;
             let floor = FloorClient::start(self.client.clone(), &floor_ns, self.cloud.clone(), self.sim.endpoint(), self.options.concurrency, status);
             let (floor_started, requests) = (Instant::now(), self.apiserver_requests().await?);
@@ -513,6 +513,11 @@ impl FloorClient {
     fn stop(self) {
         self.task.abort();
     }
+}
+
+/// The status the minimal floor writes.
+fn minimal_status() -> serde_json::Value {
+    json!({ "phase": "Active" })
 }
 
 /// A namespace's RemoteAssistances as a watch sees them.
