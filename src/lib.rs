@@ -10,6 +10,7 @@ pub mod memory;
 pub mod resource;
 pub mod simulator;
 pub mod telemetry;
+pub mod text;
 pub mod workspace;
 
 /// The CRDs this project installs, as one YAML stream.

@@ -197,21 +197,27 @@ pub struct RemoteAssistanceStatus {
 pub struct AssistanceStatus {
     /// The collaboration space of the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub share_space_id: Option<String>,
     /// Name of the share space.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub share_space_name: Option<String>,
     /// Cloud status: WAIT_USER_CONFIRM, WAIT_USER_ACCESS, OPEN or CLOSE (kept verbatim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub status: Option<String>,
     /// ADMIN_INITIATE or ENDUSER_INITIATE (kept verbatim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub initiator_type: Option<String>,
     /// When the session was created (UTC, as the cloud reports it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub create_time: Option<String>,
     /// Why the session failed, when the cloud says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub failed_reason: Option<String>,
     /// Whether this operator created the session (false: adopted one already in progress).
     #[serde(default)]
@@ -222,12 +228,14 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// A failed cloud call, as the cloud described it.
+/// A failed cloud call, as the cloud described it. Text from the cloud is cut (visibly, ending
+/// in "…[truncated]") to the maxLength of its field.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LastError {
     /// The cloud operation: CancelRemoteAssistance, CreateRemoteAssistance or
     /// ShowDesktopRemoteAssistanceInfo.
+    #[schemars(length(max = 64))]
     pub operation: String,
     /// HTTP status of the answer; absent when no answer arrived (timeout, connection error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,18 +243,23 @@ pub struct LastError {
     pub http_status: Option<u16>,
     /// The cloud's error code, verbatim (for example WKS.00010032 or APIGW.0301).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub error_code: Option<String>,
     /// The cloud's error message, or a description of the transport failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub error_message: Option<String>,
     /// The cloud's error_detail, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub error_detail: Option<String>,
     /// Encrypted denial reason; decode it with IAM's STS decode-authorization-message API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub encoded_authorization_message: Option<String>,
     /// X-Request-Id of the failed call: quote it to Huawei Cloud support.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub request_id: Option<String>,
     /// When the call failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -20,6 +20,12 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
         (text, text).prop_map(|(c, m)| serde_json::json!({ "error": { "code": c, "message": m } }).to_string().into_bytes()),
         (text, any::<i64>()).prop_map(|(m, n)| serde_json::json!({ "code": n, "message": m, "x": [1, {"y": null}] }).to_string().into_bytes()),
         text.prop_map(|t| format!("<html><body>{t}</body></html>").into_bytes()),
+        // Messages, details and codes far beyond every bound.
+        ("[a-zé ]{1,8}", 1usize..40_000, 1usize..600).prop_map(|(unit, times, code_times)| {
+            let long = unit.repeat(times);
+            serde_json::json!({ "error_code": "W".repeat(code_times), "error_msg": long, "error_detail": long, "encoded_authorization_message": long.repeat(3) }).to_string().into_bytes()
+        }),
+        ("[ -~]{1,8}", 600usize..5_000).prop_map(|(unit, times)| unit.repeat(times).into_bytes()),
         (text, 0usize..40).prop_map(|(t, cut)| {
             let full = serde_json::json!({ "error_code": t, "error_msg": t }).to_string();
             full.as_bytes()[..cut.min(full.len())].to_vec()
@@ -33,10 +39,13 @@ proptest! {
     /// Any body parses without a panic, and what it keeps is bounded.
     #[test]
     fn error_bodies_never_panic(body in body()) {
+        use workspace_assist::workspace::error::{MAX_ERROR_CODE_BYTES, MAX_ERROR_TEXT_BYTES, MAX_ENCODED_MESSAGE_BYTES};
         let parsed = parse_error_body(&body);
-        if let Some(m) = &parsed.message {
-            prop_assert!(m.chars().count() <= 2048 + 1, "messages are bounded");
-        }
+        let within = |field: &Option<String>, max: usize| field.as_ref().is_none_or(|f| f.len() <= max);
+        prop_assert!(within(&parsed.message, MAX_ERROR_TEXT_BYTES), "message bounded: {}", parsed.message.as_ref().map_or(0, String::len));
+        prop_assert!(within(&parsed.detail, MAX_ERROR_TEXT_BYTES), "detail bounded");
+        prop_assert!(within(&parsed.code, MAX_ERROR_CODE_BYTES), "code bounded");
+        prop_assert!(within(&parsed.encoded_authorization_message, MAX_ENCODED_MESSAGE_BYTES), "encoded message bounded");
         if parsed.structured {
             prop_assert!(parsed.code.is_some() || parsed.message.is_some());
         }

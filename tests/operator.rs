@@ -72,21 +72,17 @@ async fn spec_cancelled_cancels_keeps_the_object_and_delete_makes_no_second_call
 }
 
 #[tokio::test]
-async fn not_found_answers_release_the_object() {
+async fn a_workspace_404_releases_the_object() {
     let mut w = World::new("core").await;
-    // 404 with the cloud's JSON error body; and "not found" delivered with HTTP 400.
-    w.sim.inject(FaultRule::new("desk-404", CANCEL, vec![Fault::error(404, "WKS.00010032", "The desktop does not exist.")]));
-    w.sim.inject(FaultRule::new("desk-400", CANCEL, vec![Fault::error(400, "WKS.0001", "The desktop does not exist.")]));
+    // The desktop has no session: the cloud answers the cancel with a 404 Workspace error.
     w.start_operator(w.config());
-    for (name, desk) in [("a", "desk-404"), ("b", "desk-400")] {
-        w.create(w.manifest(name, desk)).await;
-        w.wait_for(name, T, "finalized", has_finalizer).await;
-        w.delete(name).await;
-    }
-    for (name, desk) in [("a", "desk-404"), ("b", "desk-400")] {
-        w.wait_gone(name, T).await;
-        assert_eq!(w.sim.count(CANCEL, desk), 1);
-    }
+    let mut m = w.manifest("a", "desk-404");
+    m["spec"]["initiate"] = json!(false);
+    w.create(m).await;
+    w.wait_for("a", T, "finalized", has_finalizer).await;
+    w.delete("a").await;
+    w.wait_gone("a", T).await;
+    assert_eq!(w.sim.count(CANCEL, "desk-404"), 1);
     eventually(T, "a NothingToCancel Event", || async { w.event_reasons("a", None).await.contains(&"NothingToCancel".to_string()) }).await;
     w.stop_operator().await;
 }

@@ -41,7 +41,7 @@ async fn signed_cancel_then_not_found() {
 
     let again = c.cancel(&target(&sim, "desk-1"), &creds).await.expect_err("nothing left to cancel");
     assert_eq!(again.http_status(), Some(404));
-    assert_eq!(again.code(), Some("WKS.0001"));
+    assert_eq!(again.code(), Some(workspace_assist::simulator::NO_ASSISTANCE_CODE));
     assert!(again.request_id().is_some());
     assert_eq!(disposition(&again), Disposition::NotFound);
     assert_eq!(sim.count(Operation::CancelRemoteAssistance, "desk-1"), 2);
@@ -126,7 +126,12 @@ async fn injected_faults_are_classified() {
             Fault::Drop,
             Fault::Delay(Duration::from_secs(3)),
             Fault::redirect(302, "https://elsewhere.example.com/"),
-            Fault::error(400, "WKS.0001", "gone"),
+            Fault::error(400, "WKS.0001", "The request message input by the interface is empty"),
+            Fault::error(200, "WKS.00010109", "an error delivered with HTTP 200"),
+            Fault::foreign_json_404(),
+            Fault::html(404),
+            Fault::error(404, "APIGW.0404", "a gateway's not found"),
+            Fault::DropAfterApplying,
             Fault::Error {
                 status: 403,
                 code: "WKS.00010003".into(),
@@ -143,7 +148,12 @@ async fn injected_faults_are_classified() {
         Disposition::Retry(RetryReason::Transport),
         Disposition::Retry(RetryReason::Transport),
         Disposition::NeedsHuman(HumanReason::WrongEndpoint),
-        Disposition::NotFound,
+        Disposition::NeedsHuman(HumanReason::Rejected),
+        Disposition::NeedsHuman(HumanReason::Rejected),
+        Disposition::Retry(RetryReason::Transport),
+        Disposition::Retry(RetryReason::Transport),
+        Disposition::Retry(RetryReason::Transport),
+        Disposition::Retry(RetryReason::Transport),
         Disposition::NeedsHuman(HumanReason::Forbidden),
     ];
     for (i, want) in expect.iter().enumerate() {
@@ -153,13 +163,59 @@ async fn injected_faults_are_classified() {
             assert!(matches!(e, CloudError::Transport { kind: TransportKind::Timeout, .. }), "{e:?}");
         }
         if let CloudError::Api(api) = &e {
-            if i == 7 {
+            if i == 12 {
                 assert_eq!(api.body.detail.as_deref(), Some("detail"));
                 assert_eq!(api.body.encoded_authorization_message.as_deref(), Some("ENCODED"));
             }
         }
     }
-    c.cancel(&t, &creds).await.expect("faults used up: the cancel goes through");
+    // The reply of the cancel before last was lost after the cloud applied it: the session is
+    // closed, and the next cancel meets "nothing to cancel" (a 404 Workspace error).
+    assert!(!sim.session(PROJECT, "d").unwrap().in_progress(), "the lost reply's cancel was applied");
+    let after = c.cancel(&t, &creds).await.expect_err("nothing left to cancel");
+    assert_eq!((after.http_status(), disposition(&after)), (Some(404), Disposition::NotFound));
+}
+
+#[tokio::test]
+async fn a_success_status_with_an_error_body_is_an_error() {
+    let sim = Simulator::start().await.unwrap();
+    sim.add_access_key("AK", "SK");
+    let c = client();
+    let creds = aksk("AK", "SK");
+    let t = target(&sim, "d");
+    let show = Operation::ShowDesktopRemoteAssistanceInfo;
+    // Each error shape of the contract's parsing order, delivered with HTTP 200.
+    let raw = |body: &str| Fault::Raw { status: 200, content_type: "application/json".into(), body: body.as_bytes().to_vec(), headers: vec![] };
+    sim.inject(FaultRule::new(
+        "d",
+        show,
+        vec![
+            raw(r#"{"error_code":"WKS.00010306","error_msg":"busy"}"#),
+            raw(r#"{"code":"WKS.00010110","message":"failed"}"#),
+            raw(r#"{"error":{"code":"APIG.1000","message":"nested"}}"#),
+        ],
+    ));
+    for expected in ["WKS.00010306", "WKS.00010110", "APIG.1000"] {
+        let e = c.show(&t, &creds).await.expect_err("an error shape is never a \"no session\"");
+        assert_eq!((e.http_status(), e.code()), (Some(200), Some(expected)));
+        assert_ne!(disposition(&e), Disposition::NotFound);
+    }
+    assert!(!c.show(&t, &creds).await.unwrap().value.in_progress(), "a plain {{}} is \"no session\"");
+}
+
+#[tokio::test]
+async fn a_missing_desktop_is_a_workspace_404() {
+    let sim = Simulator::start().await.unwrap();
+    sim.add_access_key("AK", "SK");
+    sim.remove_desktop(PROJECT, "gone");
+    let c = client();
+    let creds = aksk("AK", "SK");
+    let t = target(&sim, "gone");
+    let shown = c.show(&t, &creds).await.expect_err("no such desktop");
+    let created = c.create(&t, &creds).await.expect_err("no such desktop");
+    for e in [shown, created] {
+        assert_eq!((e.http_status(), disposition(&e)), (Some(404), Disposition::NotFound), "{e:?}");
+    }
 }
 
 #[tokio::test]

@@ -43,7 +43,7 @@ pub struct Note<'a> {
     pub type_: EventType,
     /// Short CamelCase reason.
     pub reason: &'a str,
-    /// Human-readable text (cut to 1024 characters).
+    /// Human-readable text (cut to 1 KiB, visibly).
     pub note: &'a str,
     /// What the controller was doing.
     pub action: &'a str,
@@ -124,7 +124,8 @@ impl EventPublisher {
             }),
             reason: Some(note.reason.to_string()),
             action: Some(note.action.to_string()),
-            note: Some(note.note.chars().take(1024).collect()),
+            // The API server refuses notes over 1 KiB (bytes).
+            note: Some(crate::text::bounded(note.note, crate::text::MAX_MESSAGE_BYTES).into_owned()),
             regarding: Some(regarding.clone()),
             reporting_controller: Some(self.controller.clone()),
             reporting_instance: Some(self.instance.clone()),

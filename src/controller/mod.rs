@@ -318,6 +318,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), String> {
     let ctx = Arc::new(Context::new(client.clone(), config, telemetry.metrics.clone())?);
+    // Which answers release a finalizer is the operator's most consequential setting: say it.
+    if ctx.config.not_found_codes.is_empty() {
+        info!("\"nothing to cancel\" is a 404 with a Workspace (WKS.*) error body only; no extra not-found codes configured");
+    } else {
+        info!(codes = ?ctx.config.not_found_codes, "\"nothing to cancel\" is a 404 with a Workspace error body, or one of these configured not-found codes");
+    }
     let (resources, secrets): (Api<RemoteAssistance>, Api<PartialObjectMeta<Secret>>) = match &ctx.config.namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
@@ -356,10 +362,7 @@ pub async fn run(
                 Err(controller::Error::ReconcilerFailed(failure, object)) => {
                     let retry_after_ms = failure.retry_after.as_millis() as u64;
                     let reason = failure.error.reason();
-                    let request_id = match &failure.error {
-                        Error::Cloud { error, .. } => error.request_id().unwrap_or_default().to_string(),
-                        _ => String::new(),
-                    };
+                    let request_id = failure.error.cloud_error().and_then(|e| e.request_id()).unwrap_or_default().to_string();
                     if matches!(failure.error, Error::Cloud { .. }) && !failure.error.needs_human() {
                         info!(%object, error = %failure, reason, request_id, retry_after_ms, "reconcile failed; retrying with backoff")
                     } else {

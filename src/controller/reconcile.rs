@@ -14,7 +14,9 @@ use crate::resource::{
     AssistanceStatus, DELETION_POLICY_ANNOTATION, DeletionPolicy, FINALIZER, PAUSED_ANNOTATION, Phase, RETRY_ANNOTATION,
     RemoteAssistance, RemoteAssistanceStatus,
 };
-use crate::workspace::{Disposition, Operation, PasswordLogin, ShowResponse, Target, classify, iam, resolve_endpoint};
+use crate::workspace::{Disposition, HumanReason, Operation, PasswordLogin, ShowResponse, Target, classify, iam, resolve_endpoint};
+
+use crate::text::{MAX_MESSAGE_BYTES, MAX_SHORT_BYTES, bounded_opt};
 
 use super::Context;
 use super::cloud::CallCredentials;
@@ -135,6 +137,23 @@ pub fn deletion_policy(ra: &RemoteAssistance, namespace_annotation: Option<&str>
         .unwrap_or(default)
 }
 
+/// A step that failed: the error, the call that failed, and the cancel calls it made.
+struct StepFailure {
+    error: Error,
+    operation: Operation,
+    cancel_calls: u32,
+}
+
+impl StepFailure {
+    fn show(error: Error) -> Self {
+        StepFailure { error, operation: Operation::ShowDesktopRemoteAssistanceInfo, cancel_calls: 0 }
+    }
+
+    fn cancel(error: Error) -> Self {
+        StepFailure { error, operation: Operation::CancelRemoteAssistance, cancel_calls: 1 }
+    }
+}
+
 /// One reconcile of one object: the object as it is now (updated by this step's own status
 /// writes) and what it needs.
 struct Step<'a> {
@@ -166,7 +185,7 @@ impl<'a> Step<'a> {
             self.finish(&Conclusion::Cancelled).await?;
             return Ok(Action::await_change());
         }
-        if self.phase() == Some(Phase::Closed) {
+        if self.phase() == Some(Phase::Closed) && !self.ra.spec.cancelled {
             return Ok(Action::await_change());
         }
         if !self.ra.spec.cancelled && matches!(self.phase(), Some(Phase::Active | Phase::Pending)) {
@@ -184,12 +203,12 @@ impl<'a> Step<'a> {
             }
         };
         if self.ra.spec.cancelled {
-            return match self.cancel(&target, &creds).await {
-                Ok(()) => {
-                    self.finish_with_calls(&Conclusion::Cancelled, 1).await?;
+            return match self.end_session(&target, &creds).await {
+                Ok(calls) => {
+                    self.finish_with_calls(&Conclusion::Cancelled, calls).await?;
                     Ok(Action::await_change())
                 }
-                Err(error) => self.fail(error, Operation::CancelRemoteAssistance, 1).await,
+                Err(failed) => self.fail(failed.error, failed.operation, failed.cancel_calls).await,
             };
         }
         self.observe(&target, &creds).await
@@ -221,13 +240,32 @@ impl<'a> Step<'a> {
         // The session's secret parts go while the cancel is on its way; the finalizer does not
         // wait for them (the Secret is owned by this resource).
         self.ctx.delete_invitation_secret_in_background(&self.ra);
-        match self.cancel(&target, &creds).await {
-            Ok(()) => {
+        match self.end_session(&target, &creds).await {
+            Ok(_) => {
                 self.release_pin().await?;
                 Ok(Action::await_change())
             }
-            Err(error) => self.fail(error, Operation::CancelRemoteAssistance, 1).await,
+            Err(failed) => self.fail(failed.error, failed.operation, failed.cancel_calls).await,
         }
+    }
+
+    /// Ends the desktop's session: cancels it, or confirms there is none. A resource the cloud
+    /// once reported `Closed` is looked at again first (a Show whose body has no error shape),
+    /// and cancelled if a session is in progress after all: a Closed seen once is not a
+    /// confirmation. Returns how many cancel calls it made.
+    async fn end_session(&self, target: &Target, creds: &CallCredentials) -> Result<u32, StepFailure> {
+        if self.phase() == Some(Phase::Closed) {
+            let shown = self.show(target, creds).await.map_err(|error| StepFailure::show(error))?;
+            if !shown.in_progress() {
+                info!("the cloud confirms no session is in progress: nothing to cancel");
+                self.ctx.confirm_cancelled(&self.uid());
+                self.ctx.publish(&self.ra, EventType::Normal, "NothingToCancel", "The cloud confirms no remote assistance is in progress for this desktop", "Cancel");
+                return Ok(0);
+            }
+            warn!("a session is in progress again on a desktop whose session was closed: cancelling it");
+        }
+        self.cancel(target, creds).await.map_err(StepFailure::cancel)?;
+        Ok(1)
     }
 
     /// Starts, adopts or observes the session.
@@ -257,7 +295,19 @@ impl<'a> Step<'a> {
             Ok(answer) => answer,
             Err(error) => {
                 let disposition = classify(&error, &self.ctx.config.not_found_codes);
-                return self.fail(Error::Cloud { error, disposition }, Operation::CreateRemoteAssistance, 0).await;
+                if disposition == Disposition::NeedsHuman(HumanReason::Rejected) {
+                    // The cloud refused the request itself: a session may have started since
+                    // the Show (the desktop's user asked for help). Look again and adopt it.
+                    let shown = match self.show(target, creds).await {
+                        Ok(shown) => shown,
+                        Err(error) => return self.fail(error, Operation::ShowDesktopRemoteAssistanceInfo, 0).await,
+                    };
+                    if shown.in_progress() {
+                        info!(code = error.code().unwrap_or(""), "create refused: a session started meanwhile, adopting it");
+                        return self.hold(&shown, false).await;
+                    }
+                }
+                return self.fail(Error::from_lookup(error, disposition), Operation::CreateRemoteAssistance, 0).await;
             }
         };
         info!(request_id = created.request_id.as_deref().unwrap_or(""), share_space_id = created.value.share_space_id.as_deref().unwrap_or(""), "remote assistance created");
@@ -265,9 +315,9 @@ impl<'a> Step<'a> {
         // What the cloud said about the new session goes into the step's next status write,
         // whether the show below succeeds (Active) or fails (the failure is recorded with it).
         let facts = AssistanceStatus {
-            share_space_id: created.value.share_space_id.clone(),
-            status: created.value.status.clone(),
-            initiator_type: created.value.initiator_type.clone(),
+            share_space_id: bounded_opt(created.value.share_space_id.as_deref(), MAX_SHORT_BYTES),
+            status: bounded_opt(created.value.status.as_deref(), MAX_SHORT_BYTES),
+            initiator_type: bounded_opt(created.value.initiator_type.as_deref(), MAX_SHORT_BYTES),
             created_by_operator: true,
             ..AssistanceStatus::default()
         };
@@ -309,15 +359,17 @@ impl<'a> Step<'a> {
         let ctx = self.ctx;
         match ctx.call(Operation::ShowDesktopRemoteAssistanceInfo, creds, |c| async move { ctx.cloud.show(target, &c).await }).await {
             Ok(answer) => Ok(answer.value),
-            Err(error) => match classify(&error, &self.ctx.config.not_found_codes) {
-                Disposition::NotFound => Ok(ShowResponse::default()),
-                disposition => Err(Error::Cloud { error, disposition }),
-            },
+            // Only a body without an error shape says "no session"; "not found" here means the
+            // desktop is missing.
+            Err(error) => {
+                let disposition = classify(&error, &self.ctx.config.not_found_codes);
+                Err(Error::from_lookup(error, disposition))
+            }
         }
     }
 
-    /// Calls CancelRemoteAssistance once. Ok when the cloud confirmed the cancel or that there
-    /// is nothing to cancel.
+    /// Calls CancelRemoteAssistance once. Ok when the cloud confirmed the cancel (a 204) or that
+    /// there is nothing to cancel (a 404 Workspace error, or a code the operator configured).
     async fn cancel(&self, target: &Target, creds: &CallCredentials) -> Result<(), Error> {
         let ctx = self.ctx;
         let result = ctx.call(Operation::CancelRemoteAssistance, creds, |c| async move { ctx.cloud.cancel(target, &c).await }).await;
@@ -357,7 +409,7 @@ impl<'a> Step<'a> {
     /// Records a failed step in status and Events, and hands the error to the backoff.
     async fn fail(&mut self, error: Error, operation: Operation, cancel_calls: u32) -> Result<Action, Error> {
         // A cancel that never reached the cloud (bad Secret, bad endpoint) is not an attempt.
-        let calls = if matches!(error, Error::Cloud { .. }) { cancel_calls } else { 0 };
+        let calls = if error.cloud_error().is_some() { cancel_calls } else { 0 };
         let reason = error.reason();
         self.ctx.publish(&self.ra, EventType::Warning, reason, &format!("{operation} failed: {error}"), operation.as_str());
         if let Err(e) = self.write(&Conclusion::Failed { error: &error, operation }, calls, |_| {}).await {
@@ -402,6 +454,8 @@ impl<'a> Step<'a> {
         Ok(())
     }
 
+    /// The session was closed in the cloud by someone else. The credentials pin stays: a later
+    /// cancel or deletion confirms with the cloud before the finalizer comes off.
     async fn finish_closed(&mut self, facts: Option<AssistanceStatus>) -> Result<(), Error> {
         self.ctx.observations.forget(&self.uid());
         self.ctx.delete_invitation_secret(&self.ra).await?;
@@ -411,8 +465,7 @@ impl<'a> Step<'a> {
                 s.assistance = Some(f);
             }
         })
-        .await?;
-        self.release().await
+        .await
     }
 
     /// Drops the invitation Secret of a resource that is going, and the credentials pin when no
@@ -438,9 +491,9 @@ impl<'a> Step<'a> {
     }
 
     /// The cancel was confirmed (status, or this process's memory when the status write has not
-    /// reached the cache yet), or the session was closed in the cloud.
+    /// reached the cache yet). `Closed` is not enough: it is confirmed by [`Step::end_session`].
     fn already_done(&self) -> bool {
-        matches!(self.phase(), Some(Phase::Cancelled | Phase::Closed)) || self.ctx.was_cancelled(&self.uid())
+        self.phase() == Some(Phase::Cancelled) || self.ctx.was_cancelled(&self.uid())
     }
 
     async fn namespace_policy(&self) -> Result<Option<String>, Error> {
@@ -484,12 +537,12 @@ impl<'a> Step<'a> {
 /// The non-secret facts of a Show answer.
 fn assistance_from_show(shown: &ShowResponse, created_by_operator: bool) -> AssistanceStatus {
     AssistanceStatus {
-        share_space_id: shown.share_space_id.clone(),
-        share_space_name: shown.share_space_name.clone(),
-        status: shown.status.clone(),
+        share_space_id: bounded_opt(shown.share_space_id.as_deref(), MAX_SHORT_BYTES),
+        share_space_name: bounded_opt(shown.share_space_name.as_deref(), MAX_SHORT_BYTES),
+        status: bounded_opt(shown.status.as_deref(), MAX_SHORT_BYTES),
         initiator_type: None,
-        create_time: shown.create_time.clone(),
-        failed_reason: shown.failed_reason.clone(),
+        create_time: bounded_opt(shown.create_time.as_deref(), MAX_SHORT_BYTES),
+        failed_reason: bounded_opt(shown.failed_reason.as_deref(), MAX_MESSAGE_BYTES),
         created_by_operator,
     }
 }

@@ -214,11 +214,12 @@ impl Context {
     }
 }
 
-/// Whether a resource may still have to cancel with its credentials: not cancelled or closed
-/// yet, and not marked Orphan on the resource itself (the namespace and operator defaults are
-/// not consulted here: pinning too long is safe, releasing too early is not).
+/// Whether a resource may still have to cancel with its credentials: not cancelled yet (a
+/// `Closed` one still confirms with the cloud before it goes), and not marked Orphan on the
+/// resource itself (the namespace and operator defaults are not consulted here: pinning too
+/// long is safe, releasing too early is not).
 pub fn may_need_cancel(ra: &RemoteAssistance) -> bool {
-    let done = matches!(ra.status.as_ref().and_then(|s| s.phase), Some(Phase::Cancelled | Phase::Closed));
+    let done = ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled);
     let orphan_on_resource = ra.spec.deletion_policy == Some(DeletionPolicy::Orphan)
         || ra.annotations().get(DELETION_POLICY_ANNOTATION).map(String::as_str) == Some("Orphan");
     !done && !orphan_on_resource && (ra.metadata.deletion_timestamp.is_none() || ra.finalizers().iter().any(|f| f == crate::resource::FINALIZER))

@@ -1,6 +1,7 @@
-//! Builds the status a reconcile concluded and writes it with server-side apply, only when it
-//! changed. Condition messages carry no timestamps or request IDs, so an unchanged situation
-//! gives an identical status and no write.
+//! Builds the status a reconcile concluded and writes it (one JSON patch of the whole status),
+//! only when it changed. Condition messages carry no timestamps or request IDs, so an unchanged
+//! situation gives an identical status and no write. Text from the cloud is bounded
+//! ([`crate::text`]).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
@@ -11,6 +12,7 @@ use crate::resource::{LastError, Phase, RemoteAssistance, RemoteAssistanceStatus
 use crate::workspace::{CloudError, Operation};
 
 use super::error::Error;
+use crate::text::{MAX_ENCODED_MESSAGE_BYTES, MAX_MESSAGE_BYTES, MAX_SHORT_BYTES, bounded, bounded_opt};
 
 /// Field manager of the operator's writes.
 pub const MANAGER: &str = "workspace-assist";
@@ -111,7 +113,7 @@ pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_ca
         }
         Conclusion::Failed { error, operation } => {
             let reason = error.reason();
-            let message = format!("{operation} failed: {error}");
+            let message = bounded(&format!("{operation} failed: {error}"), MAX_MESSAGE_BYTES).into_owned();
             if error.needs_human() {
                 phase = Phase::Failed;
                 stalled = (true, reason, message.clone());
@@ -156,24 +158,25 @@ fn condition(old: &[Condition], type_: &str, (status, reason, message): (bool, &
 fn last_error(error: &Error, operation: Operation, now: Time) -> Option<LastError> {
     let mut e = LastError { operation: operation.as_str().into(), time: Some(now), ..LastError::default() };
     match error {
-        Error::Cloud { error: cloud, .. } => {
+        Error::Cloud { error: cloud, .. } | Error::DesktopNotFound(cloud) => {
+            // Everything here may come from the cloud, a gateway or a proxy: bounded.
             e.http_status = cloud.http_status();
-            e.error_code = cloud.code().map(str::to_string);
-            e.request_id = cloud.request_id().map(str::to_string);
+            e.error_code = bounded_opt(cloud.code(), MAX_SHORT_BYTES);
+            e.request_id = bounded_opt(cloud.request_id(), MAX_SHORT_BYTES);
             match cloud {
                 CloudError::Api(api) => {
-                    e.error_message = api.body.message.clone();
-                    e.error_detail = api.body.detail.clone();
-                    e.encoded_authorization_message = api.body.encoded_authorization_message.clone();
+                    e.error_message = bounded_opt(api.body.message.as_deref(), MAX_MESSAGE_BYTES);
+                    e.error_detail = bounded_opt(api.body.detail.as_deref(), MAX_MESSAGE_BYTES);
+                    e.encoded_authorization_message = bounded_opt(api.body.encoded_authorization_message.as_deref(), MAX_ENCODED_MESSAGE_BYTES);
                 }
                 CloudError::Transport { message, .. } | CloudError::Request { message, .. } => {
-                    e.error_message = Some(message.clone());
+                    e.error_message = bounded_opt(Some(message), MAX_MESSAGE_BYTES);
                 }
             }
         }
         Error::Credentials(_) | Error::InvalidSpec(_) => {
             e.error_code = Some(error.reason().into());
-            e.error_message = Some(error.to_string());
+            e.error_message = bounded_opt(Some(&error.to_string()), MAX_MESSAGE_BYTES);
         }
         Error::Kube(_) | Error::Finalizer(_) | Error::Paused => return None,
     }

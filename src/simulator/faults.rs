@@ -36,6 +36,12 @@ pub enum Fault {
     Delay(Duration),
     /// Close the connection without an answer.
     Drop,
+    /// Do what the request asks (a cancel closes the session), then close the connection
+    /// without an answer: the reply is lost after the state changed.
+    DropAfterApplying,
+    /// Start a session for the desktop as its user would, just before the request is served
+    /// (a Create then meets a session already in progress).
+    SessionStartedMeanwhile,
 }
 
 impl Fault {
@@ -56,6 +62,16 @@ impl Fault {
             status,
             content_type: "text/html".into(),
             body: format!("<html><head><title>{status}</title></head><body><h1>{status} Error</h1><hr>proxy</body></html>").into_bytes(),
+            headers: vec![],
+        }
+    }
+
+    /// A 404 with JSON that is not Workspace's (a proxy's or another framework's).
+    pub fn foreign_json_404() -> Fault {
+        Fault::Raw {
+            status: 404,
+            content_type: "application/json".into(),
+            body: br#"{"code":404,"message":"Not Found"}"#.to_vec(),
             headers: vec![],
         }
     }
@@ -96,7 +112,8 @@ impl FaultRule {
 /// Parses a fault rule written as comma-separated `key=value` pairs, for `simulate --fault`:
 ///
 /// - `operation=cancel|create|show|*` (default `*`), `desktop=ID|*` (default `*`),
-/// - `kind=error|html|drop|delay|redirect` (default `error`), `times=N` (default 1),
+/// - `kind=error|html|drop|drop-after-applying|session-started|foreign-404|delay|redirect`
+///   (default `error`), `times=N` (default 1),
 /// - for `error`: `status=N` (default 500), `code=CODE` (default `WKS.00000001`), `message=TEXT`;
 ///   for `html`: `status=N` (default 502); for `delay`: `delay=DURATION` (e.g. `2s`);
 ///   for `redirect`: `status=N` (default 302), `location=URL`.
@@ -125,9 +142,16 @@ pub fn parse_fault_rule(spec: &str) -> Result<FaultRule, String> {
         "error" => Fault::error(status(500)?, get("code").unwrap_or("WKS.00000001"), get("message").unwrap_or("Injected fault")),
         "html" => Fault::html(status(502)?),
         "drop" => Fault::Drop,
+        "drop-after-applying" => Fault::DropAfterApplying,
+        "session-started" => Fault::SessionStartedMeanwhile,
+        "foreign-404" => Fault::foreign_json_404(),
         "delay" => Fault::Delay(crate::cli::parse_duration(get("delay").ok_or("kind=delay needs delay=DURATION")?)?),
         "redirect" => Fault::redirect(status(302)?, get("location").unwrap_or("https://example.com/")),
-        other => return Err(format!("kind {other:?} is not error, html, drop, delay or redirect")),
+        other => {
+            return Err(format!(
+                "kind {other:?} is not error, html, drop, drop-after-applying, session-started, foreign-404, delay or redirect"
+            ));
+        }
     };
     let known = ["operation", "desktop", "times", "status", "code", "message", "kind", "delay", "location"];
     if let Some(k) = fields.keys().find(|k| !known.contains(&k.as_str())) {
@@ -149,6 +173,9 @@ mod tests {
         let r = parse_fault_rule("desktop=d1,kind=delay,delay=2s").unwrap();
         assert_eq!(r.faults, vec![Fault::Delay(std::time::Duration::from_secs(2))]);
         assert_eq!(parse_fault_rule("kind=drop").unwrap().faults, vec![Fault::Drop]);
+        assert_eq!(parse_fault_rule("kind=drop-after-applying").unwrap().faults, vec![Fault::DropAfterApplying]);
+        assert_eq!(parse_fault_rule("operation=create,kind=session-started").unwrap().faults, vec![Fault::SessionStartedMeanwhile]);
+        assert_eq!(parse_fault_rule("kind=foreign-404").unwrap().faults, vec![Fault::foreign_json_404()]);
         assert!(parse_fault_rule("operation=reboot").is_err());
         assert!(parse_fault_rule("status=abc").is_err());
         assert!(parse_fault_rule("colour=red").is_err());

@@ -25,6 +25,19 @@ pub use faults::{Fault, FaultRule};
 use crate::workspace::Operation;
 use auth::AuthFailure;
 
+/// The code the simulator answers "no remote assistance to cancel" with (HTTP 404). Workspace
+/// documents no such code, only that a 404 means "resource not found"; this one is the
+/// simulator's own, and the client must not depend on its value.
+pub const NO_ASSISTANCE_CODE: &str = "WKS.00010404";
+
+/// The code the simulator answers a desktop that does not exist with (HTTP 404); the
+/// simulator's own, like [`NO_ASSISTANCE_CODE`].
+pub const NO_DESKTOP_CODE: &str = "WKS.00010032";
+
+/// The code the simulator answers a Create with while a session is in progress (HTTP 400);
+/// the simulator's own.
+pub const ASSISTANCE_IN_PROGRESS_CODE: &str = "WKS.00010100";
+
 /// How far `X-Sdk-Date` may be from the simulator's clock.
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
 
@@ -45,6 +58,15 @@ pub struct RecordedRequest {
     pub faulted: bool,
     /// When it arrived.
     pub at: Instant,
+}
+
+/// A confirmed cancel (a 204) as the simulator sent it.
+#[derive(Debug, Clone)]
+pub struct SentCancel {
+    /// Desktop ID.
+    pub desktop_id: String,
+    /// When the 204 was handed to the connection (after any latency).
+    pub sent_at: std::time::SystemTime,
 }
 
 /// A remote-assistance session as the simulated cloud keeps it.
@@ -106,6 +128,8 @@ struct State {
     token_lifetime: Option<Duration>,
     token_requests: usize,
     sessions: HashMap<(String, String), Session>,
+    missing_desktops: std::collections::HashSet<(String, String)>,
+    sent_cancels: Vec<SentCancel>,
     rules: Vec<FaultRule>,
     random_faults: Option<(f64, Vec<Fault>)>,
     latency: Duration,
@@ -236,6 +260,17 @@ impl Simulator {
         });
     }
 
+    /// Makes a desktop unknown to the cloud: every operation on it answers 404 with a
+    /// Workspace error ([`NO_DESKTOP_CODE`]).
+    pub fn remove_desktop(&self, project_id: &str, desktop_id: &str) {
+        self.with(|s| s.missing_desktops.insert((project_id.into(), desktop_id.into())));
+    }
+
+    /// Every 204 the simulator sent for a cancel, with the wall-clock time it was sent.
+    pub fn sent_cancels(&self) -> Vec<SentCancel> {
+        self.with(|s| s.sent_cancels.clone())
+    }
+
     /// The desktop's session, if it ever had one.
     pub fn session(&self, project_id: &str, desktop_id: &str) -> Option<Session> {
         self.with(|s| s.sessions.get(&(project_id.to_string(), desktop_id.to_string())).cloned())
@@ -307,7 +342,11 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
     }
     let outcome = decide(&state, &parts, &body, route).await;
     let status = outcome.response.as_ref().map_or(0, |r| r.status().as_u16());
-    state.lock().unwrap().requests.push(RecordedRequest {
+    let mut s = state.lock().unwrap();
+    if operation == Some(Operation::CancelRemoteAssistance) && status == 204 {
+        s.sent_cancels.push(SentCancel { desktop_id: desktop_id.clone(), sent_at: std::time::SystemTime::now() });
+    }
+    s.requests.push(RecordedRequest {
         operation,
         project_id,
         desktop_id,
@@ -346,6 +385,17 @@ async fn decide(
     };
     match fault {
         Some(Fault::Drop) => return Outcome { response: None, authenticated: true, faulted: true },
+        Some(Fault::DropAfterApplying) => {
+            // The cloud does the work, and the answer is lost on the way back.
+            let _ = serve(state, operation, &project_id, &desktop_id);
+            return Outcome { response: None, authenticated: true, faulted: true };
+        }
+        Some(Fault::SessionStartedMeanwhile) => {
+            // The desktop's user asks for assistance just before this request lands.
+            state.lock().unwrap().sessions.insert((project_id.clone(), desktop_id.clone()), Session::new("ENDUSER_INITIATE"));
+            let response = serve(state, operation, &project_id, &desktop_id);
+            return Outcome { response: Some(response), authenticated: true, faulted: true };
+        }
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         Some(Fault::Error { status, code, message, detail, encoded_authorization_message }) => {
             let resp = error_response(status, &code, &message, detail.as_deref(), encoded_authorization_message.as_deref());
@@ -373,6 +423,9 @@ async fn decide(
 fn serve(state: &Arc<Mutex<State>>, operation: Operation, project_id: &str, desktop_id: &str) -> Response<Full<Bytes>> {
     let key = (project_id.to_string(), desktop_id.to_string());
     let mut s = state.lock().unwrap();
+    if s.missing_desktops.contains(&key) {
+        return error_response(404, NO_DESKTOP_CODE, "The desktop does not exist.", None, None);
+    }
     match operation {
         Operation::CancelRemoteAssistance => match s.sessions.get_mut(&key) {
             Some(session) if session.in_progress() => {
@@ -383,11 +436,11 @@ fn serve(state: &Arc<Mutex<State>>, operation: Operation, project_id: &str, desk
                     .body(Full::new(Bytes::new()))
                     .expect("a valid response")
             }
-            _ => error_response(404, "WKS.0001", "The remote assistance does not exist.", None, None),
+            _ => error_response(404, NO_ASSISTANCE_CODE, "The remote assistance does not exist.", None, None),
         },
         Operation::CreateRemoteAssistance => {
             if s.sessions.get(&key).is_some_and(Session::in_progress) {
-                return error_response(400, "WKS.00010100", "A remote assistance is already in progress for this desktop.", None, None);
+                return error_response(400, ASSISTANCE_IN_PROGRESS_CODE, "A remote assistance is already in progress for this desktop.", None, None);
             }
             let session = Session::new("ADMIN_INITIATE");
             let body = json!({

@@ -1,11 +1,19 @@
 //! Classifies every cloud answer into what the operator should do next. Pure and unit-tested.
+//!
+//! Which answers mean "nothing there" decides when a finalizer comes off, so it rests only on
+//! the contract (`workspace-api.md`, "Error codes worth knowing", after Huawei Cloud's published
+//! Workspace error-code table): HTTP 404 means "resource not found" on these operations, and no
+//! Workspace error code is documented as "not found" (`WKS.0001`, once thought to be one, is a
+//! 400 "request message empty"). So by default the only "not found" is a **404 whose body parses
+//! to a Workspace (`WKS.*`) error**. Gateway codes, HTML, empty bodies and foreign JSON (a
+//! proxy's `{"code":404,...}`) never are; an operator can opt more codes in with
+//! `--not-found-error-code`. A wrong guess here keeps a finalizer on, which a person sees,
+//! rather than leaving a session open, which nobody sees.
 
 use super::error::{CloudError, TransportKind};
 
-/// Error codes that mean "not found" even when delivered with HTTP 400 (or another status).
-/// Workspace documents no code specific to remote assistance; these are the codes its APIs use
-/// for a missing object. Operators can add codes with `--not-found-error-code`.
-pub const NOT_FOUND_ERROR_CODES: &[&str] = &["WKS.0001"];
+/// Prefix of error codes that come from Workspace itself (not from the API gateway or a proxy).
+pub const WORKSPACE_CODE_PREFIX: &str = "WKS.";
 
 /// What to do after a failed call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +77,13 @@ fn is_gateway_code(code: &str, suffix: &str) -> bool {
     code.strip_prefix("APIGW.").or_else(|| code.strip_prefix("APIG.")) == Some(suffix)
 }
 
-/// Classifies a failed call. `extra_not_found` adds codes to [`NOT_FOUND_ERROR_CODES`].
+/// Whether `code` is a Workspace service error code (`WKS.*`).
+pub fn is_workspace_code(code: &str) -> bool {
+    code.starts_with(WORKSPACE_CODE_PREFIX) && code.len() > WORKSPACE_CODE_PREFIX.len()
+}
+
+/// Classifies a failed call. `extra_not_found` lists the codes an operator opted in as "not
+/// found" (with any status); there are none built in.
 pub fn classify(error: &CloudError, extra_not_found: &[String]) -> Disposition {
     let api = match error {
         CloudError::Transport { kind: TransportKind::Redirect, .. } => {
@@ -81,8 +95,7 @@ pub fn classify(error: &CloudError, extra_not_found: &[String]) -> Disposition {
     };
     let status = api.http_status;
     let code = api.body.code.as_deref().unwrap_or("");
-    let not_found_code =
-        NOT_FOUND_ERROR_CODES.contains(&code) || extra_not_found.iter().any(|c| c == code);
+    let not_found_code = !code.is_empty() && extra_not_found.iter().any(|c| c == code);
 
     if status == 429 || is_gateway_code(code, "0308") {
         return Disposition::Retry(RetryReason::Throttled);
@@ -103,9 +116,10 @@ pub fn classify(error: &CloudError, extra_not_found: &[String]) -> Disposition {
         return Disposition::NotFound;
     }
     if status == 404 {
-        // Only the cloud's own JSON error body is trusted to mean "not found"; an HTML or empty
-        // 404 comes from a proxy or a wrong path, and trusting it would drop a cancel.
-        return if api.body.structured {
+        // Only Workspace's own JSON error is trusted to mean "not found"; an HTML, empty or
+        // foreign-JSON 404, or another gateway code, comes from something in between, and
+        // trusting it would drop a cancel.
+        return if api.body.structured && is_workspace_code(code) {
             Disposition::NotFound
         } else {
             Disposition::Retry(RetryReason::Transport)
@@ -157,10 +171,14 @@ mod tests {
         let cases: Vec<(CloudError, Disposition)> = vec![
             (api(404, Some("WKS.00010032"), true), NotFound),
             (api(404, None, false), Retry(Transport)),
+            (api(404, Some("404"), true), Retry(Transport)),
+            (api(404, Some("WKS."), true), Retry(Transport)),
+            (api(404, Some("APIGW.0404"), true), Retry(Transport)),
             (api(404, Some("APIGW.0101"), true), NeedsHuman(WrongEndpoint)),
             (api(404, Some("APIG.0101"), true), NeedsHuman(WrongEndpoint)),
-            (api(400, Some("WKS.0001"), true), NotFound),
-            (api(200, Some("WKS.0001"), true), NotFound),
+            (api(400, Some("WKS.0001"), true), NeedsHuman(Rejected)),
+            (api(200, Some("WKS.0001"), true), NeedsHuman(Rejected)),
+            (api(200, Some("WKS.00010109"), true), NeedsHuman(Rejected)),
             (api(400, Some("WKS.00010099"), true), NeedsHuman(Rejected)),
             (api(400, Some("APIGW.0201"), true), NeedsHuman(Rejected)),
             (api(413, None, false), Retry(Transport)),
@@ -198,5 +216,7 @@ mod tests {
         let extra = vec!["WKS.00010032".to_string()];
         assert_eq!(classify(&api(400, Some("WKS.00010032"), true), &extra), Disposition::NotFound);
         assert_eq!(classify(&api(400, Some("WKS.00010032"), true), &[]), Disposition::NeedsHuman(HumanReason::Rejected));
+        // An empty configured code never matches a body without a code.
+        assert_eq!(classify(&api(400, None, false), &["".to_string()]), Disposition::Retry(RetryReason::Transport));
     }
 }

@@ -195,8 +195,11 @@ impl WorkspaceClient {
                 request_id,
             });
         }
-        if status >= 400 || has_error_code(&body) {
-            let parsed = parse_error_body(&body);
+        // Any error shape counts, on a success status too: some Workspace errors arrive with
+        // HTTP 200 (contract, "Error codes worth knowing"), and a 2xx carrying one is never a
+        // cancel or a "no session".
+        let parsed = parse_error_body(&body);
+        if status >= 400 || parsed.structured {
             let request_id = request_id.or_else(|| parsed.request_id.clone());
             return Err(CloudError::Api(ApiError { operation, http_status: status, body: parsed, request_id }));
         }
@@ -263,12 +266,6 @@ fn request_headers(
         headers.insert(name, value);
     }
     Ok(headers)
-}
-
-/// Whether a success body carries an error code anyway (some errors arrive with HTTP 200).
-fn has_error_code(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
-        .is_ok_and(|o| o.get("error_code").is_some_and(|c| !c.is_null()))
 }
 
 async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {

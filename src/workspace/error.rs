@@ -65,10 +65,39 @@ pub struct ErrorBody {
 /// How much of a non-JSON body is kept as the message.
 const RAW_BODY_LIMIT: usize = 512;
 
+/// Most bytes kept of a message or detail from an error body (the rest is cut visibly): a body
+/// can be as large as the client reads, and these strings reach logs and status.
+pub const MAX_ERROR_TEXT_BYTES: usize = 2048;
+
+/// Most bytes kept of a code or request ID from an error body.
+pub const MAX_ERROR_CODE_BYTES: usize = 256;
+
+/// Most bytes kept of an encoded authorization message.
+pub const MAX_ENCODED_MESSAGE_BYTES: usize = 8192;
+
+impl ErrorBody {
+    /// Cuts every field to its bound.
+    fn bounded(self) -> ErrorBody {
+        use crate::text::bounded_opt;
+        ErrorBody {
+            code: bounded_opt(self.code.as_deref(), MAX_ERROR_CODE_BYTES),
+            message: bounded_opt(self.message.as_deref(), MAX_ERROR_TEXT_BYTES),
+            detail: bounded_opt(self.detail.as_deref(), MAX_ERROR_TEXT_BYTES),
+            encoded_authorization_message: bounded_opt(self.encoded_authorization_message.as_deref(), MAX_ENCODED_MESSAGE_BYTES),
+            request_id: bounded_opt(self.request_id.as_deref(), MAX_ERROR_CODE_BYTES),
+            structured: self.structured,
+        }
+    }
+}
+
 /// Parses an error body: `error_code`+`error_msg` at top level; else `code`+`message` at top
 /// level; else the first nested object with either pair; else the raw text as the message.
-/// Never fails: any body gives an [`ErrorBody`].
+/// Never fails: any body gives an [`ErrorBody`], each field bounded.
 pub fn parse_error_body(body: &[u8]) -> ErrorBody {
+    parse_unbounded(body).bounded()
+}
+
+fn parse_unbounded(body: &[u8]) -> ErrorBody {
     let json: Option<serde_json::Map<String, Value>> = serde_json::from_slice(body).ok();
     if let Some(obj) = json {
         let mut parsed = ErrorBody {
@@ -299,6 +328,10 @@ mod tests {
         assert_eq!(parse_error_body(b"{\"error_code\":").message.as_deref(), Some("{\"error_code\":"));
         let huge = vec![b'x'; 100_000];
         assert!(parse_error_body(&huge).message.unwrap().chars().count() <= RAW_BODY_LIMIT + 1);
+        let huge_json = format!(r#"{{"error_code":"WKS.1","error_msg":"{}"}}"#, "m".repeat(1 << 20));
+        let parsed = parse_error_body(huge_json.as_bytes());
+        assert!(parsed.message.as_ref().unwrap().len() <= MAX_ERROR_TEXT_BYTES);
+        assert!(parsed.message.unwrap().ends_with(crate::text::TRUNCATION_MARKER));
         assert_eq!(parse_error_body(&[0xff, 0xfe, b'a']).message.as_deref(), Some("\u{fffd}\u{fffd}a"));
     }
 
