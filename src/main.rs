@@ -154,6 +154,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         client: ClientOptions { timeout: args.cloud_timeout, extra_ca_pem, insecure_skip_tls_verify: args.insecure_skip_tls_verify, ..ClientOptions::default() },
         instance: args.instance_name.clone(),
         stuck_deleting_after: args.stuck_deleting_after,
+        unauthenticated_hold: args.unauthenticated_hold,
     };
     let client = kube::Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
     let telemetry = controller::Telemetry::default();

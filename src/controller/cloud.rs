@@ -1,13 +1,17 @@
-//! Cloud calls as the controller makes them: paced by the overall rate limit, with credentials
-//! resolved (a password login becomes a cached IAM token, renewed at once on `*.0307`).
+//! Cloud calls as the controller makes them: paced by the overall rate limit and by each
+//! credential's breaker ([`super::breaker`]), with credentials resolved (a password login becomes
+//! a cached IAM token, renewed at once on `*.0307`).
 
 use std::future::Future;
+use std::time::{Duration, Instant};
 
-use std::time::Instant;
-
-use crate::workspace::{Answer, CloudError, Credentials, Disposition, Operation, PasswordLogin, classify};
+use crate::workspace::{Answer, CloudError, Credentials, Disposition, Operation, PasswordLogin, Sensitive, classify};
 
 use super::Context;
+use super::breaker::{Admission, CredentialKey};
+
+/// Longest a call waits for another call's probe of the same credentials before asking again.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
 
 /// Credentials as a call needs them.
 #[derive(Clone, Debug)]
@@ -38,19 +42,64 @@ impl Context {
             }
         };
         match credentials {
-            CallCredentials::Direct(c) => measured(c.clone()).await,
+            CallCredentials::Direct(c) => self.guarded(&CredentialKey::of(c), operation, || measured(c.clone())).await,
             CallCredentials::Login(login) => {
-                let token = self.tokens.token(self.cloud.http(), login).await?;
-                match measured(Credentials::Token(token)).await {
+                let token = self.login(login, operation).await?;
+                let key = CredentialKey::of(&Credentials::Token(token.clone()));
+                match self.guarded(&key, operation, || measured(Credentials::Token(token.clone()))).await {
                     Err(e) if classify(&e, &self.config.not_found_codes) == Disposition::RenewToken => {
                         tracing::info!("the IAM token must be renewed: requesting a new one");
                         self.tokens.invalidate(login);
-                        let token = self.tokens.token(self.cloud.http(), login).await?;
-                        measured(Credentials::Token(token)).await
+                        let token = self.login(login, operation).await?;
+                        let key = CredentialKey::of(&Credentials::Token(token.clone()));
+                        self.guarded(&key, operation, || measured(Credentials::Token(token.clone()))).await
                     }
                     other => other,
                 }
             }
+        }
+    }
+
+    /// A token for a password login: cached, or one login at IAM, paced by the login's breaker
+    /// (a wrong password is not retried in parallel or within the lock window).
+    async fn login(&self, login: &PasswordLogin, operation: Operation) -> Result<Sensitive, CloudError> {
+        let key = CredentialKey::of_login(login);
+        self.guarded(&key, operation, || self.tokens.token(self.cloud.http(), login)).await
+    }
+
+    /// Runs `call` when the breaker of `key` admits it, and records its answer.
+    async fn guarded<T, Fut>(&self, key: &CredentialKey, operation: Operation, call: impl FnOnce() -> Fut) -> Result<T, CloudError>
+    where
+        Fut: Future<Output = Result<T, CloudError>>,
+    {
+        loop {
+            match self.breakers.admit(key, operation, Instant::now()) {
+                Admission::Go => break,
+                Admission::Wait(done) => {
+                    let _ = tokio::time::timeout(PROBE_WAIT, done.notified()).await;
+                }
+                Admission::Withhold(e) => return Err(e),
+            }
+        }
+        let mut probe = AbandonOnDrop { ctx: self, key, armed: true };
+        let result = call().await;
+        self.breakers.record(key, result.as_ref().map(|_| ()), Instant::now());
+        probe.armed = false;
+        result
+    }
+}
+
+/// Lets the next caller probe when a call admitted by the breaker is dropped before its answer.
+struct AbandonOnDrop<'a> {
+    ctx: &'a Context,
+    key: &'a CredentialKey,
+    armed: bool,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.ctx.breakers.abandon(self.key);
         }
     }
 }

@@ -62,7 +62,28 @@ struct Entry {
     failures: u32,
     not_before: Instant,
     trigger: Trigger,
+    /// Fingerprint of the credentials Secret's data when the failure happened.
+    credentials: Option<u64>,
+    /// The watch saw the credentials Secret change since (its data may not have).
     secret_changed: bool,
+}
+
+/// What the gate says about a cloud call now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Go ahead.
+    Open,
+    /// Wait this long (unless something relevant changes first).
+    Closed(Duration),
+    /// Closed for this long, but the credentials Secret changed since the failure: open only
+    /// if its data differs from the fingerprint recorded then (the operator's own metadata
+    /// writes, such as its pin, change the Secret's version but not its data).
+    SecretChanged {
+        /// The wait if the data is the same.
+        wait: Duration,
+        /// The fingerprint recorded with the failure.
+        recorded: Option<u64>,
+    },
 }
 
 /// The gates of all objects, keyed by UID.
@@ -73,17 +94,22 @@ pub struct Gates {
 
 impl Gates {
     /// Whether a cloud call may be made now for `uid`; if not, how long until it may.
-    pub fn wait_for(&self, uid: &str, trigger: &Trigger, now: Instant) -> Option<Duration> {
+    pub fn check(&self, uid: &str, trigger: &Trigger, now: Instant) -> Gate {
         let entries = self.entries.lock().expect("gates");
-        let entry = entries.get(uid)?;
-        if entry.secret_changed || &entry.trigger != trigger || now >= entry.not_before {
-            return None;
+        let Some(entry) = entries.get(uid) else { return Gate::Open };
+        if &entry.trigger != trigger || now >= entry.not_before {
+            return Gate::Open;
         }
-        Some(entry.not_before - now)
+        let wait = entry.not_before - now;
+        if entry.secret_changed {
+            return Gate::SecretChanged { wait, recorded: entry.credentials };
+        }
+        Gate::Closed(wait)
     }
 
-    /// Records a failure and returns how long to wait before the next attempt.
-    pub fn failed(&self, uid: &str, trigger: Trigger, needs_human: bool, policy: &BackoffPolicy, now: Instant) -> Duration {
+    /// Records a failure and returns how long to wait before the next attempt. `credentials` is
+    /// the fingerprint of the credentials Secret's data at the time.
+    pub fn failed(&self, uid: &str, trigger: Trigger, credentials: Option<u64>, needs_human: bool, policy: &BackoffPolicy, now: Instant) -> Duration {
         let mut entries = self.entries.lock().expect("gates");
         let failures = entries.get(uid).map_or(0, |e| e.failures) + 1;
         let delay = if needs_human {
@@ -91,7 +117,7 @@ impl Gates {
         } else {
             policy.retry_delay(failures, rand::random::<f64>())
         };
-        entries.insert(uid.to_string(), Entry { failures, not_before: now + delay, trigger, secret_changed: false });
+        entries.insert(uid.to_string(), Entry { failures, not_before: now + delay, trigger, credentials, secret_changed: false });
         delay
     }
 
@@ -100,10 +126,17 @@ impl Gates {
         self.entries.lock().expect("gates").remove(uid);
     }
 
-    /// Lets the next attempt for `uid` go ahead at once (its credentials Secret changed).
+    /// Notes that the credentials Secret of `uid` changed (see [`Gate::SecretChanged`]).
     pub fn secret_changed(&self, uid: &str) {
         if let Some(e) = self.entries.lock().expect("gates").get_mut(uid) {
             e.secret_changed = true;
+        }
+    }
+
+    /// The change of the credentials Secret left its data as it was: keep waiting.
+    pub fn secret_unchanged(&self, uid: &str) {
+        if let Some(e) = self.entries.lock().expect("gates").get_mut(uid) {
+            e.secret_changed = false;
         }
     }
 
@@ -138,19 +171,21 @@ mod tests {
         let p = BackoffPolicy::default();
         let t0 = Instant::now();
         let trig = Trigger { generation: Some(1), deleting: true, retry_token: None, paused: false };
-        assert_eq!(g.wait_for("u", &trig, t0), None, "no failure yet");
-        let d = g.failed("u", trig.clone(), false, &p, t0);
+        assert_eq!(g.check("u", &trig, t0), Gate::Open, "no failure yet");
+        let d = g.failed("u", trig.clone(), Some(7), false, &p, t0);
         assert!(d >= Duration::from_millis(500) && d <= Duration::from_secs(1));
-        assert!(g.wait_for("u", &trig, t0).is_some(), "held after a failure");
-        assert_eq!(g.wait_for("u", &trig, t0 + d), None, "released when the time comes");
+        assert!(matches!(g.check("u", &trig, t0), Gate::Closed(_)), "held after a failure");
+        assert_eq!(g.check("u", &trig, t0 + d), Gate::Open, "released when the time comes");
         let changed = Trigger { generation: Some(2), ..trig.clone() };
-        assert_eq!(g.wait_for("u", &changed, t0), None, "released by a spec change");
+        assert_eq!(g.check("u", &changed, t0), Gate::Open, "released by a spec change");
 
-        let d = g.failed("u", trig.clone(), true, &p, t0);
+        let d = g.failed("u", trig.clone(), Some(7), true, &p, t0);
         assert_eq!(d, p.needs_human_recheck);
         assert_eq!(g.failures("u"), 2);
         g.secret_changed("u");
-        assert_eq!(g.wait_for("u", &trig, t0), None, "released by a Secret change");
+        assert_eq!(g.check("u", &trig, t0), Gate::SecretChanged { wait: d, recorded: Some(7) }, "the caller compares the data");
+        g.secret_unchanged("u");
+        assert_eq!(g.check("u", &trig, t0), Gate::Closed(d), "same data: still held");
         g.succeeded("u");
         assert_eq!(g.failures("u"), 0);
     }

@@ -1,6 +1,7 @@
 //! The controller: watches RemoteAssistances (and the Secrets they name), reconciles each with
 //! bounded concurrency, paces cloud calls per object and overall, and records status and Events.
 
+pub mod breaker;
 pub mod cloud;
 pub mod credentials;
 pub mod error;
@@ -68,6 +69,9 @@ pub struct Config {
     pub instance: String,
     /// A resource deleting for longer than this counts as stuck in the metrics.
     pub stuck_deleting_after: Duration,
+    /// After credentials fail to authenticate, how long calls with them are held back (one
+    /// probe at the end): the gateway locks an AK/SK for 5 minutes after 5 failures.
+    pub unauthenticated_hold: Duration,
 }
 
 impl Default for Config {
@@ -85,6 +89,7 @@ impl Default for Config {
             client: ClientOptions::default(),
             instance: "workspace-assist".into(),
             stuck_deleting_after: Duration::from_secs(600),
+            unauthenticated_hold: Duration::from_secs(300),
         }
     }
 }
@@ -101,6 +106,8 @@ pub struct Context {
     pub gates: gate::Gates,
     /// IAM tokens of password logins.
     pub tokens: TokenCache,
+    /// Per-credential pacing after authentication failures.
+    pub breakers: breaker::Breakers,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     events: Arc<EventPublisher>,
@@ -127,6 +134,7 @@ impl Context {
     pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Result<Context, String> {
         let cloud = WorkspaceClient::new(&config.client)?;
         let observations = Arc::new(polls::Observations::new(config.poll_interval));
+        let breakers = breaker::Breakers::new(config.unauthenticated_hold);
         Ok(Context {
             events: Arc::new(EventPublisher::new(client.clone(), "workspace-assist", &config.instance)),
             limiter: RateLimiter::direct(cloud_quota(config.cloud_rate_limit)),
@@ -135,6 +143,7 @@ impl Context {
             config,
             gates: gate::Gates::default(),
             tokens: TokenCache::default(),
+            breakers,
             metrics,
             cancelled: Mutex::default(),
             secret_versions: Mutex::default(),
@@ -235,6 +244,24 @@ impl Context {
             }
         }
         Ok(secret)
+    }
+
+    /// A fingerprint of the data of the credentials Secret `ra` uses (its own, or the default),
+    /// as the cache has it; None when there is none or it cannot be read.
+    pub async fn credentials_fingerprint(&self, ra: &RemoteAssistance) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let (namespace, name) = match &ra.spec.credentials_secret_ref {
+            Some(r) => (ra.namespace().unwrap_or_default(), r.name.clone()),
+            None => self.config.default_credentials.clone()?,
+        };
+        let secret = self.secret(&namespace, &name).await.ok()??;
+        let mut hasher = std::hash::DefaultHasher::new();
+        secret.type_.hash(&mut hasher);
+        for (key, value) in secret.data.iter().flatten() {
+            key.hash(&mut hasher);
+            value.0.hash(&mut hasher);
+        }
+        Some(hasher.finish())
     }
 
     /// Whether the watch says Secret `namespace/name` carries no pin (so releasing it needs no

@@ -23,7 +23,7 @@ use super::cloud::CallCredentials;
 use super::credentials::{self, CredentialsError, SecretCredentials};
 use super::error::Error;
 use super::events::EventType;
-use super::gate::{API_RETRY_MAX, BackoffPolicy, Trigger};
+use super::gate::{API_RETRY_MAX, BackoffPolicy, Gate, Trigger};
 use super::secrets::may_need_cancel;
 use super::status::{self, Conclusion};
 
@@ -55,11 +55,23 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
         ctx.metrics.reconciled("success", "CacheCatchingUp", started.elapsed());
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    if let Some(wait) = ctx.gates.wait_for(&uid, &trigger, Instant::now()) {
+    let held = match ctx.gates.check(&uid, &trigger, Instant::now()) {
+        Gate::Open => None,
+        Gate::Closed(wait) => Some(wait),
+        // Only new credentials can fix the failure: the Secret's own version also moves with
+        // metadata writes (the operator's pin among them).
+        Gate::SecretChanged { wait, recorded } if recorded.is_some() && ctx.credentials_fingerprint(&ra).await == recorded => {
+            ctx.gates.secret_unchanged(&uid);
+            Some(wait)
+        }
+        Gate::SecretChanged { .. } => None,
+    };
+    if let Some(wait) = held {
         debug!(wait_ms = wait.as_millis() as u64, "backing off");
         ctx.metrics.reconciled("backoff", "BackingOff", started.elapsed());
         return Ok(Action::requeue(wait));
     }
+    let ra_for_fingerprint = ra.clone();
     let api: Api<RemoteAssistance> = Api::namespaced(ctx.client.clone(), &ra.namespace().unwrap_or_default());
     let result = finalizer(&api, FINALIZER, ra, |event| async {
         match event {
@@ -92,7 +104,8 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
                 other => Error::Finalizer(other.to_string()),
             };
             let policy = retry_policy(&error, ctx.config.backoff);
-            let retry_after = ctx.gates.failed(&uid, trigger, error.needs_human(), &policy, Instant::now());
+            let credentials = ctx.credentials_fingerprint(&ra_for_fingerprint).await;
+            let retry_after = ctx.gates.failed(&uid, trigger, credentials, error.needs_human(), &policy, Instant::now());
             ctx.metrics.reconciled("error", error.reason(), started.elapsed());
             if !error.needs_human() {
                 ctx.metrics.retry(error.reason());

@@ -127,6 +127,7 @@ struct State {
     iam_users: Vec<IamUser>,
     token_lifetime: Option<Duration>,
     token_requests: usize,
+    token_refusals: usize,
     sessions: HashMap<(String, String), Session>,
     missing_desktops: std::collections::HashSet<(String, String)>,
     sent_cancels: Vec<SentCancel>,
@@ -232,6 +233,11 @@ impl Simulator {
     /// How many token requests IAM answered with a token.
     pub fn tokens_issued(&self) -> usize {
         self.with(|s| s.token_requests)
+    }
+
+    /// How many token requests IAM refused (wrong user, password or body).
+    pub fn token_refusals(&self) -> usize {
+        self.with(|s| s.token_refusals)
     }
 
     /// Marks every issued token expired (each answers 401 APIGW.0307 from now on).
@@ -483,6 +489,7 @@ fn issue_token(state: &Arc<Mutex<State>>, body: &[u8]) -> Response<Full<Bytes>> 
     let mut s = state.lock().unwrap();
     let known = s.iam_users.iter().any(|u| Some(u.name.as_str()) == name && Some(u.password.as_str()) == password && Some(u.domain.as_str()) == domain);
     if !methods_ok || !known || project.is_empty() {
+        s.token_refusals += 1;
         return error_response(401, "IAM.0011", "The username or password is incorrect.", None, None);
     }
     let token = format!("MII{}", random_hex(48));

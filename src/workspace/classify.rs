@@ -91,6 +91,7 @@ pub fn classify(error: &CloudError, extra_not_found: &[String]) -> Disposition {
         }
         CloudError::Transport { .. } => return Disposition::Retry(RetryReason::Transport),
         CloudError::Request { .. } => return Disposition::NeedsHuman(HumanReason::InvalidRequest),
+        CloudError::Withheld { cause, .. } => return classify(cause, extra_not_found),
         CloudError::Api(api) => api,
     };
     let status = api.http_status;

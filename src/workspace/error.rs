@@ -238,6 +238,18 @@ pub enum CloudError {
         /// What is wrong.
         message: String,
     },
+    /// The call was not sent: an earlier call with the same credentials failed in a way that
+    /// would make this one fail too (and count against the key at the gateway). It classifies
+    /// as its cause does.
+    #[error("{operation}: not sent, {why}: {cause}")]
+    Withheld {
+        /// The operation that was not sent.
+        operation: Operation,
+        /// Why it was held back.
+        why: String,
+        /// The earlier failure.
+        cause: Box<CloudError>,
+    },
 }
 
 fn describe_api(e: &ApiError) -> String {
@@ -251,7 +263,9 @@ impl CloudError {
     pub fn operation(&self) -> Operation {
         match self {
             CloudError::Api(e) => e.operation,
-            CloudError::Transport { operation, .. } | CloudError::Request { operation, .. } => *operation,
+            CloudError::Transport { operation, .. } | CloudError::Request { operation, .. } | CloudError::Withheld { operation, .. } => {
+                *operation
+            }
         }
     }
 
@@ -260,7 +274,7 @@ impl CloudError {
         match self {
             CloudError::Api(e) => e.request_id.as_deref(),
             CloudError::Transport { request_id, .. } => request_id.as_deref(),
-            CloudError::Request { .. } => None,
+            CloudError::Request { .. } | CloudError::Withheld { .. } => None,
         }
     }
 
@@ -269,16 +283,18 @@ impl CloudError {
         match self {
             CloudError::Api(e) => Some(e.http_status),
             CloudError::Transport { http_status, .. } => *http_status,
-            CloudError::Request { .. } => None,
+            CloudError::Request { .. } | CloudError::Withheld { .. } => None,
         }
     }
 
-    /// The cloud's error code, or for failures without one a stable label of the project's.
+    /// The cloud's error code, or for failures without one a stable label of the project's. A
+    /// withheld call has its cause's code.
     pub fn code(&self) -> Option<&str> {
         match self {
             CloudError::Api(e) => e.body.code.as_deref(),
             CloudError::Transport { kind, .. } => Some(kind.as_str()),
             CloudError::Request { .. } => Some("InvalidRequest"),
+            CloudError::Withheld { cause, .. } => cause.code(),
         }
     }
 }

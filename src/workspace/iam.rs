@@ -40,26 +40,50 @@ struct CachedToken {
     expires_at: jiff::Timestamp,
 }
 
-/// Tokens by login, shared by all reconciles.
+/// Tokens by login, shared by all reconciles. Logins are single-flight: while one login of a
+/// user is in flight, other callers for that user wait for it instead of sending their own (a
+/// wrong password sent in parallel can lock a human IAM user).
 #[derive(Default)]
 pub struct TokenCache {
     tokens: Mutex<HashMap<PasswordLogin, CachedToken>>,
+    in_flight: Mutex<HashMap<PasswordLogin, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl TokenCache {
     /// A valid token for `login`: the cached one unless it expires within
     /// [`RENEW_BEFORE_EXPIRY`], else a new one from IAM.
     pub async fn token(&self, http: &reqwest::Client, login: &PasswordLogin) -> Result<Sensitive, CloudError> {
-        let now = jiff::Timestamp::now();
-        if let Some(cached) = self.tokens.lock().expect("token cache").get(login) {
-            if cached.expires_at.duration_since(now) > jiff::SignedDuration::try_from(RENEW_BEFORE_EXPIRY).expect("small") {
-                return Ok(cached.token.clone());
+        if let Some(token) = self.cached(login) {
+            return Ok(token);
+        }
+        let lock = self.in_flight.lock().expect("token logins").entry(login.clone()).or_default().clone();
+        let _single = lock.lock().await;
+        // Another caller may have logged in while this one waited.
+        if let Some(token) = self.cached(login) {
+            return Ok(token);
+        }
+        let result = request_token(http, login).await;
+        {
+            let mut in_flight = self.in_flight.lock().expect("token logins");
+            // The last holder (this one, plus the map's copy) removes the entry: bounded by the
+            // logins in flight.
+            if std::sync::Arc::strong_count(&lock) <= 2 {
+                in_flight.remove(login);
             }
         }
-        let fresh = request_token(http, login).await?;
+        let fresh = result?;
         let token = fresh.token.clone();
         self.tokens.lock().expect("token cache").insert(login.clone(), fresh);
         Ok(token)
+    }
+
+    fn cached(&self, login: &PasswordLogin) -> Option<Sensitive> {
+        let now = jiff::Timestamp::now();
+        let renew_before = jiff::SignedDuration::try_from(RENEW_BEFORE_EXPIRY).expect("small");
+        let mut tokens = self.tokens.lock().expect("token cache");
+        // Expired tokens are dropped as they are met: the cache holds live logins only.
+        tokens.retain(|_, t| t.expires_at > now);
+        tokens.get(login).filter(|t| t.expires_at.duration_since(now) > renew_before).map(|t| t.token.clone())
     }
 
     /// Drops the cached token of `login` (the API said it must be renewed).

@@ -1,0 +1,99 @@
+//! Pacing per credential on the real control plane and the simulator: many resources that share
+//! one wrong key make one failed call per lock window (the gateway locks a key after 5), a wrong
+//! IAM password is tried once, not once per resource, and only a change of the Secret's data
+//! (not of its metadata) re-drives them.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use support::operator::{AK, SECRET, SK, World, condition_reason};
+use workspace_assist::resource::{Phase, RemoteAssistance};
+
+const T: Duration = Duration::from_secs(60);
+
+fn stalled_unauthenticated(ra: &RemoteAssistance) -> bool {
+    condition_reason(ra, "Stalled").as_deref() == Some("Unauthenticated")
+}
+
+fn active(ra: &RemoteAssistance) -> bool {
+    ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)
+}
+
+#[tokio::test]
+async fn many_resources_on_one_wrong_key_make_one_failed_call() {
+    let mut w = World::new("pacing").await;
+    w.put_secret(SECRET, &[("accessKeyId", AK), ("secretAccessKey", "a-wrong-secret-key")]).await;
+    let mut config = w.config();
+    config.unauthenticated_hold = Duration::from_secs(600);
+    w.start_operator(config);
+    let names: Vec<String> = (0..30).map(|i| format!("bad-key-{i}")).collect();
+    for n in &names {
+        w.create(w.manifest(n, n)).await;
+    }
+    for n in &names {
+        w.wait_for(n, T, "Stalled Unauthenticated", stalled_unauthenticated).await;
+    }
+    let refused = || w.sim.requests().iter().filter(|r| r.status == 401).count();
+    assert_eq!(refused(), 1, "one probe for the key, every other call withheld");
+
+    // A metadata-only change of the Secret (a label, like the operator's own pin) re-drives
+    // nothing: its data is the same.
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.namespace);
+    secrets.patch(SECRET, &PatchParams::default(), &Patch::Merge(json!({ "metadata": { "labels": { "touched": "yes" } } }))).await.unwrap();
+    // A retry asked for on one resource shows the operator is awake; it is withheld too.
+    w.annotate(&names[0], json!({ "workspace.assist.dev/retry": "1" })).await;
+    w.wait_for(&names[0], T, "withheld again", |ra| {
+        ra.status.as_ref().and_then(|s| s.last_error.as_ref()).is_some_and(|e| e.error_message.as_deref().is_some_and(|m| m.contains("not sent")))
+    })
+    .await;
+    assert_eq!(refused(), 1, "no call after a metadata change or a retry within the lock window");
+
+    // The right key: every resource goes on at once.
+    w.put_secret(SECRET, &[("accessKeyId", AK), ("secretAccessKey", SK)]).await;
+    for n in &names {
+        w.wait_for(n, T, "Active", active).await;
+    }
+    assert_eq!(refused(), 1, "still one failed call in all");
+    w.stop_operator().await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_tried_once_for_all_resources() {
+    let mut w = World::new("pacing").await;
+    w.sim.add_iam_user("acme", "helpdesk", "the-right-password");
+    w.put_secret(
+        "iam-login",
+        &[("username", "helpdesk"), ("password", "a-wrong-password"), ("domainName", "acme"), ("iamEndpoint", &w.sim.endpoint())],
+    )
+    .await;
+    let mut config = w.config();
+    config.unauthenticated_hold = Duration::from_secs(600);
+    w.start_operator(config);
+    let names: Vec<String> = (0..10).map(|i| format!("pw-{i}")).collect();
+    for n in &names {
+        let mut m = w.manifest(n, n);
+        m["spec"]["credentialsSecretRef"]["name"] = json!("iam-login");
+        w.create(m).await;
+    }
+    for n in &names {
+        w.wait_for(n, T, "Stalled Unauthenticated", stalled_unauthenticated).await;
+    }
+    assert_eq!(w.sim.token_refusals(), 1, "one login with the wrong password, not one per resource");
+    assert!(w.sim.requests().is_empty(), "no Workspace call without a token");
+
+    w.put_secret(
+        "iam-login",
+        &[("username", "helpdesk"), ("password", "the-right-password"), ("domainName", "acme"), ("iamEndpoint", &w.sim.endpoint())],
+    )
+    .await;
+    for n in &names {
+        w.wait_for(n, T, "Active", active).await;
+    }
+    assert_eq!(w.sim.tokens_issued(), 1, "one login for all of them (single-flight)");
+    assert_eq!(w.sim.token_refusals(), 1);
+    w.stop_operator().await;
+}
