@@ -20,6 +20,8 @@ async fn thirty_percent_cloud_faults_converge_without_hot_loops() {
     let mut config = w.config();
     config.client.timeout = Duration::from_secs(1);
     config.poll_interval = Duration::from_secs(3600);
+    // Some faults need a person (an error delivered with HTTP 200): recheck them soon here.
+    config.backoff.needs_human_recheck = Duration::from_secs(2);
     w.start_operator(config);
     let names: Vec<String> = (0..n).map(|i| format!("f-{i}")).collect();
     for name in &names {
@@ -40,12 +42,22 @@ async fn thirty_percent_cloud_faults_converge_without_hot_loops() {
         let session = w.sim.session(PROJECT, name).expect("a session was created");
         assert!(!session.in_progress(), "{name}: cancelled in the cloud");
     }
+    // Every session ended on a confirmation the cloud sent: among the faults, replies lost after
+    // the cloud applied a cancel were followed by a "nothing to cancel" (a Workspace 404).
+    let lost_replies = w.sim.requests().iter().filter(|r| r.faulted && r.status == 0 && r.operation == Some(Operation::CancelRemoteAssistance)).count();
+    let confirmations = w.sim.sent_cancels();
+    for name in &names {
+        assert!(confirmations.iter().any(|c| c.desktop_id == *name), "{name}: the finalizer came off without a confirmation from the cloud");
+    }
+    println!("{lost_replies} cancels met a dropped connection; {} answered 404 (nothing to cancel)", confirmations.iter().filter(|c| c.status == 404).count());
     // No hot loop: per resource, at most a handful of calls in any second.
     let requests = w.sim.requests();
     let worst = busiest_second_per_desktop(&requests);
     let faulted = requests.iter().filter(|r| r.faulted).count();
     println!("{n} resources, {} cloud requests, {faulted} faulted, at most {worst} requests per resource in one second", requests.len());
-    assert!(worst <= 8, "a resource was called {worst} times within one second");
+    // A reconcile makes at most three calls (Show, Create, Show) and a retry comes at least half
+    // a second after a failure: two reconciles' worth in any second.
+    assert!(worst <= 6, "a resource was called {worst} times within one second");
     w.stop_operator().await;
 }
 

@@ -20,6 +20,7 @@ const T: Duration = Duration::from_secs(30);
 const TOKEN: &str = "MIIZtokenSECRETvalue-9f8e7d6c5b4a";
 const TEMP_SK: &str = "temporary-secret-key-Qw3Er5Ty7";
 const SECURITY_TOKEN: &str = "security-token-SECRET-Zx9Cv8Bn7";
+const PASSWORD: &str = "iam-PASSWORD-secret-Lm4Np6";
 
 #[tokio::test]
 async fn secrets_never_reach_logs_events_or_status() {
@@ -32,8 +33,11 @@ async fn secrets_never_reach_logs_events_or_status() {
         &[("accessKeyId", "AKTEMPORARY000000001"), ("secretAccessKey", TEMP_SK), ("securityToken", SECURITY_TOKEN)],
     )
     .await;
+    w.sim.add_iam_user("acme", "helpdesk", PASSWORD);
+    w.put_secret("password-credentials", &[("username", "helpdesk"), ("password", PASSWORD), ("domainName", "acme"), ("iamEndpoint", &w.sim.endpoint())]).await;
     w.put_secret("wrong-credentials", &[("accessKeyId", AK), ("secretAccessKey", "wrong-but-still-secret-SK-value")]).await;
-    let sessions: Vec<_> = ["desk-1", "desk-2", "desk-3", "desk-4"].iter().map(|d| w.sim.open_session(PROJECT, d)).collect();
+    let desks = ["desk-1", "desk-2", "desk-3", "desk-4", "desk-6"];
+    let sessions: Vec<_> = desks.iter().map(|d| w.sim.open_session(PROJECT, d)).collect();
     w.sim.inject(FaultRule::new(
         "desk-2",
         Operation::CancelRemoteAssistance,
@@ -47,9 +51,10 @@ async fn secrets_never_reach_logs_events_or_status() {
     ));
 
     let cp = support::control_plane::shared();
+    let metrics_address = format!("127.0.0.1:{}", support::process::free_port());
     let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_workspace-assist"))
         .args(["run", "--namespace", &w.namespace, "--log-level", "trace", "--backoff-base", "200ms", "--leader-elect", "false"])
-        .args(["--metrics-address", &format!("127.0.0.1:{}", support::process::free_port())])
+        .args(["--metrics-address", &metrics_address])
         .env("KUBECONFIG", &cp.kubeconfig)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -69,8 +74,8 @@ async fn secrets_never_reach_logs_events_or_status() {
         s
     });
 
-    let secret_for = ["cloud-credentials", "cloud-credentials", "token-credentials", "temporary-credentials"];
-    for (i, desk) in ["desk-1", "desk-2", "desk-3", "desk-4"].iter().enumerate() {
+    let secret_for = ["cloud-credentials", "cloud-credentials", "token-credentials", "temporary-credentials", "password-credentials"];
+    for (i, desk) in desks.iter().enumerate() {
         let mut m = w.manifest(&format!("ra-{i}"), desk);
         m["spec"]["credentialsSecretRef"]["name"] = json!(secret_for[i]);
         w.create(m).await;
@@ -80,17 +85,20 @@ async fn secrets_never_reach_logs_events_or_status() {
     w.create(wrong).await;
 
     let mut statuses = Vec::new();
-    for i in 0..4 {
+    for i in 0..desks.len() {
         statuses.push(w.wait_for(&format!("ra-{i}"), T, "Active", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)).await);
     }
     statuses.push(w.wait_for("ra-wrong", T, "Stalled", |ra| condition(ra, "Stalled").as_deref() == Some("True")).await);
-    for i in 0..4 {
+    for i in 0..desks.len() {
         w.delete(&format!("ra-{i}")).await;
     }
     statuses.push(w.wait_for("ra-1", T, "Stalled on 403", |ra| condition(ra, "Stalled").as_deref() == Some("True")).await);
-    for i in [0, 2, 3] {
+    for i in [0, 2, 3, 4] {
         w.wait_gone(&format!("ra-{i}"), T).await;
     }
+    workspace_assist::install_crypto_provider();
+    let metrics = reqwest::get(format!("http://{metrics_address}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("workspace_assist_cloud_requests_total"), "/metrics was read");
 
     // Stop the operator gracefully and collect everything it wrote.
     let pid = operator.id().unwrap() as i32;
@@ -104,16 +112,22 @@ async fn secrets_never_reach_logs_events_or_status() {
     let events = serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap();
     let statuses = serde_json::to_string(&statuses).unwrap();
 
-    let mut secrets: Vec<String> = vec![SK.into(), TOKEN.into(), TEMP_SK.into(), SECURITY_TOKEN.into(), "wrong-but-still-secret-SK-value".into()];
+    // The decoded values of every secret: the Secrets' keys, passwords and tokens, the tokens IAM
+    // issued for the password login, and each session's invitation code, password and links.
+    let mut secrets: Vec<String> = vec![SK.into(), TOKEN.into(), TEMP_SK.into(), SECURITY_TOKEN.into(), PASSWORD.into(), "wrong-but-still-secret-SK-value".into()];
+    let issued: Vec<String> = w.sim.known_tokens().into_iter().filter(|t| t != TOKEN).collect();
+    assert!(!issued.is_empty(), "IAM issued a token for the password login");
+    secrets.extend(issued);
     for s in &sessions {
         secrets.push(s.invitation_code.clone());
         secrets.push(s.share_space_passwd.clone());
+        secrets.push(format!("/s/{}?code=", s.share_space_id));
     }
-    for (what, text) in [("logs", &logs), ("Events", &events), ("status", &statuses)] {
+    for (what, text) in [("logs", &logs), ("Events", &events), ("status", &statuses), ("metrics", &metrics)] {
         for secret in &secrets {
             assert!(!text.contains(secret.as_str()), "a secret value appears in the {what}");
         }
-        assert!(!text.contains("share.example.com/s/"), "a share link appears in the {what}");
+        assert!(!text.contains("share.example.com/s/") && !text.contains("share.example.internal/s/"), "a share link appears in the {what}");
     }
 }
 

@@ -58,14 +58,21 @@ pub struct RecordedRequest {
     pub faulted: bool,
     /// When it arrived.
     pub at: Instant,
+    /// The User-Agent header it carried.
+    pub user_agent: String,
 }
 
-/// A confirmed cancel (a 204) as the simulator sent it.
+/// An answer to a cancel that confirms it (204) or that there is nothing to cancel (404 with a
+/// Workspace error), as the simulator sent it. Faulted answers are not recorded here.
 #[derive(Debug, Clone)]
 pub struct SentCancel {
     /// Desktop ID.
     pub desktop_id: String,
-    /// When the 204 was handed to the connection (after any latency).
+    /// 204 or 404.
+    pub status: u16,
+    /// When the request arrived (wall clock).
+    pub received_at: std::time::SystemTime,
+    /// When the answer was handed to the connection, after any latency (wall clock).
     pub sent_at: std::time::SystemTime,
 }
 
@@ -131,6 +138,7 @@ struct State {
     sessions: HashMap<(String, String), Session>,
     missing_desktops: std::collections::HashSet<(String, String)>,
     sent_cancels: Vec<SentCancel>,
+    in_flight: HashMap<Operation, usize>,
     rules: Vec<FaultRule>,
     random_faults: Option<(f64, Vec<Fault>)>,
     latency: Duration,
@@ -272,9 +280,19 @@ impl Simulator {
         self.with(|s| s.missing_desktops.insert((project_id.into(), desktop_id.into())));
     }
 
-    /// Every 204 the simulator sent for a cancel, with the wall-clock time it was sent.
+    /// Every confirming answer (204, or a Workspace 404) the simulator sent to a cancel.
     pub fn sent_cancels(&self) -> Vec<SentCancel> {
         self.with(|s| s.sent_cancels.clone())
+    }
+
+    /// How many requests of `operation` have arrived and not been answered yet.
+    pub fn in_flight(&self, operation: Operation) -> usize {
+        self.with(|s| s.in_flight.get(&operation).copied().unwrap_or(0))
+    }
+
+    /// Every IAM token the simulator issued or was given (to scan for leaks).
+    pub fn known_tokens(&self) -> Vec<String> {
+        self.with(|s| s.tokens.keys().cloned().collect())
     }
 
     /// The desktop's session, if it ever had one.
@@ -322,6 +340,29 @@ impl Drop for Simulator {
     }
 }
 
+/// Counts a request as in flight until it is answered (or its connection is gone).
+struct InFlight {
+    state: Arc<Mutex<State>>,
+    operation: Operation,
+}
+
+impl InFlight {
+    fn enter(state: &Arc<Mutex<State>>, operation: Operation) -> InFlight {
+        *state.lock().unwrap().in_flight.entry(operation).or_default() += 1;
+        InFlight { state: state.clone(), operation }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.lock() {
+            if let Some(n) = s.in_flight.get_mut(&self.operation) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
 /// What the handler decided, before recording.
 struct Outcome {
     response: Option<Response<Full<Bytes>>>,
@@ -331,7 +372,9 @@ struct Outcome {
 
 async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let at = Instant::now();
+    let received_at = std::time::SystemTime::now();
     let (parts, body) = req.into_parts();
+    let user_agent = parts.headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     if parts.method == http::Method::POST && parts.uri.path() == "/v3/auth/tokens" {
         return Ok(issue_token(&state, &body));
@@ -343,14 +386,16 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
     };
 
     let latency = state.lock().unwrap().latency;
+    let _in_flight = operation.map(|op| InFlight::enter(&state, op));
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     let outcome = decide(&state, &parts, &body, route).await;
     let status = outcome.response.as_ref().map_or(0, |r| r.status().as_u16());
     let mut s = state.lock().unwrap();
-    if operation == Some(Operation::CancelRemoteAssistance) && status == 204 {
-        s.sent_cancels.push(SentCancel { desktop_id: desktop_id.clone(), sent_at: std::time::SystemTime::now() });
+    if operation == Some(Operation::CancelRemoteAssistance) && matches!(status, 204 | 404) && !outcome.faulted && outcome.authenticated {
+        let sent_at = std::time::SystemTime::now();
+        s.sent_cancels.push(SentCancel { desktop_id: desktop_id.clone(), status, received_at, sent_at });
     }
     s.requests.push(RecordedRequest {
         operation,
@@ -360,7 +405,9 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
         authenticated: outcome.authenticated,
         faulted: outcome.faulted,
         at,
+        user_agent,
     });
+    drop(s); // before the in-flight guard, which takes the lock too
     outcome
         .response
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "fault: connection dropped"))

@@ -24,6 +24,9 @@ pub struct ClientOptions {
     pub extra_ca_pem: Option<Vec<u8>>,
     /// Accept any server certificate. Only through an explicit operator flag, logged loudly.
     pub insecure_skip_tls_verify: bool,
+    /// Who is calling, added to the User-Agent (`workspace-assist/VERSION (INSTANCE)`), so that
+    /// the cloud's side can tell replicas apart.
+    pub instance: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -33,6 +36,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             extra_ca_pem: None,
             insecure_skip_tls_verify: false,
+            instance: None,
         }
     }
 }
@@ -93,6 +97,16 @@ pub fn resolve_endpoint(region: Option<&str>, endpoint: Option<&str>) -> Result<
     }
 }
 
+/// The User-Agent: the project and version, and the instance when known (only characters a
+/// header value may hold).
+fn user_agent(instance: Option<&str>) -> String {
+    let base = concat!("workspace-assist/", env!("CARGO_PKG_VERSION"));
+    match instance.map(|i| i.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')).take(253).collect::<String>()) {
+        Some(i) if !i.is_empty() => format!("{base} ({i})"),
+        _ => base.to_string(),
+    }
+}
+
 /// A successful answer.
 #[derive(Debug, Clone)]
 pub struct Answer<T> {
@@ -119,7 +133,7 @@ impl WorkspaceClient {
             .timeout(options.timeout)
             .connect_timeout(options.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("workspace-assist/", env!("CARGO_PKG_VERSION")))
+            .user_agent(user_agent(options.instance.as_deref()))
             .tls_backend_rustls();
         if let Some(pem) = &options.extra_ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("reading the CA bundle: {e}"))?;

@@ -235,7 +235,8 @@ pub fn busiest_second_per_desktop(requests: &[workspace_assist::simulator::Recor
 }
 
 /// Every kind of cloud failure the tests inject at random: server errors, an HTML page,
-/// throttling, a slow answer, a dropped connection, truncated JSON, an empty and a huge body.
+/// throttling, a slow answer, a dropped connection, a reply lost after the cloud did the work,
+/// truncated JSON, an empty and a huge body, an error delivered with HTTP 200, a proxy's 404.
 pub fn assorted_cloud_faults() -> Vec<workspace_assist::simulator::Fault> {
     use workspace_assist::simulator::Fault;
     let raw = |status: u16, body: &[u8]| Fault::Raw { status, content_type: "application/json".into(), body: body.to_vec(), headers: vec![] };
@@ -246,6 +247,9 @@ pub fn assorted_cloud_faults() -> Vec<workspace_assist::simulator::Fault> {
         Fault::error(429, "APIGW.0308", "throttled"),
         Fault::Delay(Duration::from_millis(1500)),
         Fault::Drop,
+        Fault::DropAfterApplying,
+        Fault::error(200, "WKS.00010306", "an error delivered with HTTP 200"),
+        Fault::foreign_json_404(),
         raw(200, b"{\"share_space_id\": \"trunc"),
         raw(200, b""),
         raw(200, &vec![b'x'; 2 << 20]),
@@ -253,6 +257,20 @@ pub fn assorted_cloud_faults() -> Vec<workspace_assist::simulator::Fault> {
 }
 
 impl World {
+    /// Notes of the Events about resource `name`.
+    pub async fn event_notes(&self, name: &str) -> Vec<String> {
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.note)
+            .collect()
+    }
+
     /// Reasons of the Events about resource `name` (of the given type, or any).
     pub async fn event_reasons(&self, name: &str, type_: Option<&str>) -> Vec<String> {
         let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
