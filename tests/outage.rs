@@ -49,7 +49,8 @@ async fn the_operator_recovers_from_a_30s_api_server_outage_without_a_restart() 
     for n in deleted {
         w.delete(n).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    support::operator::eventually(Duration::from_secs(30), "cancels on their way", || async { w.sim.in_flight(CANCEL) >= 1 }).await;
+    let stop_started = std::time::SystemTime::now();
     let stopped = tokio::task::spawn_blocking(move || {
         cp.stop();
         cp
@@ -87,6 +88,8 @@ async fn the_operator_recovers_from_a_30s_api_server_outage_without_a_restart() 
         assert!(w.sim.session(PROJECT, n).unwrap().in_progress());
     }
     assert!(operator.running(), "the operator was never restarted; logs:\n{}", operator.logs());
+    let straddling = w.sim.sent_cancels().iter().filter(|c| c.received_at < stop_started && c.sent_at > stop_started).count();
+    assert!(straddling >= 1, "cancels were in flight when the control plane stopped");
     let cancels: usize = deleted.iter().chain(&kept[..3]).map(|n| w.sim.count(CANCEL, n)).sum();
     println!(
         "outage {:?}; work completed {recovered:?} after the control plane was back; {cancels} cloud DELETEs for 9 cancels",
