@@ -38,6 +38,7 @@ pub struct Metrics {
     cloud_requests: Family<Labels, Counter>,
     cloud_duration: Family<Labels, Histogram>,
     retries: Family<Labels, Counter>,
+    kubernetes_errors: Family<Labels, Counter>,
     resources: Family<Labels, Gauge>,
     stuck_deleting: Gauge,
     leader: Gauge,
@@ -59,6 +60,7 @@ impl Metrics {
         let cloud_requests = Family::<Labels, Counter>::default();
         let cloud_duration = Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 14)));
         let retries = Family::<Labels, Counter>::default();
+        let kubernetes_errors = Family::<Labels, Counter>::default();
         let resources = Family::<Labels, Gauge>::default();
         let stuck_deleting = Gauge::default();
         let leader = Gauge::default();
@@ -67,6 +69,11 @@ impl Metrics {
         registry.register("cloud_requests", "Cloud API calls by operation, HTTP status and error code", cloud_requests.clone());
         registry.register("cloud_request_duration_seconds", "Duration of cloud API calls by operation", cloud_duration.clone());
         registry.register("cloud_retries", "Retries scheduled after failed cloud calls, by reason", retries.clone());
+        registry.register(
+            "kubernetes_errors",
+            "Failed Kubernetes API calls the operator needed, by verb, kind and HTTP status (0: no answer)",
+            kubernetes_errors.clone(),
+        );
         registry.register("resources", "RemoteAssistances by phase", resources.clone());
         registry.register("resources_stuck_deleting", "RemoteAssistances deleting for longer than the stuck threshold", stuck_deleting.clone());
         registry.register("leader", "1 when this instance holds the leader lease", leader.clone());
@@ -77,6 +84,7 @@ impl Metrics {
             cloud_requests,
             cloud_duration,
             retries,
+            kubernetes_errors,
             resources,
             stuck_deleting,
             leader,
@@ -104,6 +112,11 @@ impl Metrics {
     /// Counts a retry scheduled with backoff.
     pub fn retry(&self, reason: &'static str) {
         self.retries.get_or_create(&vec![("reason", reason.into())]).inc();
+    }
+
+    /// Counts a failed Kubernetes API call.
+    pub fn kubernetes_error(&self, verb: &'static str, kind: &'static str, status: u16) {
+        self.kubernetes_errors.get_or_create(&vec![("verb", verb.into()), ("kind", kind.into()), ("http_status", status.to_string())]).inc();
     }
 
     /// Sets the count of resources in each phase and of those stuck deleting.

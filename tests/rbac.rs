@@ -206,3 +206,70 @@ async fn every_rule_is_needed() {
     }
     assert!(unused.is_empty(), "rules not shown necessary:\n{}", unused.join("\n"));
 }
+
+/// The index of the ClusterRole rule granting exactly `verbs` on `resource`.
+fn rule_index(resource: &str, verbs: &[&str]) -> usize {
+    let docs = yaml_docs("deploy/base/clusterrole.yaml");
+    let rules = docs[0]["rules"].as_sequence().unwrap();
+    rules
+        .iter()
+        .position(|r| {
+            r["resources"].as_sequence().unwrap().iter().any(|x| x.as_str() == Some(resource))
+                && r["verbs"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect::<Vec<_>>() == verbs
+        })
+        .unwrap_or_else(|| panic!("no rule for {verbs:?} {resource}"))
+}
+
+/// Runs the operator with one rule left out, and returns it with the world.
+async fn operator_without(rule: usize, dir: &std::path::Path) -> (World, OperatorProcess) {
+    let w = World::new("rbac").await;
+    let kubeconfig = install_rbac(&w, Without::ClusterRule(rule), dir).await;
+    let args = ["--namespace", &w.namespace, "--leader-elect", "false", "--backoff-base", "200ms", "--needs-human-recheck", "2s"];
+    let op = OperatorProcess::spawn(&kubeconfig, &args);
+    (w, op)
+}
+
+/// The resource shows a Kubernetes failure naming the verb and the object: a condition, a
+/// Warning Event, and the metric.
+async fn shows_kubernetes_failure(w: &World, op: &OperatorProcess, name: &str, condition_type: &str, needle: &str, verb: &str, kind: &str) {
+    let ra = w
+        .wait_for(name, Duration::from_secs(30), &format!("{condition_type} naming {needle}"), |ra| {
+            ra.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == condition_type && c.status == "False" && c.reason == "KubernetesForbidden" && c.message.contains(needle)))
+        })
+        .await;
+    assert!(ra.metadata.deletion_timestamp.is_none() || support::operator::has_finalizer(&ra), "{name}: held while it cannot be done");
+    support::operator::eventually(Duration::from_secs(30), "a Warning Event naming it", || async {
+        w.event_notes(name).await.iter().any(|n| n.contains(needle))
+    })
+    .await;
+    let metric = format!(r#"workspace_assist_kubernetes_errors_total{{verb="{verb}",kind="{kind}",http_status="403"}}"#);
+    support::operator::eventually(Duration::from_secs(30), "the metric", || async { op.get("/metrics").await.1.contains(&metric) }).await;
+}
+
+#[tokio::test]
+async fn a_forbidden_kubernetes_call_shows_on_the_resource() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // The invitation Secret cannot be deleted: the cancel is confirmed in the cloud, and the
+    // resource says why it is not done.
+    let (w, op) = operator_without(rule_index("secrets", &["delete"]), dir.path()).await;
+    w.create(w.manifest("ra", "desk-invitation")).await;
+    w.wait_for("ra", Duration::from_secs(30), "Active", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)).await;
+    w.patch_spec("ra", json!({ "cancelled": true })).await.unwrap();
+    shows_kubernetes_failure(&w, &op, "ra", "Synced", "delete Secret", "delete", "Secret").await;
+    assert!(!w.sim.session(PROJECT, "desk-invitation").unwrap().in_progress(), "the cancel itself was confirmed");
+
+    // The credentials Secret cannot be pinned: the session still starts, and the resource says
+    // that the namespace-deletion protection is off.
+    let (w, op) = operator_without(rule_index("secrets", &["patch"]), dir.path()).await;
+    w.create(w.manifest("ra", "desk-pin")).await;
+    shows_kubernetes_failure(&w, &op, "ra", "CredentialsPinned", "patch Secret", "patch", "Secret").await;
+    assert!(w.event_reasons("ra", Some("Warning")).await.contains(&"CredentialsPinFailed".to_string()));
+
+    // The namespace cannot be read for its deletion policy: the deletion waits, visibly.
+    let (w, op) = operator_without(rule_index("namespaces", &["get", "list", "watch"]), dir.path()).await;
+    w.create(w.manifest("ra", "desk-ns")).await;
+    w.wait_for("ra", Duration::from_secs(30), "Active", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)).await;
+    w.delete("ra").await;
+    shows_kubernetes_failure(&w, &op, "ra", "Synced", "get Namespace", "get", "Namespace").await;
+}

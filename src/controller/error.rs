@@ -29,6 +29,10 @@ pub enum Error {
     /// A Kubernetes API call failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// A Kubernetes API call the operator needed failed: which verb on which object (never a
+    /// value), shown in status and an Event, and counted.
+    #[error("{} {} {}: {}", .0.verb, .0.kind, .0.object, .0.source)]
+    Kubernetes(Box<KubernetesFailure>),
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
@@ -61,6 +65,7 @@ impl Error {
         match self {
             Error::Cloud { disposition, .. } => matches!(disposition, Disposition::NeedsHuman(_) | Disposition::RenewToken),
             Error::DesktopNotFound(_) | Error::Credentials(_) | Error::InvalidSpec(_) | Error::Paused => true,
+            Error::Kubernetes(failure) => failure.forbidden(),
             Error::Kube(_) | Error::Finalizer(_) => false,
         }
     }
@@ -73,8 +78,45 @@ impl Error {
             Error::Credentials(e) => e.reason(),
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::Kube(_) => "KubernetesApiError",
+            Error::Kubernetes(failure) if failure.forbidden() => "KubernetesForbidden",
+            Error::Kubernetes(_) => "KubernetesApiError",
             Error::Finalizer(_) => "FinalizerError",
             Error::Paused => "Paused",
         }
+    }
+}
+
+/// A failed Kubernetes API call, with what it was for.
+#[derive(Debug)]
+pub struct KubernetesFailure {
+    /// The verb: get, patch, create, delete.
+    pub verb: &'static str,
+    /// The kind of object: Secret, Namespace, RemoteAssistance.
+    pub kind: &'static str,
+    /// `namespace/name` of the object, and what the call was for.
+    pub object: String,
+    /// The API's error.
+    pub source: kube::Error,
+}
+
+impl KubernetesFailure {
+    /// The HTTP status of the API's answer (0 when none arrived).
+    pub fn status(&self) -> u16 {
+        match &self.source {
+            kube::Error::Api(s) => s.code,
+            _ => 0,
+        }
+    }
+
+    /// Whether the API refused it (RBAC): a person must grant the permission.
+    pub fn forbidden(&self) -> bool {
+        self.status() == 403
+    }
+}
+
+impl Error {
+    /// Wraps a failed Kubernetes API call with what it was for.
+    pub fn kubernetes(verb: &'static str, kind: &'static str, object: impl Into<String>, source: kube::Error) -> Error {
+        Error::Kubernetes(Box::new(KubernetesFailure { verb, kind, object: object.into(), source }))
     }
 }

@@ -163,12 +163,15 @@ impl Context {
 
     /// The namespace's deletion-policy annotation: from the watch of namespace metadata, or
     /// read from the API server when the watch does not hold the namespace (yet).
-    pub async fn namespace_deletion_policy(&self, namespace: &str) -> Result<Option<String>, kube::Error> {
+    pub async fn namespace_deletion_policy(&self, namespace: &str) -> Result<Option<String>, Error> {
         let annotation = |meta: &kube::core::ObjectMeta| meta.annotations.as_ref().and_then(|a| a.get(DELETION_POLICY_ANNOTATION).cloned());
         if let Some(cached) = self.namespaces.get().and_then(|store| store.get(&ObjectRef::new(namespace))) {
             return Ok(annotation(&cached.metadata));
         }
-        let ns = Api::<Namespace>::all(self.client.clone()).get_metadata_opt(namespace).await?;
+        let ns = Api::<Namespace>::all(self.client.clone())
+            .get_metadata_opt(namespace)
+            .await
+            .map_err(|e| Error::kubernetes("get", "Namespace", format!("{namespace} (its deletion-policy annotation)"), e))?;
         Ok(ns.and_then(|ns| annotation(&ns.metadata)))
     }
 
@@ -302,6 +305,9 @@ impl Context {
             let (ns, name) = (ns.clone(), name.clone());
             tokio::spawn(async move {
                 if let Err(e) = ctx.release_secret_if_unused(&ns, &name, "").await {
+                    if let Error::Kubernetes(f) = &e {
+                        ctx.metrics.kubernetes_error(f.verb, f.kind, f.status());
+                    }
                     warn!(error = %e, secret = %name, "could not release the credentials Secret");
                 }
             });

@@ -71,7 +71,7 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
         ctx.metrics.reconciled("backoff", "BackingOff", started.elapsed());
         return Ok(Action::requeue(wait));
     }
-    let ra_for_fingerprint = ra.clone();
+    let object = ra.clone();
     let api: Api<RemoteAssistance> = Api::namespaced(ctx.client.clone(), &ra.namespace().unwrap_or_default());
     let result = finalizer(&api, FINALIZER, ra, |event| async {
         match event {
@@ -98,13 +98,19 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
             Ok(Action::requeue(Duration::from_millis(500)))
         }
         Err(e) => {
+            let finalizer_patch = |what: &str, e| Error::kubernetes("patch", "RemoteAssistance", format!("{}/{} ({what})", object.namespace().unwrap_or_default(), object.name_any()), e);
             let error = match e {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-                finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
+                // Outside the step: recorded on the object as the cache has it.
+                finalizer::Error::AddFinalizer(e) => Step::new(&api, &object, &ctx).report(finalizer_patch("add the finalizer", e), Operation::CreateRemoteAssistance, 0).await,
+                finalizer::Error::RemoveFinalizer(e) => Step::new(&api, &object, &ctx).report(finalizer_patch("remove the finalizer", e), Operation::CancelRemoteAssistance, 0).await,
                 other => Error::Finalizer(other.to_string()),
             };
+            if let Error::Kubernetes(failure) = &error {
+                ctx.metrics.kubernetes_error(failure.verb, failure.kind, failure.status());
+            }
             let policy = retry_policy(&error, ctx.config.backoff);
-            let credentials = ctx.credentials_fingerprint(&ra_for_fingerprint).await;
+            let credentials = ctx.credentials_fingerprint(&object).await;
             let retry_after = ctx.gates.failed(&uid, trigger, credentials, error.needs_human(), &policy, Instant::now());
             ctx.metrics.reconciled("error", error.reason(), started.elapsed());
             if !error.needs_human() {
@@ -120,7 +126,7 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
 /// resumes soon after the API server is back.
 fn retry_policy(error: &Error, configured: BackoffPolicy) -> BackoffPolicy {
     match error {
-        Error::Kube(_) => BackoffPolicy { max: configured.max.min(API_RETRY_MAX), ..configured },
+        Error::Kube(_) | Error::Kubernetes(_) => BackoffPolicy { max: configured.max.min(API_RETRY_MAX), ..configured },
         _ => configured,
     }
 }
@@ -173,11 +179,15 @@ struct Step<'a> {
     api: &'a Api<RemoteAssistance>,
     ctx: &'a Context,
     ra: RemoteAssistance,
+    /// Why the credentials Secret could not be pinned in this step (reason, message).
+    pin_problem: Option<(&'static str, String)>,
+    /// A failure of this step was recorded in status and an Event already.
+    reported: bool,
 }
 
 impl<'a> Step<'a> {
     fn new(api: &'a Api<RemoteAssistance>, ra: &RemoteAssistance, ctx: &'a Context) -> Self {
-        Step { api, ctx, ra: ra.clone() }
+        Step { api, ctx, ra: ra.clone(), pin_problem: None, reported: false }
     }
 
     fn uid(&self) -> String {
@@ -190,6 +200,26 @@ impl<'a> Step<'a> {
 
     /// The object exists and holds the finalizer.
     async fn apply(mut self) -> Result<Action, Error> {
+        let result = self.apply_steps().await;
+        self.report_kubernetes_failure(result, Operation::ShowDesktopRemoteAssistanceInfo).await
+    }
+
+    /// Deletion was requested: cancel (unless orphaned, paused or already done), then let go.
+    async fn cleanup(mut self) -> Result<Action, Error> {
+        let result = self.cleanup_steps().await;
+        self.report_kubernetes_failure(result, Operation::CancelRemoteAssistance).await
+    }
+
+    /// A Kubernetes API call a step needed failed: it shows on the resource (status and an
+    /// Event) like a cloud failure, not only in the log.
+    async fn report_kubernetes_failure(&mut self, result: Result<Action, Error>, operation: Operation) -> Result<Action, Error> {
+        match result {
+            Err(error @ Error::Kubernetes(_)) if !self.reported => self.fail(error, operation, 0).await,
+            other => other,
+        }
+    }
+
+    async fn apply_steps(&mut self) -> Result<Action, Error> {
         if is_paused(&self.ra) {
             self.write(&Conclusion::Paused, 0, |_| {}).await?;
             return Ok(Action::await_change());
@@ -227,8 +257,7 @@ impl<'a> Step<'a> {
         self.observe(&target, &creds).await
     }
 
-    /// Deletion was requested: cancel (unless orphaned, paused or already done), then let go.
-    async fn cleanup(mut self) -> Result<Action, Error> {
+    async fn cleanup_steps(&mut self) -> Result<Action, Error> {
         if is_paused(&self.ra) {
             self.write(&Conclusion::Paused, 0, |_| {}).await?;
             return Err(Error::Paused);
@@ -421,22 +450,41 @@ impl<'a> Step<'a> {
 
     /// Records a failed step in status and Events, and hands the error to the backoff.
     async fn fail(&mut self, error: Error, operation: Operation, cancel_calls: u32) -> Result<Action, Error> {
+        Err(self.report(error, operation, cancel_calls).await)
+    }
+
+    /// Records a failure in status (when it can) and an Event, and returns it.
+    async fn report(&mut self, error: Error, operation: Operation, cancel_calls: u32) -> Error {
+        self.reported = true;
         // A cancel that never reached the cloud (bad Secret, bad endpoint) is not an attempt.
         let calls = if error.cloud_error().is_some() { cancel_calls } else { 0 };
         let reason = error.reason();
-        self.ctx.publish(&self.ra, EventType::Warning, reason, &format!("{operation} failed: {error}"), operation.as_str());
+        let (note, action) = match &error {
+            Error::Kubernetes(failure) => (error.to_string(), failure.verb),
+            _ => (format!("{operation} failed: {error}"), operation.as_str()),
+        };
+        self.ctx.publish(&self.ra, EventType::Warning, reason, &note, action);
         if let Err(e) = self.write(&Conclusion::Failed { error: &error, operation }, calls, |_| {}).await {
             warn!(error = %e, "could not record the failure in status");
         }
-        Err(error)
+        error
     }
 
     /// Writes the status the step concluded (when it changed) and keeps it for later writes of
     /// the same step.
     async fn write(&mut self, conclusion: &Conclusion<'_>, cancel_calls: u32, edit: impl FnOnce(&mut RemoteAssistanceStatus)) -> Result<(), Error> {
-        let mut next = status::next_status(&self.ra, conclusion, cancel_calls, Time(jiff::Timestamp::now()));
+        let now = Time(jiff::Timestamp::now());
+        let mut next = status::next_status(&self.ra, conclusion, cancel_calls, now.clone());
         edit(&mut next);
-        if let Some(version) = status::write(self.api, &self.ra, &next).await? {
+        if let Some((reason, message)) = &self.pin_problem {
+            let old = self.ra.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+            status::pin_failed(&mut next, old, reason, message, self.ra.metadata.generation, &now);
+        }
+        let written = status::write(self.api, &self.ra, &next).await.map_err(|e| {
+            let object = format!("{}/{} (write its status)", self.ra.namespace().unwrap_or_default(), self.ra.name_any());
+            Error::kubernetes("patch", "RemoteAssistance", object, e)
+        })?;
+        if let Some(version) = written {
             self.ctx.wrote(&self.uid(), &version);
         }
         self.ra.status = Some(next);
@@ -517,7 +565,7 @@ impl<'a> Step<'a> {
     }
 
     /// The cloud target and credentials; pins the credentials Secret while a cancel may need it.
-    async fn prepare(&self) -> Result<(Target, CallCredentials), Error> {
+    async fn prepare(&mut self) -> Result<(Target, CallCredentials), Error> {
         let spec = &self.ra.spec;
         let endpoint = resolve_endpoint(spec.region.as_deref(), spec.endpoint.as_deref()).map_err(Error::InvalidSpec)?;
         let target = Target { endpoint, project_id: spec.project_id.clone(), desktop_id: spec.desktop_id.clone() };
@@ -525,10 +573,23 @@ impl<'a> Step<'a> {
             Some(r) => (self.ra.namespace().unwrap_or_default(), r.name.clone()),
             None => self.ctx.config.default_credentials.clone().ok_or(CredentialsError::NotConfigured)?,
         };
-        let secret = self.ctx.secret(&namespace, &name).await?.ok_or_else(|| CredentialsError::SecretNotFound(name.clone()))?;
+        let secret = self
+            .ctx
+            .secret(&namespace, &name)
+            .await
+            .map_err(|e| Error::kubernetes("get", "Secret", format!("{namespace}/{name} (the credentials)"), e))?
+            .ok_or_else(|| CredentialsError::SecretNotFound(name.clone()))?;
         if spec.credentials_secret_ref.is_some() && may_need_cancel(&self.ra) {
-            if let Err(e) = self.ctx.pin_secret(&secret).await {
-                warn!(error = %e, secret = %name, "could not pin the credentials Secret");
+            if let Err(error) = self.ctx.pin_secret(&secret).await {
+                // The cancel goes on without the pin, but visibly: without it, deleting the
+                // namespace may delete the Secret before the cancel that needs it.
+                warn!(error = %error, secret = %name, "could not pin the credentials Secret");
+                if let Error::Kubernetes(f) = &error {
+                    self.ctx.metrics.kubernetes_error(f.verb, f.kind, f.status());
+                }
+                let message = format!("{error}; deleting the namespace may delete the Secret before the cancel that needs it");
+                self.ctx.publish(&self.ra, EventType::Warning, "CredentialsPinFailed", &message, "Pin");
+                self.pin_problem = Some((error.reason(), message));
             }
         }
         let creds = match credentials::from_secret(&secret)? {

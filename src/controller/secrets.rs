@@ -15,6 +15,7 @@ use crate::resource::{DeletionPolicy, DELETION_POLICY_ANNOTATION, Phase, RemoteA
 use crate::workspace::ShowResponse;
 
 use super::Context;
+use super::error::Error;
 use super::status::MANAGER;
 
 /// Label of invitation Secrets. The operator's Secret watch leaves them out: they never hold
@@ -58,8 +59,10 @@ impl Context {
     /// Writes the invitation Secret (owned by the resource) when its content changed since this
     /// process last wrote it; `fresh`: the session was just created, so the Secret is new.
     /// Returns its name.
-    pub async fn apply_invitation_secret(&self, ra: &RemoteAssistance, show: &ShowResponse, fresh: bool) -> Result<String, kube::Error> {
+    pub async fn apply_invitation_secret(&self, ra: &RemoteAssistance, show: &ShowResponse, fresh: bool) -> Result<String, Error> {
         let name = invitation_secret_name(&ra.name_any());
+        let namespace = ra.namespace().unwrap_or_default();
+        let failed = |verb, e| Error::kubernetes(verb, "Secret", format!("{namespace}/{name} (the session's invitation)"), e);
         let data = invitation_data(show);
         let uid = ra.uid().unwrap_or_default();
         let print = fingerprint(&data);
@@ -93,13 +96,13 @@ impl Context {
             match api.create(&params, &serde_json::from_value(secret.clone()).map_err(kube::Error::SerdeError)?).await {
                 Ok(_) => true,
                 Err(kube::Error::Api(s)) if s.code == 409 => false,
-                Err(e) => return Err(e),
+                Err(e) => return Err(failed("create", e)),
             }
         } else {
             false
         };
         if !created {
-            api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await?;
+            api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await.map_err(|e| failed("patch", e))?;
         }
         self.invitations.lock().expect("invitations").insert(uid, print);
         debug!(secret = %name, "invitation Secret written");
@@ -108,7 +111,7 @@ impl Context {
 
     /// Deletes the resource's invitation Secret, if any (the session is over or the resource is
     /// going; owner references would do it too where a garbage collector runs).
-    pub async fn delete_invitation_secret(&self, ra: &RemoteAssistance) -> Result<(), kube::Error> {
+    pub async fn delete_invitation_secret(&self, ra: &RemoteAssistance) -> Result<(), Error> {
         match self.invitation_secret_deletion(ra) {
             Some(deletion) => deletion.await,
             None => Ok(()),
@@ -120,8 +123,12 @@ impl Context {
     /// this only makes it go sooner. A failure is logged.
     pub fn delete_invitation_secret_in_background(&self, ra: &RemoteAssistance) {
         if let Some(deletion) = self.invitation_secret_deletion(ra) {
+            let metrics = self.metrics.clone();
             tokio::spawn(async move {
                 if let Err(e) = deletion.await {
+                    if let Error::Kubernetes(f) = &e {
+                        metrics.kubernetes_error(f.verb, f.kind, f.status());
+                    }
                     warn!(error = %e, "could not delete the invitation Secret (its owner reference lets the garbage collector do it)");
                 }
             });
@@ -129,21 +136,27 @@ impl Context {
     }
 
     /// The deletion of the resource's invitation Secret, when it has one.
-    fn invitation_secret_deletion(&self, ra: &RemoteAssistance) -> Option<impl Future<Output = Result<(), kube::Error>> + Send + 'static> {
+    fn invitation_secret_deletion(&self, ra: &RemoteAssistance) -> Option<impl Future<Output = Result<(), Error>> + Send + 'static> {
         let name = ra.status.as_ref().and_then(|s| s.invitation_secret_name.clone())?;
         self.invitations.lock().expect("invitations").remove(&ra.uid().unwrap_or_default());
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ra.namespace().unwrap_or_default());
+        let namespace = ra.namespace().unwrap_or_default();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         Some(async move {
             match api.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(e) => Err(e),
+                Err(e) => Err(Error::kubernetes("delete", "Secret", format!("{namespace}/{name} (the session's invitation)"), e)),
             }
         })
     }
 
     /// Puts the pin finalizer on a credentials Secret that a resource may still need.
-    pub async fn pin_secret(&self, secret: &Secret) -> Result<(), kube::Error> {
+    pub async fn pin_secret(&self, secret: &Secret) -> Result<(), Error> {
+        let what = format!("{}/{} (pin the credentials)", secret.namespace().unwrap_or_default(), secret.name_any());
+        self.try_pin_secret(secret).await.map_err(|(verb, e)| Error::kubernetes(verb, "Secret", what, e))
+    }
+
+    async fn try_pin_secret(&self, secret: &Secret) -> Result<(), (&'static str, kube::Error)> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &secret.namespace().unwrap_or_default());
         let mut current = secret.clone();
         for _ in 0..5 {
@@ -159,11 +172,11 @@ impl Context {
                     info!(secret = %current.name_any(), "credentials Secret pinned until no RemoteAssistance needs it to cancel");
                     return Ok(());
                 }
-                Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&current.name_any()).await? {
+                Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&current.name_any()).await.map_err(|e| ("get", e))? {
                     Some(fresh) => current = fresh,
                     None => return Ok(()),
                 },
-                Err(e) => return Err(e),
+                Err(e) => return Err(("patch", e)),
             }
         }
         Ok(())
@@ -171,7 +184,8 @@ impl Context {
 
     /// Removes the pin from Secret `namespace/name` when no resource other than `except_uid`
     /// may still need it to cancel.
-    pub async fn release_secret_if_unused(&self, namespace: &str, name: &str, except_uid: &str) -> Result<(), kube::Error> {
+    pub async fn release_secret_if_unused(&self, namespace: &str, name: &str, except_uid: &str) -> Result<(), Error> {
+        let failed = |verb, e| Error::kubernetes(verb, "Secret", format!("{namespace}/{name} (release the credentials pin)"), e);
         // The watch knows whether the Secret carries a pin at all: if not, there is nothing to
         // release and no need to look through every resource.
         if self.known_unpinned(namespace, name) {
@@ -194,7 +208,7 @@ impl Context {
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         for _ in 0..5 {
-            let Some(secret) = api.get_opt(name).await? else { return Ok(()) };
+            let Some(secret) = api.get_opt(name).await.map_err(|e| failed("get", e))? else { return Ok(()) };
             if !secret.finalizers().iter().any(|f| f == SECRET_FINALIZER) {
                 return Ok(());
             }
@@ -207,7 +221,7 @@ impl Context {
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
                 Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-                Err(e) => return Err(e),
+                Err(e) => return Err(failed("patch", e)),
             }
         }
         Ok(())

@@ -113,7 +113,12 @@ pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_ca
         }
         Conclusion::Failed { error, operation } => {
             let reason = error.reason();
-            let message = bounded(&format!("{operation} failed: {error}"), MAX_MESSAGE_BYTES).into_owned();
+            // A Kubernetes failure names its own verb and object; a cloud failure its operation.
+            let message = match error {
+                Error::Kubernetes(_) => error.to_string(),
+                _ => format!("{operation} failed: {error}"),
+            };
+            let message = bounded(&message, MAX_MESSAGE_BYTES).into_owned();
             if error.needs_human() {
                 phase = Phase::Failed;
                 stalled = (true, reason, message.clone());
@@ -142,6 +147,16 @@ pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_ca
         }
     }
     next
+}
+
+/// Condition type present (False) while the credentials Secret could not be pinned: deleting
+/// the namespace may then delete the Secret before the cancel that needs it.
+pub const CREDENTIALS_PINNED: &str = "CredentialsPinned";
+
+/// Adds the [`CREDENTIALS_PINNED`] condition (False) to `next`, keeping its transition time.
+pub fn pin_failed(next: &mut RemoteAssistanceStatus, old: &[Condition], reason: &str, message: &str, generation: Option<i64>, now: &Time) {
+    let message = bounded(message, MAX_MESSAGE_BYTES).into_owned();
+    next.conditions.push(condition(old, CREDENTIALS_PINNED, (false, reason, message), generation, now));
 }
 
 /// A condition, keeping the old transition time when its status did not change.
@@ -179,7 +194,7 @@ fn last_error(error: &Error, operation: Operation, now: Time) -> Option<LastErro
             e.error_code = Some(error.reason().into());
             e.error_message = bounded_opt(Some(&error.to_string()), MAX_MESSAGE_BYTES);
         }
-        Error::Kube(_) | Error::Finalizer(_) | Error::Paused => return None,
+        Error::Kube(_) | Error::Kubernetes(_) | Error::Finalizer(_) | Error::Paused => return None,
     }
     Some(e)
 }
