@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod controller;
 pub mod devenv;
+pub mod leader;
 pub mod memory;
 pub mod resource;
 pub mod simulator;

@@ -4,9 +4,8 @@ use clap::Parser;
 use tracing::{error, info, warn};
 use workspace_assist::cli::{BenchArgs, Cli, Command, DemoArgs, LogFormat, RunArgs, SimulateArgs};
 use workspace_assist::controller::{self, BackoffPolicy};
-use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
-use workspace_assist::telemetry;
+use workspace_assist::{leader, telemetry};
 use workspace_assist::workspace::ClientOptions;
 
 fn main() -> ExitCode {
@@ -155,6 +154,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         instance: args.instance_name.clone(),
         stuck_deleting_after: args.stuck_deleting_after,
         unauthenticated_hold: args.unauthenticated_hold,
+        fence: leader::Fence::always_open(),
     };
     let client = kube::Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
     let telemetry = controller::Telemetry::default();
@@ -176,17 +176,20 @@ async fn run(args: RunArgs) -> Result<(), String> {
     });
 
     if !args.leader_elect {
+        // The only instance reconciles: it leads.
+        telemetry.metrics.set_leader(true);
         let stop = shutdown.clone();
         return controller::run(client, config, telemetry, async move { stop.cancelled().await }).await;
     }
     lead_then_run(client, config, telemetry, &args, shutdown).await
 }
 
-/// Waits for the leader Lease, reconciles while holding it, and releases it on shutdown. Losing
-/// the lease stops the process (the pod restarts and becomes a standby).
+/// Waits for the leader Lease, reconciles while holding it, and releases it on shutdown. A
+/// leader that cannot prove its leadership stops its cloud calls at the renew deadline (the
+/// fence) and exits, abandoning in-flight work, so that it restarts as a standby.
 async fn lead_then_run(
     client: kube::Client,
-    config: controller::Config,
+    mut config: controller::Config,
     telemetry: controller::Telemetry,
     args: &RunArgs,
     shutdown: CancellationToken,
@@ -196,58 +199,35 @@ async fn lead_then_run(
         .clone()
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
         .unwrap_or_else(|| "default".into());
-    let manager = LeaseManagerBuilder::new(client.clone(), &args.leader_election_lease_name)
-        .with_namespace(&namespace)
-        .with_identity(&args.instance_name)
-        .with_duration(args.lease_duration.as_secs().max(2))
-        .with_grace(args.lease_renew_before.as_secs().max(1))
-        .with_field_manager(format!("workspace-assist-{}", args.instance_name))
-        .build()
-        .await
-        .map_err(|e| format!("setting up leader election on Lease {namespace}/{}: {e}", args.leader_election_lease_name))?;
-    let (mut leading, lease_task) = manager.watch().await;
+    let lease_name = &args.leader_election_lease_name;
+    let timing = leader::Timing::new(args.lease_duration, args.lease_renew_before);
+    let fence = leader::Fence::elected();
+    config.fence = fence.clone();
+    let mut elector = leader::Elector::new(kube::Api::namespaced(client.clone(), &namespace), lease_name, &args.instance_name, timing, fence);
     // A standby is ready: it can take over at once.
     telemetry.health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    info!(lease = %format!("{namespace}/{}", args.leader_election_lease_name), "waiting to become the leader");
-    while !*leading.borrow_and_update() {
-        tokio::select! {
-            changed = leading.changed() => if changed.is_err() { return Err("leader election stopped".into()) },
-            _ = shutdown.cancelled() => {
-                drop(leading);
-                let _ = lease_task.await;
-                return Ok(());
-            }
-        }
+    info!(lease = %format!("{namespace}/{lease_name}"), "waiting to become the leader");
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = shutdown.cancelled() => return Ok(()),
     }
     info!("became the leader: reconciling");
     telemetry.metrics.set_leader(true);
-    let lost = CancellationToken::new();
-    let (stop, lost_signal, mut watch_leading) = (shutdown.clone(), lost.clone(), leading.clone());
-    let stop_controller = async move {
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = async {
-                loop {
-                    if watch_leading.changed().await.is_err() || !*watch_leading.borrow_and_update() {
-                        break;
-                    }
-                }
-            } => lost_signal.cancel(),
+    let stop = shutdown.clone();
+    let mut controller = std::pin::pin!(controller::run(client, config, telemetry.clone(), async move { stop.cancelled().await }));
+    // The elector keeps renewing while the controller runs, through a graceful shutdown too.
+    let result = tokio::select! {
+        lost = elector.hold() => {
+            telemetry.metrics.set_leader(false);
+            return Err(format!("lost the leader Lease ({lost:?}): its cloud calls stopped at the renew deadline; exiting so that this instance restarts as a standby"));
         }
+        result = &mut controller => result,
     };
-    let result = controller::run(client, config, telemetry.clone(), stop_controller).await;
     telemetry.metrics.set_leader(false);
-    drop(leading);
-    match lease_task.await {
-        Ok(Ok(_)) => info!("leader Lease released"),
-        Ok(Err(e)) => warn!(error = %e, "could not release the leader Lease"),
-        Err(e) => warn!(error = %e, "the leader-election task failed"),
+    if let Err(e) = elector.release().await {
+        warn!(error = %e, "could not release the leader Lease");
     }
-    result?;
-    if lost.is_cancelled() {
-        return Err("lost the leader Lease: exiting so that this instance restarts as a standby".into());
-    }
-    Ok(())
+    result
 }
 
 /// Completes on SIGTERM or SIGINT.

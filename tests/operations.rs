@@ -210,3 +210,80 @@ async fn sigterm_finishes_in_flight_work_and_releases_the_lease() {
     assert_eq!(lease_holder(&w).await, None, "the lease was released");
     assert!(op.logs().contains("leader Lease released"), "{}", op.logs());
 }
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_acts() {
+    let w = World::new("ops").await;
+    let cp = support::control_plane::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = support::proxy::Proxy::start(support::proxy::api_server_addr(&cp.kubeconfig)).await;
+    let through = support::proxy::kubeconfig_through(&cp.kubeconfig, &proxy, dir.path());
+    let args = |instance: &'static str| {
+        vec![
+            "--namespace".to_string(),
+            w.namespace.clone(),
+            "--leader-election-namespace".into(),
+            w.namespace.clone(),
+            "--instance-name".into(),
+            instance.into(),
+            "--lease-duration".into(),
+            "4s".into(),
+            "--lease-renew-before".into(),
+            "1s".into(),
+            // Open sessions are observed every second, from the cache: a leader cut off from
+            // the API server would go on calling the cloud without the fence.
+            "--poll-interval".into(),
+            "1s".into(),
+        ]
+    };
+    let (a_args, b_args) = (args("op-a"), args("op-b"));
+    let mut a = OperatorProcess::spawn(&through, &refs(&a_args));
+    wait_for_holder(&w, T, |h| h == "op-a").await;
+    let b = OperatorProcess::spawn(&cp.kubeconfig, &refs(&b_args));
+    b.wait_http("/readyz", 200, T).await;
+
+    let names: Vec<String> = (0..6).map(|i| format!("cut-{i}")).collect();
+    for n in &names {
+        w.create(w.manifest(n, n)).await;
+    }
+    for n in &names {
+        w.wait_for(n, T, "Active", active).await;
+    }
+    let calls_by = |instance: &str| -> Vec<Instant> {
+        w.sim.requests().into_iter().filter(|r| r.user_agent.ends_with(&format!("({instance})"))).map(|r| r.at).collect()
+    };
+    support::operator::eventually(T, "the leader polling", || async { calls_by("op-a").len() > names.len() * 3 }).await;
+
+    // The leader loses the API server; resources are deleted meanwhile (only the new leader
+    // can see that).
+    proxy.cut();
+    let cut_at = Instant::now();
+    let (deleted, kept) = names.split_at(3);
+    for n in deleted {
+        w.delete(n).await;
+    }
+    wait_for_holder(&w, Duration::from_secs(60), |h| h == "op-b").await;
+    for n in deleted {
+        w.wait_gone(n, T).await;
+        assert!(!w.sim.session(PROJECT, n).unwrap().in_progress(), "{n}: cancelled by the new leader");
+    }
+    for n in kept {
+        assert!(w.sim.session(PROJECT, n).unwrap().in_progress(), "{n}: left alone");
+    }
+    let status = a.wait(T).await;
+    assert!(!status.success(), "the deposed leader exits to restart as a standby");
+    assert!(a.logs().contains("lost the leader Lease"), "{}", a.logs());
+
+    let last_a = calls_by("op-a").into_iter().max().unwrap();
+    let first_b = calls_by("op-b").into_iter().min().expect("the new leader called the cloud");
+    println!(
+        "leader cut off: its last cloud call {:?} after the cut, the new leader's first {:?} after it",
+        last_a.saturating_duration_since(cut_at),
+        first_b.saturating_duration_since(cut_at)
+    );
+    assert!(last_a < first_b, "the deposed leader called the cloud after the new leader had started");
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}

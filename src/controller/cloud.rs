@@ -5,13 +5,23 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use crate::workspace::{Answer, CloudError, Credentials, Disposition, Operation, PasswordLogin, Sensitive, classify};
+use crate::workspace::{Answer, CloudError, Credentials, Disposition, Operation, PasswordLogin, Sensitive, TransportKind, classify};
 
 use super::Context;
 use super::breaker::{Admission, CredentialKey};
 
 /// Longest a call waits for another call's probe of the same credentials before asking again.
 const PROBE_WAIT: Duration = Duration::from_secs(1);
+
+fn not_leader(operation: Operation, what: &str) -> CloudError {
+    CloudError::Transport {
+        operation,
+        kind: TransportKind::NotLeader,
+        message: format!("{what}: this instance can no longer prove it is the leader"),
+        http_status: None,
+        request_id: None,
+    }
+}
 
 /// Credentials as a call needs them.
 #[derive(Clone, Debug)]
@@ -34,8 +44,17 @@ impl Context {
             let fut = call(c);
             async move {
                 self.rate_limit().await;
+                // The leader fence: no call starts without a proof of leadership, and a call in
+                // flight is cut when the proof runs out (another leader may act after that).
+                let remaining = self.config.fence.remaining();
+                if remaining.is_some_and(|r| r.is_zero()) {
+                    return Err(not_leader(operation, "not sent"));
+                }
                 let started = Instant::now();
-                let result = fut.await;
+                let result = match remaining {
+                    None => fut.await,
+                    Some(r) => tokio::time::timeout(r, fut).await.unwrap_or_else(|_| Err(not_leader(operation, "cut off"))),
+                };
                 let outcome = result.as_ref().map(|a| a.http_status);
                 self.metrics.cloud_call(operation, outcome, started.elapsed());
                 result

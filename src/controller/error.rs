@@ -33,6 +33,10 @@ pub enum Error {
     /// value), shown in status and an Event, and counted.
     #[error("{} {} {}: {}", .0.verb, .0.kind, .0.object, .0.source)]
     Kubernetes(Box<KubernetesFailure>),
+    /// The object changed since this reconcile read it (a write's resourceVersion precondition
+    /// failed): retried soon with the newer version, quietly.
+    #[error("the object changed since it was read")]
+    Stale,
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
@@ -66,7 +70,7 @@ impl Error {
             Error::Cloud { disposition, .. } => matches!(disposition, Disposition::NeedsHuman(_) | Disposition::RenewToken),
             Error::DesktopNotFound(_) | Error::Credentials(_) | Error::InvalidSpec(_) | Error::Paused => true,
             Error::Kubernetes(failure) => failure.forbidden(),
-            Error::Kube(_) | Error::Finalizer(_) => false,
+            Error::Kube(_) | Error::Finalizer(_) | Error::Stale => false,
         }
     }
 
@@ -81,6 +85,7 @@ impl Error {
             Error::Kubernetes(failure) if failure.forbidden() => "KubernetesForbidden",
             Error::Kubernetes(_) => "KubernetesApiError",
             Error::Finalizer(_) => "FinalizerError",
+            Error::Stale => "CacheCatchingUp",
             Error::Paused => "Paused",
         }
     }

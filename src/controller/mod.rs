@@ -72,6 +72,8 @@ pub struct Config {
     /// After credentials fail to authenticate, how long calls with them are held back (one
     /// probe at the end): the gateway locks an AK/SK for 5 minutes after 5 failures.
     pub unauthenticated_hold: Duration,
+    /// Whether this instance may make cloud calls now (the leader election's proof).
+    pub fence: crate::leader::Fence,
 }
 
 impl Default for Config {
@@ -90,6 +92,7 @@ impl Default for Config {
             instance: "workspace-assist".into(),
             stuck_deleting_after: Duration::from_secs(600),
             unauthenticated_hold: Duration::from_secs(300),
+            fence: crate::leader::Fence::always_open(),
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::resource::{
     AssistanceStatus, DELETION_POLICY_ANNOTATION, DeletionPolicy, FINALIZER, PAUSED_ANNOTATION, Phase, RETRY_ANNOTATION,
     RemoteAssistance, RemoteAssistanceStatus,
 };
-use crate::workspace::{Disposition, HumanReason, Operation, PasswordLogin, ShowResponse, Target, classify, iam, resolve_endpoint};
+use crate::workspace::{CloudError, Disposition, HumanReason, Operation, TransportKind, PasswordLogin, ShowResponse, Target, classify, iam, resolve_endpoint};
 
 use crate::text::{MAX_MESSAGE_BYTES, MAX_SHORT_BYTES, bounded_opt};
 
@@ -90,8 +90,14 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
             ctx.metrics.reconciled("success", "Reconciled", started.elapsed());
             Ok(action)
         }
-        // The finalizer patches test the finalizers they saw: a 422 means the cached object was
-        // older than the stored one (this process's own write is still on its way back).
+        // The finalizer patches test the finalizers they saw, and status writes the
+        // resourceVersion: a 422 (or Stale) means the cached object was older than the stored one
+        // (this process's own write is still on its way back, or another writer's).
+        Err(finalizer::Error::ApplyFailed(Error::Stale) | finalizer::Error::CleanupFailed(Error::Stale)) => {
+            debug!("the object changed since it was read; retrying when the cache has the newer version");
+            ctx.metrics.reconciled("success", "CacheCatchingUp", started.elapsed());
+            Ok(Action::requeue(Duration::from_millis(500)))
+        }
         Err(finalizer::Error::AddFinalizer(kube::Error::Api(s)) | finalizer::Error::RemoveFinalizer(kube::Error::Api(s))) if s.code == 422 => {
             debug!("finalizer patch raced a newer version of the object; retrying when the cache has it");
             ctx.metrics.reconciled("success", "CacheCatchingUp", started.elapsed());
@@ -456,6 +462,12 @@ impl<'a> Step<'a> {
     /// Records a failure in status (when it can) and an Event, and returns it.
     async fn report(&mut self, error: Error, operation: Operation, cancel_calls: u32) -> Error {
         self.reported = true;
+        let not_leader = matches!(error.cloud_error(), Some(CloudError::Transport { kind: TransportKind::NotLeader, .. }));
+        if not_leader || matches!(error, Error::Stale) {
+            // Another leader is in charge, or a newer version of the object is on its way:
+            // nothing to record from here.
+            return error;
+        }
         // A cancel that never reached the cloud (bad Secret, bad endpoint) is not an attempt.
         let calls = if error.cloud_error().is_some() { cancel_calls } else { 0 };
         let reason = error.reason();
@@ -481,11 +493,16 @@ impl<'a> Step<'a> {
             status::pin_failed(&mut next, old, reason, message, self.ra.metadata.generation, &now);
         }
         let written = status::write(self.api, &self.ra, &next).await.map_err(|e| {
+            if status::is_stale(&e) {
+                return Error::Stale;
+            }
             let object = format!("{}/{} (write its status)", self.ra.namespace().unwrap_or_default(), self.ra.name_any());
             Error::kubernetes("patch", "RemoteAssistance", object, e)
         })?;
         if let Some(version) = written {
             self.ctx.wrote(&self.uid(), &version);
+            // The next write of this step tests against the version just written.
+            self.ra.metadata.resource_version = Some(version);
         }
         self.ra.status = Some(next);
         Ok(())

@@ -194,7 +194,7 @@ fn last_error(error: &Error, operation: Operation, now: Time) -> Option<LastErro
             e.error_code = Some(error.reason().into());
             e.error_message = bounded_opt(Some(&error.to_string()), MAX_MESSAGE_BYTES);
         }
-        Error::Kube(_) | Error::Kubernetes(_) | Error::Finalizer(_) | Error::Paused => return None,
+        Error::Kube(_) | Error::Kubernetes(_) | Error::Finalizer(_) | Error::Stale | Error::Paused => return None,
     }
     Some(e)
 }
@@ -215,10 +215,24 @@ pub async fn write(api: &Api<RemoteAssistance>, ra: &RemoteAssistance, next: &Re
     if !changed(ra.status.as_ref(), next) {
         return Ok(None);
     }
-    let patch: json_patch::Patch = serde_json::from_value(json!([{ "op": "add", "path": "/status", "value": next }])).map_err(kube::Error::SerdeError)?;
+    // The resourceVersion the status was computed from is a precondition: a status computed
+    // from an older object (another writer, a deposed leader) never replaces a newer one; the
+    // API server refuses it with a 422 (see [`is_stale`]).
+    let mut ops = Vec::with_capacity(2);
+    if let Some(version) = ra.resource_version() {
+        ops.push(json!({ "op": "test", "path": "/metadata/resourceVersion", "value": version }));
+    }
+    ops.push(json!({ "op": "add", "path": "/status", "value": next }));
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops)).map_err(kube::Error::SerdeError)?;
     let params = PatchParams { field_manager: Some(MANAGER.into()), ..PatchParams::default() };
     let written = api.patch_status(&ra.name_any(), &params, &Patch::<()>::Json(patch)).await?;
     Ok(written.resource_version())
+}
+
+/// Whether a write was refused because the object changed since it was read (the JSON patch's
+/// resourceVersion test failed, or an update's precondition).
+pub fn is_stale(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(s) if s.code == 409 || s.code == 422)
 }
 
 #[cfg(test)]

@@ -195,6 +195,8 @@ pub enum TransportKind {
     Body,
     /// Anything else on the way.
     Other,
+    /// Not sent, or cut off: this instance is not (or can no longer prove it is) the leader.
+    NotLeader,
 }
 
 impl TransportKind {
@@ -206,6 +208,7 @@ impl TransportKind {
             TransportKind::Redirect => "UnexpectedRedirect",
             TransportKind::Body => "InvalidResponseBody",
             TransportKind::Other => "TransportError",
+            TransportKind::NotLeader => "NotLeader",
         }
     }
 }

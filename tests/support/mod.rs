@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod operator;
+pub mod proxy;
 pub mod process;
 
 /// The project's control plane, started once per test binary.
