@@ -303,7 +303,7 @@ impl<'a> Step<'a> {
     /// confirmation. Returns how many cancel calls it made.
     async fn end_session(&self, target: &Target, creds: &CallCredentials) -> Result<u32, StepFailure> {
         if self.phase() == Some(Phase::Closed) {
-            let shown = self.show(target, creds).await.map_err(|error| StepFailure::show(error))?;
+            let shown = self.show(target, creds).await.map_err(StepFailure::show)?;
             if !shown.in_progress() {
                 info!("the cloud confirms no session is in progress: nothing to cancel");
                 self.ctx.confirm_cancelled(&self.uid());

@@ -162,6 +162,10 @@ pub fn build(harness: &Harness) -> Result<PathBuf, String> {
 /// Builds the Go package `package` (relative to the harness module, e.g. `./cmd/kubectl`) into
 /// `name` in the build directory, unless its sources are unchanged since the last build.
 pub fn build_tool(harness: &Harness, package: &str, name: &str) -> Result<PathBuf, String> {
+    // Tests of one binary run on several threads: one build at a time in this process (the
+    // others then find it built), and a temporary file of its own for each build.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let src = &harness.source_dir;
     let out_dir = &harness.build_dir;
     std::fs::create_dir_all(out_dir).map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
@@ -183,7 +187,7 @@ pub fn build_tool(harness: &Harness, package: &str, name: &str) -> Result<PathBu
     }
     eprintln!("building {name} with go build (a cold build takes several minutes)...");
     let started = Instant::now();
-    let tmp = out_dir.join(format!("{name}.tmp-{}", std::process::id()));
+    let tmp = out_dir.join(format!("{name}.tmp-{}-{:016x}", std::process::id(), rand::random::<u64>()));
     // No -trimpath: the upstream test server finds its certificate fixtures through its source path.
     let output = Command::new(&go)
         .current_dir(src)

@@ -257,32 +257,21 @@ pub fn assorted_cloud_faults() -> Vec<workspace_assist::simulator::Fault> {
 }
 
 impl World {
+    /// The Events about resource `name`.
+    pub async fn events_about(&self, name: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        let all = events.list(&Default::default()).await.unwrap().items;
+        all.into_iter().filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)).collect()
+    }
+
     /// Notes of the Events about resource `name`.
     pub async fn event_notes(&self, name: &str) -> Vec<String> {
-        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
-        events
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .filter_map(|e| e.note)
-            .collect()
+        self.events_about(name).await.into_iter().filter_map(|e| e.note).collect()
     }
 
     /// Reasons of the Events about resource `name` (of the given type, or any).
     pub async fn event_reasons(&self, name: &str, type_: Option<&str>) -> Vec<String> {
-        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
-        events
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .filter(|e| type_.is_none() || e.type_.as_deref() == type_)
-            .filter_map(|e| e.reason)
-            .collect()
+        let about = self.events_about(name).await;
+        about.into_iter().filter(|e| type_.is_none() || e.type_.as_deref() == type_).filter_map(|e| e.reason).collect()
     }
 }
