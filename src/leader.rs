@@ -144,6 +144,7 @@ impl Elector {
 
     /// Waits until this instance holds the Lease.
     pub async fn acquire(&mut self) {
+        let mut last_error = String::new();
         loop {
             let sent_at = Instant::now();
             match self.try_acquire_or_renew().await {
@@ -152,7 +153,12 @@ impl Elector {
                     return;
                 }
                 Ok(false) => {}
-                Err(e) => debug!(error = %e, "trying the leader Lease"),
+                // Said once per distinct error (a standby retries every retry period).
+                Err(e) if e.to_string() != last_error => {
+                    last_error = e.to_string();
+                    warn!(error = %e, "trying the leader Lease failed");
+                }
+                Err(e) => debug!(error = %e, "trying the leader Lease failed"),
             }
             tokio::time::sleep(self.timing.retry_period).await;
         }

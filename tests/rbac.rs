@@ -152,6 +152,12 @@ async fn lifecycle(w: &World) -> Result<(), String> {
     if w.sim.count(Operation::CancelRemoteAssistance, "desk-two") != 1 {
         return Err("desk-two was not cancelled exactly once".into());
     }
+    // The leader keeps its Lease: renewed since it was acquired, and still held.
+    step("the leader Lease renewed", STEP, async || {
+        let spec = leases.get_opt("workspace-assist").await.unwrap().and_then(|l| l.spec);
+        spec.is_some_and(|s| s.holder_identity.as_deref() == Some("rbac") && s.renew_time.as_ref().map(|t| t.0) > s.acquire_time.as_ref().map(|t| t.0))
+    })
+    .await?;
     Ok(())
 }
 
@@ -174,6 +180,11 @@ async fn run_case(without: Without, dir: &std::path::Path) -> (Result<(), String
             "1s",
             "--needs-human-recheck",
             "2s",
+            // Renewals every half second, so that the lifecycle needs them too.
+            "--lease-duration",
+            "4s",
+            "--lease-renew-before",
+            "1s",
         ],
     );
     let result = lifecycle(&w).await;
