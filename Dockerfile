@@ -6,7 +6,9 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY crds ./crds
 COPY tests ./tests
-RUN cargo build --release --locked --bin workspace-assist
+# Without the default dev-tools feature: the operator and the simulator, no demo, benchmark or
+# control-plane launcher (tests/shipped_binary.rs runs this very line and checks).
+RUN cargo build --release --locked --no-default-features --bin workspace-assist
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /src/target/release/workspace-assist /workspace-assist

@@ -28,13 +28,16 @@ pub enum Command {
     /// without a Huawei Cloud account.
     Simulate(SimulateArgs),
     /// Run the whole lifecycle locally: a real control plane, the simulator and the operator.
+    #[cfg(feature = "dev-tools")]
     Demo(DemoArgs),
     /// Measure deletion latency, drain and create throughput, memory and idle cost against a
     /// floor measured in the same run (build with --release).
+    #[cfg(feature = "dev-tools")]
     Bench(BenchArgs),
 }
 
 /// Settings of `bench`.
+#[cfg(feature = "dev-tools")]
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Sequential deletions in the latency scenario.
@@ -101,6 +104,7 @@ pub struct SimulateArgs {
 }
 
 /// Settings of `demo`.
+#[cfg(feature = "dev-tools")]
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
     /// Where to build the control-plane harness (default: control-plane/ in Cargo's target

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod controller;
+#[cfg(feature = "dev-tools")]
 pub mod devenv;
 pub mod leader;
 pub mod memory;

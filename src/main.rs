@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing::{error, info, warn};
-use workspace_assist::cli::{BenchArgs, Cli, Command, DemoArgs, LogFormat, RunArgs, SimulateArgs};
+use workspace_assist::cli::{Cli, Command, LogFormat, RunArgs, SimulateArgs};
 use workspace_assist::controller::{self, BackoffPolicy};
 use tokio_util::sync::CancellationToken;
 use workspace_assist::{leader, telemetry};
@@ -24,13 +24,15 @@ fn main() -> ExitCode {
             init_logging("info", LogFormat::Text);
             finish("the simulator stopped", runtime().block_on(simulate(args)))
         }
+        #[cfg(feature = "dev-tools")]
         Command::Demo(args) => {
             init_logging("warn", LogFormat::Text);
-            finish("the demo failed", runtime().block_on(demo(args)))
+            finish("the demo failed", runtime().block_on(workspace_assist::devenv::commands::demo(args)))
         }
+        #[cfg(feature = "dev-tools")]
         Command::Bench(args) => {
             init_logging("warn", LogFormat::Text);
-            finish("the benchmark failed", runtime().block_on(bench(args)))
+            finish("the benchmark failed", runtime().block_on(workspace_assist::devenv::commands::bench(args)))
         }
     }
 }
@@ -48,38 +50,6 @@ fn finish(what: &str, result: Result<(), String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Where the control-plane harness is built by default: control-plane/ in Cargo's target directory.
-fn default_build_dir() -> std::path::PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("control-plane")
-}
-
-async fn demo(args: DemoArgs) -> Result<(), String> {
-    workspace_assist::install_crypto_provider();
-    let build_dir = args.build_dir.unwrap_or_else(default_build_dir);
-    workspace_assist::devenv::demo::run(workspace_assist::devenv::demo::DemoOptions { build_dir }).await
-}
-
-async fn bench(args: BenchArgs) -> Result<(), String> {
-    workspace_assist::install_crypto_provider();
-    if cfg!(debug_assertions) {
-        eprintln!("note: this is a debug build; run `cargo run --release -- bench` for figures worth comparing");
-    }
-    let options = workspace_assist::devenv::bench::BenchOptions {
-        build_dir: args.build_dir.unwrap_or_else(default_build_dir),
-        operator: std::env::current_exe().map_err(|e| e.to_string())?,
-        latency_samples: args.latency_samples,
-        resources: args.resources,
-        large: args.large,
-        latency_scenario_resources: args.latency_scenario_resources,
-        idle_window: args.idle_window,
-        concurrency: args.concurrency,
-    };
-    workspace_assist::devenv::bench::run(options).await.map(|_| ())
 }
 
 async fn simulate(args: SimulateArgs) -> Result<(), String> {

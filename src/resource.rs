@@ -229,7 +229,7 @@ fn is_zero(n: &u32) -> bool {
 }
 
 /// A failed cloud call, as the cloud described it. Text from the cloud is cut (visibly, ending
-/// in "…[truncated]") to the maxLength of its field.
+/// in `…[truncated]`) to the maxLength of its field.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LastError {
@@ -264,4 +264,20 @@ pub struct LastError {
     /// When the call failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<Time>,
+}
+
+/// A RemoteAssistance for unit tests: desktop `d` of project `p` in cn-north-4.
+#[cfg(test)]
+pub(crate) fn sample(name: &str) -> RemoteAssistance {
+    let spec = RemoteAssistanceSpec {
+        project_id: "p".into(),
+        desktop_id: "d".into(),
+        region: Some("cn-north-4".into()),
+        endpoint: None,
+        credentials_secret_ref: None,
+        cancelled: false,
+        deletion_policy: None,
+        initiate: true,
+    };
+    RemoteAssistance::new(name, spec)
 }

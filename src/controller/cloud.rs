@@ -68,7 +68,7 @@ impl Context {
                 match self.guarded(&key, operation, || measured(Credentials::Token(token.clone()))).await {
                     Err(e) if classify(&e, &self.config.not_found_codes) == Disposition::RenewToken => {
                         tracing::info!("the IAM token must be renewed: requesting a new one");
-                        self.tokens.invalidate(login);
+                        self.credentials.tokens.invalidate(login);
                         let token = self.login(login, operation).await?;
                         let key = CredentialKey::of(&Credentials::Token(token.clone()));
                         self.guarded(&key, operation, || measured(Credentials::Token(token.clone()))).await
@@ -83,7 +83,7 @@ impl Context {
     /// (a wrong password is not retried in parallel or within the lock window).
     async fn login(&self, login: &PasswordLogin, operation: Operation) -> Result<Sensitive, CloudError> {
         let key = CredentialKey::of_login(login);
-        self.guarded(&key, operation, || self.tokens.token(self.cloud.http(), login)).await
+        self.guarded(&key, operation, || self.credentials.tokens.token(self.cloud.http(), login)).await
     }
 
     /// Runs `call` when the breaker of `key` admits it, and records its answer.
@@ -92,7 +92,7 @@ impl Context {
         Fut: Future<Output = Result<T, CloudError>>,
     {
         loop {
-            match self.breakers.admit(key, operation, Instant::now()) {
+            match self.credentials.breakers.admit(key, operation, Instant::now()) {
                 Admission::Go => break,
                 Admission::Wait(done) => {
                     let _ = tokio::time::timeout(PROBE_WAIT, done.notified()).await;
@@ -102,7 +102,7 @@ impl Context {
         }
         let mut probe = AbandonOnDrop { ctx: self, key, armed: true };
         let result = call().await;
-        self.breakers.record(key, result.as_ref().map(|_| ()), Instant::now());
+        self.credentials.breakers.record(key, result.as_ref().map(|_| ()), Instant::now());
         probe.armed = false;
         result
     }
@@ -118,7 +118,7 @@ struct AbandonOnDrop<'a> {
 impl Drop for AbandonOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.ctx.breakers.abandon(self.key);
+            self.ctx.credentials.breakers.abandon(self.key);
         }
     }
 }

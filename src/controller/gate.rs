@@ -23,6 +23,19 @@ pub struct Trigger {
     pub paused: bool,
 }
 
+impl Trigger {
+    /// The trigger of an object as it is now (`paused`: whether the paused annotation is set).
+    pub fn of(ra: &crate::resource::RemoteAssistance, paused: bool) -> Trigger {
+        use kube::ResourceExt;
+        Trigger {
+            generation: ra.metadata.generation,
+            deleting: ra.metadata.deletion_timestamp.is_some(),
+            retry_token: ra.annotations().get(crate::resource::RETRY_ANNOTATION).cloned(),
+            paused,
+        }
+    }
+}
+
 /// Longest wait between retries of a failure to talk to the Kubernetes API.
 pub const API_RETRY_MAX: Duration = Duration::from_secs(10);
 

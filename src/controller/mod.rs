@@ -3,19 +3,22 @@
 
 pub mod breaker;
 pub mod cloud;
+pub mod credential_cache;
 pub mod credentials;
 pub mod error;
 pub mod events;
 pub mod gate;
 pub mod polls;
+pub mod recall;
 pub mod reconcile;
-pub mod secrets;
+pub mod invitation;
+pub mod pins;
+pub mod secret_index;
 pub mod status;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -29,18 +32,11 @@ use tracing::{debug, info, warn};
 
 use crate::resource::{DELETION_POLICY_ANNOTATION, DeletionPolicy, RemoteAssistance, SECRET_FINALIZER};
 use crate::telemetry::{Health, Metrics};
-use crate::workspace::{ClientOptions, TokenCache, WorkspaceClient};
+use crate::workspace::{ClientOptions, WorkspaceClient};
 
 pub use error::Error;
 use events::{EventPublisher, EventType, Note};
 pub use gate::BackoffPolicy;
-
-/// How long a confirmed cancel is remembered in memory (beyond that, status records it, or the
-/// object is long gone).
-pub const CANCEL_MEMORY: Duration = Duration::from_secs(600);
-
-/// Longest a reconcile waits for the cache to catch up with this process's own status write.
-pub const OWN_WRITE_WAIT: Duration = Duration::from_secs(10);
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -105,29 +101,22 @@ pub struct Context {
     pub cloud: WorkspaceClient,
     /// Settings.
     pub config: Config,
-    /// Per-object pacing.
+    /// Per-object pacing (speed and politeness: no hot loops).
     pub gates: gate::Gates,
-    /// IAM tokens of password logins.
-    pub tokens: TokenCache,
-    /// Per-credential pacing after authentication failures.
-    pub breakers: breaker::Breakers,
+    /// Credentials as last read, IAM tokens, and per-credential breakers.
+    pub credentials: credential_cache::CredentialCache,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     events: Arc<EventPublisher>,
     limiter: DefaultDirectRateLimiter,
-    /// Confirmed cancels by UID, kept for a while after the object is gone: the cache may still
-    /// hold the object and queue one more reconcile for it.
-    cancelled: Mutex<HashMap<String, std::time::Instant>>,
-    /// Latest resourceVersion of each watched Secret, and whether it carries the pin.
-    secret_versions: Mutex<HashMap<(String, String), (String, bool)>>,
-    /// Credentials read from a Secret at a resourceVersion: a Secret that did not change since
-    /// is not read again.
-    credentials_cache: Mutex<HashMap<(String, String), (String, Secret)>>,
+    /// Confirmed cancels and own status writes the cache may not show yet (correctness).
+    pub recall: recall::Recall,
+    /// The credentials Secrets in use: latest version and pin, from the watch.
+    pub secret_index: secret_index::SecretIndex,
     /// When each open session was last observed, and which polls are due.
     pub observations: Arc<polls::Observations>,
-    invitations: Mutex<HashMap<String, u64>>,
-    /// The resourceVersion of this process's last status write, by UID.
-    own_writes: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    /// What this process last wrote to each invitation Secret.
+    pub invitations: invitation::Invitations,
     store: OnceLock<Store<RemoteAssistance>>,
     namespaces: OnceLock<Store<PartialObjectMeta<Namespace>>>,
 }
@@ -137,7 +126,7 @@ impl Context {
     pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Result<Context, String> {
         let cloud = WorkspaceClient::new(&config.client)?;
         let observations = Arc::new(polls::Observations::new(config.poll_interval));
-        let breakers = breaker::Breakers::new(config.unauthenticated_hold);
+        let credentials = credential_cache::CredentialCache::new(config.unauthenticated_hold);
         Ok(Context {
             events: Arc::new(EventPublisher::new(client.clone(), "workspace-assist", &config.instance)),
             limiter: RateLimiter::direct(cloud_quota(config.cloud_rate_limit)),
@@ -145,15 +134,12 @@ impl Context {
             cloud,
             config,
             gates: gate::Gates::default(),
-            tokens: TokenCache::default(),
-            breakers,
+            credentials,
             metrics,
-            cancelled: Mutex::default(),
-            secret_versions: Mutex::default(),
-            credentials_cache: Mutex::default(),
+            recall: recall::Recall::default(),
+            secret_index: secret_index::SecretIndex::default(),
             observations,
-            invitations: Mutex::default(),
-            own_writes: Mutex::default(),
+            invitations: invitation::Invitations::default(),
             store: OnceLock::new(),
             namespaces: OnceLock::new(),
         })
@@ -183,73 +169,42 @@ impl Context {
         self.limiter.until_ready().await;
     }
 
-    /// Remembers that the cloud confirmed this object's cancel.
-    pub fn confirm_cancelled(&self, uid: &str) {
-        let now = std::time::Instant::now();
-        let mut cancelled = self.cancelled.lock().expect("cancelled set");
-        cancelled.retain(|_, at| now.duration_since(*at) < CANCEL_MEMORY);
-        cancelled.insert(uid.to_string(), now);
-    }
-
-    /// Whether this process saw the cloud confirm this object's cancel.
-    pub fn was_cancelled(&self, uid: &str) -> bool {
-        self.cancelled.lock().expect("cancelled set").contains_key(uid)
-    }
-
     /// Forgets the per-object state of an object that is gone (its confirmed cancel is kept for
-    /// [`CANCEL_MEMORY`]).
+    /// [`recall::CANCEL_MEMORY`]).
     pub fn forget(&self, uid: &str) {
-        self.invitations.lock().expect("invitations").remove(uid);
+        self.invitations.forget(uid);
         self.observations.forget(uid);
-        self.own_writes.lock().expect("own writes").remove(uid);
+        self.recall.forget(uid);
         self.gates.forget(uid);
-    }
-
-    /// Records the resourceVersion of a status write of this process.
-    pub fn wrote(&self, uid: &str, resource_version: &str) {
-        if let Ok(version) = resource_version.parse::<u64>() {
-            self.own_writes.lock().expect("own writes").insert(uid.to_string(), (version, std::time::Instant::now()));
-        }
-    }
-
-    /// Whether the cached object predates this process's last status write of it (made less
-    /// than [`OWN_WRITE_WAIT`] ago). The resourceVersions of one etcd are increasing integers;
-    /// anything else never counts as older. The record goes once the cache has caught up or
-    /// the wait is over, so a store restored from backup cannot hold an object back.
-    pub fn is_older_than_own_write(&self, ra: &RemoteAssistance) -> bool {
-        let Some(version) = ra.resource_version().and_then(|v| v.parse::<u64>().ok()) else { return false };
-        let uid = ra.uid().unwrap_or_default();
-        let mut writes = self.own_writes.lock().expect("own writes");
-        match writes.get(&uid) {
-            Some((written, at)) if version < *written && at.elapsed() < OWN_WRITE_WAIT => true,
-            Some(_) => {
-                writes.remove(&uid);
-                false
-            }
-            None => false,
-        }
     }
 
     /// The Secret, from the cache when the watch says it has not changed since it was read.
     pub async fn secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>, kube::Error> {
         let key = (namespace.to_string(), name.to_string());
-        let latest = self.secret_versions.lock().expect("secret versions").get(&key).map(|(v, _)| v.clone());
-        if let (Some(latest), Some((cached_version, secret))) = (latest, self.credentials_cache.lock().expect("credentials").get(&key)) {
-            if latest == *cached_version {
-                return Ok(Some(secret.clone()));
-            }
+        if let Some(cached) = self.secret_index.latest(&key).and_then(|latest| self.credentials.at_version(&key, &latest)) {
+            return Ok(Some(cached));
         }
         let secret = Api::<Secret>::namespaced(self.client.clone(), namespace).get_opt(name).await?;
-        match &secret {
-            Some(s) => {
-                let version = s.resource_version().unwrap_or_default();
-                self.credentials_cache.lock().expect("credentials").insert(key, (version, s.clone()));
-            }
-            None => {
-                self.credentials_cache.lock().expect("credentials").remove(&key);
-            }
+        if let Some(s) = &secret {
+            // A Secret in use: the index follows it from here (the watch may not have said
+            // anything about it yet).
+            let pinned = s.finalizers().iter().any(|f| f == SECRET_FINALIZER);
+            self.secret_index.observe(&key, &s.resource_version().unwrap_or_default(), pinned);
         }
+        self.credentials.put(key, secret.as_ref());
         Ok(secret)
+    }
+
+    /// Drops the index entries and cached credentials of Secrets no resource uses any more.
+    pub fn forget_unused_secrets(&self, store: &Store<RemoteAssistance>) {
+        let mut in_use: std::collections::HashSet<secret_index::SecretKey> = store
+            .state()
+            .iter()
+            .filter_map(|ra| Some((ra.namespace()?, ra.spec.credentials_secret_ref.as_ref()?.name.clone())))
+            .collect();
+        in_use.extend(self.config.default_credentials.clone());
+        self.secret_index.retain(|k| in_use.contains(k));
+        self.credentials.retain(|k| in_use.contains(k));
     }
 
     /// A fingerprint of the data of the credentials Secret `ra` uses (its own, or the default),
@@ -268,21 +223,6 @@ impl Context {
             value.0.hash(&mut hasher);
         }
         Some(hasher.finish())
-    }
-
-    /// Whether the watch says Secret `namespace/name` carries no pin (so releasing it needs no
-    /// API call). Unknown Secrets count as possibly pinned.
-    pub fn known_unpinned(&self, namespace: &str, name: &str) -> bool {
-        self.secret_versions
-            .lock()
-            .expect("secret versions")
-            .get(&(namespace.to_string(), name.to_string()))
-            .is_some_and(|(_, pinned)| !pinned)
-    }
-
-    /// Forgets a confirmed cancel once the status records it.
-    pub fn forget_cancel(&self, uid: &str) {
-        self.cancelled.lock().expect("cancelled set").remove(uid);
     }
 
     /// Publishes an Event in the background: a failed publish is logged, never blocks the
@@ -315,19 +255,24 @@ impl Context {
                 }
             });
         }
-        let version = secret.resource_version().unwrap_or_default();
         let key = (ns.clone(), name.clone());
-        let pinned = secret.finalizers().iter().any(|f| f == SECRET_FINALIZER);
-        let previous = self.secret_versions.lock().expect("secret versions").insert(key.clone(), (version.clone(), pinned));
-        if previous.map(|(v, _)| v) == Some(version) {
+        let is_default = self.config.default_credentials.as_ref() == Some(&key);
+        let users = store.state_filter(|ra| match &ra.spec.credentials_secret_ref {
+            Some(r) => r.name == name && ra.namespace().as_deref() == Some(ns.as_str()),
+            None => is_default,
+        });
+        if users.is_empty() && !is_default {
+            // Not a credentials Secret in use: not indexed (the index stays as small as the
+            // Secrets in use), and any credentials read from it are dropped.
+            self.secret_index.forget(&key);
+            self.credentials.put(key, None);
             return vec![];
         }
-        let is_default = self.config.default_credentials.as_ref() == Some(&key);
-        store
-            .state_filter(|ra| match &ra.spec.credentials_secret_ref {
-                Some(r) => r.name == name && ra.namespace().as_deref() == Some(ns.as_str()),
-                None => is_default,
-            })
+        let pinned = secret.finalizers().iter().any(|f| f == SECRET_FINALIZER);
+        if !self.secret_index.observe(&key, &secret.resource_version().unwrap_or_default(), pinned) {
+            return vec![];
+        }
+        users
             .into_iter()
             .map(|ra| {
                 self.gates.secret_changed(&ra.uid().unwrap_or_default());
@@ -354,20 +299,49 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), String> {
     let ctx = Arc::new(Context::new(client.clone(), config, telemetry.metrics.clone())?);
-    // Which answers release a finalizer is the operator's most consequential setting: say it.
-    if ctx.config.not_found_codes.is_empty() {
+    log_not_found_policy(&ctx.config);
+    let (resources, store, resources_relay) = watch_resources(&ctx);
+    let _ = ctx.store.set(store.clone());
+    let (secrets, secrets_relay) = watch_secrets(&ctx);
+    let namespaces = tokio::spawn(watch_namespaces(ctx.clone()));
+    let housekeeping = tokio::spawn(keep_house(ctx.clone(), store.clone(), telemetry.clone()));
+    let mapper_ctx = ctx.clone();
+    let polls = polls::due(ctx.observations.clone(), store.clone());
+    Controller::for_stream(resources, store.clone())
+        .reconcile_on(polls)
+        .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
+        .watches_stream(secrets, move |secret| mapper_ctx.on_secret(&secret, &store))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(|result| async move { log_reconcile(result) })
+        .await;
+    for task in [housekeeping, namespaces, resources_relay, secrets_relay] {
+        task.abort();
+    }
+    Ok(())
+}
+
+/// Which answers release a finalizer is the operator's most consequential setting: say it.
+fn log_not_found_policy(config: &Config) {
+    if config.not_found_codes.is_empty() {
         info!("\"nothing to cancel\" is a 404 with a Workspace (WKS.*) error body only; no extra not-found codes configured");
     } else {
-        info!(codes = ?ctx.config.not_found_codes, "\"nothing to cancel\" is a 404 with a Workspace error body, or one of these configured not-found codes");
+        info!(codes = ?config.not_found_codes, "\"nothing to cancel\" is a 404 with a Workspace error body, or one of these configured not-found codes");
     }
-    let (resources, secrets): (Api<RemoteAssistance>, Api<PartialObjectMeta<Secret>>) = match &ctx.config.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+}
+
+type Relayed<T> = futures::channel::mpsc::Receiver<Result<T, watcher::Error>>;
+
+/// The watch of RemoteAssistances feeding the controller's cache, driven by its own task. The
+/// cache keeps only what reconciles read: managed fields and the last-applied annotation (a
+/// copy of the whole object) are dropped as objects arrive.
+fn watch_resources(ctx: &Context) -> (Relayed<RemoteAssistance>, Store<RemoteAssistance>, tokio::task::JoinHandle<()>) {
+    let api: Api<RemoteAssistance> = match &ctx.config.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
     };
-    // The cache keeps only what reconciles read: managed fields and the last-applied annotation
-    // (a copy of the whole object) are dropped as objects arrive.
     let (store, writer) = reflector::store();
-    let resources = watcher(resources, watcher::Config::default().any_semantic())
+    let resources = watcher(api, watcher::Config::default().any_semantic())
         .backoff(watch_backoff())
         .modify(|ra: &mut RemoteAssistance| {
             ra.managed_fields_mut().clear();
@@ -375,46 +349,39 @@ pub async fn run(
         })
         .reflect(writer)
         .applied_objects();
-    let (resources, resources_relay) = relay(resources, "RemoteAssistance");
-    let controller = Controller::for_stream(resources, store.clone());
-    let _ = ctx.store.set(store.clone());
-    // Secrets only trigger reconciles: their metadata (name, resourceVersion, finalizers) is enough.
-    // Invitation Secrets (one per resource, written by the operator) are left out.
-    let secrets_config = watcher::Config::default().any_semantic().labels(&format!("!{}", secrets::INVITATION_LABEL));
-    let (secrets, secrets_relay) = relay(watcher(secrets, secrets_config).backoff(watch_backoff()).touched_objects(), "Secret");
-    let namespaces = tokio::spawn(watch_namespaces(ctx.clone()));
-    let gauges = tokio::spawn(report_resources(store.clone(), telemetry.clone(), ctx.config.stuck_deleting_after));
-    let mapper_ctx = ctx.clone();
-    let polls = polls::due(ctx.observations.clone(), store.clone());
-    controller
-        .reconcile_on(polls)
-        .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
-        .watches_stream(secrets, move |secret| mapper_ctx.on_secret(&secret, &store))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => debug!(%object, "reconciled"),
-                Err(controller::Error::ReconcilerFailed(failure, object)) => {
-                    let retry_after_ms = failure.retry_after.as_millis() as u64;
-                    let reason = failure.error.reason();
-                    let request_id = failure.error.cloud_error().and_then(|e| e.request_id()).unwrap_or_default().to_string();
-                    if matches!(failure.error, Error::Cloud { .. }) && !failure.error.needs_human() {
-                        info!(%object, error = %failure, reason, request_id, retry_after_ms, "reconcile failed; retrying with backoff")
-                    } else {
-                        warn!(%object, error = %failure, reason, request_id, retry_after_ms, "reconcile failed")
-                    }
-                }
-                Err(controller::Error::ObjectNotFound(_)) => {}
-                Err(e) => warn!(error = %e, "controller"),
+    let (stream, task) = relay(resources, "RemoteAssistance");
+    (stream, store, task)
+}
+
+/// The watch of Secrets, which only triggers reconciles: their metadata (name, resourceVersion,
+/// finalizers) is enough. Invitation Secrets (one per resource, written by the operator) are
+/// left out.
+fn watch_secrets(ctx: &Context) -> (Relayed<PartialObjectMeta<Secret>>, tokio::task::JoinHandle<()>) {
+    let api: Api<PartialObjectMeta<Secret>> = match &ctx.config.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let config = watcher::Config::default().any_semantic().labels(&format!("!{}", invitation::INVITATION_LABEL));
+    relay(watcher(api, config).backoff(watch_backoff()).touched_objects(), "Secret")
+}
+
+/// Logs the outcome of a reconcile: passing cloud failures at info, the rest at warn.
+fn log_reconcile(result: Result<(ObjectRef<RemoteAssistance>, kube::runtime::controller::Action), controller::Error<reconcile::Failure, watcher::Error>>) {
+    match result {
+        Ok((object, _)) => debug!(%object, "reconciled"),
+        Err(controller::Error::ReconcilerFailed(failure, object)) => {
+            let retry_after_ms = failure.retry_after.as_millis() as u64;
+            let reason = failure.error.reason();
+            let request_id = failure.error.cloud_error().and_then(|e| e.request_id()).unwrap_or_default().to_string();
+            if matches!(failure.error, Error::Cloud { .. }) && !failure.error.needs_human() {
+                info!(%object, error = %failure, reason, request_id, retry_after_ms, "reconcile failed; retrying with backoff")
+            } else {
+                warn!(%object, error = %failure, reason, request_id, retry_after_ms, "reconcile failed")
             }
-        })
-        .await;
-    gauges.abort();
-    namespaces.abort();
-    resources_relay.abort();
-    secrets_relay.abort();
-    Ok(())
+        }
+        Err(controller::Error::ObjectNotFound(_)) => {}
+        Err(e) => warn!(error = %e, "controller"),
+    }
 }
 
 /// The cloud call quota: `per_second` calls spaced evenly, no burst, so that no one-second
@@ -431,7 +398,7 @@ fn cloud_quota(per_second: NonZeroU32) -> Quota {
 fn relay<T: Send + 'static>(
     watch: impl futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
     what: &'static str,
-) -> (impl futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static, tokio::task::JoinHandle<()>) {
+) -> (Relayed<T>, tokio::task::JoinHandle<()>) {
     use futures::SinkExt;
     let (mut tx, rx) = futures::channel::mpsc::channel(1024);
     let task = tokio::spawn(async move {
@@ -483,36 +450,44 @@ async fn watch_namespaces(ctx: Arc<Context>) {
         .await;
 }
 
-/// Marks the instance ready once the cache is synced, then keeps the per-phase gauges current.
-async fn report_resources(store: Store<RemoteAssistance>, telemetry: Telemetry, stuck_after: Duration) {
+/// Marks the instance ready once the cache is synced; then, every 5 s, keeps the per-phase
+/// gauges current, and every minute drops what is kept for Secrets no resource uses any more
+/// and hands free heap pages back.
+async fn keep_house(ctx: Arc<Context>, store: Store<RemoteAssistance>, telemetry: Telemetry) {
     if store.wait_until_ready().await.is_ok() {
         telemetry.health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    let phases = ["Pending", "Active", "Cancelling", "Cancelled", "Closed", "Failed"];
     for round in 0u64.. {
+        if round % 12 == 0 {
+            ctx.forget_unused_secrets(&store);
+        }
         // Every 30 s (and once the cache is built), free heap pages go back to the system.
         if round % 6 == 0 {
             crate::memory::release_free_memory();
         }
-        let now = jiff::Timestamp::now();
-        let mut counts: Vec<(&'static str, i64)> = phases.iter().map(|p| (*p, 0)).collect();
-        let mut stuck = 0;
-        for ra in store.state() {
-            if let Some(phase) = ra.status.as_ref().and_then(|s| s.phase) {
-                let name = format!("{phase:?}");
-                if let Some(c) = counts.iter_mut().find(|(p, _)| *p == name) {
-                    c.1 += 1;
-                }
-            }
-            if let Some(deleting) = &ra.metadata.deletion_timestamp {
-                if now.duration_since(deleting.0).unsigned_abs() > stuck_after {
-                    stuck += 1;
-                }
-            }
-        }
-        telemetry.metrics.set_resources(&counts, stuck);
+        report_resources(&store, &telemetry, ctx.config.stuck_deleting_after);
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+}
+
+/// Sets the per-phase gauges and the count of resources stuck deleting.
+fn report_resources(store: &Store<RemoteAssistance>, telemetry: &Telemetry, stuck_after: Duration) {
+    const PHASES: [&str; 6] = ["Pending", "Active", "Cancelling", "Cancelled", "Closed", "Failed"];
+    let now = jiff::Timestamp::now();
+    let mut counts: Vec<(&'static str, i64)> = PHASES.iter().map(|p| (*p, 0)).collect();
+    let mut stuck = 0;
+    for ra in store.state() {
+        if let Some(phase) = ra.status.as_ref().and_then(|s| s.phase) {
+            let name = format!("{phase:?}");
+            if let Some(c) = counts.iter_mut().find(|(p, _)| *p == name) {
+                c.1 += 1;
+            }
+        }
+        if ra.metadata.deletion_timestamp.as_ref().is_some_and(|d| now.duration_since(d.0).unsigned_abs() > stuck_after) {
+            stuck += 1;
+        }
+    }
+    telemetry.metrics.set_resources(&counts, stuck);
 }
 
 #[cfg(test)]

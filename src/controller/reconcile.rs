@@ -11,7 +11,7 @@ use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::resource::{
-    AssistanceStatus, DELETION_POLICY_ANNOTATION, DeletionPolicy, FINALIZER, PAUSED_ANNOTATION, Phase, RETRY_ANNOTATION,
+    AssistanceStatus, DELETION_POLICY_ANNOTATION, DeletionPolicy, FINALIZER, PAUSED_ANNOTATION, Phase,
     RemoteAssistance, RemoteAssistanceStatus,
 };
 use crate::workspace::{CloudError, Disposition, HumanReason, Operation, TransportKind, PasswordLogin, ShowResponse, Target, classify, iam, resolve_endpoint};
@@ -24,7 +24,7 @@ use super::credentials::{self, CredentialsError, SecretCredentials};
 use super::error::Error;
 use super::events::EventType;
 use super::gate::{API_RETRY_MAX, BackoffPolicy, Gate, Trigger};
-use super::secrets::may_need_cancel;
+use super::pins::may_need_cancel;
 use super::status::{self, Conclusion};
 
 /// A failed reconcile and when to try again.
@@ -37,38 +37,14 @@ pub struct Failure {
     pub retry_after: Duration,
 }
 
-/// Reconciles one RemoteAssistance.
+/// Reconciles one RemoteAssistance: the pre-checks, then the finalizer's dispatch to
+/// `Step::apply` or `Step::cleanup`, then the outcome for the backoff and the metrics.
 #[tracing::instrument(skip_all, fields(namespace = ra.namespace().unwrap_or_default(), resource = ra.name_any()))]
 pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<Action, Failure> {
     let started = Instant::now();
-    let uid = ra.uid().unwrap_or_default();
-    let trigger = Trigger {
-        generation: ra.metadata.generation,
-        deleting: ra.metadata.deletion_timestamp.is_some(),
-        retry_token: ra.annotations().get(RETRY_ANNOTATION).cloned(),
-        paused: is_paused(&ra),
-    };
-    if ctx.is_older_than_own_write(&ra) {
-        // The cache has not caught up with this process's last status write: acting on it
-        // would repeat work (the watch event of that write triggers a reconcile soon).
-        debug!("cache older than our last write; waiting for it");
-        ctx.metrics.reconciled("success", "CacheCatchingUp", started.elapsed());
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
-    let held = match ctx.gates.check(&uid, &trigger, Instant::now()) {
-        Gate::Open => None,
-        Gate::Closed(wait) => Some(wait),
-        // Only new credentials can fix the failure: the Secret's own version also moves with
-        // metadata writes (the operator's pin among them).
-        Gate::SecretChanged { wait, recorded } if recorded.is_some() && ctx.credentials_fingerprint(&ra).await == recorded => {
-            ctx.gates.secret_unchanged(&uid);
-            Some(wait)
-        }
-        Gate::SecretChanged { .. } => None,
-    };
-    if let Some(wait) = held {
-        debug!(wait_ms = wait.as_millis() as u64, "backing off");
-        ctx.metrics.reconciled("backoff", "BackingOff", started.elapsed());
+    let trigger = Trigger::of(&ra, is_paused(&ra));
+    if let Some((wait, result, reason)) = held_back(&ra, &ctx, &trigger).await {
+        ctx.metrics.reconciled(result, reason, started.elapsed());
         return Ok(Action::requeue(wait));
     }
     let object = ra.clone();
@@ -80,7 +56,8 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
         }
     })
     .await;
-    match result {
+    let uid = object.uid().unwrap_or_default();
+    let error = match result {
         Ok(action) => {
             if trigger.deleting {
                 ctx.forget(&uid);
@@ -88,43 +65,75 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
                 ctx.gates.succeeded(&uid);
             }
             ctx.metrics.reconciled("success", "Reconciled", started.elapsed());
-            Ok(action)
+            return Ok(action);
         }
-        // The finalizer patches test the finalizers they saw, and status writes the
-        // resourceVersion: a 422 (or Stale) means the cached object was older than the stored one
-        // (this process's own write is still on its way back, or another writer's).
-        Err(finalizer::Error::ApplyFailed(Error::Stale) | finalizer::Error::CleanupFailed(Error::Stale)) => {
-            debug!("the object changed since it was read; retrying when the cache has the newer version");
-            ctx.metrics.reconciled("success", "CacheCatchingUp", started.elapsed());
-            Ok(Action::requeue(Duration::from_millis(500)))
-        }
-        Err(finalizer::Error::AddFinalizer(kube::Error::Api(s)) | finalizer::Error::RemoveFinalizer(kube::Error::Api(s))) if s.code == 422 => {
-            debug!("finalizer patch raced a newer version of the object; retrying when the cache has it");
-            ctx.metrics.reconciled("success", "CacheCatchingUp", started.elapsed());
-            Ok(Action::requeue(Duration::from_millis(500)))
-        }
-        Err(e) => {
-            let finalizer_patch = |what: &str, e| Error::kubernetes("patch", "RemoteAssistance", format!("{}/{} ({what})", object.namespace().unwrap_or_default(), object.name_any()), e);
-            let error = match e {
-                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-                // Outside the step: recorded on the object as the cache has it.
-                finalizer::Error::AddFinalizer(e) => Step::new(&api, &object, &ctx).report(finalizer_patch("add the finalizer", e), Operation::CreateRemoteAssistance, 0).await,
-                finalizer::Error::RemoveFinalizer(e) => Step::new(&api, &object, &ctx).report(finalizer_patch("remove the finalizer", e), Operation::CancelRemoteAssistance, 0).await,
-                other => Error::Finalizer(other.to_string()),
-            };
-            if let Error::Kubernetes(failure) = &error {
-                ctx.metrics.kubernetes_error(failure.verb, failure.kind, failure.status());
+        Err(e) => match finalizer_error(e, &api, &object, &ctx).await {
+            Ok(wait) => {
+                ctx.metrics.reconciled("success", "CacheCatchingUp", started.elapsed());
+                return Ok(Action::requeue(wait));
             }
-            let policy = retry_policy(&error, ctx.config.backoff);
-            let credentials = ctx.credentials_fingerprint(&object).await;
-            let retry_after = ctx.gates.failed(&uid, trigger, credentials, error.needs_human(), &policy, Instant::now());
-            ctx.metrics.reconciled("error", error.reason(), started.elapsed());
-            if !error.needs_human() {
-                ctx.metrics.retry(error.reason());
-            }
-            Err(Failure { error, retry_after })
-        }
+            Err(error) => error,
+        },
+    };
+    let policy = retry_policy(&error, ctx.config.backoff);
+    let credentials = ctx.credentials_fingerprint(&object).await;
+    let retry_after = ctx.gates.failed(&uid, trigger, credentials, error.needs_human(), &policy, Instant::now());
+    ctx.metrics.reconciled("error", error.reason(), started.elapsed());
+    if !error.needs_human() {
+        ctx.metrics.retry(error.reason());
     }
+    Err(Failure { error, retry_after })
+}
+
+/// Why not to act on this object now, if so: how long to wait, and the result and reason for
+/// the metrics.
+async fn held_back(ra: &RemoteAssistance, ctx: &Context, trigger: &Trigger) -> Option<(Duration, &'static str, &'static str)> {
+    if ctx.recall.is_older_than_own_write(ra) {
+        // The cache has not caught up with this process's last status write: acting on it
+        // would repeat work (the watch event of that write triggers a reconcile soon).
+        debug!("cache older than our last write; waiting for it");
+        return Some((Duration::from_secs(1), "success", "CacheCatchingUp"));
+    }
+    let uid = ra.uid().unwrap_or_default();
+    let wait = match ctx.gates.check(&uid, trigger, Instant::now()) {
+        Gate::Open => return None,
+        Gate::Closed(wait) => wait,
+        // Only new credentials can fix the failure: the Secret's own version also moves with
+        // metadata writes (the operator's pin among them).
+        Gate::SecretChanged { wait, recorded } if recorded.is_some() && ctx.credentials_fingerprint(ra).await == recorded => {
+            ctx.gates.secret_unchanged(&uid);
+            wait
+        }
+        Gate::SecretChanged { .. } => return None,
+    };
+    debug!(wait_ms = wait.as_millis() as u64, "backing off");
+    Some((wait, "backoff", "BackingOff"))
+}
+
+/// What a failed finalizer run means: Ok(wait) when the object changed since it was read (the
+/// finalizer patches test the finalizers they saw, status writes the resourceVersion: a 422 or
+/// [`Error::Stale`]; retried quietly when the cache has the newer version), else the error. A
+/// failed finalizer patch is recorded on the object as the cache has it.
+async fn finalizer_error(e: finalizer::Error<Error>, api: &Api<RemoteAssistance>, object: &RemoteAssistance, ctx: &Context) -> Result<Duration, Error> {
+    let patch = |what: &str, e| Error::kubernetes("patch", "RemoteAssistance", format!("{}/{} ({what})", object.namespace().unwrap_or_default(), object.name_any()), e);
+    let error = match e {
+        finalizer::Error::ApplyFailed(Error::Stale) | finalizer::Error::CleanupFailed(Error::Stale) => {
+            debug!("the object changed since it was read; retrying when the cache has the newer version");
+            return Ok(Duration::from_millis(500));
+        }
+        finalizer::Error::AddFinalizer(kube::Error::Api(s)) | finalizer::Error::RemoveFinalizer(kube::Error::Api(s)) if s.code == 422 => {
+            debug!("finalizer patch raced a newer version of the object; retrying when the cache has it");
+            return Ok(Duration::from_millis(500));
+        }
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(e) => Step::new(api, object, ctx).report(patch("add the finalizer", e), Operation::CreateRemoteAssistance, 0).await,
+        finalizer::Error::RemoveFinalizer(e) => Step::new(api, object, ctx).report(patch("remove the finalizer", e), Operation::CancelRemoteAssistance, 0).await,
+        other => Error::Finalizer(other.to_string()),
+    };
+    if let Error::Kubernetes(failure) = &error {
+        ctx.metrics.kubernetes_error(failure.verb, failure.kind, failure.status());
+    }
+    Err(error)
 }
 
 /// The backoff for a failure. Failures talking to the Kubernetes API (an outage, a conflict)
@@ -231,7 +240,7 @@ impl<'a> Step<'a> {
             return Ok(Action::await_change());
         }
         if self.spec_cancelled_done() {
-            self.finish(&Conclusion::Cancelled).await?;
+            self.record_cancelled(0).await?;
             return Ok(Action::await_change());
         }
         if self.phase() == Some(Phase::Closed) && !self.ra.spec.cancelled {
@@ -254,7 +263,7 @@ impl<'a> Step<'a> {
         if self.ra.spec.cancelled {
             return match self.end_session(&target, &creds).await {
                 Ok(calls) => {
-                    self.finish_with_calls(&Conclusion::Cancelled, calls).await?;
+                    self.record_cancelled(calls).await?;
                     Ok(Action::await_change())
                 }
                 Err(failed) => self.fail(failed.error, failed.operation, failed.cancel_calls).await,
@@ -273,12 +282,12 @@ impl<'a> Step<'a> {
         if policy == DeletionPolicy::Orphan {
             info!("deletion policy Orphan: leaving the cloud session alone");
             self.ctx.publish(&self.ra, EventType::Normal, "Orphaned", "Deleted without cancelling the remote assistance (deletion policy Orphan)", "Delete");
-            self.release().await?;
+            self.let_go_without_cancel().await?;
             return Ok(Action::await_change());
         }
         if self.already_done() {
             debug!("nothing left to cancel: releasing without a cloud call");
-            self.release().await?;
+            self.let_go_without_cancel().await?;
             return Ok(Action::await_change());
         }
         let (target, creds) = match self.prepare().await {
@@ -290,7 +299,7 @@ impl<'a> Step<'a> {
         self.ctx.delete_invitation_secret_in_background(&self.ra);
         match self.end_session(&target, &creds).await {
             Ok(_) => {
-                self.release_pin().await?;
+                self.unpin_credentials().await?;
                 Ok(Action::await_change())
             }
             Err(failed) => self.fail(failed.error, failed.operation, failed.cancel_calls).await,
@@ -306,7 +315,7 @@ impl<'a> Step<'a> {
             let shown = self.show(target, creds).await.map_err(StepFailure::show)?;
             if !shown.in_progress() {
                 info!("the cloud confirms no session is in progress: nothing to cancel");
-                self.ctx.confirm_cancelled(&self.uid());
+                self.ctx.recall.confirm_cancelled(&self.uid());
                 self.ctx.publish(&self.ra, EventType::Normal, "NothingToCancel", "The cloud confirms no remote assistance is in progress for this desktop", "Cancel");
                 return Ok(0);
             }
@@ -330,7 +339,7 @@ impl<'a> Step<'a> {
             info!("the cloud reports the session closed");
             self.ctx.publish(&self.ra, EventType::Normal, "ClosedRemotely", "The session was closed in the cloud", "Observe");
             let facts = shown.share_space_id.is_some().then(|| assistance_from_show(&shown, self.created_by_operator(&shown)));
-            self.finish_closed(facts).await?;
+            self.record_closed(facts).await?;
             return Ok(Action::await_change());
         }
         if !self.ra.spec.initiate {
@@ -425,7 +434,7 @@ impl<'a> Step<'a> {
         match result {
             Ok(answer) => {
                 info!(request_id = answer.request_id.as_deref().unwrap_or(""), "remote assistance cancelled");
-                ctx.confirm_cancelled(&self.uid());
+                ctx.recall.confirm_cancelled(&self.uid());
                 ctx.publish(ra, EventType::Normal, "Cancelled", "The cloud confirmed the cancel", "Cancel");
                 Ok(())
             }
@@ -436,7 +445,7 @@ impl<'a> Step<'a> {
                         code = error.code().unwrap_or(""),
                         "nothing to cancel: the cloud has no remote assistance for this desktop"
                     );
-                    ctx.confirm_cancelled(&self.uid());
+                    ctx.recall.confirm_cancelled(&self.uid());
                     ctx.publish(ra, EventType::Normal, "NothingToCancel", "The cloud has no remote assistance in progress for this desktop", "Cancel");
                     Ok(())
                 }
@@ -500,7 +509,7 @@ impl<'a> Step<'a> {
             Error::kubernetes("patch", "RemoteAssistance", object, e)
         })?;
         if let Some(version) = written {
-            self.ctx.wrote(&self.uid(), &version);
+            self.ctx.recall.wrote(&self.uid(), &version);
             // The next write of this step tests against the version just written.
             self.ra.metadata.resource_version = Some(version);
         }
@@ -508,15 +517,13 @@ impl<'a> Step<'a> {
         Ok(())
     }
 
-    /// The session is over (cancelled): drop its secret parts and the credentials pin.
-    async fn finish(&mut self, conclusion: &Conclusion<'_>) -> Result<(), Error> {
-        self.finish_with_calls(conclusion, 0).await
-    }
-
-    async fn finish_with_calls(&mut self, conclusion: &Conclusion<'_>, calls: u32) -> Result<(), Error> {
+    /// The cancel is confirmed (`calls`: the cancel calls this reconcile made): the session's
+    /// secret parts go, the status says Cancelled, and the credentials pin goes when no other
+    /// resource needs it.
+    async fn record_cancelled(&mut self, calls: u32) -> Result<(), Error> {
         self.ctx.observations.forget(&self.uid());
         self.ctx.delete_invitation_secret(&self.ra).await?;
-        self.write(conclusion, calls, |s| {
+        self.write(&Conclusion::Cancelled, calls, |s| {
             s.invitation_secret_name = None;
             // The cloud closes a cancelled session.
             if let Some(a) = s.assistance.as_mut() {
@@ -524,17 +531,16 @@ impl<'a> Step<'a> {
             }
         })
         .await?;
-        self.release().await?;
-        if self.phase() == Some(Phase::Cancelled) && self.ctx.was_cancelled(&self.uid()) {
-            // The status records it now; memory is no longer needed.
-            self.ctx.forget_cancel(&self.uid());
-        }
+        self.unpin_credentials().await?;
+        // The status records it now; the memory of the cancel is no longer needed.
+        self.ctx.recall.forget_cancel(&self.uid());
         Ok(())
     }
 
-    /// The session was closed in the cloud by someone else. The credentials pin stays: a later
-    /// cancel or deletion confirms with the cloud before the finalizer comes off.
-    async fn finish_closed(&mut self, facts: Option<AssistanceStatus>) -> Result<(), Error> {
+    /// The session was closed in the cloud by someone else: its secret parts go and the status
+    /// says Closed. The credentials pin stays: a later cancel or deletion confirms with the
+    /// cloud before the finalizer comes off.
+    async fn record_closed(&mut self, facts: Option<AssistanceStatus>) -> Result<(), Error> {
         self.ctx.observations.forget(&self.uid());
         self.ctx.delete_invitation_secret(&self.ra).await?;
         self.write(&Conclusion::Closed, 0, |s| {
@@ -546,17 +552,15 @@ impl<'a> Step<'a> {
         .await
     }
 
-    /// Drops the invitation Secret of a resource that is going, and the credentials pin when no
-    /// other resource needs the Secret.
-    async fn release(&self) -> Result<(), Error> {
-        if self.ra.metadata.deletion_timestamp.is_some() {
-            self.ctx.delete_invitation_secret(&self.ra).await?;
-        }
-        self.release_pin().await
+    /// The object goes without a cloud call (Orphan, or a cancel already confirmed): its
+    /// invitation Secret and the credentials pin go with it.
+    async fn let_go_without_cancel(&self) -> Result<(), Error> {
+        self.ctx.delete_invitation_secret(&self.ra).await?;
+        self.unpin_credentials().await
     }
 
     /// Drops the credentials pin when no other resource needs the Secret.
-    async fn release_pin(&self) -> Result<(), Error> {
+    async fn unpin_credentials(&self) -> Result<(), Error> {
         if let Some(r) = &self.ra.spec.credentials_secret_ref {
             self.ctx.release_secret_if_unused(&self.ra.namespace().unwrap_or_default(), &r.name, &self.uid()).await?;
         }
@@ -571,7 +575,7 @@ impl<'a> Step<'a> {
     /// The cancel was confirmed (status, or this process's memory when the status write has not
     /// reached the cache yet). `Closed` is not enough: it is confirmed by [`Step::end_session`].
     fn already_done(&self) -> bool {
-        self.phase() == Some(Phase::Cancelled) || self.ctx.was_cancelled(&self.uid())
+        self.phase() == Some(Phase::Cancelled) || self.ctx.recall.was_cancelled(&self.uid())
     }
 
     async fn namespace_policy(&self) -> Result<Option<String>, Error> {
@@ -641,22 +645,10 @@ fn assistance_from_show(shown: &ShowResponse, created_by_operator: bool) -> Assi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::RemoteAssistanceSpec;
 
     fn ra(policy: Option<DeletionPolicy>, annotation: Option<&str>) -> RemoteAssistance {
-        let mut ra = RemoteAssistance::new(
-            "x",
-            RemoteAssistanceSpec {
-                project_id: "p".into(),
-                desktop_id: "d".into(),
-                region: Some("cn-north-4".into()),
-                endpoint: None,
-                credentials_secret_ref: None,
-                cancelled: false,
-                deletion_policy: policy,
-                initiate: true,
-            },
-        );
+        let mut ra = crate::resource::sample("x");
+        ra.spec.deletion_policy = policy;
         if let Some(a) = annotation {
             ra.annotations_mut().insert(DELETION_POLICY_ANNOTATION.into(), a.into());
         }

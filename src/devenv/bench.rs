@@ -62,6 +62,30 @@ pub struct Row {
     pub ratio: String,
 }
 
+/// One measured phase of many resources.
+struct Measured {
+    took: Duration,
+    /// Cloud calls during the phase (for a drain: the DELETEs).
+    calls: usize,
+    /// API server requests per resource.
+    api_requests: f64,
+}
+
+impl Measured {
+    fn rate(&self, n: usize) -> f64 {
+        n as f64 / self.took.as_secs_f64()
+    }
+
+    fn create_figures(&self, n: usize) -> String {
+        let (took, calls, api) = (self.took.as_secs_f64(), self.calls as f64 / n as f64, self.api_requests);
+        format!("{:.0}/s ({took:.1}s; per resource {calls:.1} cloud calls, {api:.1} API requests)", self.rate(n))
+    }
+
+    fn drain_figures(&self, n: usize) -> String {
+        format!("{:.0}/s ({:.1}s, {} DELETEs, {:.1} API requests each)", self.rate(n), self.took.as_secs_f64(), self.calls, self.api_requests)
+    }
+}
+
 /// Makes a row and prints it at once (a long run shows its figures as they come).
 fn row(what: impl Into<String>, operator: impl Into<String>, floor: impl Into<String>, ratio: impl Into<String>) -> Row {
     let r = Row { what: what.into(), operator: operator.into(), floor: floor.into(), ratio: ratio.into() };
@@ -298,88 +322,92 @@ impl Bench {
     }
 
     /// Scenarios 3, 4 (small), 6 and 2: create to Active, memory and idle cost while holding
-    /// them, then drain them all.
+    /// them, then drain them all; the operator against two floors (the minimal one, status
+    /// `phase: Active`, and one that writes the status the operator wrote: a status that bigger
+    /// costs the API server on every later request).
     async fn create_hold_drain(&self) -> Result<Vec<Row>, String> {
         let n = self.options.resources;
         progress(&format!("3. create to Active, 4. memory, 6. idle, 2. drain: {n} resources"));
         let mut rows = Vec::new();
         let ns = self.namespace("drain").await?;
         let op = self.operator(&ns)?;
-        let (started, requests) = (Instant::now(), self.apiserver_requests().await?);
-        self.create_many(&ns, "ra", n, None).await?;
-        self.wait_active(&ns, n, Duration::from_secs(3600)).await?;
-        let create = started.elapsed();
-        let per_resource = |before: f64, after: f64| (after - before) / n as f64;
-        let api_calls = per_resource(requests, self.apiserver_requests().await?);
-        let calls = self.sim.requests().iter().filter(|r| r.at >= started && r.operation.is_some()).count();
-
-        let rate = |d: Duration| n as f64 / d.as_secs_f64();
-        let create_figures = |took: Duration, calls: usize, api_calls: f64| {
-            format!("{:.0}/s ({:.1}s; per resource {:.1} cloud calls, {api_calls:.1} API requests)", rate(took), took.as_secs_f64(), calls as f64 / n as f64)
-        };
-        // Two floors: the minimal one (status: phase Active), and one that writes the status the
-        // operator wrote (a status that bigger costs the API server on every later request).
+        let created = self.create_and_wait(&ns, n).await?;
         let operator_status = Api::<RemoteAssistance>::namespaced(self.client.clone(), &ns).get("ra-0").await.map_err(e)?.status;
         let operator_status = serde_json::to_value(operator_status).map_err(|err| err.to_string())?;
         let mut floors = Vec::new();
         for (label, suffix, status) in [("", "drain-floor", minimal_status()), (", floor writing the operator's status", "drain-floor-status", operator_status)] {
             let floor_ns = self.namespace(suffix).await?;
             let floor = FloorClient::start(self.client.clone(), &floor_ns, self.cloud.clone(), self.sim.endpoint(), self.options.concurrency, status);
-            let (floor_started, requests) = (Instant::now(), self.apiserver_requests().await?);
-            self.create_many(&floor_ns, "ra", n, None).await?;
-            self.wait_active(&floor_ns, n, Duration::from_secs(3600)).await?;
-            let floor_create = floor_started.elapsed();
-            let floor_api_calls = per_resource(requests, self.apiserver_requests().await?);
-            let floor_calls = self.sim.requests().iter().filter(|r| r.at >= floor_started && r.operation.is_some()).count();
+            let floor_created = self.create_and_wait(&floor_ns, n).await?;
             rows.push(row(
                 format!("3. create → Active, {n} resources (per second){label}"),
-                create_figures(create, calls, api_calls),
-                create_figures(floor_create, floor_calls, floor_api_calls),
-                format!("{:.2}×", rate(create) / rate(floor_create)),
+                created.create_figures(n),
+                floor_created.create_figures(n),
+                format!("{:.2}×", floor_created.took.as_secs_f64() / created.took.as_secs_f64()),
             ));
             floors.push((label, floor_ns, floor));
         }
-
-        if !self.options.idle_window.is_zero() {
-            let window = self.options.idle_window;
-            let (cpu0, since) = (op.cpu_seconds(), Instant::now());
-            tokio::time::sleep(window).await;
-            let cpu = op.cpu_seconds() - cpu0;
-            let idle_calls = self.sim.requests().iter().filter(|r| r.at >= since && r.operation.is_some()).count();
-            let per_hour = 3600.0 / window.as_secs_f64();
-            rows.push(row(
-                format!("6. idle, {n} Active, poll 5m (per hour, from {}s)", window.as_secs()),
-                format!("{:.1} CPU-s, {:.0} cloud calls", cpu * per_hour, idle_calls as f64 * per_hour),
-                "",
-                "",
-            ));
-        }
+        rows.extend(self.idle_row(&op, n).await);
         // Steady: after the idle window, or after the operator's periodic return of free memory.
         tokio::time::sleep(STEADY_AFTER.saturating_sub(self.options.idle_window)).await;
         rows.push(row(format!("4. memory holding {n} (steady RSS / peak)"), op.memory(), "", ""));
 
         // Scenario 2: delete them all at once.
-        let drain = |ns: String| async move {
-            let requests = self.apiserver_requests().await?;
-            let (took, start) = self.delete_all_and_wait(&ns, n).await?;
-            Ok::<_, String>((took, self.cancels_since(start), per_resource(requests, self.apiserver_requests().await?)))
-        };
-        let (took, cancels, api_calls) = drain(ns.clone()).await?;
+        let drained = self.drain(&ns, n).await?;
         drop(op);
         for (label, floor_ns, floor) in floors {
-            let (floor_took, floor_cancels, floor_api_calls) = drain(floor_ns).await?;
+            let floor_drained = self.drain(&floor_ns, n).await?;
             floor.stop();
             rows.push(row(
                 format!("2. drain {n} deleted at once (deletions per second){label}"),
-                format!("{:.0}/s ({:.1}s, {cancels} DELETEs, {api_calls:.1} API requests each)", rate(took), took.as_secs_f64()),
-                format!("{:.0}/s ({:.1}s, {floor_cancels} DELETEs, {floor_api_calls:.1} API requests each)", rate(floor_took), floor_took.as_secs_f64()),
-                format!("{:.2}×", rate(took) / rate(floor_took)),
+                drained.drain_figures(n),
+                floor_drained.drain_figures(n),
+                format!("{:.2}×", floor_drained.took.as_secs_f64() / drained.took.as_secs_f64()),
             ));
         }
-        if cancels != n {
-            return Err(format!("the operator sent {cancels} DELETEs for {n} resources"));
+        if drained.calls != n {
+            return Err(format!("the operator sent {} DELETEs for {n} resources", drained.calls));
         }
         Ok(rows)
+    }
+
+    /// Creates `n` resources in `ns` and waits until all are Active.
+    async fn create_and_wait(&self, ns: &str, n: usize) -> Result<Measured, String> {
+        let (started, requests) = (Instant::now(), self.apiserver_requests().await?);
+        self.create_many(ns, "ra", n, None).await?;
+        self.wait_active(ns, n, Duration::from_secs(3600)).await?;
+        let took = started.elapsed();
+        let api_requests = (self.apiserver_requests().await? - requests) / n as f64;
+        let calls = self.sim.requests().iter().filter(|r| r.at >= started && r.operation.is_some()).count();
+        Ok(Measured { took, calls, api_requests })
+    }
+
+    /// Deletes the `n` resources of `ns` at once and waits until they are gone (calls: the
+    /// DELETEs the cloud received).
+    async fn drain(&self, ns: &str, n: usize) -> Result<Measured, String> {
+        let requests = self.apiserver_requests().await?;
+        let (took, start) = self.delete_all_and_wait(ns, n).await?;
+        let api_requests = (self.apiserver_requests().await? - requests) / n as f64;
+        Ok(Measured { took, calls: self.cancels_since(start), api_requests })
+    }
+
+    /// Scenario 6: the operator's CPU and cloud calls over the idle window, per hour.
+    async fn idle_row(&self, op: &OperatorProcess, n: usize) -> Option<Row> {
+        let window = self.options.idle_window;
+        if window.is_zero() {
+            return None;
+        }
+        let (cpu0, since) = (op.cpu_seconds(), Instant::now());
+        tokio::time::sleep(window).await;
+        let cpu = op.cpu_seconds() - cpu0;
+        let idle_calls = self.sim.requests().iter().filter(|r| r.at >= since && r.operation.is_some()).count();
+        let per_hour = 3600.0 / window.as_secs_f64();
+        Some(row(
+            format!("6. idle, {n} Active, poll 5m (per hour, from {}s)", window.as_secs()),
+            format!("{:.1} CPU-s, {:.0} cloud calls", cpu * per_hour, idle_calls as f64 * per_hour),
+            "",
+            "",
+        ))
     }
 
     /// Scenario 4 (large): memory and start-up with many existing resources.

@@ -91,52 +91,10 @@ impl ControlPlane {
         let stderr = child.stderr.take().expect("piped stderr");
         let stdin = child.stdin.take();
 
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(json) = line.strip_prefix("CONTROL_PLANE_READY ") {
-                    let _ = tx.send(serde_json::from_str::<ReadyLine>(json).map_err(|e| e.to_string()));
-                }
-            }
-        });
-        let stderr_text = std::sync::Arc::new(Mutex::new(String::new()));
-        let sink = stderr_text.clone();
-        std::thread::spawn(move || {
-            let mut buf = String::new();
-            let _ = BufReader::new(stderr).read_to_string(&mut buf);
-            sink.lock().unwrap().push_str(&buf);
-        });
-
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let ready = loop {
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(Ok(ready)) => break ready,
-                Ok(Err(e)) => return Err(format!("the control plane printed a bad readiness line: {e}")),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        std::thread::sleep(Duration::from_millis(200));
-                        return Err(format!(
-                            "the control plane exited ({status}) before it was ready; stderr:\n{}\nlog: {}",
-                            stderr_text.lock().unwrap(),
-                            dir.map_or_else(|| "control-plane.log in its temporary directory".to_string(), |d| d.join("control-plane.log").display().to_string())
-                        ));
-                    }
-                    if Instant::now() > deadline {
-                        let _ = child.kill();
-                        return Err(format!("the control plane was not ready within {READY_TIMEOUT:?}"));
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let _ = child.wait();
-                    std::thread::sleep(Duration::from_millis(200));
-                    return Err(format!(
-                        "the control plane closed its output before it was ready; stderr:\n{}",
-                        stderr_text.lock().unwrap()
-                    ));
-                }
-            }
-        };
+        let readiness = read_readiness(stdout);
+        let stderr_text = collect(stderr);
+        let log = dir.map_or_else(|| "control-plane.log in its temporary directory".to_string(), |d| d.join("control-plane.log").display().to_string());
+        let ready = wait_ready(&mut child, &readiness, &stderr_text, &log)?;
         Ok(ControlPlane {
             kubeconfig: ready.kubeconfig,
             server: ready.server,
@@ -151,6 +109,59 @@ impl ControlPlane {
     pub fn stop(&self) -> std::process::ExitStatus {
         self.stdin.lock().unwrap().take();
         self.child.lock().unwrap().wait().expect("waiting for the control plane")
+    }
+}
+
+/// The harness's readiness line (`CONTROL_PLANE_READY {json}`), read from its output by a thread.
+fn read_readiness(stdout: std::process::ChildStdout) -> mpsc::Receiver<Result<ReadyLine, String>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(json) = line.strip_prefix("CONTROL_PLANE_READY ") {
+                let _ = tx.send(serde_json::from_str::<ReadyLine>(json).map_err(|e| e.to_string()));
+            }
+        }
+    });
+    rx
+}
+
+/// Everything the harness writes to stderr, for error messages.
+fn collect(stderr: std::process::ChildStderr) -> std::sync::Arc<Mutex<String>> {
+    let text = std::sync::Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut buf);
+        sink.lock().unwrap().push_str(&buf);
+    });
+    text
+}
+
+/// Waits for the readiness line, or says why it will not come (the harness exited, closed its
+/// output, or took longer than [`READY_TIMEOUT`]).
+fn wait_ready(child: &mut Child, readiness: &mpsc::Receiver<Result<ReadyLine, String>>, stderr: &Mutex<String>, log: &str) -> Result<ReadyLine, String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        match readiness.recv_timeout(Duration::from_millis(200)) {
+            Ok(Ok(ready)) => return Ok(ready),
+            Ok(Err(e)) => return Err(format!("the control plane printed a bad readiness line: {e}")),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    std::thread::sleep(Duration::from_millis(200));
+                    return Err(format!("the control plane exited ({status}) before it was ready; stderr:\n{}\nlog: {log}", stderr.lock().unwrap()));
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    return Err(format!("the control plane was not ready within {READY_TIMEOUT:?}"));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(200));
+                return Err(format!("the control plane closed its output before it was ready; stderr:\n{}", stderr.lock().unwrap()));
+            }
+        }
     }
 }
 

@@ -66,19 +66,7 @@ async fn lifecycle(cp: &ControlPlane, say: &impl Fn(&str), started: Instant) -> 
     say(&format!("Workspace simulator listening at {}", sim.endpoint()));
     sim.open_session(PROJECT, "desktop-bob");
     say("the user of desktop-bob asked for help: a session is already waiting in the cloud");
-
-    install_crds(&client).await?;
-    say("CRD remoteassistances.workspace.assist.dev installed and Established");
-    let namespace: Namespace = serde_json::from_value(json!({ "metadata": { "name": NAMESPACE } })).expect("a namespace");
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.map_err(kube_err)?;
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "workspace-credentials" },
-        "type": "Opaque",
-        "stringData": { "accessKeyId": AK, "secretAccessKey": SK },
-    }))
-    .expect("a secret");
-    Api::<Secret>::namespaced(client.clone(), NAMESPACE).create(&PostParams::default(), &secret).await.map_err(kube_err)?;
-    say("namespace demo and Secret workspace-credentials created");
+    prepare_cluster(&client, say).await?;
 
     let (stop_operator, stopped) = oneshot::channel::<()>();
     let config = controller::Config {
@@ -91,11 +79,40 @@ async fn lifecycle(cp: &ControlPlane, say: &impl Fn(&str), started: Instant) -> 
         let _ = stopped.await;
     }));
     say("operator running (watching namespace demo)");
-
     let (stop_watch, watch_stopped) = oneshot::channel::<()>();
     let watcher = tokio::spawn(print_transitions(client.clone(), watch_stopped, started));
 
     let api: Api<RemoteAssistance> = Api::namespaced(client.clone(), NAMESPACE);
+    create_start_cancel_delete(&api, &sim, say).await?;
+
+    let _ = stop_watch.send(());
+    let _ = watcher.await;
+    let _ = stop_operator.send(());
+    operator.await.map_err(|e| e.to_string())??;
+    say("operator stopped");
+    report_cloud_calls(&sim, say)
+}
+
+/// The CRD, the namespace and the credentials Secret.
+async fn prepare_cluster(client: &Client, say: &impl Fn(&str)) -> Result<(), String> {
+    install_crds(client).await?;
+    say("CRD remoteassistances.workspace.assist.dev installed and Established");
+    let namespace: Namespace = serde_json::from_value(json!({ "metadata": { "name": NAMESPACE } })).expect("a namespace");
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.map_err(kube_err)?;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "workspace-credentials" },
+        "type": "Opaque",
+        "stringData": { "accessKeyId": AK, "secretAccessKey": SK },
+    }))
+    .expect("a secret");
+    Api::<Secret>::namespaced(client.clone(), NAMESPACE).create(&PostParams::default(), &secret).await.map_err(kube_err)?;
+    say("namespace demo and Secret workspace-credentials created");
+    Ok(())
+}
+
+/// What a help desk does: two RemoteAssistances (one starts a session, one adopts the one the
+/// user started), one cancelled through its spec, both deleted.
+async fn create_start_cancel_delete(api: &Api<RemoteAssistance>, sim: &Simulator, say: &impl Fn(&str)) -> Result<(), String> {
     for (name, desktop) in [("alice", "desktop-alice"), ("bob", "desktop-bob")] {
         let ra: RemoteAssistance = serde_json::from_value(json!({
             "apiVersion": "workspace.assist.dev/v1alpha1",
@@ -113,27 +130,24 @@ async fn lifecycle(cp: &ControlPlane, say: &impl Fn(&str), started: Instant) -> 
         say(&format!("kubectl apply: RemoteAssistance {name} for {desktop}"));
     }
     for name in ["alice", "bob"] {
-        wait(&api, name, "Active", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)).await?;
+        wait(api, name, "Active", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)).await?;
     }
     say("both Active: alice's session was created by the operator, bob's was adopted; invitations are in Secrets alice-invitation and bob-invitation");
 
     api.patch("alice", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "cancelled": true } }))).await.map_err(kube_err)?;
     say("kubectl patch: alice spec.cancelled=true");
-    wait(&api, "alice", "Cancelled", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled)).await?;
+    wait(api, "alice", "Cancelled", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled)).await?;
 
     api.delete("bob", &DeleteParams::default()).await.map_err(kube_err)?;
     say("kubectl delete: bob (the finalizer holds it until the cloud confirms the cancel)");
-    wait_gone(&api, "bob").await?;
+    wait_gone(api, "bob").await?;
     api.delete("alice", &DeleteParams::default()).await.map_err(kube_err)?;
     say("kubectl delete: alice (already cancelled: no second cloud call)");
-    wait_gone(&api, "alice").await?;
+    wait_gone(api, "alice").await
+}
 
-    let _ = stop_watch.send(());
-    let _ = watcher.await;
-    let _ = stop_operator.send(());
-    operator.await.map_err(|e| e.to_string())??;
-    say("operator stopped");
-
+/// What the cloud saw, and that no session was left open.
+fn report_cloud_calls(sim: &Simulator, say: &impl Fn(&str)) -> Result<(), String> {
     let count = |op| sim.requests().iter().filter(|r| r.operation == Some(op)).count();
     say(&format!(
         "the simulator received: {} CreateRemoteAssistance, {} ShowDesktopRemoteAssistanceInfo, {} CancelRemoteAssistance (one per session)",

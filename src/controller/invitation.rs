@@ -1,5 +1,9 @@
-//! The Secrets the operator writes or holds: the invitation Secret owned by each resource, and
-//! the finalizer that pins a credentials Secret while a resource may still need it to cancel.
+//! The invitation Secret: the secret parts of an open session (invitation code, share space
+//! password, share links), in a Secret owned by the resource, written when they change and
+//! deleted when the session ends or the resource goes.
+//!
+//! Invariant (speed only): [`Invitations`] remembers what this process last wrote for each
+//! resource, so an unchanged session is not written again; the entry goes with the Secret.
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -7,11 +11,13 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::resource::{DeletionPolicy, DELETION_POLICY_ANNOTATION, Phase, RemoteAssistance, SECRET_FINALIZER};
+use crate::resource::RemoteAssistance;
 use crate::workspace::ShowResponse;
 
 use super::Context;
@@ -55,6 +61,27 @@ fn fingerprint(data: &BTreeMap<String, String>) -> u64 {
     h.finish()
 }
 
+/// What this process last wrote to each resource's invitation Secret (a fingerprint), by UID.
+#[derive(Debug, Default)]
+pub struct Invitations {
+    written: Mutex<HashMap<String, u64>>,
+}
+
+impl Invitations {
+    fn unchanged(&self, uid: &str, print: u64) -> bool {
+        self.written.lock().expect("invitations").get(uid) == Some(&print)
+    }
+
+    fn wrote(&self, uid: String, print: u64) {
+        self.written.lock().expect("invitations").insert(uid, print);
+    }
+
+    /// Forgets a resource (its Secret is gone, or the resource is).
+    pub fn forget(&self, uid: &str) {
+        self.written.lock().expect("invitations").remove(uid);
+    }
+}
+
 impl Context {
     /// Writes the invitation Secret (owned by the resource) when its content changed since this
     /// process last wrote it; `fresh`: the session was just created, so the Secret is new.
@@ -66,7 +93,7 @@ impl Context {
         let data = invitation_data(show);
         let uid = ra.uid().unwrap_or_default();
         let print = fingerprint(&data);
-        if self.invitations.lock().expect("invitations").get(&uid) == Some(&print) {
+        if self.invitations.unchanged(&uid, print) {
             return Ok(name);
         }
         let owner = OwnerReference {
@@ -104,7 +131,7 @@ impl Context {
         if !created {
             api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await.map_err(|e| failed("patch", e))?;
         }
-        self.invitations.lock().expect("invitations").insert(uid, print);
+        self.invitations.wrote(uid, print);
         debug!(secret = %name, "invitation Secret written");
         Ok(name)
     }
@@ -138,7 +165,7 @@ impl Context {
     /// The deletion of the resource's invitation Secret, when it has one.
     fn invitation_secret_deletion(&self, ra: &RemoteAssistance) -> Option<impl Future<Output = Result<(), Error>> + Send + 'static> {
         let name = ra.status.as_ref().and_then(|s| s.invitation_secret_name.clone())?;
-        self.invitations.lock().expect("invitations").remove(&ra.uid().unwrap_or_default());
+        self.invitations.forget(&ra.uid().unwrap_or_default());
         let namespace = ra.namespace().unwrap_or_default();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         Some(async move {
@@ -149,99 +176,21 @@ impl Context {
             }
         })
     }
-
-    /// Puts the pin finalizer on a credentials Secret that a resource may still need.
-    pub async fn pin_secret(&self, secret: &Secret) -> Result<(), Error> {
-        let what = format!("{}/{} (pin the credentials)", secret.namespace().unwrap_or_default(), secret.name_any());
-        self.try_pin_secret(secret).await.map_err(|(verb, e)| Error::kubernetes(verb, "Secret", what, e))
-    }
-
-    async fn try_pin_secret(&self, secret: &Secret) -> Result<(), (&'static str, kube::Error)> {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &secret.namespace().unwrap_or_default());
-        let mut current = secret.clone();
-        for _ in 0..5 {
-            if current.finalizers().iter().any(|f| f == SECRET_FINALIZER) || current.metadata.deletion_timestamp.is_some() {
-                return Ok(());
-            }
-            let mut finalizers = current.finalizers().to_vec();
-            finalizers.push(SECRET_FINALIZER.to_string());
-            // The resourceVersion makes this a compare-and-swap: other finalizers are kept.
-            let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": current.resource_version() } });
-            match api.patch(&current.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(_) => {
-                    info!(secret = %current.name_any(), "credentials Secret pinned until no RemoteAssistance needs it to cancel");
-                    return Ok(());
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&current.name_any()).await.map_err(|e| ("get", e))? {
-                    Some(fresh) => current = fresh,
-                    None => return Ok(()),
-                },
-                Err(e) => return Err(("patch", e)),
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes the pin from Secret `namespace/name` when no resource other than `except_uid`
-    /// may still need it to cancel.
-    pub async fn release_secret_if_unused(&self, namespace: &str, name: &str, except_uid: &str) -> Result<(), Error> {
-        let failed = |verb, e| Error::kubernetes(verb, "Secret", format!("{namespace}/{name} (release the credentials pin)"), e);
-        // The watch knows whether the Secret carries a pin at all: if not, there is nothing to
-        // release and no need to look through every resource.
-        if self.known_unpinned(namespace, name) {
-            return Ok(());
-        }
-        // `find` stops at the first resource that needs it, without copying the cache.
-        let still_needed = self.store().is_some_and(|store| {
-            store
-                .find(|ra| {
-                    ra.uid().as_deref() != Some(except_uid)
-                        && ra.namespace().as_deref() == Some(namespace)
-                        && ra.spec.credentials_secret_ref.as_ref().is_some_and(|r| r.name == name)
-                        && may_need_cancel(ra)
-                        && !self.was_cancelled(&ra.uid().unwrap_or_default())
-                })
-                .is_some()
-        });
-        if still_needed {
-            return Ok(());
-        }
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        for _ in 0..5 {
-            let Some(secret) = api.get_opt(name).await.map_err(|e| failed("get", e))? else { return Ok(()) };
-            if !secret.finalizers().iter().any(|f| f == SECRET_FINALIZER) {
-                return Ok(());
-            }
-            let finalizers: Vec<&String> = secret.finalizers().iter().filter(|f| *f != SECRET_FINALIZER).collect();
-            let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": secret.resource_version() } });
-            match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(_) => {
-                    info!(secret = %name, "credentials Secret released");
-                    return Ok(());
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-                Err(e) => return Err(failed("patch", e)),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Whether a resource may still have to cancel with its credentials: not cancelled yet (a
-/// `Closed` one still confirms with the cloud before it goes), and not marked Orphan on the
-/// resource itself (the namespace and operator defaults are not consulted here: pinning too
-/// long is safe, releasing too early is not).
-pub fn may_need_cancel(ra: &RemoteAssistance) -> bool {
-    let done = ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled);
-    let orphan_on_resource = ra.spec.deletion_policy == Some(DeletionPolicy::Orphan)
-        || ra.annotations().get(DELETION_POLICY_ANNOTATION).map(String::as_str) == Some("Orphan");
-    !done && !orphan_on_resource && (ra.metadata.deletion_timestamp.is_none() || ra.finalizers().iter().any(|f| f == crate::resource::FINALIZER))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_was_written_is_remembered_until_the_resource_is_forgotten() {
+        let invitations = Invitations::default();
+        invitations.wrote("u".into(), 7);
+        assert!(invitations.unchanged("u", 7) && !invitations.unchanged("u", 8));
+        invitations.forget("u");
+        assert!(!invitations.unchanged("u", 7));
+        assert!(invitations.written.lock().unwrap().is_empty(), "nothing is left of a forgotten resource");
+    }
 
     #[test]
     fn invitation_names_fit() {

@@ -1,0 +1,105 @@
+//! The credentials pin: a finalizer on a credentials Secret while a RemoteAssistance may still
+//! need it to cancel, so that deleting a namespace cannot delete the Secret before the cancels
+//! that need it. Released as soon as no resource needs it.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tracing::info;
+
+use crate::resource::{DELETION_POLICY_ANNOTATION, DeletionPolicy, Phase, RemoteAssistance, SECRET_FINALIZER};
+
+use super::Context;
+use super::error::Error;
+
+impl Context {
+    /// Puts the pin finalizer on a credentials Secret that a resource may still need.
+    pub async fn pin_secret(&self, secret: &Secret) -> Result<(), Error> {
+        let what = format!("{}/{} (pin the credentials)", secret.namespace().unwrap_or_default(), secret.name_any());
+        self.try_pin_secret(secret).await.map_err(|(verb, e)| Error::kubernetes(verb, "Secret", what, e))
+    }
+
+    async fn try_pin_secret(&self, secret: &Secret) -> Result<(), (&'static str, kube::Error)> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &secret.namespace().unwrap_or_default());
+        let mut current = secret.clone();
+        for _ in 0..5 {
+            if current.finalizers().iter().any(|f| f == SECRET_FINALIZER) || current.metadata.deletion_timestamp.is_some() {
+                return Ok(());
+            }
+            let mut finalizers = current.finalizers().to_vec();
+            finalizers.push(SECRET_FINALIZER.to_string());
+            // The resourceVersion makes this a compare-and-swap: other finalizers are kept.
+            let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": current.resource_version() } });
+            match api.patch(&current.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    info!(secret = %current.name_any(), "credentials Secret pinned until no RemoteAssistance needs it to cancel");
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&current.name_any()).await.map_err(|e| ("get", e))? {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(()),
+                },
+                Err(e) => return Err(("patch", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the pin from Secret `namespace/name` when no resource other than `except_uid`
+    /// may still need it to cancel.
+    pub async fn release_secret_if_unused(&self, namespace: &str, name: &str, except_uid: &str) -> Result<(), Error> {
+        let failed = |verb, e| Error::kubernetes(verb, "Secret", format!("{namespace}/{name} (release the credentials pin)"), e);
+        // The watch knows whether the Secret carries a pin at all: if not, there is nothing to
+        // release and no need to look through every resource.
+        if self.secret_index.known_unpinned(&(namespace.to_string(), name.to_string())) {
+            return Ok(());
+        }
+        // `find` stops at the first resource that needs it, without copying the cache.
+        let still_needed = self.store().is_some_and(|store| {
+            store
+                .find(|ra| {
+                    ra.uid().as_deref() != Some(except_uid)
+                        && ra.namespace().as_deref() == Some(namespace)
+                        && ra.spec.credentials_secret_ref.as_ref().is_some_and(|r| r.name == name)
+                        && may_need_cancel(ra)
+                        && !self.recall.was_cancelled(&ra.uid().unwrap_or_default())
+                })
+                .is_some()
+        });
+        if still_needed {
+            return Ok(());
+        }
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        for _ in 0..5 {
+            let Some(secret) = api.get_opt(name).await.map_err(|e| failed("get", e))? else { return Ok(()) };
+            if !secret.finalizers().iter().any(|f| f == SECRET_FINALIZER) {
+                return Ok(());
+            }
+            let finalizers: Vec<&String> = secret.finalizers().iter().filter(|f| *f != SECRET_FINALIZER).collect();
+            let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": secret.resource_version() } });
+            match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    info!(secret = %name, "credentials Secret released");
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+                Err(e) => return Err(failed("patch", e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a resource may still have to cancel with its credentials: not cancelled yet (a
+/// `Closed` one still confirms with the cloud before it goes), and not marked Orphan on the
+/// resource itself (the namespace and operator defaults are not consulted here: pinning too
+/// long is safe, releasing too early is not).
+pub fn may_need_cancel(ra: &RemoteAssistance) -> bool {
+    let done = ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled);
+    let orphan_on_resource = ra.spec.deletion_policy == Some(DeletionPolicy::Orphan)
+        || ra.annotations().get(DELETION_POLICY_ANNOTATION).map(String::as_str) == Some("Orphan");
+    !done && !orphan_on_resource && (ra.metadata.deletion_timestamp.is_none() || ra.finalizers().iter().any(|f| f == crate::resource::FINALIZER))
+}
+
