@@ -4,6 +4,8 @@
 
 mod support;
 
+use kube::ResourceExt;
+
 use std::time::Duration;
 
 use kube::api::{Api, DynamicObject, PostParams};
@@ -174,6 +176,12 @@ async fn bad_credentials_and_endpoints_stall_with_a_clear_reason_and_no_hot_loop
         } else {
             assert_eq!(condition(&ra, "Stalled").as_deref(), Some("True"), "{name}: needs a person");
         }
+    }
+    // A Secret that holds no usable credentials is never pinned: naming a TLS Secret (or any
+    // other) must not let a resource block its deletion.
+    for name in ["half", "empty", "nothing", "tls", "binary"] {
+        let secret = w.secret(name).await.unwrap();
+        assert!(!secret.finalizers().iter().any(|f| f == workspace_assist::resource::SECRET_FINALIZER), "Secret {name} was pinned");
     }
     // No hot loop: the person-needing failures are not retried within the recheck interval, and
     // the unreachable endpoint backs off.

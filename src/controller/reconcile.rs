@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
@@ -600,32 +601,44 @@ impl<'a> Step<'a> {
             .await
             .map_err(|e| Error::kubernetes("get", "Secret", format!("{namespace}/{name} (the credentials)"), e))?
             .ok_or_else(|| CredentialsError::SecretNotFound(name.clone()))?;
+        // Only a Secret that holds credentials is pinned: naming a TLS or ServiceAccount-token
+        // Secret must not let anyone block its deletion.
+        let creds = self.call_credentials(&secret, &name)?;
         if spec.credentials_secret_ref.is_some() && may_need_cancel(&self.ra) {
-            if let Err(error) = self.ctx.pin_secret(&secret).await {
-                // The cancel goes on without the pin, but visibly: without it, deleting the
-                // namespace may delete the Secret before the cancel that needs it.
-                warn!(error = %error, secret = %name, "could not pin the credentials Secret");
-                if let Error::Kubernetes(f) = &error {
-                    self.ctx.metrics.kubernetes_error(f.verb, f.kind, f.status());
-                }
-                let message = format!("{error}; deleting the namespace may delete the Secret before the cancel that needs it");
-                self.ctx.publish(&self.ra, EventType::Warning, "CredentialsPinFailed", &message, "Pin");
-                self.pin_problem = Some((error.reason(), message));
-            }
+            self.pin_credentials(&secret, &name).await;
         }
-        let creds = match credentials::from_secret(&secret)? {
+        Ok((target, creds))
+    }
+
+    /// The credentials a call needs, from the Secret `name`.
+    fn call_credentials(&self, secret: &Secret, name: &str) -> Result<CallCredentials, Error> {
+        let spec = &self.ra.spec;
+        Ok(match credentials::from_secret(secret)? {
             SecretCredentials::Direct(c) => CallCredentials::Direct(c),
             SecretCredentials::Password { domain_name, username, password, iam_endpoint } => {
                 let iam_endpoint = match (iam_endpoint, &self.ctx.config.iam_endpoint, &spec.region) {
                     (Some(e), _, _) => url::Url::parse(&e).map_err(|err| Error::InvalidSpec(format!("iamEndpoint of Secret {name} is not a URL: {err}")))?,
                     (None, Some(e), _) => e.clone(),
                     (None, None, Some(region)) => iam::iam_endpoint_for_region(region).map_err(Error::InvalidSpec)?,
-                    (None, None, None) => return Err(CredentialsError::NoIamEndpoint(name).into()),
+                    (None, None, None) => return Err(CredentialsError::NoIamEndpoint(name.to_string()).into()),
                 };
                 CallCredentials::Login(PasswordLogin { iam_endpoint, domain_name, username, password, project_id: spec.project_id.clone() })
             }
-        };
-        Ok((target, creds))
+        })
+    }
+
+    /// Pins the credentials Secret. A failure does not stop the cancel, but shows: without the
+    /// pin, deleting the namespace may delete the Secret before the cancel that needs it.
+    async fn pin_credentials(&mut self, secret: &Secret, name: &str) {
+        if let Err(error) = self.ctx.pin_secret(secret).await {
+            warn!(error = %error, secret = %name, "could not pin the credentials Secret");
+            if let Error::Kubernetes(f) = &error {
+                self.ctx.metrics.kubernetes_error(f.verb, f.kind, f.status());
+            }
+            let message = format!("{error}; deleting the namespace may delete the Secret before the cancel that needs it");
+            self.ctx.publish(&self.ra, EventType::Warning, "CredentialsPinFailed", &message, "Pin");
+            self.pin_problem = Some((error.reason(), message));
+        }
     }
 }
 
