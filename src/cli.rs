@@ -216,6 +216,14 @@ pub struct RunArgs {
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// An endpoint credentials may be sent to, besides Huawei Cloud's official Workspace and IAM
+    /// endpoints (repeatable): `scheme://host[:port][/path]`, `*` standing for one label of the
+    /// host (https://workspace.*.example.internal). A private endpoint, a proxy or the simulator
+    /// must be allowed here; plain http:// only when written so. A resource naming another
+    /// endpoint is Stalled (EndpointNotAllowed) and nothing is sent.
+    #[arg(long = "allowed-endpoint", env = "ALLOWED_ENDPOINTS", value_delimiter = ',', value_parser = parse_endpoint_rule)]
+    pub allowed_endpoints: Vec<crate::controller::endpoints::EndpointRule>,
+
     /// After credentials fail to authenticate (401), how long every call with them is held back,
     /// across all resources, before one probe (the gateway locks an AK/SK for 5 minutes after 5
     /// failures). A changed Secret is tried at once.
@@ -281,4 +289,8 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+}
+
+fn parse_endpoint_rule(s: &str) -> Result<crate::controller::endpoints::EndpointRule, String> {
+    crate::controller::endpoints::EndpointRule::parse(s)
 }

@@ -125,6 +125,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         stuck_deleting_after: args.stuck_deleting_after,
         unauthenticated_hold: args.unauthenticated_hold,
         fence: leader::Fence::always_open(),
+        endpoints: controller::endpoints::EndpointPolicy { extra: args.allowed_endpoints.clone() },
     };
     let client = kube::Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
     let telemetry = controller::Telemetry::default();

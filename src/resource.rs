@@ -73,8 +73,9 @@ pub struct RemoteAssistanceSpec {
     pub region: Option<String>,
 
     /// Endpoint URL that overrides the region's public endpoint: a private endpoint, a proxy or a
-    /// simulator, for example https://workspace.example.internal. Plain http:// is used only when
-    /// written here explicitly.
+    /// simulator, for example https://workspace.example.internal. The operator sends credentials
+    /// only to endpoints its admin allowed (--allowed-endpoint); any other is refused
+    /// (EndpointNotAllowed) and nothing is sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''").message("endpoint must be an absolute http:// or https:// URL"))]

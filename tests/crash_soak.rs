@@ -61,7 +61,7 @@ fn fate(i: usize) -> Fate {
 
 /// Restarts the operator after each SIGKILL, `kills` times at random moments, then leaves one
 /// running. Returns it.
-async fn kill_repeatedly(ns: String, kills: usize, killed: Arc<Mutex<usize>>, logs: Arc<Mutex<String>>) -> OperatorProcess {
+async fn kill_repeatedly(ns: String, endpoint: String, kills: usize, killed: Arc<Mutex<usize>>, logs: Arc<Mutex<String>>) -> OperatorProcess {
     let kubeconfig = support::control_plane::shared().kubeconfig.clone();
     let spawn = || {
         OperatorProcess::spawn(
@@ -69,6 +69,7 @@ async fn kill_repeatedly(ns: String, kills: usize, killed: Arc<Mutex<usize>>, lo
             &[
                 "--namespace", &ns, "--leader-elect", "false", "--poll-interval", "1h", "--log-level", "info",
                 "--concurrency", &CONCURRENCY.to_string(),
+                "--allowed-endpoint", &endpoint,
                 // Some injected faults need a person (an error delivered with HTTP 200): recheck soon.
                 "--needs-human-recheck", "2s",
             ],
@@ -116,7 +117,7 @@ async fn sigkills_at_random_moments_lose_no_cancel() {
     let started = Instant::now();
     let names: Vec<String> = (0..n).map(|i| format!("c-{i}")).collect();
     let logs = Arc::new(Mutex::new(String::new()));
-    let killer = tokio::spawn(kill_repeatedly(w.namespace.clone(), kills, killed.clone(), logs.clone()));
+    let killer = tokio::spawn(kill_repeatedly(w.namespace.clone(), w.sim.endpoint(), kills, killed.clone(), logs.clone()));
 
     // The workload, paced so that it spans the kills: create in batches; cancel and delete
     // while resources are still being created and started.

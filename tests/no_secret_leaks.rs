@@ -54,7 +54,7 @@ async fn secrets_never_reach_logs_events_or_status() {
     let metrics_address = format!("127.0.0.1:{}", support::process::free_port());
     let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_workspace-assist"))
         .args(["run", "--namespace", &w.namespace, "--log-level", "trace", "--backoff-base", "200ms", "--leader-elect", "false"])
-        .args(["--metrics-address", &metrics_address])
+        .args(["--metrics-address", &metrics_address, "--allowed-endpoint", &w.sim.endpoint()])
         .env("KUBECONFIG", &cp.kubeconfig)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

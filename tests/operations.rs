@@ -34,6 +34,8 @@ fn operator(w: &World, instance: &str, extra: &[&str]) -> OperatorProcess {
         "--poll-interval",
         "1h",
     ];
+    let endpoint = w.sim.endpoint();
+    args.extend_from_slice(&["--allowed-endpoint", &endpoint]);
     args.extend_from_slice(extra);
     OperatorProcess::spawn(&cp.kubeconfig, &args)
 }
@@ -234,6 +236,8 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_acts() {
             // the API server would go on calling the cloud without the fence.
             "--poll-interval".into(),
             "1s".into(),
+            "--allowed-endpoint".into(),
+            w.sim.endpoint(),
         ]
     };
     let (a_args, b_args) = (args("op-a"), args("op-b"));

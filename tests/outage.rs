@@ -32,7 +32,7 @@ async fn the_operator_recovers_from_a_30s_api_server_outage_without_a_restart() 
     // One instance without leader election: a leader that cannot renew its Lease for the renew
     // deadline stops and exits by design (tests/operations.rs cuts a leader off); this test is
     // about the watches and the work recovering in the same process.
-    let mut operator = OperatorProcess::spawn(&cp.kubeconfig, &["--namespace", &ns, "--leader-elect", "false", "--poll-interval", "1h"]);
+    let mut operator = OperatorProcess::spawn(&cp.kubeconfig, &["--namespace", &ns, "--leader-elect", "false", "--poll-interval", "1h", "--allowed-endpoint", &w.sim.endpoint()]);
 
     let names: Vec<String> = (0..12).map(|i| format!("out-{i}")).collect();
     for n in &names {

@@ -165,6 +165,7 @@ async fn run_case(without: Without, dir: &std::path::Path) -> (Result<(), String
     let w = World::new("rbac").await;
     w.sim.open_session(PROJECT, "desk-unused");
     let kubeconfig = install_rbac(&w, without, dir).await;
+    let endpoint = w.sim.endpoint();
     let op = OperatorProcess::spawn(
         &kubeconfig,
         &[
@@ -180,6 +181,8 @@ async fn run_case(without: Without, dir: &std::path::Path) -> (Result<(), String
             "1s",
             "--needs-human-recheck",
             "2s",
+            "--allowed-endpoint",
+            &endpoint,
             // Renewals every half second, so that the lifecycle needs them too.
             "--lease-duration",
             "4s",
@@ -235,7 +238,8 @@ fn rule_index(resource: &str, verbs: &[&str]) -> usize {
 async fn operator_without(rule: usize, dir: &std::path::Path) -> (World, OperatorProcess) {
     let w = World::new("rbac").await;
     let kubeconfig = install_rbac(&w, Without::ClusterRule(rule), dir).await;
-    let args = ["--namespace", &w.namespace, "--leader-elect", "false", "--backoff-base", "200ms", "--needs-human-recheck", "2s"];
+    let endpoint = w.sim.endpoint();
+    let args = ["--namespace", &w.namespace, "--leader-elect", "false", "--backoff-base", "200ms", "--needs-human-recheck", "2s", "--allowed-endpoint", &endpoint];
     let op = OperatorProcess::spawn(&kubeconfig, &args);
     (w, op)
 }

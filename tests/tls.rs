@@ -75,7 +75,7 @@ async fn the_operator_refuses_unverified_endpoints_and_logs_the_insecure_flag_lo
     let (endpoint, _) = tls_front(&w.sim).await;
     let kubeconfig = support::control_plane::shared().kubeconfig.clone();
     let ns = w.namespace.clone();
-    let args = ["--namespace", ns.as_str(), "--leader-elect", "false", "--poll-interval", "1h"];
+    let args = ["--namespace", ns.as_str(), "--leader-elect", "false", "--poll-interval", "1h", "--allowed-endpoint", endpoint.as_str()];
     let manifest = |name: &str| {
         let mut m = w.manifest(name, name);
         m["spec"]["endpoint"] = serde_json::json!(endpoint);

@@ -23,6 +23,10 @@ pub enum Error {
     /// The credentials could not be read.
     #[error("{0}")]
     Credentials(#[from] CredentialsError),
+    /// The endpoint (of the spec, or a Secret's iamEndpoint) is not one the operator allows:
+    /// nothing is sent to it.
+    #[error("{0} is not an endpoint this operator may send credentials to: a cluster admin allows it with --allowed-endpoint")]
+    EndpointNotAllowed(String),
     /// The resource's spec cannot be acted on (for example an endpoint that is not a URL).
     #[error("{0}")]
     InvalidSpec(String),
@@ -68,7 +72,7 @@ impl Error {
     pub fn needs_human(&self) -> bool {
         match self {
             Error::Cloud { disposition, .. } => matches!(disposition, Disposition::NeedsHuman(_) | Disposition::RenewToken),
-            Error::DesktopNotFound(_) | Error::Credentials(_) | Error::InvalidSpec(_) | Error::Paused => true,
+            Error::DesktopNotFound(_) | Error::EndpointNotAllowed(_) | Error::Credentials(_) | Error::InvalidSpec(_) | Error::Paused => true,
             Error::Kubernetes(failure) => failure.forbidden(),
             Error::Kube(_) | Error::Finalizer(_) | Error::Stale => false,
         }
@@ -81,6 +85,7 @@ impl Error {
             Error::DesktopNotFound(_) => "DesktopNotFound",
             Error::Credentials(e) => e.reason(),
             Error::InvalidSpec(_) => "InvalidSpec",
+            Error::EndpointNotAllowed(_) => "EndpointNotAllowed",
             Error::Kube(_) => "KubernetesApiError",
             Error::Kubernetes(failure) if failure.forbidden() => "KubernetesForbidden",
             Error::Kubernetes(_) => "KubernetesApiError",

@@ -5,6 +5,7 @@ pub mod breaker;
 pub mod cloud;
 pub mod credential_cache;
 pub mod credentials;
+pub mod endpoints;
 pub mod error;
 pub mod events;
 pub mod gate;
@@ -70,6 +71,8 @@ pub struct Config {
     pub unauthenticated_hold: Duration,
     /// Whether this instance may make cloud calls now (the leader election's proof).
     pub fence: crate::leader::Fence,
+    /// The endpoints credentials may be sent to.
+    pub endpoints: endpoints::EndpointPolicy,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             stuck_deleting_after: Duration::from_secs(600),
             unauthenticated_hold: Duration::from_secs(300),
             fence: crate::leader::Fence::always_open(),
+            endpoints: endpoints::EndpointPolicy::default(),
         }
     }
 }
@@ -321,8 +325,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Which answers release a finalizer is the operator's most consequential setting: say it.
+/// Which answers release a finalizer, and where credentials may go, are the operator's most
+/// consequential settings: say them.
 fn log_not_found_policy(config: &Config) {
+    let extra: Vec<String> = config.endpoints.extra.iter().map(ToString::to_string).collect();
+    info!(allowed_endpoints = ?extra, "credentials are sent only to Huawei Cloud's official Workspace and IAM endpoints and to these");
     if config.not_found_codes.is_empty() {
         info!("\"nothing to cancel\" is a 404 with a Workspace (WKS.*) error body only; no extra not-found codes configured");
     } else {

@@ -590,6 +590,9 @@ impl<'a> Step<'a> {
     async fn prepare(&mut self) -> Result<(Target, CallCredentials), Error> {
         let spec = &self.ra.spec;
         let endpoint = resolve_endpoint(spec.region.as_deref(), spec.endpoint.as_deref()).map_err(Error::InvalidSpec)?;
+        if !self.ctx.config.endpoints.allows(&endpoint) {
+            return Err(Error::EndpointNotAllowed(format!("endpoint {endpoint}")));
+        }
         let target = Target { endpoint, project_id: spec.project_id.clone(), desktop_id: spec.desktop_id.clone() };
         let (namespace, name) = match &spec.credentials_secret_ref {
             Some(r) => (self.ra.namespace().unwrap_or_default(), r.name.clone()),
@@ -617,7 +620,13 @@ impl<'a> Step<'a> {
             SecretCredentials::Direct(c) => CallCredentials::Direct(c),
             SecretCredentials::Password { domain_name, username, password, iam_endpoint } => {
                 let iam_endpoint = match (iam_endpoint, &self.ctx.config.iam_endpoint, &spec.region) {
-                    (Some(e), _, _) => url::Url::parse(&e).map_err(|err| Error::InvalidSpec(format!("iamEndpoint of Secret {name} is not a URL: {err}")))?,
+                    (Some(e), _, _) => {
+                        let url = url::Url::parse(&e).map_err(|err| Error::InvalidSpec(format!("iamEndpoint of Secret {name} is not a URL: {err}")))?;
+                        if !self.ctx.config.endpoints.allows(&url) {
+                            return Err(Error::EndpointNotAllowed(format!("iamEndpoint {url} of Secret {name}")));
+                        }
+                        url
+                    }
                     (None, Some(e), _) => e.clone(),
                     (None, None, Some(region)) => iam::iam_endpoint_for_region(region).map_err(Error::InvalidSpec)?,
                     (None, None, None) => return Err(CredentialsError::NoIamEndpoint(name.to_string()).into()),

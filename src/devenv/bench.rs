@@ -197,9 +197,11 @@ impl Bench {
         let (concurrency, rate_limit) = (concurrency.to_string(), rate_limit.to_string());
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|err| err.to_string())?.port();
         let metrics = format!("127.0.0.1:{port}");
+        let endpoint = self.sim.endpoint();
         let args = vec![
             "run", "--namespace", ns, "--leader-elect", "false", "--metrics-address", &metrics,
             "--concurrency", &concurrency, "--cloud-rate-limit", &rate_limit, "--log-level", "warn",
+            "--allowed-endpoint", &endpoint,
         ];
         OperatorProcess::start(&self.options.operator, &self.kubeconfig, &args, metrics.clone())
     }

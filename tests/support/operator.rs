@@ -62,8 +62,15 @@ impl World {
                 max: Duration::from_secs(5),
                 needs_human_recheck: Duration::from_secs(600),
             },
+            endpoints: controller::endpoints::EndpointPolicy { extra: vec![self.allowed_endpoint()] },
             ..controller::Config::default()
         }
+    }
+
+    /// The simulator's endpoint as an allowed-endpoint rule (the operator sends credentials only
+    /// to endpoints it allows).
+    pub fn allowed_endpoint(&self) -> controller::endpoints::EndpointRule {
+        controller::endpoints::EndpointRule::parse(&self.sim.endpoint()).expect("the simulator's endpoint is a valid rule")
     }
 
     /// Starts the operator in this process.

@@ -1,0 +1,70 @@
+//! Trust boundaries a namespace cannot cross: a RemoteAssistance (or a Secret's iamEndpoint)
+//! that points the operator at a server of its choosing gets nothing. The operator allows only
+//! Huawei Cloud's official endpoints and those its admin allowed; the rest is Stalled with reason
+//! EndpointNotAllowed, and no connection is ever made.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use support::operator::{World, condition_reason};
+
+const T: Duration = Duration::from_secs(30);
+
+/// A server that counts the connections it is offered (and answers none).
+async fn listening_attacker() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    (endpoint, connections)
+}
+
+#[tokio::test]
+async fn credentials_never_go_to_an_endpoint_the_operator_does_not_allow() {
+    let mut w = World::new("bounds").await;
+    let (attacker, connections) = listening_attacker().await;
+    w.put_secret("token-credentials", &[("token", "MIIboundary-test-token")]).await;
+    w.put_secret(
+        "password-login",
+        &[("username", "helpdesk"), ("password", "boundary-password"), ("domainName", "acme"), ("iamEndpoint", &attacker)],
+    )
+    .await;
+    w.start_operator(w.config());
+
+    // The spec's endpoint, with a token Secret and with the AK/SK Secret; the Secret's
+    // iamEndpoint with a password login (the endpoint itself is the allowed simulator).
+    let mut token = w.manifest("token", "desk-1");
+    token["spec"]["endpoint"] = json!(attacker);
+    token["spec"]["credentialsSecretRef"]["name"] = json!("token-credentials");
+    let mut signed = w.manifest("signed", "desk-2");
+    signed["spec"]["endpoint"] = json!(attacker);
+    let mut login = w.manifest("login", "desk-3");
+    login["spec"]["credentialsSecretRef"]["name"] = json!("password-login");
+    for m in [token, signed, login] {
+        w.create(m).await;
+    }
+    for name in ["token", "signed", "login"] {
+        let ra = w.wait_for(name, T, "Stalled EndpointNotAllowed", |ra| condition_reason(ra, "Stalled").as_deref() == Some("EndpointNotAllowed")).await;
+        let message = &ra.status.as_ref().unwrap().last_error.as_ref().unwrap().error_message;
+        assert!(message.as_deref().is_some_and(|m| m.contains("--allowed-endpoint")), "{name}: the message says how to allow it: {message:?}");
+    }
+    // Deleting them is held too (a cancel would send the credentials there as well) ...
+    w.delete("token").await;
+    w.wait_for("token", T, "still Stalled while deleting", |ra| {
+        ra.metadata.deletion_timestamp.is_some() && condition_reason(ra, "Stalled").as_deref() == Some("EndpointNotAllowed")
+    })
+    .await;
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "the attacker's server was never contacted");
+    assert!(w.sim.requests().is_empty() && w.sim.token_refusals() == 0, "nothing was sent anywhere");
+    w.stop_operator().await;
+}
