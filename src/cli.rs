@@ -162,6 +162,12 @@ pub struct RunArgs {
     #[arg(long, env = "DEFAULT_CREDENTIALS_SECRET", value_parser = parse_namespaced_name)]
     pub default_credentials_secret: Option<(String, String)>,
 
+    /// Label selector of the namespaces whose resources may use --default-credentials-secret
+    /// (`key=value`, `key!=value`, `key`, `!key`, comma-separated). Without it no namespace may:
+    /// those credentials are the operator's, not the namespace's.
+    #[arg(long, env = "DEFAULT_CREDENTIALS_NAMESPACES", value_parser = crate::controller::selector::LabelSelector::parse)]
+    pub default_credentials_namespaces: Option<crate::controller::selector::LabelSelector>,
+
     /// Deletion policy of resources that set none: Cancel or Orphan.
     #[arg(long, env = "DEFAULT_DELETION_POLICY", default_value = "Cancel", value_parser = parse_policy)]
     pub default_deletion_policy: DeletionPolicy,

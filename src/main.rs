@@ -117,6 +117,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         poll_interval: args.poll_interval,
         backoff: BackoffPolicy { base: args.backoff_base, max: args.backoff_max, needs_human_recheck: args.needs_human_recheck },
         default_credentials: args.default_credentials_secret.clone(),
+        default_credentials_namespaces: args.default_credentials_namespaces.clone(),
         default_deletion_policy: args.default_deletion_policy,
         not_found_codes: args.not_found_error_codes.clone(),
         iam_endpoint: args.iam_endpoint.clone(),

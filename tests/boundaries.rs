@@ -68,3 +68,25 @@ async fn credentials_never_go_to_an_endpoint_the_operator_does_not_allow() {
     assert!(w.sim.requests().is_empty() && w.sim.token_refusals() == 0, "nothing was sent anywhere");
     w.stop_operator().await;
 }
+
+#[tokio::test]
+async fn the_default_credentials_serve_only_namespaces_the_admin_allowed() {
+    let mut w = World::new("bounds").await;
+    let mut config = w.config();
+    config.default_credentials = Some((w.namespace.clone(), support::operator::SECRET.to_string()));
+    config.default_credentials_namespaces = Some(workspace_assist::controller::selector::LabelSelector::parse("workspace.assist.dev/default-credentials=allowed").unwrap());
+    w.start_operator(config);
+    let mut m = w.manifest("ra", "desk-default");
+    m["spec"].as_object_mut().unwrap().remove("credentialsSecretRef");
+    w.create(m).await;
+    w.wait_for("ra", T, "Stalled DefaultCredentialsNotAllowed", |ra| condition_reason(ra, "Stalled").as_deref() == Some("DefaultCredentialsNotAllowed")).await;
+    assert!(w.sim.requests().is_empty(), "no call with the operator's credentials");
+
+    // The admin allows the namespace: a retry (or the next recheck) goes ahead.
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(w.client.clone());
+    let label = json!({ "metadata": { "labels": { "workspace.assist.dev/default-credentials": "allowed" } } });
+    namespaces.patch(&w.namespace, &Default::default(), &kube::api::Patch::Merge(label)).await.unwrap();
+    w.annotate("ra", json!({ "workspace.assist.dev/retry": "1" })).await;
+    w.wait_for("ra", T, "Active", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(workspace_assist::resource::Phase::Active)).await;
+    w.stop_operator().await;
+}

@@ -27,6 +27,10 @@ pub enum Error {
     /// nothing is sent to it.
     #[error("{0} is not an endpoint this operator may send credentials to: a cluster admin allows it with --allowed-endpoint")]
     EndpointNotAllowed(String),
+    /// The resource names no Secret, and its namespace may not use the operator's default
+    /// credentials (`--default-credentials-namespaces`): nothing is sent.
+    #[error("spec.credentialsSecretRef is not set, and namespace {0} may not use the operator's default credentials: a cluster admin allows namespaces with --default-credentials-namespaces")]
+    DefaultCredentialsNotAllowed(String),
     /// The resource's spec cannot be acted on (for example an endpoint that is not a URL).
     #[error("{0}")]
     InvalidSpec(String),
@@ -72,7 +76,7 @@ impl Error {
     pub fn needs_human(&self) -> bool {
         match self {
             Error::Cloud { disposition, .. } => matches!(disposition, Disposition::NeedsHuman(_) | Disposition::RenewToken),
-            Error::DesktopNotFound(_) | Error::EndpointNotAllowed(_) | Error::Credentials(_) | Error::InvalidSpec(_) | Error::Paused => true,
+            Error::DesktopNotFound(_) | Error::EndpointNotAllowed(_) | Error::DefaultCredentialsNotAllowed(_) | Error::Credentials(_) | Error::InvalidSpec(_) | Error::Paused => true,
             Error::Kubernetes(failure) => failure.forbidden(),
             Error::Kube(_) | Error::Finalizer(_) | Error::Stale => false,
         }
@@ -86,6 +90,7 @@ impl Error {
             Error::Credentials(e) => e.reason(),
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::EndpointNotAllowed(_) => "EndpointNotAllowed",
+            Error::DefaultCredentialsNotAllowed(_) => "DefaultCredentialsNotAllowed",
             Error::Kube(_) => "KubernetesApiError",
             Error::Kubernetes(failure) if failure.forbidden() => "KubernetesForbidden",
             Error::Kubernetes(_) => "KubernetesApiError",

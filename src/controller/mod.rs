@@ -15,6 +15,7 @@ pub mod reconcile;
 pub mod invitation;
 pub mod pins;
 pub mod secret_index;
+pub mod selector;
 pub mod status;
 
 use std::future::Future;
@@ -54,6 +55,8 @@ pub struct Config {
     pub backoff: BackoffPolicy,
     /// Credentials Secret (namespace, name) for resources that name none.
     pub default_credentials: Option<(String, String)>,
+    /// The namespaces whose resources may use the default credentials (None: no namespace).
+    pub default_credentials_namespaces: Option<selector::LabelSelector>,
     /// Deletion policy of resources that set none.
     pub default_deletion_policy: DeletionPolicy,
     /// Error codes that also mean "not found".
@@ -84,6 +87,7 @@ impl Default for Config {
             poll_interval: Duration::from_secs(300),
             backoff: BackoffPolicy::default(),
             default_credentials: None,
+            default_credentials_namespaces: None,
             default_deletion_policy: DeletionPolicy::Cancel,
             not_found_codes: Vec::new(),
             iam_endpoint: None,
@@ -157,15 +161,28 @@ impl Context {
     /// The namespace's deletion-policy annotation: from the watch of namespace metadata, or
     /// read from the API server when the watch does not hold the namespace (yet).
     pub async fn namespace_deletion_policy(&self, namespace: &str) -> Result<Option<String>, Error> {
-        let annotation = |meta: &kube::core::ObjectMeta| meta.annotations.as_ref().and_then(|a| a.get(DELETION_POLICY_ANNOTATION).cloned());
+        let meta = self.namespace_metadata(namespace, "its deletion-policy annotation").await?;
+        Ok(meta.and_then(|m| m.annotations.and_then(|mut a| a.remove(DELETION_POLICY_ANNOTATION))))
+    }
+
+    /// Whether the namespace's labels let its resources use the operator's default credentials.
+    pub async fn may_use_default_credentials(&self, namespace: &str) -> Result<bool, Error> {
+        let Some(selector) = &self.config.default_credentials_namespaces else { return Ok(false) };
+        let meta = self.namespace_metadata(namespace, "its labels, for the default credentials").await?;
+        Ok(meta.is_some_and(|m| selector.matches(&m.labels.unwrap_or_default())))
+    }
+
+    /// A namespace's metadata: from the watch of namespace metadata, or read from the API server
+    /// when the watch does not hold the namespace (yet). `why` names the purpose in errors.
+    async fn namespace_metadata(&self, namespace: &str, why: &str) -> Result<Option<kube::core::ObjectMeta>, Error> {
         if let Some(cached) = self.namespaces.get().and_then(|store| store.get(&ObjectRef::new(namespace))) {
-            return Ok(annotation(&cached.metadata));
+            return Ok(Some(cached.metadata.clone()));
         }
         let ns = Api::<Namespace>::all(self.client.clone())
             .get_metadata_opt(namespace)
             .await
-            .map_err(|e| Error::kubernetes("get", "Namespace", format!("{namespace} (its deletion-policy annotation)"), e))?;
-        Ok(ns.and_then(|ns| annotation(&ns.metadata)))
+            .map_err(|e| Error::kubernetes("get", "Namespace", format!("{namespace} ({why})"), e))?;
+        Ok(ns.map(|ns| ns.metadata))
     }
 
     /// Waits for the overall cloud rate limit.

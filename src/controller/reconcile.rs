@@ -596,7 +596,15 @@ impl<'a> Step<'a> {
         let target = Target { endpoint, project_id: spec.project_id.clone(), desktop_id: spec.desktop_id.clone() };
         let (namespace, name) = match &spec.credentials_secret_ref {
             Some(r) => (self.ra.namespace().unwrap_or_default(), r.name.clone()),
-            None => self.ctx.config.default_credentials.clone().ok_or(CredentialsError::NotConfigured)?,
+            None => {
+                let default = self.ctx.config.default_credentials.clone().ok_or(CredentialsError::NotConfigured)?;
+                // The operator's own credentials, for the namespaces its admin chose only.
+                let namespace = self.ra.namespace().unwrap_or_default();
+                if !self.ctx.may_use_default_credentials(&namespace).await? {
+                    return Err(Error::DefaultCredentialsNotAllowed(namespace));
+                }
+                default
+            }
         };
         let secret = self
             .ctx
