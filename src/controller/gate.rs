@@ -162,6 +162,12 @@ impl Gates {
     pub fn forget(&self, uid: &str) {
         self.succeeded(uid);
     }
+
+    /// Keeps only the entries of objects for which `exists` holds (an object can go without a
+    /// last reconcile: its finalizer removed by hand, its namespace gone).
+    pub fn retain(&self, exists: impl Fn(&str) -> bool) {
+        self.entries.lock().expect("gates").retain(|uid, _| exists(uid));
+    }
 }
 
 #[cfg(test)]
@@ -201,5 +207,10 @@ mod tests {
         assert_eq!(g.check("u", &trig, t0), Gate::Closed(d), "same data: still held");
         g.succeeded("u");
         assert_eq!(g.failures("u"), 0);
+
+        g.failed("gone", trig.clone(), None, true, &p, t0);
+        g.failed("here", trig.clone(), None, true, &p, t0);
+        g.retain(|uid| uid == "here");
+        assert_eq!((g.failures("gone"), g.failures("here")), (0, 1), "entries of objects that are gone are swept");
     }
 }

@@ -80,6 +80,11 @@ impl Invitations {
     pub fn forget(&self, uid: &str) {
         self.written.lock().expect("invitations").remove(uid);
     }
+
+    /// Keeps only the resources for which `exists` holds.
+    pub fn retain(&self, exists: impl Fn(&str) -> bool) {
+        self.written.lock().expect("invitations").retain(|uid, _| exists(uid));
+    }
 }
 
 impl Context {
@@ -189,6 +194,8 @@ mod tests {
         assert!(invitations.unchanged("u", 7) && !invitations.unchanged("u", 8));
         invitations.forget("u");
         assert!(!invitations.unchanged("u", 7));
+        invitations.wrote("gone".into(), 1);
+        invitations.retain(|uid| uid != "gone");
         assert!(invitations.written.lock().unwrap().is_empty(), "nothing is left of a forgotten resource");
     }
 

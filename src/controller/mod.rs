@@ -216,6 +216,14 @@ impl Context {
         Ok(secret)
     }
 
+    /// Drops the per-object state of objects no longer in the cache (an object can go without a
+    /// last reconcile: its finalizer removed by hand, or the operator's own watch missed it).
+    pub fn forget_objects_gone(&self, store: &Store<RemoteAssistance>) {
+        let uids: std::collections::HashSet<String> = store.state().iter().filter_map(|ra| ra.uid()).collect();
+        self.gates.retain(|uid| uids.contains(uid));
+        self.invitations.retain(|uid| uids.contains(uid));
+    }
+
     /// Drops the index entries and cached credentials of Secrets no resource uses any more.
     pub fn forget_unused_secrets(&self, store: &Store<RemoteAssistance>) {
         let mut in_use: std::collections::HashSet<secret_index::SecretKey> = store
@@ -484,6 +492,7 @@ async fn keep_house(ctx: Arc<Context>, store: Store<RemoteAssistance>, telemetry
     for round in 0u64.. {
         if round % 12 == 0 {
             ctx.forget_unused_secrets(&store);
+            ctx.forget_objects_gone(&store);
         }
         // Every 30 s (and once the cache is built), free heap pages go back to the system.
         if round % 6 == 0 {
