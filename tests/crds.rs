@@ -15,6 +15,27 @@ fn committed_crds_match_the_rust_types() {
     );
 }
 
+/// `kubectl explain` shows descriptions as written: no line break in the middle of a sentence.
+#[test]
+fn descriptions_read_as_prose() {
+    let crd: serde_json::Value = serde_yaml::from_str(&workspace_assist::crds_yaml()).unwrap();
+    fn check(v: &serde_json::Value, path: &str) {
+        match v {
+            serde_json::Value::Object(m) => m.iter().for_each(|(k, v)| {
+                if let (Some(text), "description") = (v.as_str(), k.as_str()) {
+                    for line in text.split("\n\n").flat_map(|p| p.lines().skip(1)) {
+                        assert!(line.starts_with("- ") || line.starts_with("* "), "{path}.description breaks mid-paragraph before {line:?}");
+                    }
+                }
+                check(v, &format!("{path}.{k}"));
+            }),
+            serde_json::Value::Array(items) => items.iter().for_each(|i| check(i, path)),
+            _ => {}
+        }
+    }
+    check(&crd, "crd");
+}
+
 #[tokio::test]
 async fn the_apiserver_accepts_and_establishes_the_crds() {
     let client = support::admin_client().await;
