@@ -93,11 +93,6 @@ impl Fence {
         Some(until.map_or(Duration::ZERO, |u| u.saturating_duration_since(Instant::now())))
     }
 
-    /// Whether this instance leads (for the leader metric).
-    pub fn leading(&self) -> bool {
-        self.inner.leading.load(Ordering::Acquire)
-    }
-
     fn renewed(&self, sent_at: Instant, renew_deadline: Duration) {
         *self.inner.valid_until.lock().expect("fence") = Some(sent_at + renew_deadline);
         self.inner.leading.store(true, Ordering::Release);
