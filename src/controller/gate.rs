@@ -125,12 +125,15 @@ impl Gates {
     pub fn failed(&self, uid: &str, trigger: Trigger, credentials: Option<u64>, needs_human: bool, policy: &BackoffPolicy, now: Instant) -> Duration {
         let mut entries = self.entries.lock().expect("gates");
         let failures = entries.get(uid).map_or(0, |e| e.failures) + 1;
+        // A Secret change seen while the attempt ran still counts: its reconcile comes after
+        // this one and must compare the data.
+        let secret_changed = entries.get(uid).is_some_and(|e| e.secret_changed);
         let delay = if needs_human {
             policy.needs_human_recheck
         } else {
             policy.retry_delay(failures, rand::random::<f64>())
         };
-        entries.insert(uid.to_string(), Entry { failures, not_before: now + delay, trigger, credentials, secret_changed: false });
+        entries.insert(uid.to_string(), Entry { failures, not_before: now + delay, trigger, credentials, secret_changed });
         delay
     }
 
@@ -207,6 +210,14 @@ mod tests {
         assert_eq!(g.check("u", &trig, t0), Gate::Closed(d), "same data: still held");
         g.succeeded("u");
         assert_eq!(g.failures("u"), 0);
+
+        // A Secret change seen while an attempt was running (its failure is recorded after the
+        // change) is not lost: the next reconcile compares the data.
+        g.failed("u", trig.clone(), Some(7), true, &p, t0);
+        g.secret_changed("u");
+        g.failed("u", trig.clone(), Some(7), true, &p, t0);
+        assert!(matches!(g.check("u", &trig, t0), Gate::SecretChanged { recorded: Some(7), .. }), "the change survives the failure recorded after it");
+        g.succeeded("u");
 
         g.failed("gone", trig.clone(), None, true, &p, t0);
         g.failed("here", trig.clone(), None, true, &p, t0);

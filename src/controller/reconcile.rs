@@ -48,6 +48,10 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
         ctx.metrics.reconciled(result, reason, started.elapsed());
         return Ok(Action::requeue(wait));
     }
+    // The credentials this attempt uses, as they are before it: read after a failure, the Secret
+    // may already hold new data, and a failure recorded against the new data would wait out
+    // the whole backoff instead of trying the new credentials.
+    let credentials = ctx.credentials_fingerprint(&ra).await;
     let object = ra.clone();
     let api: Api<RemoteAssistance> = Api::namespaced(ctx.client.clone(), &ra.namespace().unwrap_or_default());
     let result = finalizer(&api, FINALIZER, ra, |event| async {
@@ -77,7 +81,6 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
         },
     };
     let policy = retry_policy(&error, ctx.config.backoff);
-    let credentials = ctx.credentials_fingerprint(&object).await;
     let retry_after = ctx.gates.failed(&uid, trigger, credentials, error.needs_human(), &policy, Instant::now());
     ctx.metrics.reconciled("error", error.reason(), started.elapsed());
     if !error.needs_human() {
