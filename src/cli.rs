@@ -162,7 +162,19 @@ pub struct RunArgs {
     #[arg(long, env = "DEFAULT_CREDENTIALS_SECRET", value_parser = parse_namespaced_name)]
     pub default_credentials_secret: Option<(String, String)>,
 
+    /// The operator's own identity, for resources without spec.credentialsSecretRef, instead of
+    /// --default-credentials-secret: pod-identity (CCE pod identity), oidc (STS with a
+    /// projected ServiceAccount token) or ecs-metadata (the node's agency). Each reads the
+    /// official SDKs' environment variables (see the README's Credentials section).
+    #[arg(long, env = "AMBIENT_CREDENTIALS", value_enum, conflicts_with = "default_credentials_secret")]
+    pub ambient_credentials: Option<crate::workspace::AmbientKind>,
+
+    /// Address of the ECS metadata service, for --ambient-credentials=ecs-metadata.
+    #[arg(long, env = "ECS_METADATA_ENDPOINT", default_value = crate::workspace::ambient::DEFAULT_METADATA_ENDPOINT)]
+    pub ecs_metadata_endpoint: url::Url,
+
     /// Label selector of the namespaces whose resources may use --default-credentials-secret
+    /// or --ambient-credentials
     /// (`key=value`, `key!=value`, `key`, `!key`, comma-separated). Without it no namespace may:
     /// those credentials are the operator's, not the namespace's.
     #[arg(long, env = "DEFAULT_CREDENTIALS_NAMESPACES", value_parser = crate::controller::selector::LabelSelector::parse)]

@@ -6,7 +6,7 @@ use workspace_assist::cli::{Cli, Command, LogFormat, RunArgs, SimulateArgs};
 use workspace_assist::controller::{self, BackoffPolicy};
 use tokio_util::sync::CancellationToken;
 use workspace_assist::{leader, telemetry};
-use workspace_assist::workspace::ClientOptions;
+use workspace_assist::workspace::{AmbientSource, ClientOptions};
 
 fn main() -> ExitCode {
     workspace_assist::memory::limit_arenas();
@@ -127,6 +127,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
         unauthenticated_hold: args.unauthenticated_hold,
         fence: leader::Fence::always_open(),
         endpoints: controller::endpoints::EndpointPolicy { extra: args.allowed_endpoints.clone() },
+        ambient: match args.ambient_credentials {
+            Some(kind) => Some(AmbientSource::from_env(kind, &|name| std::env::var(name).ok(), Some(args.ecs_metadata_endpoint.clone()))?),
+            None => None,
+        },
     };
     let client = kube::Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
     let telemetry = controller::Telemetry::default();

@@ -190,6 +190,12 @@ pub struct RemoteAssistanceStatus {
     /// links, while the session is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invitation_secret_name: Option<String>,
+
+    /// Where the operator's credentials for this resource came from: `Secret` (the one named
+    /// in spec.credentialsSecretRef), `DefaultSecret` (the operator's default Secret), or the
+    /// operator's own identity: `pod-identity`, `oidc` or `ecs-metadata`. Never a value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_source: Option<String>,
 }
 
 /// The non-secret facts of a remote-assistance session, as the cloud reports them.

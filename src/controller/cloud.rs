@@ -30,6 +30,21 @@ pub enum CallCredentials {
     Direct(Credentials),
     /// Exchanged for a token first.
     Login(PasswordLogin),
+    /// Temporary credentials of the operator's own identity (fetched already): renewed and the
+    /// call made once more when the cloud says they expired.
+    Ambient(Credentials),
+}
+
+/// Whether a refusal says the credentials expired: `*.0307` ("the token must be renewed"), or a
+/// 401 whose message says so.
+fn says_expired(error: &CloudError, not_found_codes: &[String]) -> bool {
+    if classify(error, not_found_codes) == Disposition::RenewToken {
+        return true;
+    }
+    match error {
+        CloudError::Api(api) => api.http_status == 401 && api.body.message.as_deref().is_some_and(|m| m.to_ascii_lowercase().contains("expire")),
+        _ => false,
+    }
 }
 
 impl Context {
@@ -76,6 +91,18 @@ impl Context {
                     other => other,
                 }
             }
+            CallCredentials::Ambient(c) => match self.guarded(&CredentialKey::of(c), operation, || measured(c.clone())).await {
+                Err(e) if says_expired(&e, &self.config.not_found_codes) => {
+                    let Some(ambient) = &self.credentials.ambient else { return Err(e) };
+                    if let Credentials::AkSk { access_key_id, .. } = c {
+                        ambient.expired(access_key_id);
+                    }
+                    tracing::info!(source = ambient.kind().as_str(), "the temporary credentials expired: fetching new ones");
+                    let Ok(fresh) = ambient.credentials(self.cloud.http()).await else { return Err(e) };
+                    self.guarded(&CredentialKey::of(&fresh), operation, || measured(fresh.clone())).await
+                }
+                other => other,
+            },
         }
     }
 

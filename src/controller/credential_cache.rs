@@ -13,7 +13,7 @@ use kube::ResourceExt;
 
 use super::breaker::Breakers;
 use super::secret_index::SecretKey;
-use crate::workspace::TokenCache;
+use crate::workspace::{AmbientCredentials, AmbientSource, TokenCache};
 
 /// Credentials Secrets by key, at the version read, plus tokens and breakers.
 pub struct CredentialCache {
@@ -22,12 +22,19 @@ pub struct CredentialCache {
     pub tokens: TokenCache,
     /// Per-credential pacing after authentication failures.
     pub breakers: Breakers,
+    /// The temporary credentials of the operator's own identity, when it has one.
+    pub ambient: Option<AmbientCredentials>,
 }
 
 impl CredentialCache {
     /// An empty cache whose breakers hold failed credentials back for `unauthenticated_hold`.
-    pub fn new(unauthenticated_hold: std::time::Duration) -> CredentialCache {
-        CredentialCache { secrets: Mutex::default(), tokens: TokenCache::default(), breakers: Breakers::new(unauthenticated_hold) }
+    pub fn new(unauthenticated_hold: std::time::Duration, ambient: Option<AmbientSource>) -> CredentialCache {
+        CredentialCache {
+            secrets: Mutex::default(),
+            tokens: TokenCache::default(),
+            breakers: Breakers::new(unauthenticated_hold),
+            ambient: ambient.map(AmbientCredentials::new),
+        }
     }
 
     /// The Secret read at `version`, if that is what the cache holds.
@@ -74,7 +81,7 @@ mod tests {
 
     #[test]
     fn only_the_latest_version_is_served_and_unused_secrets_are_dropped() {
-        let cache = CredentialCache::new(std::time::Duration::from_secs(300));
+        let cache = CredentialCache::new(std::time::Duration::from_secs(300), None);
         let key: SecretKey = ("ns".into(), "a".into());
         cache.put(key.clone(), Some(&secret("a", "1")));
         assert!(cache.at_version(&key, "1").is_some());

@@ -1,7 +1,7 @@
 //! Errors of a reconcile, each with its category (what the operator does next) and a stable
 //! reason shared by conditions, Events and metrics.
 
-use crate::workspace::{CloudError, Disposition};
+use crate::workspace::{AmbientError, CloudError, Disposition};
 
 use super::credentials::CredentialsError;
 
@@ -31,6 +31,10 @@ pub enum Error {
     /// credentials (`--default-credentials-namespaces`): nothing is sent.
     #[error("spec.credentialsSecretRef is not set, and namespace {0} may not use the operator's default credentials: a cluster admin allows namespaces with --default-credentials-namespaces")]
     DefaultCredentialsNotAllowed(String),
+    /// The operator's own identity gave no credentials (the source is named, never a token):
+    /// retried with backoff, and the source itself is asked again only after its own backoff.
+    #[error("{0}")]
+    CredentialsSource(AmbientError),
     /// The resource's spec cannot be acted on (for example an endpoint that is not a URL).
     #[error("{0}")]
     InvalidSpec(String),
@@ -78,8 +82,14 @@ impl Error {
             Error::Cloud { disposition, .. } => matches!(disposition, Disposition::NeedsHuman(_) | Disposition::RenewToken),
             Error::DesktopNotFound(_) | Error::EndpointNotAllowed(_) | Error::DefaultCredentialsNotAllowed(_) | Error::Credentials(_) | Error::InvalidSpec(_) | Error::Paused => true,
             Error::Kubernetes(failure) => failure.forbidden(),
-            Error::Kube(_) | Error::Finalizer(_) | Error::Stale => false,
+            Error::Kube(_) | Error::Finalizer(_) | Error::Stale | Error::CredentialsSource(_) => false,
         }
+    }
+
+    /// Whether the status shows the resource Stalled: a person must act, or the operator's own
+    /// identity gives no credentials (retried with backoff, but usually a setup to fix).
+    pub fn stalls(&self) -> bool {
+        self.needs_human() || matches!(self, Error::CredentialsSource(_))
     }
 
     /// A stable CamelCase reason for conditions, Events and metrics labels.
@@ -88,6 +98,7 @@ impl Error {
             Error::Cloud { disposition, .. } => disposition.reason(),
             Error::DesktopNotFound(_) => "DesktopNotFound",
             Error::Credentials(e) => e.reason(),
+            Error::CredentialsSource(e) => e.kind.failure_reason(),
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::EndpointNotAllowed(_) => "EndpointNotAllowed",
             Error::DefaultCredentialsNotAllowed(_) => "DefaultCredentialsNotAllowed",

@@ -76,6 +76,9 @@ pub struct Config {
     pub fence: crate::leader::Fence,
     /// The endpoints credentials may be sent to.
     pub endpoints: endpoints::EndpointPolicy,
+    /// The operator's own identity, used (like the default Secret) by resources that name no
+    /// Secret, in the namespaces `default_credentials_namespaces` allows.
+    pub ambient: Option<crate::workspace::AmbientSource>,
 }
 
 impl Default for Config {
@@ -97,6 +100,7 @@ impl Default for Config {
             unauthenticated_hold: Duration::from_secs(300),
             fence: crate::leader::Fence::always_open(),
             endpoints: endpoints::EndpointPolicy::default(),
+            ambient: None,
         }
     }
 }
@@ -134,7 +138,7 @@ impl Context {
     pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Result<Context, String> {
         let cloud = WorkspaceClient::new(&config.client)?;
         let observations = Arc::new(polls::Observations::new(config.poll_interval));
-        let credentials = credential_cache::CredentialCache::new(config.unauthenticated_hold);
+        let credentials = credential_cache::CredentialCache::new(config.unauthenticated_hold, config.ambient.clone());
         Ok(Context {
             events: Arc::new(EventPublisher::new(client.clone(), "workspace-assist", &config.instance)),
             limiter: RateLimiter::direct(cloud_quota(config.cloud_rate_limit)),
@@ -360,6 +364,13 @@ fn log_not_found_policy(config: &Config) {
     } else {
         info!(codes = ?config.not_found_codes, "\"nothing to cancel\" is a 404 with a Workspace error body, or one of these configured not-found codes");
     }
+    let default = match (&config.ambient, &config.default_credentials) {
+        (Some(source), _) => format!("the operator's own identity ({})", source.kind().as_str()),
+        (None, Some((ns, name))) => format!("the Secret {ns}/{name}"),
+        (None, None) => "none".to_string(),
+    };
+    let namespaces = config.default_credentials_namespaces.as_ref().map_or_else(|| "no namespace".to_string(), |s| format!("namespaces matching {s}"));
+    info!(default_credentials = %default, allowed = %namespaces, "resources without spec.credentialsSecretRef use the default credentials in the allowed namespaces only");
 }
 
 type Relayed<T> = futures::channel::mpsc::Receiver<Result<T, watcher::Error>>;

@@ -202,11 +202,18 @@ struct Step<'a> {
     pin_problem: Option<(&'static str, String)>,
     /// A failure of this step was recorded in status and an Event already.
     reported: bool,
+    /// Where this step's credentials came from (status.credentialsSource), once known.
+    credentials_source: Option<&'static str>,
 }
+
+/// status.credentialsSource of credentials from the Secret the resource names.
+const SOURCE_SECRET: &str = "Secret";
+/// status.credentialsSource of credentials from the operator's default Secret.
+const SOURCE_DEFAULT_SECRET: &str = "DefaultSecret";
 
 impl<'a> Step<'a> {
     fn new(api: &'a Api<RemoteAssistance>, ra: &RemoteAssistance, ctx: &'a Context) -> Self {
-        Step { api, ctx, ra: ra.clone(), pin_problem: None, reported: false }
+        Step { api, ctx, ra: ra.clone(), pin_problem: None, reported: false, credentials_source: None }
     }
 
     fn uid(&self) -> String {
@@ -501,6 +508,9 @@ impl<'a> Step<'a> {
         let now = Time(jiff::Timestamp::now());
         let mut next = status::next_status(&self.ra, conclusion, cancel_calls, now.clone());
         edit(&mut next);
+        if let Some(source) = self.credentials_source {
+            next.credentials_source = Some(source.to_string());
+        }
         if let Some((reason, message)) = &self.pin_problem {
             let old = self.ra.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
             status::pin_failed(&mut next, old, reason, message, self.ra.metadata.generation, &now);
@@ -600,15 +610,28 @@ impl<'a> Step<'a> {
         let (namespace, name) = match &spec.credentials_secret_ref {
             Some(r) => (self.ra.namespace().unwrap_or_default(), r.name.clone()),
             None => {
-                let default = self.ctx.config.default_credentials.clone().ok_or(CredentialsError::NotConfigured)?;
+                let ambient = self.ctx.credentials.ambient.as_ref();
+                let default = self.ctx.config.default_credentials.clone();
+                if ambient.is_none() && default.is_none() {
+                    return Err(CredentialsError::NotConfigured.into());
+                }
                 // The operator's own credentials, for the namespaces its admin chose only.
                 let namespace = self.ra.namespace().unwrap_or_default();
                 if !self.ctx.may_use_default_credentials(&namespace).await? {
                     return Err(Error::DefaultCredentialsNotAllowed(namespace));
                 }
-                default
+                if let Some(ambient) = ambient {
+                    self.credentials_source = Some(ambient.kind().as_str());
+                    let creds = ambient.credentials(self.ctx.cloud.http()).await.map_err(Error::CredentialsSource)?;
+                    return Ok((target, CallCredentials::Ambient(creds)));
+                }
+                self.credentials_source = Some(SOURCE_DEFAULT_SECRET);
+                default.expect("checked above")
             }
         };
+        if spec.credentials_secret_ref.is_some() {
+            self.credentials_source = Some(SOURCE_SECRET);
+        }
         let secret = self
             .ctx
             .secret(&namespace, &name)

@@ -100,7 +100,7 @@ fn rules(conclusion: &Conclusion<'_>, current: &RemoteAssistanceStatus, wants_ca
                 _ => format!("{operation} failed: {error}"),
             };
             let message = bounded(&message, MAX_MESSAGE_BYTES).into_owned();
-            let (phase, reconciling, stalled) = if error.needs_human() {
+            let (phase, reconciling, stalled) = if error.stalls() {
                 (Phase::Failed, None, Some(value(true, reason, &message)))
             } else {
                 let phase = if wants_cancel { Phase::Cancelling } else { Phase::Pending };
@@ -126,6 +126,7 @@ pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_ca
         last_error: if rules.clears_error { None } else { current.last_error.clone() },
         assistance: current.assistance.clone(),
         invitation_secret_name: current.invitation_secret_name.clone(),
+        credentials_source: current.credentials_source.clone(),
         ..RemoteAssistanceStatus::default()
     };
     match conclusion {
@@ -192,6 +193,11 @@ fn last_error(error: &Error, operation: Operation, now: Time) -> Option<LastErro
         }
         Error::Credentials(_) | Error::InvalidSpec(_) | Error::EndpointNotAllowed(_) | Error::DefaultCredentialsNotAllowed(_) => {
             e.error_code = Some(error.reason().into());
+            e.error_message = bounded_opt(Some(&error.to_string()), MAX_MESSAGE_BYTES);
+        }
+        Error::CredentialsSource(source) => {
+            e.http_status = source.http_status;
+            e.error_code = bounded_opt(source.code.as_deref(), MAX_SHORT_BYTES).or_else(|| Some(error.reason().into()));
             e.error_message = bounded_opt(Some(&error.to_string()), MAX_MESSAGE_BYTES);
         }
         Error::Kube(_) | Error::Kubernetes(_) | Error::Finalizer(_) | Error::Stale | Error::Paused => return None,

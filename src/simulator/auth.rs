@@ -21,6 +21,8 @@ pub enum AuthFailure {
     BadDate(String),
     /// A temporary key without its (signed) security token, or a wrong token.
     BadSecurityToken,
+    /// Temporary credentials past their expiry.
+    ExpiredSecurityToken,
     /// The IAM token is not known.
     UnknownToken,
     /// The IAM token has expired: it must be renewed.
@@ -45,6 +47,7 @@ impl AuthFailure {
             AuthFailure::SignatureMismatch => "Incorrect IAM authentication information: verify aksk signature fail".into(),
             AuthFailure::BadDate(why) => format!("Incorrect IAM authentication information: {why}"),
             AuthFailure::BadSecurityToken => "Incorrect IAM authentication information: security token invalid".into(),
+            AuthFailure::ExpiredSecurityToken => "Incorrect IAM authentication information: the security token has expired".into(),
             AuthFailure::UnknownToken => "Incorrect IAM authentication information: verify token fail".into(),
             AuthFailure::ExpiredToken => "The token must be updated.".into(),
         }

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod faults;
+pub mod identity;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -118,6 +119,8 @@ impl Session {
 struct AkSk {
     secret_key: String,
     security_token: Option<String>,
+    /// When temporary credentials stop working.
+    expires_at: Option<jiff::Timestamp>,
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +146,7 @@ struct State {
     random_faults: Option<(f64, Vec<Fault>)>,
     latency: Duration,
     requests: Vec<RecordedRequest>,
+    identities: identity::Identities,
 }
 
 /// A running simulator. Dropping it stops the server.
@@ -204,7 +208,7 @@ impl Simulator {
 
     /// Accepts a permanent access key.
     pub fn add_access_key(&self, access_key_id: &str, secret_access_key: &str) {
-        self.with(|s| s.aksk.insert(access_key_id.into(), AkSk { secret_key: secret_access_key.into(), security_token: None }));
+        self.with(|s| s.aksk.insert(access_key_id.into(), AkSk { secret_key: secret_access_key.into(), security_token: None, expires_at: None }));
     }
 
     /// Accepts a temporary access key, valid only with its security token.
@@ -212,7 +216,7 @@ impl Simulator {
         self.with(|s| {
             s.aksk.insert(
                 access_key_id.into(),
-                AkSk { secret_key: secret_access_key.into(), security_token: Some(security_token.into()) },
+                AkSk { secret_key: secret_access_key.into(), security_token: Some(security_token.into()), expires_at: None },
             )
         });
     }
@@ -256,6 +260,61 @@ impl Simulator {
     /// Marks an IAM token expired (it answers 401 APIGW.0307 from now on).
     pub fn expire_token(&self, token: &str) {
         self.with(|s| s.tokens.insert(token.into(), true));
+    }
+
+    /// Checks the Kubernetes tokens presented to pod identity (TokenReview) and STS (the JWKS)
+    /// against this API server.
+    pub fn trust_kubernetes(&self, client: kube::Client) {
+        self.with(|s| s.identities.kubernetes = Some(client));
+    }
+
+    /// Serves CCE pod identity at [`Simulator::pod_identity_uri`]: tokens for `audience` of
+    /// these ServiceAccounts (`NAMESPACE/NAME`) get temporary credentials.
+    pub fn enable_pod_identity(&self, audience: &str, service_accounts: &[&str]) {
+        let accounts = service_accounts.iter().map(|sa| format!("system:serviceaccount:{}", sa.replacen('/', ":", 1))).collect();
+        self.with(|s| s.identities.pod_identity = Some((audience.to_string(), accounts)));
+    }
+
+    /// The URI for `HC_CONTAINER_CREDENTIALS_FULL_URI`.
+    pub fn pod_identity_uri(&self) -> String {
+        format!("{}{}", self.endpoint(), identity::POD_IDENTITY_PATH)
+    }
+
+    /// Registers an OIDC identity provider for STS `assume-with-oidc` (the simulator's endpoint
+    /// is then the STS endpoint).
+    pub fn add_oidc_provider(&self, provider_urn: &str, provider: identity::OidcProvider) {
+        self.with(|s| s.identities.oidc_providers.insert(provider_urn.to_string(), provider));
+    }
+
+    /// Plays the ECS metadata service (the simulator's endpoint is then its address).
+    pub fn serve_metadata(&self, service: identity::MetadataService) {
+        self.with(|s| s.identities.metadata = Some(service));
+    }
+
+    /// Forgets every metadata session token (each answers 401 from now on).
+    pub fn expire_metadata_tokens(&self) {
+        self.with(|s| s.identities.metadata_tokens.clear());
+    }
+
+    /// Lifetime of the temporary credentials the identity sources issue (default one hour).
+    pub fn set_temporary_lifetime(&self, lifetime: Duration) {
+        self.with(|s| s.identities.lifetime = Some(lifetime));
+    }
+
+    /// How many temporary credentials `source` (`pod-identity`, `oidc`, `ecs-metadata`) issued.
+    pub fn temporary_credentials_issued(&self, source: &str) -> usize {
+        self.with(|s| s.identities.issued.get(source).copied().unwrap_or(0))
+    }
+
+    /// How many requests `source` refused.
+    pub fn identity_refusals(&self, source: &str) -> usize {
+        self.with(|s| s.identities.refused.get(source).copied().unwrap_or(0))
+    }
+
+    /// Makes every temporary credential issued so far expired (401 from now on).
+    pub fn expire_temporary_credentials(&self) {
+        let past = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
+        self.with(|s| s.aksk.values_mut().filter(|k| k.expires_at.is_some()).for_each(|k| k.expires_at = Some(past)));
     }
 
     /// Starts a session for a desktop as if its user had asked for assistance.
@@ -378,6 +437,9 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     if parts.method == http::Method::POST && parts.uri.path() == "/v3/auth/tokens" {
         return Ok(issue_token(&state, &body));
+    }
+    if let Some(response) = serve_identity(&state, &parts, &body).await {
+        return Ok(response);
     }
     let route = route(parts.method.as_str(), parts.uri.path());
     let (operation, project_id, desktop_id) = match &route {
@@ -559,6 +621,120 @@ fn issue_token(state: &Arc<Mutex<State>>, body: &[u8]) -> Response<Full<Bytes>> 
         .expect("a valid response")
 }
 
+/// Answers the identity sources' requests (None: not one of their paths, or not served).
+async fn serve_identity(state: &Arc<Mutex<State>>, parts: &http::request::Parts, body: &[u8]) -> Option<Response<Full<Bytes>>> {
+    use identity::*;
+    let (method, path) = (&parts.method, parts.uri.path());
+    let source: &'static str = match (method.as_str(), path) {
+        ("POST", POD_IDENTITY_PATH) => "pod-identity",
+        ("POST", ASSUME_WITH_OIDC_PATH) => "oidc",
+        ("PUT", METADATA_TOKEN_PATH) | ("GET", METADATA_SECURITY_KEY_PATH) => "ecs-metadata",
+        _ => return None,
+    };
+    let result = match source {
+        "pod-identity" => pod_identity(state, parts).await,
+        "oidc" => assume_with_oidc(state, body).await,
+        _ => match metadata(state, parts) {
+            Ok(Some(session_token)) => return Some(text_response(200, &session_token)),
+            Ok(None) => Ok(()),
+            Err(refusal) => Err(refusal),
+        },
+    };
+    let mut s = state.lock().unwrap();
+    Some(match result {
+        Ok(()) => {
+            let issued = identity::new_temporary();
+            let lifetime = s.identities.lifetime.unwrap_or(Duration::from_secs(3600));
+            let expires_at = jiff::Timestamp::now() + jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::from_hours(1));
+            let (ak, sk, token) = issued.clone();
+            s.aksk.insert(ak, AkSk { secret_key: sk, security_token: Some(token), expires_at: Some(expires_at) });
+            *s.identities.issued.entry(source).or_default() += 1;
+            json_response(200, &identity::credential_body(source, &issued, expires_at))
+        }
+        Err((status, code, message)) => {
+            *s.identities.refused.entry(source).or_default() += 1;
+            error_response(status, code, &message, None, None)
+        }
+    })
+}
+
+/// CCE pod identity: the `Authorization` header is a ServiceAccount token, reviewed by the API
+/// server; its ServiceAccount must be bound to an agency.
+async fn pod_identity(state: &Arc<Mutex<State>>, parts: &http::request::Parts) -> Result<(), identity::Refusal> {
+    let (client, config) = {
+        let s = state.lock().unwrap();
+        (s.identities.kubernetes.clone(), s.identities.pod_identity.clone())
+    };
+    let (Some(client), Some((audience, accounts))) = (client, config) else {
+        return Err((404, "APIGW.0101", "pod identity is not served".into()));
+    };
+    let token = parts.headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if token.is_empty() {
+        return Err((401, "SIM.0401", "no token in Authorization".into()));
+    }
+    let user = identity::review(&client, token, &audience).await?;
+    if !accounts.contains(&user) {
+        return Err((403, "SIM.0403", format!("{user} is not bound to an agency")));
+    }
+    Ok(())
+}
+
+/// STS `assume-with-oidc`: the ID token is checked against the provider's issuer, audience and
+/// the API server's JWKS; the agency and subject must be allowed.
+async fn assume_with_oidc(state: &Arc<Mutex<State>>, body: &[u8]) -> Result<(), identity::Refusal> {
+    let request: serde_json::Value = serde_json::from_slice(body).map_err(|_| (400, "SIM.0400", "the body is not JSON".to_string()))?;
+    let field = |k: &str| request[k].as_str().unwrap_or_default().to_string();
+    let (provider_urn, agency_urn, id_token) = (field("provider_urn"), field("agency_urn"), field("id_token"));
+    if field("agency_session_name").is_empty() || !request["duration_seconds"].is_u64() {
+        return Err((400, "SIM.0400", "agency_session_name and duration_seconds are required".into()));
+    }
+    let (client, provider) = {
+        let s = state.lock().unwrap();
+        (s.identities.kubernetes.clone(), s.identities.oidc_providers.get(&provider_urn).cloned())
+    };
+    let client = client.ok_or_else(|| (503, "SIM.0503", "no API server to check tokens with".to_string()))?;
+    let provider = provider.ok_or_else(|| (404, "SIM.0404", "the identity provider does not exist".to_string()))?;
+    let subject = identity::verify_id_token(&client, &id_token, &provider).await?;
+    if !provider.agencies.contains(&agency_urn) || !provider.subjects.contains(&subject) {
+        return Err((403, "SIM.0403", format!("{subject} may not assume this agency")));
+    }
+    Ok(())
+}
+
+/// The ECS metadata service: Ok(Some(token)) for a session token, Ok(None) for credentials.
+fn metadata(state: &Arc<Mutex<State>>, parts: &http::request::Parts) -> Result<Option<String>, identity::Refusal> {
+    let mut s = state.lock().unwrap();
+    let Some(service) = s.identities.metadata else {
+        return Err((404, "APIGW.0101", "no metadata service here".into()));
+    };
+    if parts.method == http::Method::PUT {
+        if !service.session_tokens {
+            return Err((404, "SIM.0404", "Not Found".into()));
+        }
+        let token = random_hex(24);
+        s.identities.metadata_tokens.insert(token.clone());
+        return Ok(Some(token));
+    }
+    if service.session_tokens {
+        let sent = parts.headers.get("x-metadata-token").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !s.identities.metadata_tokens.contains(sent) {
+            return Err((401, "SIM.0401", "the metadata token is missing or expired".into()));
+        }
+    }
+    if !service.agency {
+        return Err((401, "SIM.0401", identity::NO_AGENCY_MESSAGE.into()));
+    }
+    Ok(None)
+}
+
+fn text_response(status: u16, body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "text/plain")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a valid response")
+}
+
 /// Maps a method and path to an operation and its IDs.
 fn route(method: &str, path: &str) -> Option<(Operation, String, String)> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -621,6 +797,9 @@ fn authenticate(state: &Arc<Mutex<State>>, parts: &http::request::Parts, body: &
         return Err(AuthFailure::BadDate("X-Sdk-Date is too far from the current time".into()));
     }
     let key = state.lock().unwrap().aksk.get(&parsed.access).cloned().ok_or(AuthFailure::UnknownAccessKey)?;
+    if key.expires_at.is_some_and(|e| jiff::Timestamp::now() >= e) {
+        return Err(AuthFailure::ExpiredSecurityToken);
+    }
     if let Some(expected) = &key.security_token {
         let sent = headers.get("x-security-token").and_then(|v| v.to_str().ok());
         if sent != Some(expected.as_str()) || !parsed.signed_headers.iter().any(|h| h == "x-security-token") {
@@ -675,7 +854,7 @@ fn json_response(status: u16, body: &serde_json::Value) -> Response<Full<Bytes>>
         .expect("a valid response")
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
 }
 

@@ -1,6 +1,7 @@
 //! Huawei Cloud Workspace remote-assistance API: the client, AK/SK signing, typed errors and the
 //! classification of every answer. Nothing here knows about Kubernetes.
 
+pub mod ambient;
 pub mod classify;
 pub mod client;
 pub mod credentials;
@@ -15,3 +16,4 @@ pub use credentials::{Credentials, Sensitive};
 pub use iam::{PasswordLogin, TokenCache};
 pub use error::{ApiError, CloudError, ErrorBody, Operation, TransportKind};
 pub use models::{CreateResponse, ShowResponse};
+pub use ambient::{AmbientCredentials, AmbientError, AmbientKind, AmbientSource};
