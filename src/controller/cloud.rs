@@ -36,13 +36,15 @@ pub enum CallCredentials {
 }
 
 /// Whether a refusal says the credentials expired: `*.0307` ("the token must be renewed"), or a
-/// 401 whose message says so.
+/// 401 whose message says so; also a call withheld because another call with the same
+/// credentials got that answer.
 fn says_expired(error: &CloudError, not_found_codes: &[String]) -> bool {
     if classify(error, not_found_codes) == Disposition::RenewToken {
         return true;
     }
     match error {
         CloudError::Api(api) => api.http_status == 401 && api.body.message.as_deref().is_some_and(|m| m.to_ascii_lowercase().contains("expire")),
+        CloudError::Withheld { cause, .. } => says_expired(cause, not_found_codes),
         _ => false,
     }
 }
@@ -98,7 +100,7 @@ impl Context {
                         ambient.expired(access_key_id);
                     }
                     tracing::info!(source = ambient.kind().as_str(), "the temporary credentials expired: fetching new ones");
-                    let Ok(fresh) = ambient.credentials(self.cloud.http()).await else { return Err(e) };
+                    let fresh = ambient.credentials(self.cloud.http()).await.map_err(|error| CloudError::Source { operation, error })?;
                     self.guarded(&CredentialKey::of(&fresh), operation, || measured(fresh.clone())).await
                 }
                 other => other,

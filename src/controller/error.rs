@@ -71,7 +71,16 @@ impl Error {
     pub fn from_lookup(error: CloudError, disposition: Disposition) -> Error {
         match disposition {
             Disposition::NotFound => Error::DesktopNotFound(error),
-            disposition => Error::Cloud { error, disposition },
+            disposition => Error::cloud(error, disposition),
+        }
+    }
+
+    /// The error for a failed cloud call; a call not sent for lack of credentials from the
+    /// operator's own identity is that source's failure.
+    pub fn cloud(error: CloudError, disposition: Disposition) -> Error {
+        match error {
+            CloudError::Source { error, .. } => Error::CredentialsSource(error),
+            error => Error::Cloud { error, disposition },
         }
     }
 

@@ -468,7 +468,7 @@ impl<'a> Step<'a> {
                         reason = disposition.reason(),
                         "cancel failed"
                     );
-                    Err(Error::Cloud { error, disposition })
+                    Err(Error::cloud(error, disposition))
                 }
             },
         }

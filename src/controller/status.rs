@@ -188,7 +188,7 @@ fn last_error(error: &Error, operation: Operation, now: Time) -> Option<LastErro
                 CloudError::Transport { message, .. } | CloudError::Request { message, .. } => {
                     e.error_message = bounded_opt(Some(message), MAX_MESSAGE_BYTES);
                 }
-                CloudError::Withheld { .. } => e.error_message = bounded_opt(Some(&cloud.to_string()), MAX_MESSAGE_BYTES),
+                CloudError::Withheld { .. } | CloudError::Source { .. } => e.error_message = bounded_opt(Some(&cloud.to_string()), MAX_MESSAGE_BYTES),
             }
         }
         Error::Credentials(_) | Error::InvalidSpec(_) | Error::EndpointNotAllowed(_) | Error::DefaultCredentialsNotAllowed(_) => {

@@ -92,6 +92,8 @@ pub fn classify(error: &CloudError, extra_not_found: &[String]) -> Disposition {
         CloudError::Transport { .. } => return Disposition::Retry(RetryReason::Transport),
         CloudError::Request { .. } => return Disposition::NeedsHuman(HumanReason::InvalidRequest),
         CloudError::Withheld { cause, .. } => return classify(cause, extra_not_found),
+        // Never "not found": nothing was sent (the controller reports it as the source's failure).
+        CloudError::Source { .. } => return Disposition::Retry(RetryReason::Transport),
         CloudError::Api(api) => api,
     };
     let status = api.http_status;

@@ -253,6 +253,14 @@ pub enum CloudError {
         /// The earlier failure.
         cause: Box<CloudError>,
     },
+    /// The call was not sent: the operator's own identity gave no credentials for it.
+    #[error("{operation}: not sent, {error}")]
+    Source {
+        /// The operation that was not sent.
+        operation: Operation,
+        /// Why there are no credentials.
+        error: super::ambient::AmbientError,
+    },
 }
 
 fn describe_api(e: &ApiError) -> String {
@@ -266,7 +274,7 @@ impl CloudError {
     pub fn operation(&self) -> Operation {
         match self {
             CloudError::Api(e) => e.operation,
-            CloudError::Transport { operation, .. } | CloudError::Request { operation, .. } | CloudError::Withheld { operation, .. } => {
+            CloudError::Transport { operation, .. } | CloudError::Request { operation, .. } | CloudError::Withheld { operation, .. } | CloudError::Source { operation, .. } => {
                 *operation
             }
         }
@@ -277,7 +285,7 @@ impl CloudError {
         match self {
             CloudError::Api(e) => e.request_id.as_deref(),
             CloudError::Transport { request_id, .. } => request_id.as_deref(),
-            CloudError::Request { .. } | CloudError::Withheld { .. } => None,
+            CloudError::Request { .. } | CloudError::Withheld { .. } | CloudError::Source { .. } => None,
         }
     }
 
@@ -287,6 +295,7 @@ impl CloudError {
             CloudError::Api(e) => Some(e.http_status),
             CloudError::Transport { http_status, .. } => *http_status,
             CloudError::Request { .. } | CloudError::Withheld { .. } => None,
+            CloudError::Source { error, .. } => error.http_status,
         }
     }
 
@@ -298,6 +307,7 @@ impl CloudError {
             CloudError::Transport { kind, .. } => Some(kind.as_str()),
             CloudError::Request { .. } => Some("InvalidRequest"),
             CloudError::Withheld { cause, .. } => cause.code(),
+            CloudError::Source { error, .. } => error.code.as_deref(),
         }
     }
 }
