@@ -63,20 +63,57 @@ async fn the_kustomize_base_and_variants_pass_a_server_side_dry_run() {
         {"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
     let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition = serde_json::from_str(crd).unwrap();
     support::install_crd(&support::admin_client().await, &crd).await;
+    let overlay = overlay(&["servicemonitor", "networkpolicy"]);
+    dry_run(&["-k", overlay.path().to_str().unwrap()]);
+}
+
+/// An overlay of the base with these components, as users would write it.
+fn overlay(components: &[&str]) -> tempfile::TempDir {
     // Kustomize takes only relative paths to other kustomizations.
     let overlay = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let deploy = relative(overlay.path(), &Path::new(ROOT).join("deploy"));
-    std::fs::write(
-        overlay.path().join("kustomization.yaml"),
-        format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - {}\n  - {}\n",
-            deploy.join("base").display(),
-            deploy.join("components/servicemonitor").display(),
-            deploy.join("components/networkpolicy").display()
-        ),
-    )
-    .unwrap();
-    dry_run(&["-k", overlay.path().to_str().unwrap()]);
+    let mut text = format!("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n", deploy.join("base").display());
+    for c in components {
+        text.push_str(&format!("  - {}\n", deploy.join("components").join(c).display()));
+    }
+    std::fs::write(overlay.path().join("kustomization.yaml"), text).unwrap();
+    overlay
+}
+
+#[tokio::test]
+async fn each_credentials_component_passes_a_dry_run_and_sets_its_source() {
+    ensure_namespace("workspace-assist").await;
+    for (component, source) in [("credentials-oidc", "oidc"), ("credentials-pod-identity", "pod-identity"), ("credentials-ecs-agency", "ecs-metadata")] {
+        // With the networkpolicy component too, as a careful user would run it.
+        let overlay = overlay(&[component, "networkpolicy"]);
+        dry_run(&["-k", overlay.path().to_str().unwrap()]);
+        let (ok, out) = kubectl(&["kustomize", overlay.path().to_str().unwrap()]);
+        assert!(ok, "{out}");
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&out).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let env: Vec<(String, String)> = container["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap_or("").to_string(), e["value"].as_str().unwrap_or("").to_string()))
+            .collect();
+        let value = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        assert_eq!(value("AMBIENT_CREDENTIALS").as_deref(), Some(source), "{component}");
+        assert!(value("DEFAULT_CREDENTIALS_NAMESPACES").is_some(), "{component}: the identity is for the namespaces an admin allows");
+        assert!(value("POD_NAME").is_some(), "{component}: the base's env is kept");
+        // The flags the operator reads from these variables parse.
+        let (source_var, namespaces) = (value("AMBIENT_CREDENTIALS").unwrap(), value("DEFAULT_CREDENTIALS_NAMESPACES").unwrap());
+        assert!(workspace_assist::controller::selector::LabelSelector::parse(&namespaces).is_ok(), "{namespaces}");
+        assert!(<workspace_assist::workspace::AmbientKind as clap::ValueEnum>::from_str(&source_var, false).is_ok());
+        if source == "oidc" {
+            let file = value("HUAWEICLOUD_OIDC_TOKEN_FILE").unwrap();
+            let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
+            assert!(file.starts_with(mount), "the token file {file} is in the projected volume at {mount}");
+            let projected = &deployment["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"];
+            assert!(projected["audience"].as_str().is_some_and(|a| !a.is_empty()), "the token has an audience");
+        }
+    }
 }
 
 /// The path of `to` relative to the directory `from`.
