@@ -96,6 +96,29 @@ pub struct SimulateArgs {
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub latency: Duration,
 
+    /// Serve CCE pod identity (at /v1/pod-identity/credentials) for this ServiceAccount,
+    /// NAMESPACE/NAME (repeatable); its tokens are checked with a TokenReview on the cluster of
+    /// the current kubeconfig.
+    #[arg(long = "pod-identity")]
+    pub pod_identity: Vec<String>,
+
+    /// The audience pod identity tokens must carry.
+    #[arg(long, default_value = "pod-identity.workspace.sim")]
+    pub pod_identity_audience: String,
+
+    /// Serve STS assume-with-oidc for an identity provider: URN=ISSUER,AUDIENCE,AGENCY_URN,SUBJECT
+    /// (repeatable); tokens are checked against the JWKS of the current kubeconfig's cluster.
+    #[arg(long = "oidc-provider")]
+    pub oidc_providers: Vec<String>,
+
+    /// Play the ECS metadata service of a node with an agency (session tokens supported).
+    #[arg(long, default_value_t = false)]
+    pub metadata_agency: bool,
+
+    /// Lifetime of the temporary credentials the identity sources issue.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub temporary_lifetime: Duration,
+
     /// A fault rule, e.g. `operation=cancel,status=503,code=APIGW.0308,times=3` (repeatable;
     /// keys: operation, desktop, kind=error|html|drop|delay|redirect, times, status, code,
     /// message, delay, location).

@@ -79,12 +79,39 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
         sim.open_session(&project, &desktop);
     }
     sim.set_latency(args.latency);
+    serve_identities(&sim, &args).await?;
     for fault in &args.faults {
         sim.inject(parse_fault_rule(fault)?);
     }
     println!("SIMULATOR_READY {}", sim.endpoint());
     info!(endpoint = %sim.endpoint(), access_keys = args.access_keys.len(), "Workspace simulator running; IAM tokens at {}/v3/auth/tokens", sim.endpoint());
     shutdown_signal().await;
+    Ok(())
+}
+
+/// The identity sources the simulator plays, from `simulate`'s flags.
+async fn serve_identities(sim: &workspace_assist::simulator::Simulator, args: &SimulateArgs) -> Result<(), String> {
+    use workspace_assist::simulator::identity::{MetadataService, OidcProvider};
+    sim.set_temporary_lifetime(args.temporary_lifetime);
+    if args.metadata_agency {
+        sim.serve_metadata(MetadataService { agency: true, session_tokens: true });
+    }
+    if args.pod_identity.is_empty() && args.oidc_providers.is_empty() {
+        return Ok(());
+    }
+    let client = kube::Client::try_default().await.map_err(|e| format!("connecting to Kubernetes to check tokens: {e}"))?;
+    sim.trust_kubernetes(client);
+    if !args.pod_identity.is_empty() {
+        let accounts: Vec<&str> = args.pod_identity.iter().map(String::as_str).collect();
+        sim.enable_pod_identity(&args.pod_identity_audience, &accounts);
+    }
+    for spec in &args.oidc_providers {
+        let bad = || format!("--oidc-provider must look like URN=ISSUER,AUDIENCE,AGENCY_URN,SUBJECT: {spec:?}");
+        let (urn, rest) = spec.split_once('=').ok_or_else(bad)?;
+        let [issuer, audience, agency, subject] = rest.split(',').collect::<Vec<_>>()[..] else { return Err(bad()) };
+        let provider = OidcProvider { issuer: issuer.into(), audience: audience.into(), agencies: [agency.to_string()].into(), subjects: [subject.to_string()].into() };
+        sim.add_oidc_provider(urn, provider);
+    }
     Ok(())
 }
 

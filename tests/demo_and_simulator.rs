@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use workspace_assist::workspace::{
+use workspace_assist::workspace::{AmbientCredentials, AmbientSource, 
     ClientOptions, CloudError, Credentials, Sensitive, Target, WorkspaceClient, resolve_endpoint,
 };
 
@@ -60,6 +60,7 @@ async fn the_simulate_command_serves_the_contract_with_flags() {
             "proj/desk-1",
             "--fault",
             "operation=cancel,desktop=desk-1,status=503,code=APIGW.0308",
+            "--metadata-agency",
         ])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -81,6 +82,12 @@ async fn the_simulate_command_serves_the_contract_with_flags() {
     client.cancel(&target, &creds).await.expect("the fault was used once");
     let wrong = Credentials::AkSk { access_key_id: "AKSIM".into(), secret_access_key: Sensitive::new("nope"), security_token: None };
     assert_eq!(client.show(&target, &wrong).await.unwrap_err().http_status(), Some(401));
+
+    // --metadata-agency: the ECS metadata service's temporary credentials work on the API.
+    let source = AmbientCredentials::new(AmbientSource::EcsMetadata { endpoint: endpoint.parse().unwrap() });
+    let temporary = source.credentials(client.http()).await.expect("temporary credentials from the metadata service");
+    assert!(matches!(&temporary, Credentials::AkSk { security_token: Some(_), .. }));
+    assert!(client.show(&target, &temporary).await.is_ok(), "signed with X-Security-Token");
 
     let pid = child.id().unwrap();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
