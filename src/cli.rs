@@ -203,6 +203,21 @@ pub struct RunArgs {
     #[arg(long, env = "DEFAULT_CREDENTIALS_NAMESPACES", value_parser = crate::controller::selector::LabelSelector::parse)]
     pub default_credentials_namespaces: Option<crate::controller::selector::LabelSelector>,
 
+    /// Maximum duration of the sessions of resources that set no spec.maxDuration (e.g. 2h; none
+    /// by default: sessions stay open until cancelled).
+    #[arg(long, env = "DEFAULT_MAX_DURATION", value_parser = parse_duration)]
+    pub default_max_duration: Option<Duration>,
+
+    /// The longest session any resource may have: a longer spec.maxDuration is capped (and
+    /// status says so), and resources without one get this one if there is no default.
+    #[arg(long, env = "MAX_DURATION", value_parser = parse_duration)]
+    pub max_duration: Option<Duration>,
+
+    /// How long after finishing (Cancelled or Closed) resources that set no
+    /// spec.ttlAfterFinished are deleted (none by default: they stay).
+    #[arg(long, env = "DEFAULT_TTL_AFTER_FINISHED", value_parser = parse_duration)]
+    pub default_ttl_after_finished: Option<Duration>,
+
     /// Deletion policy of resources that set none: Cancel or Orphan.
     #[arg(long, env = "DEFAULT_DELETION_POLICY", default_value = "Cancel", value_parser = parse_policy)]
     pub default_deletion_policy: DeletionPolicy,

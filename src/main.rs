@@ -154,6 +154,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
         unauthenticated_hold: args.unauthenticated_hold,
         fence: leader::Fence::always_open(),
         endpoints: controller::endpoints::EndpointPolicy { extra: args.allowed_endpoints.clone() },
+        limits: controller::deadline::Limits {
+            default_max_duration: args.default_max_duration,
+            max_duration: args.max_duration,
+            default_ttl_after_finished: args.default_ttl_after_finished,
+        },
         ambient: match args.ambient_credentials {
             Some(kind) => Some(AmbientSource::from_env(kind, &|name| std::env::var(name).ok(), Some(args.ecs_metadata_endpoint.clone()))?),
             None => None,

@@ -106,7 +106,58 @@ pub struct RemoteAssistanceSpec {
     /// cancels it on delete or cancel.
     #[serde(default = "default_true")]
     pub initiate: bool,
+
+    /// The longest the session may stay open, as a duration such as 30m, 2h or 1h30m (units h,
+    /// m, s), counted from the session's creation time as the cloud reports it (or from when
+    /// the operator created or adopted it, if the cloud gives none). When it has passed, the
+    /// operator cancels the session as if cancelled were set: phase Cancelled, reason
+    /// DeadlineExceeded, and no new session for this object. Changing it moves the deadline
+    /// (below the time already elapsed: cancelled at once). Unset: the operator's
+    /// --default-max-duration; the operator's --max-duration caps it, and status says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+(h|m|s))+$"))]
+    pub max_duration: Option<String>,
+
+    /// How long after it finished (phase Cancelled or Closed) the operator deletes this object,
+    /// as a duration such as 1h or 24h (0s: at once), like a Job's ttlSecondsAfterFinished.
+    /// The finalizer then comes off without another cancel. Changing it later counts from
+    /// the same finish time. Unset: the operator's --default-ttl-after-finished (none by
+    /// default: finished objects stay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+(h|m|s))+$"))]
+    pub ttl_after_finished: Option<String>,
 }
+
+/// Parses the durations of the spec (`maxDuration`, `ttlAfterFinished`): one or more
+/// `<integer><unit>` with units h, m and s, such as 30m, 2h or 1h30m.
+pub fn parse_spec_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?} is not a duration like 30m, 2h or 1h30m");
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        total = n.checked_mul(unit).and_then(|s| total.checked_add(s)).filter(|t| *t <= MAX_SPEC_DURATION_SECS).ok_or_else(|| format!("{text:?} is longer than 100 years"))?;
+        number.clear();
+    }
+    if !number.is_empty() || text.is_empty() {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
+/// The longest duration the spec may ask for (100 years): far beyond any use, and safe to add
+/// to any timestamp.
+const MAX_SPEC_DURATION_SECS: u64 = 100 * 365 * 24 * 3600;
 
 fn default_true() -> bool {
     true
@@ -196,6 +247,25 @@ pub struct RemoteAssistanceStatus {
     /// operator's own identity: `pod-identity`, `oidc` or `ecs-metadata`. Never a value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_source: Option<String>,
+
+    /// When the session the resource holds reaches its maximum duration (spec.maxDuration, or
+    /// the operator's default and maximum) and is cancelled; set while a session is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// Set when the operator's --max-duration capped spec.maxDuration (or the default): what
+    /// was asked for and what applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_capped: Option<String>,
+
+    /// When the operator cancelled the session because its maximum duration had passed. Such
+    /// an object is finished: no new session is started for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_exceeded_at: Option<Time>,
+
+    /// When the object finished (phase Cancelled or Closed): ttlAfterFinished counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
 }
 
 /// The non-secret facts of a remote-assistance session, as the cloud reports them.
@@ -229,6 +299,10 @@ pub struct AssistanceStatus {
     /// Whether this operator created the session (false: adopted one already in progress).
     #[serde(default)]
     pub created_by_operator: bool,
+    /// When this operator first saw the session in progress (created or adopted it): the start
+    /// of its maximum duration when the cloud reports no creation time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_since: Option<Time>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -285,6 +359,8 @@ pub(crate) fn sample(name: &str) -> RemoteAssistance {
         cancelled: false,
         deletion_policy: None,
         initiate: true,
+        max_duration: None,
+        ttl_after_finished: None,
     };
     RemoteAssistance::new(name, spec)
 }

@@ -41,6 +41,8 @@ pub struct Metrics {
     kubernetes_errors: Family<Labels, Counter>,
     resources: Family<Labels, Gauge>,
     stuck_deleting: Gauge,
+    past_deadline: Gauge,
+    cancels: Family<Labels, Counter>,
     leader: Gauge,
     seen_codes: Mutex<HashSet<String>>,
 }
@@ -63,6 +65,8 @@ impl Metrics {
         let kubernetes_errors = Family::<Labels, Counter>::default();
         let resources = Family::<Labels, Gauge>::default();
         let stuck_deleting = Gauge::default();
+        let past_deadline = Gauge::default();
+        let cancels = Family::<Labels, Counter>::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles by result and reason", reconciles.clone());
         registry.register("reconcile_duration_seconds", "Duration of reconciles by result", reconcile_duration.clone());
@@ -76,6 +80,12 @@ impl Metrics {
         );
         registry.register("resources", "RemoteAssistances by phase", resources.clone());
         registry.register("resources_stuck_deleting", "RemoteAssistances deleting for longer than the stuck threshold", stuck_deleting.clone());
+        registry.register(
+            "resources_past_deadline",
+            "RemoteAssistances holding a session past its maximum duration and not yet cancelled",
+            past_deadline.clone(),
+        );
+        registry.register("cancels", "Confirmed cancels (or nothing to cancel) by cause: spec, deletion or deadline", cancels.clone());
         registry.register("leader", "1 when this instance holds the leader lease", leader.clone());
         Metrics {
             registry,
@@ -87,6 +97,8 @@ impl Metrics {
             kubernetes_errors,
             resources,
             stuck_deleting,
+            past_deadline,
+            cancels,
             leader,
             seen_codes: Mutex::default(),
         }
@@ -119,12 +131,19 @@ impl Metrics {
         self.kubernetes_errors.get_or_create(&vec![("verb", verb.into()), ("kind", kind.into()), ("http_status", status.to_string())]).inc();
     }
 
-    /// Sets the count of resources in each phase and of those stuck deleting.
-    pub fn set_resources(&self, by_phase: &[(&'static str, i64)], stuck_deleting: i64) {
+    /// Sets the count of resources in each phase, of those stuck deleting and of those past
+    /// their deadline.
+    pub fn set_resources(&self, by_phase: &[(&'static str, i64)], stuck_deleting: i64, past_deadline: i64) {
         for (phase, count) in by_phase {
             self.resources.get_or_create(&vec![("phase", phase.to_string())]).set(*count);
         }
         self.stuck_deleting.set(stuck_deleting);
+        self.past_deadline.set(past_deadline);
+    }
+
+    /// Counts a confirmed cancel by its cause: `spec`, `deletion` or `deadline`.
+    pub fn cancelled(&self, cause: &'static str) {
+        self.cancels.get_or_create(&vec![("cause", cause.into())]).inc();
     }
 
     /// Records whether this instance leads.
@@ -229,7 +248,7 @@ mod tests {
             m.cloud_call(Operation::CancelRemoteAssistance, Err(&api_error(&format!("X.{i}"))), Duration::from_millis(1));
         }
         m.reconciled("success", "Reconciled", Duration::from_millis(10));
-        m.set_resources(&[("Active", 3)], 1);
+        m.set_resources(&[("Active", 3)], 1, 0);
         let text = m.render();
         assert!(text.contains(r#"workspace_assist_cloud_requests_total{operation="CancelRemoteAssistance",http_status="204",error_code=""} 1"#), "{text}");
         assert!(text.contains(r#"error_code="WKS.0001""#));

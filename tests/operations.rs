@@ -81,6 +81,11 @@ async fn health_readiness_and_metrics() {
 
     w.create(w.manifest("ra", "desk-m")).await;
     w.wait_for("ra", T, "Active", active).await;
+    // The per-phase gauges come from the housekeeping round (every 5 s), which must run.
+    support::operator::eventually(Duration::from_secs(20), "the Active gauge at 1", || async {
+        op.get("/metrics").await.1.contains(r#"workspace_assist_resources{phase="Active"} 1"#)
+    })
+    .await;
     w.delete("ra").await;
     w.wait_gone("ra", T).await;
 
@@ -94,6 +99,8 @@ async fn health_readiness_and_metrics() {
         "workspace_assist_cloud_request_duration_seconds_bucket",
         "workspace_assist_leader 1",
         "workspace_assist_resources_stuck_deleting 0",
+        "workspace_assist_resources_past_deadline 0",
+        r#"workspace_assist_cancels_total{cause="deletion"} 1"#,
     ] {
         assert!(text.contains(expected), "/metrics lacks {expected}:\n{text}");
     }

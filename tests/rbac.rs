@@ -149,6 +149,13 @@ async fn lifecycle(w: &World) -> Result<(), String> {
 
     w.delete("two").await;
     step("deleted after its cancel", STEP, async || get(w, "two").await.is_none()).await?;
+
+    // A finished resource goes once its ttlAfterFinished has passed.
+    let mut three = w.manifest("three", "desk-three");
+    three["spec"]["cancelled"] = json!(true);
+    three["spec"]["ttlAfterFinished"] = json!("1s");
+    w.create(three).await;
+    step("deleted after its ttlAfterFinished", STEP, async || get(w, "three").await.is_none()).await?;
     if w.sim.count(Operation::CancelRemoteAssistance, "desk-two") != 1 {
         return Err("desk-two was not cancelled exactly once".into());
     }

@@ -5,6 +5,7 @@ pub mod breaker;
 pub mod cloud;
 pub mod credential_cache;
 pub mod credentials;
+pub mod deadline;
 pub mod endpoints;
 pub mod error;
 pub mod events;
@@ -17,6 +18,7 @@ pub mod pins;
 pub mod secret_index;
 pub mod selector;
 pub mod status;
+pub mod timers;
 
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -79,6 +81,8 @@ pub struct Config {
     /// The operator's own identity, used (like the default Secret) by resources that name no
     /// Secret, in the namespaces `default_credentials_namespaces` allows.
     pub ambient: Option<crate::workspace::AmbientSource>,
+    /// The operator-wide maximum durations and TTL after finishing.
+    pub limits: deadline::Limits,
 }
 
 impl Default for Config {
@@ -101,6 +105,7 @@ impl Default for Config {
             fence: crate::leader::Fence::always_open(),
             endpoints: endpoints::EndpointPolicy::default(),
             ambient: None,
+            limits: deadline::Limits::default(),
         }
     }
 }
@@ -129,6 +134,9 @@ pub struct Context {
     pub observations: Arc<polls::Observations>,
     /// What this process last wrote to each invitation Secret.
     pub invitations: invitation::Invitations,
+    /// When held sessions reach their deadline and finished objects their TTL (speed: the
+    /// times derive from status, see [`deadline`]).
+    pub timers: Arc<timers::Timers>,
     store: OnceLock<Store<RemoteAssistance>>,
     namespaces: OnceLock<Store<PartialObjectMeta<Namespace>>>,
 }
@@ -152,6 +160,7 @@ impl Context {
             secret_index: secret_index::SecretIndex::default(),
             observations,
             invitations: invitation::Invitations::default(),
+            timers: Arc::default(),
             store: OnceLock::new(),
             namespaces: OnceLock::new(),
         })
@@ -226,6 +235,7 @@ impl Context {
         let uids: std::collections::HashSet<String> = store.state().iter().filter_map(|ra| ra.uid()).collect();
         self.gates.retain(|uid| uids.contains(uid));
         self.invitations.retain(|uid| uids.contains(uid));
+        self.timers.retain(|uid| uids.contains(uid));
     }
 
     /// Drops the index entries and cached credentials of Secrets no resource uses any more.
@@ -340,8 +350,10 @@ pub async fn run(
     let housekeeping = tokio::spawn(keep_house(ctx.clone(), store.clone(), telemetry.clone()));
     let mapper_ctx = ctx.clone();
     let polls = polls::due(ctx.observations.clone(), store.clone());
+    let timers = timers::due(ctx.timers.clone());
     Controller::for_stream(resources, store.clone())
         .reconcile_on(polls)
+        .reconcile_on(timers)
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
         .watches_stream(secrets, move |secret| mapper_ctx.on_secret(&secret, &store))
         .graceful_shutdown_on(shutdown)
@@ -497,8 +509,17 @@ async fn watch_namespaces(ctx: Arc<Context>) {
 /// gauges current, and every minute drops what is kept for Secrets no resource uses any more
 /// and hands free heap pages back.
 async fn keep_house(ctx: Arc<Context>, store: Store<RemoteAssistance>, telemetry: Telemetry) {
-    if store.wait_until_ready().await.is_ok() {
-        telemetry.health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Asked again every second: the store's readiness is a oneshot channel that wakes only the
+    // last of several waiters (the controller waits on it too), so a single wait can sleep on.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+            Ok(Ok(())) => {
+                telemetry.health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                break;
+            }
+            Ok(Err(_)) => break,
+            Err(_) => {}
+        }
     }
     for round in 0u64.. {
         if round % 12 == 0 {
@@ -520,7 +541,12 @@ fn report_resources(store: &Store<RemoteAssistance>, telemetry: &Telemetry, stuc
     let now = jiff::Timestamp::now();
     let mut counts: Vec<(&'static str, i64)> = PHASES.iter().map(|p| (*p, 0)).collect();
     let mut stuck = 0;
+    let mut past_deadline = 0;
     for ra in store.state() {
+        let expired = ra.status.as_ref().and_then(|s| s.expires_at.as_ref()).is_some_and(|t| t.0 <= now);
+        if expired && deadline::holds_session(&ra) {
+            past_deadline += 1;
+        }
         if let Some(phase) = ra.status.as_ref().and_then(|s| s.phase) {
             let name = format!("{phase:?}");
             if let Some(c) = counts.iter_mut().find(|(p, _)| *p == name) {
@@ -531,7 +557,7 @@ fn report_resources(store: &Store<RemoteAssistance>, telemetry: &Telemetry, stuc
             stuck += 1;
         }
     }
-    telemetry.metrics.set_resources(&counts, stuck);
+    telemetry.metrics.set_resources(&counts, stuck, past_deadline);
 }
 
 #[cfg(test)]

@@ -131,6 +131,8 @@ mod tests {
             cancelled: false,
             deletion_policy: None,
             initiate: true,
+            max_duration: None,
+            ttl_after_finished: None,
         };
         let mut ra = RemoteAssistance::new(name, spec);
         ra.metadata.namespace = Some("ns".into());

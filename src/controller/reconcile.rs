@@ -25,6 +25,7 @@ use super::credentials::{self, CredentialsError, SecretCredentials};
 use super::error::Error;
 use super::events::EventType;
 use super::gate::{API_RETRY_MAX, BackoffPolicy, Gate, Trigger};
+use super::deadline;
 use super::pins::may_need_cancel;
 use super::status::{self, Conclusion};
 
@@ -250,6 +251,16 @@ impl<'a> Step<'a> {
             self.write(&Conclusion::Paused, 0, |_| {}).await?;
             return Ok(Action::await_change());
         }
+        if self.delete_if_expired().await? {
+            return Ok(Action::await_change());
+        }
+        if self.deadline_passed()? {
+            return self.cancel_at_deadline().await;
+        }
+        if self.ra.status.as_ref().is_some_and(|s| s.deadline_exceeded_at.is_some()) && !self.ra.spec.cancelled {
+            // Cancelled at its deadline: finished, no new session.
+            return Ok(Action::await_change());
+        }
         if self.spec_cancelled_done() {
             self.record_cancelled(0).await?;
             return Ok(Action::await_change());
@@ -274,6 +285,7 @@ impl<'a> Step<'a> {
         if self.ra.spec.cancelled {
             return match self.end_session(&target, &creds).await {
                 Ok(calls) => {
+                    self.ctx.metrics.cancelled("spec");
                     self.record_cancelled(calls).await?;
                     Ok(Action::await_change())
                 }
@@ -310,6 +322,7 @@ impl<'a> Step<'a> {
         self.ctx.delete_invitation_secret_in_background(&self.ra);
         match self.end_session(&target, &creds).await {
             Ok(_) => {
+                self.ctx.metrics.cancelled("deletion");
                 self.unpin_credentials().await?;
                 Ok(Action::await_change())
             }
@@ -400,18 +413,115 @@ impl<'a> Step<'a> {
     /// The session is in progress: record its facts, its secret parts, and poll again later.
     async fn hold(&mut self, shown: &ShowResponse, just_created: bool) -> Result<Action, Error> {
         let was_active = self.phase() == Some(Phase::Active) && self.ra.status.as_ref().is_some_and(|s| s.invitation_secret_name.is_some());
-        let facts = assistance_from_show(shown, just_created || self.created_by_operator(shown));
+        let mut facts = assistance_from_show(shown, just_created || self.created_by_operator(shown));
+        facts.held_since = self.held_since(shown);
+        let max = deadline::max_duration(&self.ra, &self.ctx.config.limits).map_err(Error::InvalidSpec)?;
+        let expires_at = max.as_ref().and_then(|m| deadline::expires_at(&facts, m));
+        let capped = max.as_ref().and_then(deadline::MaxDuration::capped_note);
         let secret_name = self.ctx.apply_invitation_secret(&self.ra, shown, just_created).await?;
         if !was_active && !just_created {
             self.ctx.publish(&self.ra, EventType::Normal, "Adopted", "A remote assistance already in progress for the desktop is now held by this resource", "Observe");
         }
+        let was_capped = self.ra.status.as_ref().and_then(|s| s.max_duration_capped.clone());
+        if let Some(note) = capped.as_ref().filter(|n| Some(*n) != was_capped.as_ref()) {
+            self.ctx.publish(&self.ra, EventType::Warning, "MaxDurationCapped", &format!("spec.maxDuration: {note}"), "Observe");
+        }
         self.write(&Conclusion::Active, 0, |s| {
             s.assistance = Some(facts);
             s.invitation_secret_name = Some(secret_name);
+            s.expires_at = expires_at.map(Time);
+            s.max_duration_capped = capped;
         })
         .await?;
         self.ctx.observations.observed_now(&self.uid(), self.ra.metadata.generation);
+        match expires_at {
+            // The write's own reconcile cancels it.
+            Some(at) => self.ctx.timers.set(&self.uid(), kube::runtime::reflector::ObjectRef::from_obj(&self.ra), at),
+            None => self.ctx.timers.clear(&self.uid()),
+        }
         Ok(Action::await_change())
+    }
+
+    /// When this operator first held the session `shown`: kept from status while it is the same
+    /// session, else now.
+    fn held_since(&self, shown: &ShowResponse) -> Option<Time> {
+        let held = self.ra.status.as_ref().and_then(|s| s.assistance.as_ref());
+        match held {
+            Some(a) if a.share_space_id.is_some() && a.share_space_id == shown.share_space_id && a.held_since.is_some() => a.held_since.clone(),
+            _ => Some(Time(jiff::Timestamp::now())),
+        }
+    }
+
+    /// Whether the session this resource holds has passed its deadline (computed from the spec
+    /// as it is now, the status and the cloud's time). A deadline still ahead is queued.
+    fn deadline_passed(&self) -> Result<bool, Error> {
+        let Some(at) = deadline::deadline(&self.ra, &self.ctx.config.limits).map_err(Error::InvalidSpec)? else {
+            return Ok(false);
+        };
+        if at <= jiff::Timestamp::now() {
+            return Ok(true);
+        }
+        self.ctx.timers.set(&self.uid(), kube::runtime::reflector::ObjectRef::from_obj(&self.ra), at);
+        Ok(false)
+    }
+
+    /// The session's time is up: cancel it as spec.cancelled would, and finish the object.
+    async fn cancel_at_deadline(&mut self) -> Result<Action, Error> {
+        info!("the session reached its maximum duration: cancelling it");
+        let (target, creds) = match self.prepare().await {
+            Ok(p) => p,
+            Err(error) => return self.fail(error, Operation::CancelRemoteAssistance, 0).await,
+        };
+        let calls = match self.end_session(&target, &creds).await {
+            Ok(calls) => calls,
+            Err(failed) => return self.fail(failed.error, failed.operation, failed.cancel_calls).await,
+        };
+        self.ctx.metrics.cancelled("deadline");
+        let max = deadline::max_duration(&self.ra, &self.ctx.config.limits).ok().flatten().map(|m| deadline::show(m.duration)).unwrap_or_default();
+        self.ctx.publish(&self.ra, EventType::Normal, "DeadlineExceeded", &format!("The remote assistance reached its maximum duration ({max}) and was cancelled"), "Cancel");
+        self.ctx.observations.forget(&self.uid());
+        self.ctx.timers.clear(&self.uid());
+        self.ctx.delete_invitation_secret(&self.ra).await?;
+        let now = Time(jiff::Timestamp::now());
+        self.write(&Conclusion::DeadlineExceeded, calls, |s| {
+            s.invitation_secret_name = None;
+            s.deadline_exceeded_at = Some(now);
+            if let Some(a) = s.assistance.as_mut() {
+                a.status = Some(crate::workspace::models::STATUS_CLOSE.to_string());
+            }
+        })
+        .await?;
+        self.unpin_credentials().await?;
+        self.ctx.recall.forget_cancel(&self.uid());
+        Ok(Action::await_change())
+    }
+
+    /// A finished object past its TTL is deleted (with preconditions: a newer version, with a
+    /// changed TTL perhaps, is looked at again); one whose TTL is ahead is queued. Returns
+    /// whether it was deleted.
+    async fn delete_if_expired(&mut self) -> Result<bool, Error> {
+        let Some(at) = deadline::delete_at(&self.ra, &self.ctx.config.limits).map_err(Error::InvalidSpec)? else {
+            return Ok(false);
+        };
+        let object = kube::runtime::reflector::ObjectRef::from_obj(&self.ra);
+        if at > jiff::Timestamp::now() {
+            self.ctx.timers.set(&self.uid(), object, at);
+            return Ok(false);
+        }
+        let preconditions = kube::api::Preconditions { uid: self.ra.uid(), resource_version: self.ra.resource_version() };
+        let params = kube::api::DeleteParams { preconditions: Some(preconditions), ..kube::api::DeleteParams::default() };
+        match self.api.delete(&self.ra.name_any(), &params).await {
+            Ok(_) => {
+                info!("finished longer than its ttlAfterFinished: deleted");
+                self.ctx.publish(&self.ra, EventType::Normal, "Expired", "Deleted: finished longer ago than its ttlAfterFinished", "Delete");
+                Ok(true)
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Err(Error::Stale),
+            Err(e) => {
+                let object = format!("{}/{} (its ttlAfterFinished passed)", self.ra.namespace().unwrap_or_default(), self.ra.name_any());
+                Err(Error::kubernetes("delete", "RemoteAssistance", object, e))
+            }
+        }
     }
 
     /// Whether this resource's operator created the session the cloud shows.
@@ -695,6 +805,7 @@ fn assistance_from_show(shown: &ShowResponse, created_by_operator: bool) -> Assi
         create_time: bounded_opt(shown.create_time.as_deref(), MAX_SHORT_BYTES),
         failed_reason: bounded_opt(shown.failed_reason.as_deref(), MAX_MESSAGE_BYTES),
         created_by_operator,
+        held_since: None,
     }
 }
 

@@ -35,6 +35,8 @@ pub enum Conclusion<'a> {
     NoAssistance,
     /// The cloud confirmed the cancel (or that there was nothing to cancel).
     Cancelled,
+    /// The session reached its maximum duration and the cloud confirmed its cancel.
+    DeadlineExceeded,
     /// The cloud reports the session closed by someone else.
     Closed,
     /// The paused annotation stops all cloud calls.
@@ -80,6 +82,7 @@ fn rules(conclusion: &Conclusion<'_>, current: &RemoteAssistanceStatus, wants_ca
     match conclusion {
         Conclusion::Active => settled(Phase::Active, true, "Active", "The remote assistance is in progress"),
         Conclusion::Cancelled => settled(Phase::Cancelled, true, "Cancelled", "The remote assistance is cancelled"),
+        Conclusion::DeadlineExceeded => settled(Phase::Cancelled, true, "DeadlineExceeded", "The remote assistance reached its maximum duration and was cancelled"),
         Conclusion::Closed => settled(Phase::Closed, true, "ClosedRemotely", "The session was closed in the cloud; nothing is left to cancel"),
         Conclusion::NoAssistance => Rules {
             reconciling: Some(value(true, "NoAssistance", "Waiting for a remote assistance to start")),
@@ -127,10 +130,22 @@ pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_ca
         assistance: current.assistance.clone(),
         invitation_secret_name: current.invitation_secret_name.clone(),
         credentials_source: current.credentials_source.clone(),
+        expires_at: current.expires_at.clone(),
+        max_duration_capped: current.max_duration_capped.clone(),
+        deadline_exceeded_at: current.deadline_exceeded_at.clone(),
+        finished_at: current.finished_at.clone(),
         ..RemoteAssistanceStatus::default()
     };
+    // A session that ended has no deadline; the object finished then (ttlAfterFinished).
+    if matches!(conclusion, Conclusion::Cancelled | Conclusion::DeadlineExceeded | Conclusion::Closed | Conclusion::NoAssistance) {
+        next.expires_at = None;
+        next.max_duration_capped = None;
+    }
+    if matches!(conclusion, Conclusion::Cancelled | Conclusion::DeadlineExceeded | Conclusion::Closed) && next.finished_at.is_none() {
+        next.finished_at = Some(now.clone());
+    }
     match conclusion {
-        Conclusion::Cancelled if next.cancelled_at.is_none() => next.cancelled_at = Some(now.clone()),
+        Conclusion::Cancelled | Conclusion::DeadlineExceeded if next.cancelled_at.is_none() => next.cancelled_at = Some(now.clone()),
         Conclusion::Failed { error, operation } => {
             if let Some(e) = last_error(error, *operation, now.clone()) {
                 next.last_error = Some(Box::new(e));

@@ -75,9 +75,14 @@ impl World {
 
     /// Starts the operator in this process.
     pub fn start_operator(&mut self, config: controller::Config) {
+        self.start_operator_with(config, Default::default());
+    }
+
+    /// Starts the operator in this process, reporting to `telemetry` (its metrics and health).
+    pub fn start_operator_with(&mut self, config: controller::Config, telemetry: controller::Telemetry) {
         let (tx, rx) = oneshot::channel();
         let client = self.client.clone();
-        self.task = Some(tokio::spawn(controller::run(client, config, Default::default(), async move {
+        self.task = Some(tokio::spawn(controller::run(client, config, telemetry, async move {
             let _ = rx.await;
         })));
         self.stop = Some(tx);

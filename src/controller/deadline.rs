@@ -1,0 +1,226 @@
+//! Time-boxed access, as pure decisions: when a held session must be cancelled (its maximum
+//! duration), and when a finished object is deleted (its TTL). Everything derives from the
+//! spec, the status and the cloud's times, never from memory: a restart or a new leader reaches
+//! the same answers, and acts at once on deadlines that passed while no operator ran.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use crate::resource::{AssistanceStatus, Phase, RemoteAssistance, parse_spec_duration};
+
+/// The operator-wide limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// The maximum duration of resources that set none.
+    pub default_max_duration: Option<Duration>,
+    /// The most any resource may have: longer ones are capped.
+    pub max_duration: Option<Duration>,
+    /// The TTL after finishing of resources that set none.
+    pub default_ttl_after_finished: Option<Duration>,
+}
+
+/// The maximum duration that applies to a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaxDuration {
+    /// The duration.
+    pub duration: Duration,
+    /// What was asked for, when the operator's maximum capped it.
+    pub capped_from: Option<Duration>,
+}
+
+impl MaxDuration {
+    /// The status note of a capped duration.
+    pub fn capped_note(&self) -> Option<String> {
+        self.capped_from.map(|asked| format!("{} asked for; capped to the operator's maximum {}", show(asked), show(self.duration)))
+    }
+}
+
+/// A duration as the spec writes them: `1h30m`, `45s`.
+pub fn show(d: Duration) -> String {
+    let s = d.as_secs();
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// The maximum duration of `ra`: its spec's, else the default; capped by the maximum. None
+/// when there is none. Err when spec.maxDuration does not parse.
+pub fn max_duration(ra: &RemoteAssistance, limits: &Limits) -> Result<Option<MaxDuration>, String> {
+    let asked = match &ra.spec.max_duration {
+        Some(text) => Some(parse_spec_duration(text).map_err(|e| format!("spec.maxDuration: {e}"))?),
+        None => limits.default_max_duration,
+    };
+    Ok(match (asked, limits.max_duration) {
+        (None, None) => None,
+        (None, Some(max)) => Some(MaxDuration { duration: max, capped_from: None }),
+        (Some(asked), Some(max)) if asked > max => Some(MaxDuration { duration: max, capped_from: Some(asked) }),
+        (Some(asked), _) => Some(MaxDuration { duration: asked, capped_from: None }),
+    })
+}
+
+/// When the session started: its creation time as the cloud reports it (a UTC time, with or
+/// without the `Z`), else when this operator first held it.
+pub fn session_start(assistance: &AssistanceStatus) -> Option<Timestamp> {
+    let reported = assistance.create_time.as_deref().and_then(|t| {
+        let t = t.trim();
+        t.parse::<Timestamp>().ok().or_else(|| t.replace(' ', "T").parse::<jiff::civil::DateTime>().ok().and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok()).map(|z| z.timestamp()))
+    });
+    reported.or_else(|| assistance.held_since.as_ref().map(|t| t.0))
+}
+
+/// Whether the resource holds an open session (the one a deadline would cancel).
+pub fn holds_session(ra: &RemoteAssistance) -> bool {
+    let Some(status) = &ra.status else { return false };
+    !ra.spec.cancelled
+        && ra.metadata.deletion_timestamp.is_none()
+        && status.deadline_exceeded_at.is_none()
+        && !matches!(status.phase, Some(Phase::Cancelled | Phase::Closed))
+        && status.assistance.as_ref().is_some_and(|a| a.share_space_id.is_some() && a.status.as_deref() != Some("CLOSE"))
+}
+
+/// When the session `assistance` describes must end under `max`.
+pub fn expires_at(assistance: &AssistanceStatus, max: &MaxDuration) -> Option<Timestamp> {
+    let start = session_start(assistance)?;
+    start.checked_add(jiff::SignedDuration::try_from(max.duration).ok()?).ok()
+}
+
+/// When `ra`'s held session must end, if it holds one and has a maximum duration.
+pub fn deadline(ra: &RemoteAssistance, limits: &Limits) -> Result<Option<Timestamp>, String> {
+    if !holds_session(ra) {
+        return Ok(None);
+    }
+    let Some(max) = max_duration(ra, limits)? else { return Ok(None) };
+    Ok(ra.status.as_ref().and_then(|s| s.assistance.as_ref()).and_then(|a| expires_at(a, &max)))
+}
+
+/// Whether the object is finished: Cancelled (by its spec or its deadline) or Closed in the
+/// cloud, and not being deleted.
+pub fn finished(ra: &RemoteAssistance) -> bool {
+    let Some(status) = &ra.status else { return false };
+    ra.metadata.deletion_timestamp.is_none()
+        && match status.phase {
+            Some(Phase::Cancelled) => ra.spec.cancelled || status.deadline_exceeded_at.is_some(),
+            Some(Phase::Closed) => true,
+            _ => false,
+        }
+}
+
+/// When a finished `ra` is to be deleted, if it has a TTL. Err when spec.ttlAfterFinished does
+/// not parse.
+pub fn delete_at(ra: &RemoteAssistance, limits: &Limits) -> Result<Option<Timestamp>, String> {
+    if !finished(ra) {
+        return Ok(None);
+    }
+    let ttl = match &ra.spec.ttl_after_finished {
+        Some(text) => Some(parse_spec_duration(text).map_err(|e| format!("spec.ttlAfterFinished: {e}"))?),
+        None => limits.default_ttl_after_finished,
+    };
+    let Some(ttl) = ttl else { return Ok(None) };
+    let Some(finished_at) = ra.status.as_ref().and_then(|s| s.finished_at.as_ref().or(s.cancelled_at.as_ref())) else { return Ok(None) };
+    Ok(finished_at.0.checked_add(jiff::SignedDuration::try_from(ttl).map_err(|e| e.to_string())?).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::RemoteAssistanceStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn held(max: Option<&str>, create_time: Option<&str>) -> RemoteAssistance {
+        let mut ra = crate::resource::sample("x");
+        ra.spec.max_duration = max.map(str::to_string);
+        ra.status = Some(RemoteAssistanceStatus {
+            phase: Some(Phase::Active),
+            assistance: Some(AssistanceStatus {
+                share_space_id: Some("s".into()),
+                status: Some("OPEN".into()),
+                create_time: create_time.map(str::to_string),
+                held_since: Some(Time(ts("2026-11-29T10:00:00Z"))),
+                ..AssistanceStatus::default()
+            }),
+            ..RemoteAssistanceStatus::default()
+        });
+        ra
+    }
+
+    #[test]
+    fn the_deadline_counts_from_the_clouds_time_else_from_holding() {
+        let none = Limits::default();
+        let ra = held(Some("30m"), Some("2026-11-29T09:00:00Z"));
+        assert_eq!(deadline(&ra, &none).unwrap(), Some(ts("2026-11-29T09:30:00Z")));
+        let ra = held(Some("1h30m"), Some("2026-11-29 09:00:00"));
+        assert_eq!(deadline(&ra, &none).unwrap(), Some(ts("2026-11-29T10:30:00Z")), "a time without Z is UTC");
+        let ra = held(Some("2h"), None);
+        assert_eq!(deadline(&ra, &none).unwrap(), Some(ts("2026-11-29T12:00:00Z")), "from when the operator held it");
+        assert_eq!(deadline(&held(None, None), &none).unwrap(), None, "no maximum: no deadline");
+    }
+
+    #[test]
+    fn the_operators_maximum_caps_and_its_default_fills_in() {
+        let limits = Limits { default_max_duration: Some(Duration::from_secs(3600)), max_duration: Some(Duration::from_secs(8 * 3600)), ..Limits::default() };
+        let m = max_duration(&held(Some("12h"), None), &limits).unwrap().unwrap();
+        assert_eq!(m.duration, Duration::from_secs(8 * 3600));
+        assert_eq!(m.capped_note().unwrap(), "12h asked for; capped to the operator's maximum 8h");
+        assert_eq!(max_duration(&held(None, None), &limits).unwrap().unwrap().duration, Duration::from_secs(3600));
+        assert_eq!(max_duration(&held(Some("2h"), None), &limits).unwrap().unwrap().capped_from, None);
+        let only_max = Limits { max_duration: Some(Duration::from_secs(60)), ..Limits::default() };
+        assert_eq!(max_duration(&held(None, None), &only_max).unwrap().unwrap().duration, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn only_a_held_session_has_a_deadline() {
+        let limits = Limits::default();
+        let mut ra = held(Some("1m"), None);
+        ra.spec.cancelled = true;
+        assert_eq!(deadline(&ra, &limits).unwrap(), None, "cancelling anyway");
+        let mut ra = held(Some("1m"), None);
+        ra.status.as_mut().unwrap().assistance.as_mut().unwrap().status = Some("CLOSE".into());
+        assert_eq!(deadline(&ra, &limits).unwrap(), None, "closed in the cloud");
+        let mut ra = held(Some("1m"), None);
+        ra.status.as_mut().unwrap().deadline_exceeded_at = Some(Time(ts("2026-11-29T10:01:00Z")));
+        assert_eq!(deadline(&ra, &limits).unwrap(), None, "already cancelled at its deadline");
+    }
+
+    #[test]
+    fn a_finished_object_is_deleted_its_ttl_after_it_finished() {
+        let limits = Limits { default_ttl_after_finished: Some(Duration::from_secs(600)), ..Limits::default() };
+        let mut ra = held(None, None);
+        assert_eq!(delete_at(&ra, &limits).unwrap(), None, "not finished");
+        ra.spec.cancelled = true;
+        let status = ra.status.as_mut().unwrap();
+        status.phase = Some(Phase::Cancelled);
+        status.finished_at = Some(Time(ts("2026-11-29T11:00:00Z")));
+        assert_eq!(delete_at(&ra, &limits).unwrap(), Some(ts("2026-11-29T11:10:00Z")));
+        ra.spec.ttl_after_finished = Some("1h".into());
+        assert_eq!(delete_at(&ra, &limits).unwrap(), Some(ts("2026-11-29T12:00:00Z")), "a changed TTL counts from the same finish");
+        assert_eq!(delete_at(&ra, &Limits::default()).unwrap(), Some(ts("2026-11-29T12:00:00Z")));
+        ra.spec.ttl_after_finished = None;
+        assert_eq!(delete_at(&ra, &Limits::default()).unwrap(), None, "no TTL: stays");
+    }
+
+    #[test]
+    fn durations_read_and_print_as_the_spec_writes_them() {
+        assert_eq!(parse_spec_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_spec_duration("0s").unwrap(), Duration::ZERO);
+        for bad in ["", "1", "h", "1d", "1.5h", "-1h", "99999999999999999999h"] {
+            assert!(parse_spec_duration(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(show(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(show(Duration::from_secs(8 * 3600)), "8h");
+        assert_eq!(show(Duration::ZERO), "0s");
+    }
+}
