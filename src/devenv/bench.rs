@@ -146,6 +146,9 @@ impl Bench {
         if o.latency_scenario_resources > 0 {
             rows.extend(self.cloud_latency().await?);
         }
+        if o.large > 0 {
+            rows.push(deadline_queue_idle(o.large));
+        }
         Ok(rows)
     }
 
@@ -642,6 +645,30 @@ impl Drop for OperatorProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Scenario 7: the idle cost of the deadline queue holding `n` future deadlines (one per
+/// resource, as with maxDuration on every one): the once-a-second scan that finds nothing due.
+pub fn deadline_queue_idle(n: usize) -> Row {
+    use crate::controller::timers::Timers;
+    use kube::runtime::reflector::ObjectRef;
+    progress(&format!("7. deadline queue idle with {n} deadlines"));
+    let timers = Timers::default();
+    let now = jiff::Timestamp::now();
+    for i in 0..n {
+        let at = now + jiff::SignedDuration::from_secs(3600 + i as i64);
+        timers.set(&format!("uid-{i}"), ObjectRef::new(&format!("ra-{i}")).within("bench"), at);
+    }
+    let scans = 100_000u32;
+    let started = Instant::now();
+    let mut fired = 0;
+    for _ in 0..scans {
+        fired += timers.take_due(std::hint::black_box(jiff::Timestamp::now())).len();
+    }
+    let per_scan = started.elapsed() / scans;
+    assert_eq!(fired, 0, "nothing was due");
+    let per_hour = per_scan.as_secs_f64() * 3600.0 / crate::controller::timers::SCAN_EVERY.as_secs_f64();
+    row(format!("7. deadline queue idle, {n} deadlines queued (one scan a second)"), format!("{} ns per scan, {per_hour:.4} CPU-s per hour", per_scan.as_nanos()), "", "")
 }
 
 fn progress(what: &str) {
