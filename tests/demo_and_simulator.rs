@@ -31,8 +31,10 @@ async fn the_demo_runs_the_whole_lifecycle_and_leaves_nothing_behind() {
         "alice    Cancelled   True",
         "bob      (gone)",
         "alice    (gone)",
-        "1 CreateRemoteAssistance",
-        "2 CancelRemoteAssistance",
+        "2 CreateRemoteAssistance",
+        "3 CancelRemoteAssistance",
+        "the operator cancelled the session (reason DeadlineExceeded)",
+        "deleted by the operator 2s after it finished (ttlAfterFinished)",
         "nothing left running",
     ] {
         assert!(stdout.contains(expected), "the demo output lacks {expected:?}:\n{stdout}");

@@ -298,3 +298,25 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_acts() {
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
+
+#[tokio::test]
+async fn a_deadline_across_a_leader_handover_cancels_exactly_once() {
+    let w = World::new("ops").await;
+    let (_, mut leading, _standby, standby_name) = leader_and_standby(&w).await;
+    let mut m = w.manifest("boxed", "boxed");
+    m["spec"]["maxDuration"] = serde_json::json!("5s");
+    w.create(m).await;
+    w.wait_for("boxed", T, "Active", active).await;
+    // The leader dies before the deadline; the standby takes over around it.
+    leading.signal("-KILL");
+    leading.wait(T).await;
+    wait_for_holder(&w, Duration::from_secs(60), |h| h == standby_name).await;
+    let ra = w
+        .wait_for("boxed", T, "Cancelled at its deadline", |ra| {
+            ra.status.as_ref().is_some_and(|s| s.phase == Some(Phase::Cancelled) && s.deadline_exceeded_at.is_some())
+        })
+        .await;
+    assert!(ra.status.unwrap().expires_at.is_none());
+    assert_eq!(w.sim.count(CANCEL, "boxed"), 1, "cancelled exactly once");
+    assert!(!w.sim.session(PROJECT, "boxed").unwrap().in_progress());
+}

@@ -192,3 +192,19 @@ async fn finished_resources_are_deleted_after_their_ttl_without_another_cancel()
     eventually(T, "an Event Expired", || async { w.event_reasons("closed", Some("Normal")).await.contains(&"Expired".to_string()) }).await;
     w.stop_operator().await;
 }
+
+#[tokio::test]
+async fn bad_durations_are_refused_by_the_api_server() {
+    let w = World::new("timebox").await;
+    for (field, bad) in [("maxDuration", "1d"), ("maxDuration", "1.5h"), ("maxDuration", "-1h"), ("maxDuration", "h"), ("ttlAfterFinished", "1 h"), ("ttlAfterFinished", "soon")] {
+        let mut m = w.manifest("bad", "bad");
+        m["spec"][field] = json!(bad);
+        let ra: RemoteAssistance = serde_json::from_value(m).unwrap();
+        let refused = w.api().create(&Default::default(), &ra).await.expect_err(&format!("{field}: {bad:?} must be refused"));
+        assert!(matches!(&refused, kube::Error::Api(s) if s.code == 422 && s.message.contains(field)), "{field} {bad:?}: {refused}");
+    }
+    let mut m = w.manifest("good", "good");
+    m["spec"]["maxDuration"] = json!("1h30m");
+    m["spec"]["ttlAfterFinished"] = json!("0s");
+    w.create(m).await;
+}

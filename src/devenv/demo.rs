@@ -1,8 +1,9 @@
 //! `workspace-assist demo`: the whole lifecycle on this machine, with no cluster and no cloud
 //! account. It starts the project's real control plane and the Workspace simulator, installs the
 //! CRDs, runs the operator, creates two RemoteAssistances (one starts a session, one adopts the
-//! session a desktop user started), cancels one with `spec.cancelled`, deletes both, prints every
-//! status transition as it happens, and shuts everything down.
+//! session a desktop user started), cancels one with `spec.cancelled`, deletes both, runs the
+//! time-boxed example (cancelled at its deadline, deleted by its TTL), prints every status
+//! transition as it happens, and shuts everything down.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -144,7 +145,28 @@ async fn create_start_cancel_delete(api: &Api<RemoteAssistance>, sim: &Simulator
     wait_gone(api, "bob").await?;
     api.delete("alice", &DeleteParams::default()).await.map_err(kube_err)?;
     say("kubectl delete: alice (already cancelled: no second cloud call)");
-    wait_gone(api, "alice").await
+    wait_gone(api, "alice").await?;
+    time_boxed(api, sim, say).await
+}
+
+/// The README's time-boxed example (deploy/examples/remoteassistance-time-boxed.yaml), pointed
+/// at the simulator and with its durations shortened to seconds: cancelled at its deadline,
+/// then deleted by its TTL.
+async fn time_boxed(api: &Api<RemoteAssistance>, sim: &Simulator, say: &impl Fn(&str)) -> Result<(), String> {
+    const EXAMPLE: &str = include_str!("../../deploy/examples/remoteassistance-time-boxed.yaml");
+    let mut ra: RemoteAssistance = serde_yaml::from_str(EXAMPLE).map_err(|e| format!("the time-boxed example: {e}"))?;
+    let name = ra.name_any();
+    ra.spec.region = None;
+    ra.spec.endpoint = Some(sim.endpoint());
+    ra.spec.max_duration = Some("3s".into());
+    ra.spec.ttl_after_finished = Some("2s".into());
+    api.create(&PostParams::default(), &ra).await.map_err(kube_err)?;
+    say(&format!("kubectl apply: deploy/examples/remoteassistance-time-boxed.yaml as {name}, with maxDuration 3s and ttlAfterFinished 2s"));
+    wait(api, &name, "Cancelled at its deadline", |ra| ra.status.as_ref().is_some_and(|s| s.deadline_exceeded_at.is_some())).await?;
+    say(&format!("{name}: its maximum duration passed, the operator cancelled the session (reason DeadlineExceeded)"));
+    wait_gone(api, &name).await?;
+    say(&format!("{name}: deleted by the operator 2s after it finished (ttlAfterFinished)"));
+    Ok(())
 }
 
 /// What the cloud saw, and that no session was left open.
@@ -156,7 +178,7 @@ fn report_cloud_calls(sim: &Simulator, say: &impl Fn(&str)) -> Result<(), String
         count(Operation::ShowDesktopRemoteAssistanceInfo),
         count(Operation::CancelRemoteAssistance)
     ));
-    for desktop in ["desktop-alice", "desktop-bob"] {
+    for desktop in ["desktop-alice", "desktop-bob", "5b1c8d2e-0f3a-4c6b-9e7d-2a4f6b8c0d1e"] {
         if sim.session(PROJECT, desktop).is_some_and(|s| s.in_progress()) {
             return Err(format!("the session of {desktop} is still open in the cloud"));
         }
