@@ -152,6 +152,13 @@ pub struct RunArgs {
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,
 
+    /// Reconcile only the RemoteAssistances whose labels match this selector (Kubernetes
+    /// syntax, e.g. `shard=a` or `tier in (gold,silver)`): to split the work between several
+    /// operator Deployments, each with its own selector and its own Lease
+    /// (--leader-election-lease-name).
+    #[arg(long, env = "WATCH_LABEL_SELECTOR")]
+    pub watch_label_selector: Option<String>,
+
     /// Most reconciles running at once.
     #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,

@@ -139,6 +139,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     };
     let config = controller::Config {
         namespace: args.namespace.clone(),
+        label_selector: args.watch_label_selector.clone(),
         concurrency: args.concurrency,
         cloud_rate_limit: args.cloud_rate_limit,
         poll_interval: args.poll_interval,

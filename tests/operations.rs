@@ -320,3 +320,45 @@ async fn a_deadline_across_a_leader_handover_cancels_exactly_once() {
     assert_eq!(w.sim.count(CANCEL, "boxed"), 1, "cancelled exactly once");
     assert!(!w.sim.session(PROJECT, "boxed").unwrap().in_progress());
 }
+
+#[tokio::test]
+async fn operators_on_disjoint_label_selectors_share_the_work_and_keep_their_own_leases() {
+    let w = World::new("ops").await;
+    let a = operator(&w, "op-a", &["--watch-label-selector", "shard=a", "--leader-election-lease-name", "workspace-assist-a"]);
+    let b = operator(&w, "op-b", &["--watch-label-selector", "shard=b", "--leader-election-lease-name", "workspace-assist-b"]);
+    let names = ["a-0", "a-1", "b-0", "b-1"];
+    for n in names {
+        let mut m = w.manifest(n, n);
+        m["metadata"]["labels"] = serde_json::json!({ "shard": &n[..1] });
+        w.create(m).await;
+    }
+    for n in names {
+        w.wait_for(n, T, "Active", active).await;
+    }
+    // Each operator called the cloud for its own share only (the instance is in the User-Agent).
+    for n in names {
+        let callers: std::collections::HashSet<String> =
+            w.sim.requests().iter().filter(|r| r.desktop_id == n).map(|r| r.user_agent.clone()).collect();
+        let owner = format!("(op-{})", &n[..1]);
+        assert!(!callers.is_empty() && callers.iter().all(|ua| ua.ends_with(&owner)), "{n} is handled by {owner} only: {callers:?}");
+    }
+    let leases: Api<Lease> = Api::namespaced(w.client.clone(), &w.namespace);
+    for (lease, holder) in [("workspace-assist-a", "op-a"), ("workspace-assist-b", "op-b")] {
+        let spec = leases.get(lease).await.unwrap().spec.unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some(holder), "each keeps its own Lease");
+    }
+    assert!(a.get("/metrics").await.1.contains("workspace_assist_leader 1") && b.get("/metrics").await.1.contains("workspace_assist_leader 1"));
+    // Deleting is handled by the owner too.
+    w.delete("b-0").await;
+    w.wait_gone("b-0", T).await;
+    assert!(w.sim.requests().iter().filter(|r| r.desktop_id == "b-0" && r.operation == Some(CANCEL)).all(|r| r.user_agent.ends_with("(op-b)")));
+}
+
+#[tokio::test]
+async fn a_label_selector_the_api_server_refuses_stops_the_operator_with_its_reason() {
+    let w = World::new("ops").await;
+    let mut op = operator(&w, "bad-selector", &["--watch-label-selector", "shard in a,b", "--leader-elect=false"]);
+    let status = op.wait(T).await;
+    assert!(!status.success());
+    assert!(op.logs().contains("--watch-label-selector"), "{}", op.logs());
+}

@@ -47,6 +47,8 @@ pub use gate::BackoffPolicy;
 pub struct Config {
     /// Watch only this namespace (all namespaces when None).
     pub namespace: Option<String>,
+    /// Reconcile only RemoteAssistances whose labels match this selector (sharding).
+    pub label_selector: Option<String>,
     /// Most reconciles running at once.
     pub concurrency: u16,
     /// Most cloud calls per second, over all resources.
@@ -89,6 +91,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             namespace: None,
+            label_selector: None,
             concurrency: 16,
             cloud_rate_limit: NonZeroU32::new(50).expect("non-zero"),
             poll_interval: Duration::from_secs(300),
@@ -341,6 +344,7 @@ pub async fn run(
     telemetry: Telemetry,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), String> {
+    check_label_selector(&client, &config).await?;
     let ctx = Arc::new(Context::new(client.clone(), config, telemetry.metrics.clone())?);
     log_not_found_policy(&ctx.config);
     let (resources, store, resources_relay) = watch_resources(&ctx);
@@ -385,6 +389,23 @@ fn log_not_found_policy(config: &Config) {
     info!(default_credentials = %default, allowed = %namespaces, "resources without spec.credentialsSecretRef use the default credentials in the allowed namespaces only");
 }
 
+/// A label selector the API server refuses would leave the watch failing forever: refused at
+/// start instead, with the API server's reason.
+async fn check_label_selector(client: &Client, config: &Config) -> Result<(), String> {
+    let Some(selector) = &config.label_selector else { return Ok(()) };
+    let api: Api<RemoteAssistance> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match api.list_metadata(&kube::api::ListParams::default().labels(selector).limit(1)).await {
+        Err(kube::Error::Api(s)) if s.code == 400 => Err(format!("--watch-label-selector {selector:?}: {}", s.message)),
+        _ => {
+            info!(selector = %selector, "reconciling only the RemoteAssistances whose labels match");
+            Ok(())
+        }
+    }
+}
+
 type Relayed<T> = futures::channel::mpsc::Receiver<Result<T, watcher::Error>>;
 
 /// The watch of RemoteAssistances feeding the controller's cache, driven by its own task. The
@@ -396,7 +417,11 @@ fn watch_resources(ctx: &Context) -> (Relayed<RemoteAssistance>, Store<RemoteAss
         None => Api::all(ctx.client.clone()),
     };
     let (store, writer) = reflector::store();
-    let resources = watcher(api, watcher::Config::default().any_semantic())
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(selector) = &ctx.config.label_selector {
+        config = config.labels(selector);
+    }
+    let resources = watcher(api, config)
         .backoff(watch_backoff())
         .modify(|ra: &mut RemoteAssistance| {
             ra.managed_fields_mut().clear();
