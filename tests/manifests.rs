@@ -54,7 +54,7 @@ async fn the_kustomize_base_and_variants_pass_a_server_side_dry_run() {
     dry_run(&["-k", "deploy/namespaced"]);
 
     // The optional components, through an overlay as users would write it. The ServiceMonitor
-    // kind comes from the Prometheus Operator; a minimal CRD stands in for it here.
+    // and PrometheusRule kinds come from the Prometheus Operator; minimal CRDs stand in here.
     let crd = r#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
         "metadata":{"name":"servicemonitors.monitoring.coreos.com"},
         "spec":{"group":"monitoring.coreos.com","scope":"Namespaced",
@@ -63,7 +63,15 @@ async fn the_kustomize_base_and_variants_pass_a_server_side_dry_run() {
         {"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
     let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition = serde_json::from_str(crd).unwrap();
     support::install_crd(&support::admin_client().await, &crd).await;
-    let overlay = overlay(&["servicemonitor", "networkpolicy"]);
+    let rules = r#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+        "metadata":{"name":"prometheusrules.monitoring.coreos.com"},
+        "spec":{"group":"monitoring.coreos.com","scope":"Namespaced",
+        "names":{"plural":"prometheusrules","singular":"prometheusrule","kind":"PrometheusRule"},
+        "versions":[{"name":"v1","served":true,"storage":true,"schema":{"openAPIV3Schema":
+        {"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
+    let rules: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition = serde_json::from_str(rules).unwrap();
+    support::install_crd(&support::admin_client().await, &rules).await;
+    let overlay = overlay(&["servicemonitor", "prometheusrule", "networkpolicy"]);
     dry_run(&["-k", overlay.path().to_str().unwrap()]);
 }
 
