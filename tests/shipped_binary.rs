@@ -1,31 +1,17 @@
 //! The image's binary holds the operator and the simulator, not the developer tools: built the
 //! way the Dockerfile builds it (its `cargo build` line, run as written, into a target directory
-//! of its own), it has no `demo` or `bench` command.
+//! of its own), it has no `demo` or `bench` command, and it is static (the image has no C
+//! library).
 
-use std::path::Path;
+mod support;
+
 use std::process::Command;
 
 #[test]
-fn the_binary_built_as_the_dockerfile_builds_it_has_no_dev_tools() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("reading the Dockerfile");
-    let line = dockerfile.lines().map(str::trim).find(|l| l.starts_with("RUN cargo build")).expect("the Dockerfile builds with cargo");
-    let words: Vec<&str> = line.trim_start_matches("RUN ").split_whitespace().collect();
-    assert!(words.contains(&"--release") && words.contains(&"--no-default-features"), "{line}");
-
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shipped");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("building the shipped binary as the Dockerfile does (a cold release build takes several minutes)...");
-    let status = Command::new(cargo)
-        .current_dir(root)
-        .args(&words[1..])
-        .arg("--target-dir")
-        .arg(&target)
-        .status()
-        .expect("running cargo");
-    assert!(status.success(), "`{line}` failed");
-
-    let binary = target.join("release/workspace-assist");
+fn the_binary_built_as_the_dockerfile_builds_it_has_no_dev_tools_and_is_static() {
+    let (_, args) = support::shipped::dockerfile_build_line();
+    assert!(args.iter().any(|a| a == "--release") && args.iter().any(|a| a == "--no-default-features"), "{args:?}");
+    let binary = support::shipped::shipped_binary();
     let help = Command::new(&binary).arg("--help").output().expect("running the shipped binary");
     let help = String::from_utf8_lossy(&help.stdout);
     for present in ["run", "simulate", "crd"] {
@@ -36,4 +22,19 @@ fn the_binary_built_as_the_dockerfile_builds_it_has_no_dev_tools() {
         let out = Command::new(&binary).arg(absent).output().unwrap();
         assert!(!out.status.success(), "`{absent}` ran in the shipped binary");
     }
+    // No program interpreter (ELF PT_INTERP): nothing to load at start, so it runs on an empty
+    // base image.
+    assert!(!has_interpreter(&std::fs::read(&binary).unwrap()), "the shipped binary is dynamically linked");
+}
+
+/// Whether a 64-bit little-endian ELF file has a PT_INTERP program header.
+fn has_interpreter(elf: &[u8]) -> bool {
+    assert_eq!(&elf[..4], b"\x7fELF", "an ELF file");
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    (0..phnum).any(|i| {
+        let at = phoff + i * phentsize;
+        u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) == 3
+    })
 }

@@ -5,6 +5,7 @@
 pub mod operator;
 pub mod proxy;
 pub mod process;
+pub mod shipped;
 
 /// The project's control plane, started once per test binary.
 pub mod control_plane {

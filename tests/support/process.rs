@@ -28,16 +28,15 @@ impl OperatorProcess {
     /// Starts `workspace-assist run` with `args` against the cluster of `kubeconfig`.
     pub fn spawn(kubeconfig: &Path, args: &[&str]) -> OperatorProcess {
         let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .args(["--metrics-address", &metrics.to_string()])
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting the operator binary");
+        let mut command = Command::new(BIN);
+        command.arg("run").args(["--metrics-address", &metrics.to_string()]).args(args).env("KUBECONFIG", kubeconfig);
+        OperatorProcess::start(command, metrics)
+    }
+
+    /// Starts `command` (which runs the operator with its metrics and health on `metrics`),
+    /// keeping what it logs.
+    pub fn start(mut command: Command, metrics: std::net::SocketAddr) -> OperatorProcess {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).spawn().expect("starting the operator");
         let logs = Arc::new(Mutex::new(String::new()));
         for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), child.stderr.take().map(|s| Box::new(s) as _)] {
             let logs = logs.clone();
