@@ -1,5 +1,5 @@
-//! A small run of the benchmark's deletion scenarios (1 and 2), so that the benchmark code keeps
-//! working. It asserts what must hold at any speed (one DELETE per resource, every resource gone),
+//! A small run of the benchmark's deletion scenarios (1 and 2, with the controller-runtime
+//! baseline), so that the benchmark code keeps working. It asserts what must hold at any speed (one DELETE per resource, every resource gone),
 //! never a timing.
 
 mod support;
@@ -24,6 +24,10 @@ async fn small_latency_and_drain_runs() {
     let drain = rows.iter().find(|r| r.what.starts_with("2. drain 200")).expect("a drain row");
     assert!(drain.operator.contains("200 DELETEs") && drain.floor.contains("200 DELETEs"), "one DELETE per resource: {drain:?}");
     assert!(rows.iter().any(|r| r.what.contains("p99")), "latency percentiles: {rows:?}");
+    // The controller-runtime baseline ran on the same control plane: one DELETE per resource.
+    let baseline = rows.iter().find(|r| r.what.contains("controller-runtime baseline") && r.what.starts_with("2. drain")).expect("a baseline row");
+    assert!(baseline.floor.contains("200 DELETEs"), "the baseline cancelled each resource once: {baseline:?}");
+    assert!(rows.iter().any(|r| r.what.contains("memory") && r.what.contains("baseline")), "the baseline's memory: {rows:?}");
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //!
 //! Podman here cannot start containers (the machine's runtime refuses to set rlimits), so the
 //! image's own root filesystem is taken out of podman's storage and its entrypoint started in
-//! it with chroot as 65532, in a mount namespace where that root is read-only.
+//! it with chroot as 65532, in a mount namespace where that root is read-only and /dev and /proc
+//! are mounted, as a container runtime mounts them.
 
 mod support;
 
@@ -67,7 +68,13 @@ fn root_filesystem(store: &Path, image: &str, kubeconfig: &Path) -> PathBuf {
     run(unmount, "podman image unmount");
     assert!(copied.success());
     std::fs::create_dir_all(root.join("config")).unwrap();
+    // Mount points for what a container runtime provides: /dev (random numbers) and /proc.
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    std::fs::create_dir_all(root.join("proc")).unwrap();
     std::fs::copy(kubeconfig, root.join("config/kubeconfig")).unwrap();
+    // Readable by 65532, as a mounted ServiceAccount token is.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.join("config/kubeconfig"), std::fs::Permissions::from_mode(0o644)).unwrap();
     root
 }
 
@@ -96,7 +103,8 @@ async fn the_image_leads_cancels_serves_health_and_metrics_and_stops_on_sigterm(
     .join(" ");
     let r = root.display();
     let script = format!(
-        "mount --bind {r} {r} && mount -o remount,bind,ro {r} && exec chroot --userspec=65532:65532 {r} {} {} {args}",
+        "mount --bind {r} {r} && mount -o remount,bind,ro {r} && mount --rbind /dev {r}/dev && mount -t proc proc {r}/proc \
+         && exec chroot --userspec=65532:65532 {r} {} {} {args}",
         entrypoint.join(" "),
         cmd.join(" ")
     );

@@ -24,6 +24,8 @@ const PROJECT: &str = "0bec5db98280d2d02fd6c00c2de791ce";
 const AK: &str = "AKBENCH0000000000001";
 const SK: &str = "bench-secret-key";
 const FLOOR_FINALIZER: &str = "bench.workspace.assist.dev/floor";
+/// The finalizer of the controller-runtime baseline (tests/control-plane/cmd/baseline).
+const BASELINE_FINALIZER: &str = "baseline.workspace.assist.dev/cancel";
 /// How long after a burst of work memory counts as steady: past the operator's 30 s return of
 /// free heap pages to the system.
 const STEADY_AFTER: Duration = Duration::from_secs(35);
@@ -356,10 +358,27 @@ impl Bench {
         // Steady: after the idle window, or after the operator's periodic return of free memory.
         tokio::time::sleep(STEADY_AFTER.saturating_sub(self.options.idle_window)).await;
         rows.push(row(format!("4. memory holding {n} (steady RSS / peak)"), op.memory(), "", ""));
+        let operator_rss = rss_bytes(op.child.id());
 
         // Scenario 2: delete them all at once.
         let drained = self.drain(&ns, n).await?;
         drop(op);
+        let (baseline_drained, baseline_rss) = self.baseline_drain(n).await?;
+        rows.push(row(
+            format!("2. drain {n} deleted at once (deletions per second), controller-runtime baseline"),
+            drained.drain_figures(n),
+            baseline_drained.drain_figures(n),
+            format!("{:.2}×", baseline_drained.took.as_secs_f64() / drained.took.as_secs_f64()),
+        ));
+        rows.push(row(
+            format!("4. memory holding {n}, against the controller-runtime baseline (steady RSS)"),
+            mib(operator_rss),
+            mib(baseline_rss),
+            format!("{:.2}× (operator / baseline)", operator_rss as f64 / baseline_rss.max(1) as f64),
+        ));
+        if baseline_drained.calls != n {
+            return Err(format!("the baseline sent {} DELETEs for {n} resources", baseline_drained.calls));
+        }
         for (label, floor_ns, floor) in floors {
             let floor_drained = self.drain(&floor_ns, n).await?;
             floor.stop();
@@ -374,6 +393,43 @@ impl Bench {
             return Err(format!("the operator sent {} DELETEs for {n} resources", drained.calls));
         }
         Ok(rows)
+    }
+
+    /// The controller-runtime baseline on a namespace of its own: `n` resources with a session
+    /// each, held (its finalizer on every one), then all deleted at once. Returns the drain and
+    /// its steady RSS while holding them.
+    async fn baseline_drain(&self, n: usize) -> Result<(Measured, u64), String> {
+        progress(&format!("2. drain {n}: the controller-runtime baseline"));
+        let ns = self.namespace("drain-baseline").await?;
+        let harness = Harness::new(self.options.build_dir.clone());
+        let binary = tokio::task::spawn_blocking(move || super::control_plane::build_tool(&harness, "./cmd/baseline", "baseline"))
+            .await
+            .map_err(|err| err.to_string())??;
+        let log = std::fs::File::create(self.options.build_dir.join("baseline.log")).map_err(|err| err.to_string())?;
+        let child = std::process::Command::new(&binary)
+            .arg("-kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["-namespace", &ns, "-endpoint", &self.sim.endpoint(), "-concurrency", &self.options.concurrency.to_string()])
+            .env("BASELINE_AK", AK)
+            .env("BASELINE_SK", SK)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|err| format!("starting {}: {err}", binary.display()))?;
+        let baseline = Killed(child);
+        for i in 0..n {
+            self.sim.open_session(PROJECT, &format!("{ns}-ra-{i}"));
+        }
+        self.create_many(&ns, "ra", n, None).await?;
+        let watched = self.watch(&ns).await?;
+        let held = |ra: &std::sync::Arc<RemoteAssistance>| ra.finalizers().iter().any(|f| f == BASELINE_FINALIZER);
+        watched.wait(|store| store.state().iter().filter(|ra| held(ra)).count() >= n, Duration::from_secs(3600)).await?;
+        drop(watched);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let rss = rss_bytes(baseline.0.id());
+        let drained = self.drain(&ns, n).await?;
+        drop(baseline);
+        Ok((drained, rss))
     }
 
     /// Creates `n` resources in `ns` and waits until all are Active.
@@ -669,6 +725,22 @@ pub fn deadline_queue_idle(n: usize) -> Row {
     assert_eq!(fired, 0, "nothing was due");
     let per_hour = per_scan.as_secs_f64() * 3600.0 / crate::controller::timers::SCAN_EVERY.as_secs_f64();
     row(format!("7. deadline queue idle, {n} deadlines queued (one scan a second)"), format!("{} ns per scan, {per_hour:.4} CPU-s per hour", per_scan.as_nanos()), "", "")
+}
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The resident set of a process, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024
 }
 
 fn progress(what: &str) {
