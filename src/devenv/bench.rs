@@ -416,14 +416,23 @@ impl Bench {
             .stderr(log)
             .spawn()
             .map_err(|err| format!("starting {}: {err}", binary.display()))?;
-        let baseline = Killed(child);
+        let mut baseline = Killed(child);
         for i in 0..n {
             self.sim.open_session(PROJECT, &format!("{ns}-ra-{i}"));
         }
         self.create_many(&ns, "ra", n, None).await?;
         let watched = self.watch(&ns).await?;
         let held = |ra: &std::sync::Arc<RemoteAssistance>| ra.finalizers().iter().any(|f| f == BASELINE_FINALIZER);
-        watched.wait(|store| store.state().iter().filter(|ra| held(ra)).count() >= n, Duration::from_secs(3600)).await?;
+        let started = Instant::now();
+        while watched.wait(|store| store.state().iter().filter(|ra| held(ra)).count() >= n, Duration::from_secs(5)).await.is_err() {
+            if let Ok(Some(status)) = baseline.0.try_wait() {
+                let log = std::fs::read_to_string(self.options.build_dir.join("baseline.log")).unwrap_or_default();
+                return Err(format!("the baseline exited ({status}):\n{log}"));
+            }
+            if started.elapsed() > Duration::from_secs(3600) {
+                return Err("the baseline did not hold every resource within an hour".into());
+            }
+        }
         drop(watched);
         tokio::time::sleep(Duration::from_secs(5)).await;
         let rss = rss_bytes(baseline.0.id());

@@ -24,7 +24,6 @@ import (
 	"github.com/huaweicloud/huaweicloud-sdk-go-v3/services/workspace/v2/model"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -103,18 +102,17 @@ func (r *reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 func main() {
 	var (
-		kubeconfig  = flag.String("kubeconfig", "", "kubeconfig of the cluster")
 		namespace   = flag.String("namespace", "", "the namespace to watch")
 		endpoint    = flag.String("endpoint", "", "the Workspace endpoint (the simulator)")
 		concurrency = flag.Int("concurrency", 16, "concurrent reconciles")
 	)
 	flag.Parse()
 	ak, sk := os.Getenv("BASELINE_AK"), os.Getenv("BASELINE_SK")
-	if *kubeconfig == "" || *namespace == "" || *endpoint == "" || ak == "" || sk == "" {
-		fmt.Fprintln(os.Stderr, "baseline needs -kubeconfig, -namespace, -endpoint, BASELINE_AK and BASELINE_SK")
+	if *namespace == "" || *endpoint == "" || ak == "" || sk == "" {
+		fmt.Fprintln(os.Stderr, "baseline needs -kubeconfig (controller-runtime's flag), -namespace, -endpoint, BASELINE_AK and BASELINE_SK")
 		os.Exit(2)
 	}
-	restConfig, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	restConfig, err := ctrl.GetConfig()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
