@@ -88,6 +88,14 @@ async fn delete_and_check_cancelled(w: &World, name: &str) {
     assert_eq!(w.sim.count(Operation::CancelRemoteAssistance, name), 1);
 }
 
+/// Starts the operator with the simulator as the node's metadata service, for this namespace.
+fn start_with_ecs_agency(w: &mut World) {
+    let mut config = w.config();
+    config.ambient = Some(AmbientSource::EcsMetadata { endpoint: w.sim.endpoint().parse().unwrap() });
+    allow_this_namespace(w, &mut config);
+    w.start_operator(config);
+}
+
 fn token_file(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("token")
 }
@@ -167,10 +175,7 @@ async fn temporary_credentials_are_refreshed_before_they_expire() {
     let mut w = World::new("ambient").await;
     w.sim.serve_metadata(MetadataService { agency: true, session_tokens: true });
     w.sim.set_temporary_lifetime(Duration::from_secs(3));
-    let mut config = w.config();
-    config.ambient = Some(AmbientSource::EcsMetadata { endpoint: w.sim.endpoint().parse().unwrap() });
-    allow_this_namespace(&w, &mut config);
-    w.start_operator(config);
+    start_with_ecs_agency(&mut w);
     let ra = create_and_wait_active(&w, "ecs-0").await;
     assert_eq!(source(&ra).as_deref(), Some("ecs-metadata"));
     assert_eq!(w.sim.temporary_credentials_issued("ecs-metadata"), 1);
@@ -190,10 +195,7 @@ async fn ecs_agency_without_session_tokens_and_without_an_agency() {
     let mut w = World::new("ambient").await;
     // An older metadata service: the token PUT answers 404, the GET goes without a token.
     w.sim.serve_metadata(MetadataService { agency: true, session_tokens: false });
-    let mut config = w.config();
-    config.ambient = Some(AmbientSource::EcsMetadata { endpoint: w.sim.endpoint().parse().unwrap() });
-    allow_this_namespace(&w, &mut config);
-    w.start_operator(config);
+    start_with_ecs_agency(&mut w);
     create_and_wait_active(&w, "ecs-old").await;
     delete_and_check_cancelled(&w, "ecs-old").await;
     w.stop_operator().await;
@@ -201,16 +203,41 @@ async fn ecs_agency_without_session_tokens_and_without_an_agency() {
     // A node without an agency: Stalled, naming the source.
     let mut w = World::new("ambient").await;
     w.sim.serve_metadata(MetadataService { agency: false, session_tokens: true });
-    let mut config = w.config();
-    config.ambient = Some(AmbientSource::EcsMetadata { endpoint: w.sim.endpoint().parse().unwrap() });
-    allow_this_namespace(&w, &mut config);
-    w.start_operator(config);
+    start_with_ecs_agency(&mut w);
     w.create(without_secret(&w, "ecs-none")).await;
     let ra = w.wait_for("ecs-none", T, "Stalled", |ra| condition_reason(ra, "Stalled").as_deref() == Some("EcsMetadataCredentialsFailed")).await;
     let message = ra.status.unwrap().last_error.unwrap().error_message.unwrap_or_default();
     assert!(message.contains("Cloud Service Agency"), "{message}");
     assert!(w.sim.requests().is_empty(), "no Workspace call without credentials");
     w.stop_operator().await;
+}
+
+const PROVIDER_URN: &str = "iam::acme:identityProvider:cluster";
+const AGENCY_URN: &str = "iam::acme:agency:workspace-assist";
+
+/// The cluster as an IAM OIDC identity provider: its issuer, the STS audience, and the
+/// operator's ServiceAccount (of `w`'s namespace) allowed to assume the agency.
+async fn register_cluster(w: &World, sim: &workspace_assist::simulator::Simulator) {
+    sim.trust_kubernetes(w.client.clone());
+    let provider = OidcProvider {
+        issuer: issuer(w).await,
+        audience: STS_AUDIENCE.into(),
+        agencies: [AGENCY_URN.to_string()].into(),
+        subjects: [format!("system:serviceaccount:{}:{OPERATOR_SA}", w.namespace)].into(),
+    };
+    sim.add_oidc_provider(PROVIDER_URN, provider);
+}
+
+/// The operator's OIDC source: STS at `sim`, the ID token in `file`.
+fn oidc_source(sim: &workspace_assist::simulator::Simulator, file: &Path) -> AmbientSource {
+    AmbientSource::Oidc {
+        sts_endpoint: sim.endpoint().parse().unwrap(),
+        provider_urn: PROVIDER_URN.into(),
+        agency_urn: AGENCY_URN.into(),
+        session_name: "workspace-assist".into(),
+        duration_seconds: 900,
+        id_token: IdToken::File(file.to_path_buf()),
+    }
 }
 
 #[tokio::test]
@@ -220,24 +247,9 @@ async fn oidc_through_sts_with_a_projected_service_account_token() {
     let dir = tempfile::tempdir().unwrap();
     let file = token_file(&dir);
     write_token(&file, &request_token(&w, OPERATOR_SA, STS_AUDIENCE).await);
-    w.sim.trust_kubernetes(w.client.clone());
-    let provider = OidcProvider {
-        issuer: issuer(&w).await,
-        audience: STS_AUDIENCE.into(),
-        agencies: ["iam::acme:agency:workspace-assist".to_string()].into(),
-        subjects: [format!("system:serviceaccount:{}:{OPERATOR_SA}", w.namespace)].into(),
-    };
-    w.sim.add_oidc_provider("iam::acme:identityProvider:cluster", provider);
-    let oidc = |file: &Path| AmbientSource::Oidc {
-        sts_endpoint: w.sim.endpoint().parse().unwrap(),
-        provider_urn: "iam::acme:identityProvider:cluster".into(),
-        agency_urn: "iam::acme:agency:workspace-assist".into(),
-        session_name: "workspace-assist".into(),
-        duration_seconds: 900,
-        id_token: IdToken::File(file.to_path_buf()),
-    };
+    register_cluster(&w, &w.sim).await;
     let mut config = w.config();
-    config.ambient = Some(oidc(&file));
+    config.ambient = Some(oidc_source(&w.sim, &file));
     allow_this_namespace(&w, &mut config);
     w.start_operator(config);
     let ra = create_and_wait_active(&w, "oidc-0").await;
@@ -248,28 +260,12 @@ async fn oidc_through_sts_with_a_projected_service_account_token() {
 
     // A token for another audience is refused by STS: Stalled, naming the source.
     let mut w2 = World::new("ambient").await;
-    w2.sim.trust_kubernetes(w2.client.clone());
+    register_cluster(&w, &w2.sim).await;
     let other = tempfile::tempdir().unwrap();
     let other_file = token_file(&other);
     write_token(&other_file, &request_token(&w, OPERATOR_SA, "some-other-audience").await);
-    w2.sim.add_oidc_provider(
-        "iam::acme:identityProvider:cluster",
-        OidcProvider {
-            issuer: issuer(&w).await,
-            audience: STS_AUDIENCE.into(),
-            agencies: ["iam::acme:agency:workspace-assist".to_string()].into(),
-            subjects: [format!("system:serviceaccount:{}:{OPERATOR_SA}", w.namespace)].into(),
-        },
-    );
     let mut config = w2.config();
-    config.ambient = Some(AmbientSource::Oidc {
-        sts_endpoint: w2.sim.endpoint().parse().unwrap(),
-        provider_urn: "iam::acme:identityProvider:cluster".into(),
-        agency_urn: "iam::acme:agency:workspace-assist".into(),
-        session_name: "workspace-assist".into(),
-        duration_seconds: 900,
-        id_token: IdToken::File(other_file),
-    });
+    config.ambient = Some(oidc_source(&w2.sim, &other_file));
     allow_this_namespace(&w2, &mut config);
     w2.start_operator(config);
     w2.create(without_secret(&w2, "oidc-wrong-audience")).await;

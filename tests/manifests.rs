@@ -55,24 +55,27 @@ async fn the_kustomize_base_and_variants_pass_a_server_side_dry_run() {
 
     // The optional components, through an overlay as users would write it. The ServiceMonitor
     // and PrometheusRule kinds come from the Prometheus Operator; minimal CRDs stand in here.
-    let crd = r#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
-        "metadata":{"name":"servicemonitors.monitoring.coreos.com"},
-        "spec":{"group":"monitoring.coreos.com","scope":"Namespaced",
-        "names":{"plural":"servicemonitors","singular":"servicemonitor","kind":"ServiceMonitor"},
-        "versions":[{"name":"v1","served":true,"storage":true,"schema":{"openAPIV3Schema":
-        {"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
-    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition = serde_json::from_str(crd).unwrap();
-    support::install_crd(&support::admin_client().await, &crd).await;
-    let rules = r#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
-        "metadata":{"name":"prometheusrules.monitoring.coreos.com"},
-        "spec":{"group":"monitoring.coreos.com","scope":"Namespaced",
-        "names":{"plural":"prometheusrules","singular":"prometheusrule","kind":"PrometheusRule"},
-        "versions":[{"name":"v1","served":true,"storage":true,"schema":{"openAPIV3Schema":
-        {"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
-    let rules: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition = serde_json::from_str(rules).unwrap();
-    support::install_crd(&support::admin_client().await, &rules).await;
+    for (plural, kind) in [("servicemonitors", "ServiceMonitor"), ("prometheusrules", "PrometheusRule")] {
+        support::install_crd(&support::admin_client().await, &stand_in_crd(plural, kind)).await;
+    }
     let overlay = overlay(&["servicemonitor", "prometheusrule", "networkpolicy"]);
     dry_run(&["-k", overlay.path().to_str().unwrap()]);
+}
+
+/// A CRD of the Prometheus Operator's group that accepts any object of `kind`.
+fn stand_in_crd(plural: &str, kind: &str) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    let singular = kind.to_lowercase();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": { "name": format!("{plural}.monitoring.coreos.com") },
+        "spec": {
+            "group": "monitoring.coreos.com", "scope": "Namespaced",
+            "names": { "plural": plural, "singular": singular, "kind": kind },
+            "versions": [{ "name": "v1", "served": true, "storage": true,
+                "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } } }]
+        }
+    }))
+    .unwrap()
 }
 
 /// An overlay of the base with these components, as users would write it.
