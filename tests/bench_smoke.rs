@@ -28,6 +28,9 @@ async fn small_latency_and_drain_runs() {
     let baseline = rows.iter().find(|r| r.what.contains("controller-runtime baseline") && r.what.starts_with("2. drain")).expect("a baseline row");
     assert!(baseline.floor.contains("200 DELETEs"), "the baseline cancelled each resource once: {baseline:?}");
     assert!(rows.iter().any(|r| r.what.contains("memory") && r.what.contains("baseline")), "the baseline's memory: {rows:?}");
+    // Every request accounted for: the breakdown names the bench's own DELETE of each object.
+    let breakdown = rows.iter().find(|r| r.what.starts_with("2. drain, API requests per deletion by verb and resource")).expect("a breakdown row");
+    assert!(breakdown.operator.contains("DELETE remoteassistances 1.00") && breakdown.floor.contains("DELETE remoteassistances 1.00"), "{breakdown:?}");
 }
 
 #[test]

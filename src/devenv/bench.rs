@@ -71,6 +71,20 @@ struct Measured {
     calls: usize,
     /// API server requests per resource.
     api_requests: f64,
+    /// The same, by verb and resource ("DELETE secrets").
+    by_kind: Requests,
+}
+
+/// API server requests by "VERB resource[/subresource]".
+type Requests = std::collections::BTreeMap<String, f64>;
+
+/// The requests of `after` not in `before`, per resource (of `n`), leaving out what rounds to 0.
+fn per_resource(before: &Requests, after: &Requests, n: usize) -> Requests {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), (v - before.get(k).copied().unwrap_or(0.0)) / n as f64))
+        .filter(|(_, v)| *v >= 0.005)
+        .collect()
 }
 
 impl Measured {
@@ -86,6 +100,19 @@ impl Measured {
     fn drain_figures(&self, n: usize) -> String {
         format!("{:.0}/s ({:.1}s, {} DELETEs, {:.1} API requests each)", self.rate(n), self.took.as_secs_f64(), self.calls, self.api_requests)
     }
+
+    /// The API requests per resource by verb and resource, largest first, the bench's own
+    /// included (its create or delete of each object, on both sides).
+    fn breakdown(&self) -> String {
+        let mut kinds: Vec<(&String, &f64)> = self.by_kind.iter().collect();
+        kinds.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+        kinds.iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// A row of the requests each side made per resource, by verb and resource.
+fn breakdown_row(what: String, operator: &Measured, other: &Measured) -> Row {
+    row(what, operator.breakdown(), other.breakdown(), "")
 }
 
 /// Makes a row and prints it at once (a long run shows its figures as they come).
@@ -249,14 +276,19 @@ impl Bench {
 
     /// Requests the API server has served so far (the sum of its `apiserver_request_total`):
     /// the difference over a phase, per resource, shows the API work each side does.
-    async fn apiserver_requests(&self) -> Result<f64, String> {
+    async fn apiserver_requests(&self) -> Result<Requests, String> {
         let request = http::Request::get("/metrics").body(Vec::new()).map_err(|err| err.to_string())?;
         let text = self.client.request_text(request).await.map_err(e)?;
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with("apiserver_request_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        let mut by_kind = Requests::new();
+        for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+            let Some((labels, value)) = line.rsplit_once(' ') else { continue };
+            let Ok(value) = value.parse::<f64>() else { continue };
+            let label = |name: &str| labels.split(&format!("{name}=\"")).nth(1).and_then(|v| v.split('"').next()).unwrap_or("").to_string();
+            let (resource, subresource) = (label("resource"), label("subresource"));
+            let what = if subresource.is_empty() { resource } else { format!("{resource}/{subresource}") };
+            *by_kind.entry(format!("{} {what}", label("verb"))).or_default() += value;
+        }
+        Ok(by_kind)
     }
 
     fn cancels_since(&self, since: Instant) -> usize {
@@ -352,6 +384,9 @@ impl Bench {
                 floor_created.create_figures(n),
                 format!("{:.2}×", floor_created.took.as_secs_f64() / created.took.as_secs_f64()),
             ));
+            if label.is_empty() {
+                rows.push(breakdown_row(format!("3. create, API requests per resource by verb and resource{label}"), &created, &floor_created));
+            }
             floors.push((label, floor_ns, floor));
         }
         rows.extend(self.idle_row(&op, n).await);
@@ -370,6 +405,7 @@ impl Bench {
             baseline_drained.drain_figures(n),
             format!("{:.2}×", baseline_drained.took.as_secs_f64() / drained.took.as_secs_f64()),
         ));
+        rows.push(breakdown_row("2. drain, API requests per deletion by verb and resource, controller-runtime baseline".into(), &drained, &baseline_drained));
         rows.push(row(
             format!("4. memory holding {n}, against the controller-runtime baseline (steady RSS)"),
             mib(operator_rss),
@@ -388,6 +424,9 @@ impl Bench {
                 floor_drained.drain_figures(n),
                 format!("{:.2}×", floor_drained.took.as_secs_f64() / drained.took.as_secs_f64()),
             ));
+            if label.is_empty() {
+                rows.push(breakdown_row("2. drain, API requests per deletion by verb and resource".into(), &drained, &floor_drained));
+            }
         }
         if drained.calls != n {
             return Err(format!("the operator sent {} DELETEs for {n} resources", drained.calls));
@@ -443,22 +482,22 @@ impl Bench {
 
     /// Creates `n` resources in `ns` and waits until all are Active.
     async fn create_and_wait(&self, ns: &str, n: usize) -> Result<Measured, String> {
-        let (started, requests) = (Instant::now(), self.apiserver_requests().await?);
+        let (started, before) = (Instant::now(), self.apiserver_requests().await?);
         self.create_many(ns, "ra", n, None).await?;
         self.wait_active(ns, n, Duration::from_secs(3600)).await?;
         let took = started.elapsed();
-        let api_requests = (self.apiserver_requests().await? - requests) / n as f64;
+        let by_kind = per_resource(&before, &self.apiserver_requests().await?, n);
         let calls = self.sim.requests().iter().filter(|r| r.at >= started && r.operation.is_some()).count();
-        Ok(Measured { took, calls, api_requests })
+        Ok(Measured { took, calls, api_requests: by_kind.values().sum(), by_kind })
     }
 
     /// Deletes the `n` resources of `ns` at once and waits until they are gone (calls: the
     /// DELETEs the cloud received).
     async fn drain(&self, ns: &str, n: usize) -> Result<Measured, String> {
-        let requests = self.apiserver_requests().await?;
+        let before = self.apiserver_requests().await?;
         let (took, start) = self.delete_all_and_wait(ns, n).await?;
-        let api_requests = (self.apiserver_requests().await? - requests) / n as f64;
-        Ok(Measured { took, calls: self.cancels_since(start), api_requests })
+        let by_kind = per_resource(&before, &self.apiserver_requests().await?, n);
+        Ok(Measured { took, calls: self.cancels_since(start), api_requests: by_kind.values().sum(), by_kind })
     }
 
     /// Scenario 6: the operator's CPU and cloud calls over the idle window, per hour.
