@@ -100,13 +100,20 @@ fn token_file(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("token")
 }
 
+/// The operator's ServiceAccount and a token of it for `audience`, in a file as the kubelet
+/// projects it (the directory lives as long as the returned guard).
+async fn operator_token(w: &World, audience: &str) -> (tempfile::TempDir, PathBuf) {
+    create_service_account(w, OPERATOR_SA).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = token_file(&dir);
+    write_token(&file, &request_token(w, OPERATOR_SA, audience).await);
+    (dir, file)
+}
+
 #[tokio::test]
 async fn pod_identity_end_to_end_with_rotation_refresh_and_revocation() {
     let mut w = World::new("ambient").await;
-    create_service_account(&w, OPERATOR_SA).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = token_file(&dir);
-    write_token(&file, &request_token(&w, OPERATOR_SA, POD_IDENTITY_AUDIENCE).await);
+    let (_dir, file) = operator_token(&w, POD_IDENTITY_AUDIENCE).await;
     w.sim.trust_kubernetes(w.client.clone());
     let bound = format!("{}/{OPERATOR_SA}", w.namespace);
     w.sim.enable_pod_identity(POD_IDENTITY_AUDIENCE, &[&bound]);
@@ -243,10 +250,7 @@ fn oidc_source(sim: &workspace_assist::simulator::Simulator, file: &Path) -> Amb
 #[tokio::test]
 async fn oidc_through_sts_with_a_projected_service_account_token() {
     let mut w = World::new("ambient").await;
-    create_service_account(&w, OPERATOR_SA).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = token_file(&dir);
-    write_token(&file, &request_token(&w, OPERATOR_SA, STS_AUDIENCE).await);
+    let (_dir, file) = operator_token(&w, STS_AUDIENCE).await;
     register_cluster(&w, &w.sim).await;
     let mut config = w.config();
     config.ambient = Some(oidc_source(&w.sim, &file));

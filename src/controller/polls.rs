@@ -117,24 +117,12 @@ pub fn due(observations: std::sync::Arc<Observations>, store: Store<RemoteAssist
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::RemoteAssistanceSpec;
     use kube::runtime::reflector::store::Writer;
     use kube::runtime::watcher::Event;
 
     fn resource(name: &str, uid: &str) -> RemoteAssistance {
-        let spec = RemoteAssistanceSpec {
-            project_id: "p".into(),
-            desktop_id: name.into(),
-            region: None,
-            endpoint: None,
-            credentials_secret_ref: None,
-            cancelled: false,
-            deletion_policy: None,
-            initiate: true,
-            max_duration: None,
-            ttl_after_finished: None,
-        };
-        let mut ra = RemoteAssistance::new(name, spec);
+        let mut ra = crate::resource::sample(name);
+        ra.spec.desktop_id = name.into();
         ra.metadata.namespace = Some("ns".into());
         ra.metadata.uid = Some(uid.into());
         ra

@@ -704,10 +704,7 @@ impl OperatorProcess {
     /// The operator's memory now, as "RSS / peak RSS (anonymous: the part that is not the
     /// program's own file pages)".
     fn memory(&self) -> String {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        let field = |name: &str| {
-            status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024
-        };
+        let field = |name: &str| proc_status_bytes(self.child.id(), name);
         format!("{} / {} ({} anonymous)", mib(field("VmRSS:")), mib(field("VmHWM:")), mib(field("RssAnon:")))
     }
 
@@ -787,8 +784,13 @@ impl Drop for Killed {
 
 /// The resident set of a process, in bytes.
 fn rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS:")
+}
+
+/// A size field (in kB) of a process's /proc status, in bytes; 0 when it cannot be read.
+fn proc_status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024
+    status.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024
 }
 
 fn progress(what: &str) {
