@@ -133,38 +133,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     if args.insecure_skip_tls_verify {
         warn!("--insecure-skip-tls-verify is set: cloud endpoint certificates are NOT verified; anyone on the path can read the credentials");
     }
-    let extra_ca_pem = match &args.ca_bundle {
-        Some(path) => Some(std::fs::read(path).map_err(|e| format!("reading --ca-bundle {}: {e}", path.display()))?),
-        None => None,
-    };
-    let config = controller::Config {
-        namespace: args.namespace.clone(),
-        label_selector: args.watch_label_selector.clone(),
-        concurrency: args.concurrency,
-        cloud_rate_limit: args.cloud_rate_limit,
-        poll_interval: args.poll_interval,
-        backoff: BackoffPolicy { base: args.backoff_base, max: args.backoff_max, needs_human_recheck: args.needs_human_recheck },
-        default_credentials: args.default_credentials_secret.clone(),
-        default_credentials_namespaces: args.default_credentials_namespaces.clone(),
-        default_deletion_policy: args.default_deletion_policy,
-        not_found_codes: args.not_found_error_codes.clone(),
-        iam_endpoint: args.iam_endpoint.clone(),
-        client: ClientOptions { timeout: args.cloud_timeout, extra_ca_pem, insecure_skip_tls_verify: args.insecure_skip_tls_verify, instance: Some(args.instance_name.clone()), ..ClientOptions::default() },
-        instance: args.instance_name.clone(),
-        stuck_deleting_after: args.stuck_deleting_after,
-        unauthenticated_hold: args.unauthenticated_hold,
-        fence: leader::Fence::always_open(),
-        endpoints: controller::endpoints::EndpointPolicy { extra: args.allowed_endpoints.clone() },
-        limits: controller::deadline::Limits {
-            default_max_duration: args.default_max_duration,
-            max_duration: args.max_duration,
-            default_ttl_after_finished: args.default_ttl_after_finished,
-        },
-        ambient: match args.ambient_credentials {
-            Some(kind) => Some(AmbientSource::from_env(kind, &|name| std::env::var(name).ok(), Some(args.ecs_metadata_endpoint.clone()))?),
-            None => None,
-        },
-    };
+    let config = controller_config(&args)?;
     let client = kube::Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
     let telemetry = controller::Telemetry::default();
     let address = telemetry::serve(args.metrics_address, telemetry.metrics.clone(), telemetry.health.clone())
@@ -191,6 +160,42 @@ async fn run(args: RunArgs) -> Result<(), String> {
         return controller::run(client, config, telemetry, async move { stop.cancelled().await }).await;
     }
     lead_then_run(client, config, telemetry, &args, shutdown).await
+}
+
+/// The controller's settings from the command line (and its env vars).
+fn controller_config(args: &RunArgs) -> Result<controller::Config, String> {
+    let extra_ca_pem = match &args.ca_bundle {
+        Some(path) => Some(std::fs::read(path).map_err(|e| format!("reading --ca-bundle {}: {e}", path.display()))?),
+        None => None,
+    };
+    Ok(controller::Config {
+        namespace: args.namespace.clone(),
+        label_selector: args.watch_label_selector.clone(),
+        concurrency: args.concurrency,
+        cloud_rate_limit: args.cloud_rate_limit,
+        poll_interval: args.poll_interval,
+        backoff: BackoffPolicy { base: args.backoff_base, max: args.backoff_max, needs_human_recheck: args.needs_human_recheck },
+        default_credentials: args.default_credentials_secret.clone(),
+        default_credentials_namespaces: args.default_credentials_namespaces.clone(),
+        default_deletion_policy: args.default_deletion_policy,
+        not_found_codes: args.not_found_error_codes.clone(),
+        iam_endpoint: args.iam_endpoint.clone(),
+        client: ClientOptions { timeout: args.cloud_timeout, extra_ca_pem, insecure_skip_tls_verify: args.insecure_skip_tls_verify, instance: Some(args.instance_name.clone()), ..ClientOptions::default() },
+        instance: args.instance_name.clone(),
+        stuck_deleting_after: args.stuck_deleting_after,
+        unauthenticated_hold: args.unauthenticated_hold,
+        fence: leader::Fence::always_open(),
+        endpoints: controller::endpoints::EndpointPolicy { extra: args.allowed_endpoints.clone() },
+        limits: controller::deadline::Limits {
+            default_max_duration: args.default_max_duration,
+            max_duration: args.max_duration,
+            default_ttl_after_finished: args.default_ttl_after_finished,
+        },
+        ambient: match args.ambient_credentials {
+            Some(kind) => Some(AmbientSource::from_env(kind, &|name| std::env::var(name).ok(), Some(args.ecs_metadata_endpoint.clone()))?),
+            None => None,
+        },
+    })
 }
 
 /// Waits for the leader Lease, reconciles while holding it, and releases it on shutdown. A

@@ -18,6 +18,7 @@ pub mod pins;
 pub mod secret_index;
 pub mod selector;
 pub mod status;
+pub mod streaming_lists;
 pub mod timers;
 
 use std::future::Future;
@@ -347,9 +348,10 @@ pub async fn run(
     check_label_selector(&client, &config).await?;
     let ctx = Arc::new(Context::new(client.clone(), config, telemetry.metrics.clone())?);
     log_not_found_policy(&ctx.config);
-    let (resources, store, resources_relay) = watch_resources(&ctx);
+    let streaming = streaming_lists::supported(&resources_api(&ctx)).await;
+    let (resources, store, resources_relay) = watch_resources(&ctx, streaming);
     let _ = ctx.store.set(store.clone());
-    let (secrets, secrets_relay) = watch_secrets(&ctx);
+    let (secrets, secrets_relay) = watch_secrets(&ctx, streaming);
     let namespaces = tokio::spawn(watch_namespaces(ctx.clone()));
     let housekeeping = tokio::spawn(keep_house(ctx.clone(), store.clone(), telemetry.clone()));
     let mapper_ctx = ctx.clone();
@@ -408,16 +410,21 @@ async fn check_label_selector(client: &Client, config: &Config) -> Result<(), St
 
 type Relayed<T> = futures::channel::mpsc::Receiver<Result<T, watcher::Error>>;
 
+/// The RemoteAssistances in the watched scope (one namespace, or all).
+fn resources_api(ctx: &Context) -> Api<RemoteAssistance> {
+    match &ctx.config.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    }
+}
+
 /// The watch of RemoteAssistances feeding the controller's cache, driven by its own task. The
 /// cache keeps only what reconciles read: managed fields and the last-applied annotation (a
 /// copy of the whole object) are dropped as objects arrive.
-fn watch_resources(ctx: &Context) -> (Relayed<RemoteAssistance>, Store<RemoteAssistance>, tokio::task::JoinHandle<()>) {
-    let api: Api<RemoteAssistance> = match &ctx.config.namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
+fn watch_resources(ctx: &Context, streaming: bool) -> (Relayed<RemoteAssistance>, Store<RemoteAssistance>, tokio::task::JoinHandle<()>) {
+    let api = resources_api(ctx);
     let (store, writer) = reflector::store();
-    let mut config = watcher::Config::default().any_semantic();
+    let mut config = streaming_lists::initial_list(watcher::Config::default().any_semantic(), streaming);
     if let Some(selector) = &ctx.config.label_selector {
         config = config.labels(selector);
     }
@@ -436,12 +443,12 @@ fn watch_resources(ctx: &Context) -> (Relayed<RemoteAssistance>, Store<RemoteAss
 /// The watch of Secrets, which only triggers reconciles: their metadata (name, resourceVersion,
 /// finalizers) is enough. Invitation Secrets (one per resource, written by the operator) are
 /// left out.
-fn watch_secrets(ctx: &Context) -> (Relayed<PartialObjectMeta<Secret>>, tokio::task::JoinHandle<()>) {
+fn watch_secrets(ctx: &Context, streaming: bool) -> (Relayed<PartialObjectMeta<Secret>>, tokio::task::JoinHandle<()>) {
     let api: Api<PartialObjectMeta<Secret>> = match &ctx.config.namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    let config = watcher::Config::default().any_semantic().labels(&format!("!{}", invitation::INVITATION_LABEL));
+    let config = streaming_lists::initial_list(watcher::Config::default().any_semantic(), streaming).labels(&format!("!{}", invitation::INVITATION_LABEL));
     relay(watcher(api, config).backoff(watch_backoff()).touched_objects(), "Secret")
 }
 

@@ -367,28 +367,10 @@ impl Bench {
     async fn create_hold_drain(&self) -> Result<Vec<Row>, String> {
         let n = self.options.resources;
         progress(&format!("3. create to Active, 4. memory, 6. idle, 2. drain: {n} resources"));
-        let mut rows = Vec::new();
         let ns = self.namespace("drain").await?;
         let op = self.operator(&ns)?;
         let created = self.create_and_wait(&ns, n).await?;
-        let operator_status = Api::<RemoteAssistance>::namespaced(self.client.clone(), &ns).get("ra-0").await.map_err(e)?.status;
-        let operator_status = serde_json::to_value(operator_status).map_err(|err| err.to_string())?;
-        let mut floors = Vec::new();
-        for (label, suffix, status) in [("", "drain-floor", minimal_status()), (", floor writing the operator's status", "drain-floor-status", operator_status)] {
-            let floor_ns = self.namespace(suffix).await?;
-            let floor = FloorClient::start(self.client.clone(), &floor_ns, self.cloud.clone(), self.sim.endpoint(), self.options.concurrency, status);
-            let floor_created = self.create_and_wait(&floor_ns, n).await?;
-            rows.push(row(
-                format!("3. create → Active, {n} resources (per second){label}"),
-                created.create_figures(n),
-                floor_created.create_figures(n),
-                format!("{:.2}×", floor_created.took.as_secs_f64() / created.took.as_secs_f64()),
-            ));
-            if label.is_empty() {
-                rows.push(breakdown_row(format!("3. create, API requests per resource by verb and resource{label}"), &created, &floor_created));
-            }
-            floors.push((label, floor_ns, floor));
-        }
+        let (mut rows, floors) = self.floors_created(&ns, &created).await?;
         rows.extend(self.idle_row(&op, n).await);
         // Steady: after the idle window, or after the operator's periodic return of free memory.
         tokio::time::sleep(STEADY_AFTER.saturating_sub(self.options.idle_window)).await;
@@ -398,23 +380,7 @@ impl Bench {
         // Scenario 2: delete them all at once.
         let drained = self.drain(&ns, n).await?;
         drop(op);
-        let (baseline_drained, baseline_rss) = self.baseline_drain(n).await?;
-        rows.push(row(
-            format!("2. drain {n} deleted at once (deletions per second), controller-runtime baseline"),
-            drained.drain_figures(n),
-            baseline_drained.drain_figures(n),
-            format!("{:.2}×", baseline_drained.took.as_secs_f64() / drained.took.as_secs_f64()),
-        ));
-        rows.push(breakdown_row("2. drain, API requests per deletion by verb and resource, controller-runtime baseline".into(), &drained, &baseline_drained));
-        rows.push(row(
-            format!("4. memory holding {n}, against the controller-runtime baseline (steady RSS)"),
-            mib(operator_rss),
-            mib(baseline_rss),
-            format!("{:.2}× (operator / baseline)", operator_rss as f64 / baseline_rss.max(1) as f64),
-        ));
-        if baseline_drained.calls != n {
-            return Err(format!("the baseline sent {} DELETEs for {n} resources", baseline_drained.calls));
-        }
+        rows.extend(self.baseline_rows(&drained, operator_rss).await?);
         for (label, floor_ns, floor) in floors {
             let floor_drained = self.drain(&floor_ns, n).await?;
             floor.stop();
@@ -432,6 +398,56 @@ impl Bench {
             return Err(format!("the operator sent {} DELETEs for {n} resources", drained.calls));
         }
         Ok(rows)
+    }
+
+    /// The two floors, each on a namespace of its own, create as many resources as the operator
+    /// did (`created`, in `ns`): the create rows, and the floors left holding them for the drain.
+    async fn floors_created(&self, ns: &str, created: &Measured) -> Result<(Vec<Row>, Vec<(&'static str, String, FloorClient)>), String> {
+        let n = self.options.resources;
+        let operator_status = Api::<RemoteAssistance>::namespaced(self.client.clone(), ns).get("ra-0").await.map_err(e)?.status;
+        let operator_status = serde_json::to_value(operator_status).map_err(|err| err.to_string())?;
+        let (mut rows, mut floors) = (Vec::new(), Vec::new());
+        for (label, suffix, status) in [("", "drain-floor", minimal_status()), (", floor writing the operator's status", "drain-floor-status", operator_status)] {
+            let floor_ns = self.namespace(suffix).await?;
+            let floor = FloorClient::start(self.client.clone(), &floor_ns, self.cloud.clone(), self.sim.endpoint(), self.options.concurrency, status);
+            let floor_created = self.create_and_wait(&floor_ns, n).await?;
+            rows.push(row(
+                format!("3. create → Active, {n} resources (per second){label}"),
+                created.create_figures(n),
+                floor_created.create_figures(n),
+                format!("{:.2}×", floor_created.took.as_secs_f64() / created.took.as_secs_f64()),
+            ));
+            if label.is_empty() {
+                rows.push(breakdown_row(format!("3. create, API requests per resource by verb and resource{label}"), created, &floor_created));
+            }
+            floors.push((label, floor_ns, floor));
+        }
+        Ok((rows, floors))
+    }
+
+    /// The controller-runtime baseline's drain and memory against the operator's (`drained`,
+    /// `operator_rss` while holding).
+    async fn baseline_rows(&self, drained: &Measured, operator_rss: u64) -> Result<Vec<Row>, String> {
+        let n = self.options.resources;
+        let (baseline_drained, baseline_rss) = self.baseline_drain(n).await?;
+        if baseline_drained.calls != n {
+            return Err(format!("the baseline sent {} DELETEs for {n} resources", baseline_drained.calls));
+        }
+        Ok(vec![
+            row(
+                format!("2. drain {n} deleted at once (deletions per second), controller-runtime baseline"),
+                drained.drain_figures(n),
+                baseline_drained.drain_figures(n),
+                format!("{:.2}×", baseline_drained.took.as_secs_f64() / drained.took.as_secs_f64()),
+            ),
+            breakdown_row("2. drain, API requests per deletion by verb and resource, controller-runtime baseline".into(), drained, &baseline_drained),
+            row(
+                format!("4. memory holding {n}, against the controller-runtime baseline (steady RSS)"),
+                mib(operator_rss),
+                mib(baseline_rss),
+                format!("{:.2}× (operator / baseline)", operator_rss as f64 / baseline_rss.max(1) as f64),
+            ),
+        ])
     }
 
     /// The controller-runtime baseline on a namespace of its own: `n` resources with a session

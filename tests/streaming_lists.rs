@@ -1,0 +1,49 @@
+//! The watches start with a streaming list where the API server has one (KEP-3157, on by
+//! default from Kubernetes 1.34), and with a plain list where it does not: the probe's answer
+//! on real API servers with the feature on and off, and the operator's whole lifecycle on the
+//! server without it.
+
+mod support;
+
+use std::time::Duration;
+
+use kube::Api;
+use support::control_plane::{ControlPlane, harness};
+use support::operator::World;
+use workspace_assist::controller::streaming_lists;
+use workspace_assist::resource::{Phase, RemoteAssistance};
+use workspace_assist::workspace::Operation;
+
+fn phase_is(phase: Phase) -> impl Fn(&RemoteAssistance) -> bool {
+    move |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(phase)
+}
+
+#[tokio::test]
+async fn a_server_with_streaming_lists_is_found_to_have_them() {
+    let w = World::new("watchlist").await;
+    assert!(streaming_lists::supported(&w.api()).await, "Kubernetes 1.36 streams initial lists by default");
+    assert!(streaming_lists::supported(&Api::<RemoteAssistance>::all(w.client.clone())).await, "also cluster-wide");
+}
+
+#[tokio::test]
+async fn without_streaming_lists_the_operator_lists_and_cancels_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = r#"["--feature-gates=WatchList=false"]"#;
+    let cp = ControlPlane::start_in(&harness(), dir.path(), &["-apiserver-flags", flags]).unwrap_or_else(|e| panic!("{e}"));
+    let mut w = World::on(support::client_for(&cp).await, "no-watchlist").await;
+    assert!(!streaming_lists::supported(&w.api()).await, "the server refuses streaming lists with the gate off");
+
+    // Resources that exist before the operator starts come from its initial list.
+    w.create(w.manifest("before", "desktop-before")).await;
+    w.start_operator(w.config());
+    w.wait_for("before", Duration::from_secs(60), "Active", phase_is(Phase::Active)).await;
+    w.create(w.manifest("after", "desktop-after")).await;
+    w.wait_for("after", Duration::from_secs(60), "Active", phase_is(Phase::Active)).await;
+    for (name, desktop) in [("before", "desktop-before"), ("after", "desktop-after")] {
+        w.delete(name).await;
+        w.wait_gone(name, Duration::from_secs(60)).await;
+        assert_eq!(w.sim.count(Operation::CancelRemoteAssistance, desktop), 1, "{name}: one cancel");
+    }
+    w.stop_operator().await;
+    cp.stop();
+}
