@@ -1,5 +1,5 @@
-//! A small run of the benchmark's deletion scenarios (1 and 2, with the controller-runtime
-//! baseline), so that the benchmark code keeps working. It asserts what must hold at any speed (one DELETE per resource, every resource gone),
+//! A small run of the benchmark's deletion scenarios (1 and 2, with the floors and the
+//! controller-runtime baseline), so that the benchmark code keeps working. It asserts what must hold at any speed (one DELETE per resource, every resource gone),
 //! never a timing.
 
 mod support;
@@ -31,6 +31,17 @@ async fn small_latency_and_drain_runs() {
     // Every request accounted for: the breakdown names the bench's own DELETE of each object.
     let breakdown = rows.iter().find(|r| r.what.starts_with("2. drain, API requests per deletion by verb and resource")).expect("a breakdown row");
     assert!(breakdown.operator.contains("DELETE remoteassistances 1.00") && breakdown.floor.contains("DELETE remoteassistances 1.00"), "{breakdown:?}");
+    // The floor doing the operator's duties makes the operator's kinds of request: its Events,
+    // the invitation Secret's deletion, the finalizer's removal.
+    let duties = rows
+        .iter()
+        .find(|r| r.what.starts_with("2. drain, API requests per deletion") && r.what.contains("operator's duties"))
+        .expect("a breakdown against the floor doing the operator's duties");
+    for kind in ["POST events", "DELETE secrets", "PATCH remoteassistances"] {
+        assert!(duties.operator.contains(kind) && duties.floor.contains(kind), "{kind} on both sides: {duties:?}");
+    }
+    // Scenario 1 in three rounds, each with its p99.
+    assert_eq!(rows.iter().filter(|r| r.what.contains("p99") && r.what.contains("), round ")).count(), 3, "{rows:?}");
 }
 
 #[test]

@@ -120,7 +120,10 @@ func main() {
 	// The same client-side limits as the operator under test (none to speak of).
 	restConfig.QPS, restConfig.Burst = 1000, 2000
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
-		Cache:   cache.Options{DefaultNamespaces: map[string]cache.Config{*namespace: {}}},
+		Cache: cache.Options{DefaultNamespaces: map[string]cache.Config{*namespace: {}}},
+		// Reads from the informer cache, as a typed (kubebuilder) reconciler's are: unstructured
+		// objects are read from the API server unless asked otherwise.
+		Client:  client.Options{Cache: &client.CacheOptions{Unstructured: true}},
 		Metrics: metricsserver.Options{BindAddress: "0"},
 	})
 	if err != nil {
