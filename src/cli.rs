@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// directory).
     #[arg(long)]
     pub build_dir: Option<PathBuf>,
+    /// The operator binary to measure (default: this one), e.g. the shipped build without the
+    /// developer tools, or a wrapper that runs it under a profiler.
+    #[arg(long)]
+    pub operator: Option<PathBuf>,
 }
 
 /// Settings of `simulate`.

@@ -66,6 +66,14 @@ pub struct Row {
 }
 
 /// One measured phase of many resources.
+/// The controller-runtime baseline's run: its drain, the API requests per resource while it
+/// took hold of the created resources, and its steady RSS while holding them.
+struct BaselineRun {
+    drained: Measured,
+    holding: Requests,
+    rss: u64,
+}
+
 struct Measured {
     took: Duration,
     /// Cloud calls during the phase (for a drain: the DELETEs).
@@ -105,10 +113,15 @@ impl Measured {
     /// The API requests per resource by verb and resource, largest first, the bench's own
     /// included (its create or delete of each object, on both sides).
     fn breakdown(&self) -> String {
-        let mut kinds: Vec<(&String, &f64)> = self.by_kind.iter().collect();
-        kinds.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
-        kinds.iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ")
+        by_kind_text(&self.by_kind)
     }
+}
+
+/// Requests per resource by verb and resource, the most frequent first.
+fn by_kind_text(requests: &Requests) -> String {
+    let mut kinds: Vec<(&String, &f64)> = requests.iter().collect();
+    kinds.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+    kinds.iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ")
 }
 
 /// A row of the requests each side made per resource, by verb and resource.
@@ -142,6 +155,7 @@ fn percentile_row(what: &str, operator: &[Duration], floor: &[Duration], q: f64)
     row(what, ms(a), ms(b), format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64()))
 }
 
+/// Makes a row and prints it at once (a long run shows its figures as they come).
 fn row(what: impl Into<String>, operator: impl Into<String>, floor: impl Into<String>, ratio: impl Into<String>) -> Row {
     let r = Row { what: what.into(), operator: operator.into(), floor: floor.into(), ratio: ratio.into() };
     eprintln!("bench: | {} | {} | {} | {} |", r.what, r.operator, r.floor, r.ratio);
@@ -422,7 +436,7 @@ impl Bench {
         // Scenario 2: delete them all at once.
         let drained = self.drain(&ns, n).await?;
         drop(op);
-        rows.extend(self.baseline_rows(&drained, operator_rss).await?);
+        rows.extend(self.baseline_rows(&created, &drained, operator_rss).await?);
         for (label, floor_ns, floor) in floors {
             let floor_drained = self.drain(&floor_ns, n).await?;
             floor.stop();
@@ -457,17 +471,23 @@ impl Bench {
         Ok((rows, floors))
     }
 
-    /// The controller-runtime baseline's drain and memory against the operator's (`drained`,
-    /// `operator_rss` while holding).
-    async fn baseline_rows(&self, drained: &Measured, operator_rss: u64) -> Result<Vec<Row>, String> {
+    /// The controller-runtime baseline's requests and memory while holding, and its drain,
+    /// against the operator's (`created`, `drained`, `operator_rss` while holding).
+    async fn baseline_rows(&self, created: &Measured, drained: &Measured, operator_rss: u64) -> Result<Vec<Row>, String> {
         let n = self.options.resources;
-        let (baseline_drained, baseline_rss) = self.baseline_drain(n).await?;
+        let BaselineRun { drained: baseline_drained, holding, rss: baseline_rss } = self.baseline_drain(n).await?;
         if baseline_drained.calls != n {
             return Err(format!("the baseline sent {} DELETEs for {n} resources", baseline_drained.calls));
         }
         Ok(vec![
             ratio_row(format!("2. drain {n} deleted at once (deletions per second){BASELINE}"), drained, &baseline_drained, |m| m.drain_figures(n)),
             breakdown_row(format!("2. drain, API requests per deletion by verb and resource{BASELINE}"), drained, &baseline_drained),
+            row(
+                format!("3. create, API requests per resource by verb and resource{BASELINE} (it adds its finalizer; it opens no session)"),
+                by_kind_text(&created.by_kind),
+                by_kind_text(&holding),
+                "",
+            ),
             row(
                 format!("4. memory holding {n}, against the controller-runtime baseline (steady RSS)"),
                 mib(operator_rss),
@@ -480,7 +500,7 @@ impl Bench {
     /// The controller-runtime baseline on a namespace of its own: `n` resources with a session
     /// each, held (its finalizer on every one), then all deleted at once. Returns the drain and
     /// its steady RSS while holding them.
-    async fn baseline_drain(&self, n: usize) -> Result<(Measured, u64), String> {
+    async fn baseline_drain(&self, n: usize) -> Result<BaselineRun, String> {
         progress(&format!("2. drain {n}: the controller-runtime baseline"));
         let ns = self.namespace("drain-baseline").await?;
         let harness = Harness::new(self.options.build_dir.clone());
@@ -502,6 +522,7 @@ impl Bench {
         for i in 0..n {
             self.sim.open_session(PROJECT, &format!("{ns}-ra-{i}"));
         }
+        let before = self.apiserver_requests().await?;
         self.create_many(&ns, "ra", n, None).await?;
         let watched = self.watch(&ns).await?;
         let held = |ra: &std::sync::Arc<RemoteAssistance>| ra.finalizers().iter().any(|f| f == BASELINE_FINALIZER);
@@ -516,11 +537,12 @@ impl Bench {
             }
         }
         drop(watched);
+        let holding = per_resource(&before, &self.apiserver_requests().await?, n);
         tokio::time::sleep(Duration::from_secs(5)).await;
         let rss = rss_bytes(baseline.0.id());
         let drained = self.drain(&ns, n).await?;
         drop(baseline);
-        Ok((drained, rss))
+        Ok(BaselineRun { drained, holding, rss })
     }
 
     /// Creates `n` resources in `ns` and waits until all are Active.

@@ -17,7 +17,8 @@ pub async fn demo(args: DemoArgs) -> Result<(), String> {
     crate::devenv::demo::run(crate::devenv::demo::DemoOptions { build_dir }).await
 }
 
-/// `workspace-assist bench`: the operator under test is this very binary.
+/// `workspace-assist bench`: the operator under test is this very binary unless `--operator`
+/// names another.
 pub async fn bench(args: BenchArgs) -> Result<(), String> {
     crate::install_crypto_provider();
     if cfg!(debug_assertions) {
@@ -25,7 +26,10 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     }
     let options = crate::devenv::bench::BenchOptions {
         build_dir: args.build_dir.unwrap_or_else(default_build_dir),
-        operator: std::env::current_exe().map_err(|e| e.to_string())?,
+        operator: match args.operator {
+            Some(path) => path,
+            None => std::env::current_exe().map_err(|e| e.to_string())?,
+        },
         latency_samples: args.latency_samples,
         resources: args.resources,
         large: args.large,
