@@ -171,6 +171,7 @@ fn controller_config(args: &RunArgs) -> Result<controller::Config, String> {
     Ok(controller::Config {
         namespace: args.namespace.clone(),
         label_selector: args.watch_label_selector.clone(),
+        streaming_lists: args.streaming_lists,
         concurrency: args.concurrency,
         cloud_rate_limit: args.cloud_rate_limit,
         poll_interval: args.poll_interval,

@@ -10,7 +10,8 @@ use std::time::Duration;
 use kube::Api;
 use support::control_plane::{ControlPlane, harness};
 use support::operator::World;
-use workspace_assist::controller::streaming_lists;
+use workspace_assist::controller::{self, streaming_lists};
+use workspace_assist::devenv::bench;
 use workspace_assist::resource::{Phase, RemoteAssistance};
 use workspace_assist::workspace::Operation;
 
@@ -23,6 +24,19 @@ async fn a_server_with_streaming_lists_is_found_to_have_them() {
     let w = World::new("watchlist").await;
     assert!(streaming_lists::supported(&w.api()).await, "Kubernetes 1.36 streams initial lists by default");
     assert!(streaming_lists::supported(&Api::<RemoteAssistance>::all(w.client.clone())).await, "also cluster-wide");
+}
+
+#[tokio::test]
+async fn streaming_lists_false_starts_the_watches_with_a_plain_list() {
+    let mut w = World::new("no-streaming").await;
+    let lists = |r: &bench::Requests| r.get("LIST remoteassistances").copied().unwrap_or(0.0);
+    let before = bench::apiserver_requests(&w.client).await.unwrap();
+    w.start_operator(controller::Config { streaming_lists: false, ..w.config() });
+    w.create(w.manifest("ra", "desktop-ra")).await;
+    w.wait_for("ra", Duration::from_secs(60), "Active", phase_is(Phase::Active)).await;
+    let after = bench::apiserver_requests(&w.client).await.unwrap();
+    assert!(lists(&after) > lists(&before), "the operator listed RemoteAssistances: {before:?} -> {after:?}");
+    w.stop_operator().await;
 }
 
 #[tokio::test]

@@ -50,6 +50,9 @@ pub struct Config {
     pub namespace: Option<String>,
     /// Reconcile only RemoteAssistances whose labels match this selector (sharding).
     pub label_selector: Option<String>,
+    /// Start the watches with a streaming list when the API server has one (it is asked at
+    /// start); false: always with a plain list.
+    pub streaming_lists: bool,
     /// Most reconciles running at once.
     pub concurrency: u16,
     /// Most cloud calls per second, over all resources.
@@ -93,6 +96,7 @@ impl Default for Config {
         Config {
             namespace: None,
             label_selector: None,
+            streaming_lists: true,
             concurrency: 16,
             cloud_rate_limit: NonZeroU32::new(50).expect("non-zero"),
             poll_interval: Duration::from_secs(300),
@@ -348,7 +352,7 @@ pub async fn run(
     check_label_selector(&client, &config).await?;
     let ctx = Arc::new(Context::new(client.clone(), config, telemetry.metrics.clone())?);
     log_not_found_policy(&ctx.config);
-    let streaming = streaming_lists::supported(&resources_api(&ctx)).await;
+    let streaming = ctx.config.streaming_lists && streaming_lists::supported(&scoped(&ctx)).await;
     let (resources, store, resources_relay) = watch_resources(&ctx, streaming);
     let _ = ctx.store.set(store.clone());
     let (secrets, secrets_relay) = watch_secrets(&ctx, streaming);
@@ -410,8 +414,12 @@ async fn check_label_selector(client: &Client, config: &Config) -> Result<(), St
 
 type Relayed<T> = futures::channel::mpsc::Receiver<Result<T, watcher::Error>>;
 
-/// The RemoteAssistances in the watched scope (one namespace, or all).
-fn resources_api(ctx: &Context) -> Api<RemoteAssistance> {
+/// The objects of a kind in the watched scope (one namespace, or all).
+fn scoped<K>(ctx: &Context) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
     match &ctx.config.namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
@@ -422,7 +430,7 @@ fn resources_api(ctx: &Context) -> Api<RemoteAssistance> {
 /// cache keeps only what reconciles read: managed fields and the last-applied annotation (a
 /// copy of the whole object) are dropped as objects arrive.
 fn watch_resources(ctx: &Context, streaming: bool) -> (Relayed<RemoteAssistance>, Store<RemoteAssistance>, tokio::task::JoinHandle<()>) {
-    let api = resources_api(ctx);
+    let api: Api<RemoteAssistance> = scoped(ctx);
     let (store, writer) = reflector::store();
     let mut config = streaming_lists::initial_list(watcher::Config::default().any_semantic(), streaming);
     if let Some(selector) = &ctx.config.label_selector {
@@ -444,10 +452,7 @@ fn watch_resources(ctx: &Context, streaming: bool) -> (Relayed<RemoteAssistance>
 /// finalizers) is enough. Invitation Secrets (one per resource, written by the operator) are
 /// left out.
 fn watch_secrets(ctx: &Context, streaming: bool) -> (Relayed<PartialObjectMeta<Secret>>, tokio::task::JoinHandle<()>) {
-    let api: Api<PartialObjectMeta<Secret>> = match &ctx.config.namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
+    let api: Api<PartialObjectMeta<Secret>> = scoped(ctx);
     let config = streaming_lists::initial_list(watcher::Config::default().any_semantic(), streaming).labels(&format!("!{}", invitation::INVITATION_LABEL));
     relay(watcher(api, config).backoff(watch_backoff()).touched_objects(), "Secret")
 }

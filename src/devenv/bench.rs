@@ -85,7 +85,7 @@ struct Measured {
 }
 
 /// API server requests by "VERB resource[/subresource]".
-type Requests = std::collections::BTreeMap<String, f64>;
+pub type Requests = std::collections::BTreeMap<String, f64>;
 
 /// The requests of `after` not in `before`, per resource (of `n`), leaving out what rounds to 0.
 fn per_resource(before: &Requests, after: &Requests, n: usize) -> Requests {
@@ -115,6 +115,23 @@ impl Measured {
     fn breakdown(&self) -> String {
         by_kind_text(&self.by_kind)
     }
+}
+
+/// The API server's requests so far by "VERB resource[/subresource]", from its own
+/// `apiserver_request_total`.
+pub async fn apiserver_requests(client: &Client) -> Result<Requests, String> {
+    let request = http::Request::get("/metrics").body(Vec::new()).map_err(|err| err.to_string())?;
+    let text = client.request_text(request).await.map_err(e)?;
+    let mut by_kind = Requests::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let Some((labels, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let label = |name: &str| labels.split(&format!("{name}=\"")).nth(1).and_then(|v| v.split('"').next()).unwrap_or("").to_string();
+        let (resource, subresource) = (label("resource"), label("subresource"));
+        let what = if subresource.is_empty() { resource } else { format!("{resource}/{subresource}") };
+        *by_kind.entry(format!("{} {what}", label("verb"))).or_default() += value;
+    }
+    Ok(by_kind)
 }
 
 /// Requests per resource by verb and resource, the most frequent first.
@@ -317,25 +334,13 @@ impl Bench {
     /// Requests the API server has served so far (the sum of its `apiserver_request_total`):
     /// the difference over a phase, per resource, shows the API work each side does.
     async fn apiserver_requests(&self) -> Result<Requests, String> {
-        let request = http::Request::get("/metrics").body(Vec::new()).map_err(|err| err.to_string())?;
-        let text = self.client.request_text(request).await.map_err(e)?;
-        let mut by_kind = Requests::new();
-        for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-            let Some((labels, value)) = line.rsplit_once(' ') else { continue };
-            let Ok(value) = value.parse::<f64>() else { continue };
-            let label = |name: &str| labels.split(&format!("{name}=\"")).nth(1).and_then(|v| v.split('"').next()).unwrap_or("").to_string();
-            let (resource, subresource) = (label("resource"), label("subresource"));
-            let what = if subresource.is_empty() { resource } else { format!("{resource}/{subresource}") };
-            *by_kind.entry(format!("{} {what}", label("verb"))).or_default() += value;
-        }
-        Ok(by_kind)
+        apiserver_requests(&self.client).await
     }
 
     fn cancels_since(&self, since: Instant) -> usize {
         self.sim.requests().iter().filter(|r| r.operation == Some(Operation::CancelRemoteAssistance) && r.at >= since).count()
     }
 
-    /// Scenario 1: sequential deletions, delete request to object gone.
     /// Scenario 1, three rounds (the p99 of a few hundred samples moves from run to run): the
     /// percentiles of all samples, and each round's p99.
     async fn latency(&self) -> Result<Vec<Row>, String> {
