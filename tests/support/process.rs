@@ -15,6 +15,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_workspace-assist");
 pub struct OperatorProcess {
     child: Child,
     logs: Arc<Mutex<String>>,
+    /// The tasks reading its stdout and stderr: they end at end of file.
+    readers: Vec<tokio::task::JoinHandle<()>>,
     /// Its metrics and health address.
     pub metrics: std::net::SocketAddr,
 }
@@ -38,18 +40,19 @@ impl OperatorProcess {
     pub fn start(mut command: Command, metrics: std::net::SocketAddr) -> OperatorProcess {
         let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).spawn().expect("starting the operator");
         let logs = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), child.stderr.take().map(|s| Box::new(s) as _)] {
             let logs = logs.clone();
             let mut lines = BufReader::new(stream.unwrap()).lines();
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 while let Ok(Some(line)) = lines.next_line().await {
                     let mut l = logs.lock().unwrap();
                     l.push_str(&line);
                     l.push('\n');
                 }
-            });
+            }));
         }
-        OperatorProcess { child, logs, metrics }
+        OperatorProcess { child, logs, readers, metrics }
     }
 
     /// Everything it logged so far.
@@ -73,9 +76,14 @@ impl OperatorProcess {
         self.child.try_wait().expect("checking the operator process").is_none()
     }
 
-    /// Waits for it to exit.
+    /// Waits for it to exit, and for what it wrote last to be read: the process can be gone
+    /// before its final log lines are.
     pub async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        tokio::time::timeout(timeout, self.child.wait()).await.expect("the operator exits in time").unwrap()
+        let status = tokio::time::timeout(timeout, self.child.wait()).await.expect("the operator exits in time").unwrap();
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
+        }
+        status
     }
 
     /// GETs a path of its metrics/health server: (status, body).
