@@ -1,7 +1,7 @@
-//! The watches start with a streaming list where the API server has one (KEP-3157, on by
-//! default from Kubernetes 1.34), and with a plain list where it does not: the probe's answer
-//! on real API servers with the feature on and off, and the operator's whole lifecycle on the
-//! server without it.
+//! With `--streaming-lists` the watches start with a streaming list where the API server has
+//! one (KEP-3157, on by default from Kubernetes 1.34), and with a plain list where it does not;
+//! by default always with a plain list: the probe's answer on real API servers with the feature
+//! on and off, and the operator's lifecycle in each case.
 
 mod support;
 
@@ -20,18 +20,27 @@ fn phase_is(phase: Phase) -> impl Fn(&RemoteAssistance) -> bool {
 }
 
 #[tokio::test]
-async fn a_server_with_streaming_lists_is_found_to_have_them() {
-    let w = World::new("watchlist").await;
+async fn a_server_with_streaming_lists_is_found_to_have_them_and_the_operator_uses_them() {
+    let mut w = World::new("watchlist").await;
     assert!(streaming_lists::supported(&w.api()).await, "Kubernetes 1.36 streams initial lists by default");
     assert!(streaming_lists::supported(&Api::<RemoteAssistance>::all(w.client.clone())).await, "also cluster-wide");
+
+    // Opted in: a resource that exists before the start comes from the streaming list.
+    w.create(w.manifest("before", "desktop-streamed")).await;
+    w.start_operator(controller::Config { streaming_lists: true, ..w.config() });
+    w.wait_for("before", Duration::from_secs(60), "Active", phase_is(Phase::Active)).await;
+    w.delete("before").await;
+    w.wait_gone("before", Duration::from_secs(60)).await;
+    assert_eq!(w.sim.count(Operation::CancelRemoteAssistance, "desktop-streamed"), 1, "one cancel");
+    w.stop_operator().await;
 }
 
 #[tokio::test]
-async fn streaming_lists_false_starts_the_watches_with_a_plain_list() {
+async fn by_default_the_watches_start_with_a_plain_list() {
     let mut w = World::new("no-streaming").await;
     let lists = |r: &bench::Requests| r.get("LIST remoteassistances").copied().unwrap_or(0.0);
     let before = bench::apiserver_requests(&w.client).await.unwrap();
-    w.start_operator(controller::Config { streaming_lists: false, ..w.config() });
+    w.start_operator(w.config());
     w.create(w.manifest("ra", "desktop-ra")).await;
     w.wait_for("ra", Duration::from_secs(60), "Active", phase_is(Phase::Active)).await;
     let after = bench::apiserver_requests(&w.client).await.unwrap();
@@ -47,9 +56,10 @@ async fn without_streaming_lists_the_operator_lists_and_cancels_as_before() {
     let mut w = World::on(support::client_for(&cp).await, "no-watchlist").await;
     assert!(!streaming_lists::supported(&w.api()).await, "the server refuses streaming lists with the gate off");
 
-    // Resources that exist before the operator starts come from its initial list.
+    // Opted in, on a server without them: resources that exist before the operator starts come
+    // from its plain initial list.
     w.create(w.manifest("before", "desktop-before")).await;
-    w.start_operator(w.config());
+    w.start_operator(controller::Config { streaming_lists: true, ..w.config() });
     w.wait_for("before", Duration::from_secs(60), "Active", phase_is(Phase::Active)).await;
     w.create(w.manifest("after", "desktop-after")).await;
     w.wait_for("after", Duration::from_secs(60), "Active", phase_is(Phase::Active)).await;
