@@ -331,12 +331,6 @@ impl Bench {
         Ok((start.elapsed(), start))
     }
 
-    /// Requests the API server has served so far (the sum of its `apiserver_request_total`):
-    /// the difference over a phase, per resource, shows the API work each side does.
-    async fn apiserver_requests(&self) -> Result<Requests, String> {
-        apiserver_requests(&self.client).await
-    }
-
     fn cancels_since(&self, since: Instant) -> usize {
         self.sim.requests().iter().filter(|r| r.operation == Some(Operation::CancelRemoteAssistance) && r.at >= since).count()
     }
@@ -527,7 +521,7 @@ impl Bench {
         for i in 0..n {
             self.sim.open_session(PROJECT, &format!("{ns}-ra-{i}"));
         }
-        let before = self.apiserver_requests().await?;
+        let before = apiserver_requests(&self.client).await?;
         self.create_many(&ns, "ra", n, None).await?;
         let watched = self.watch(&ns).await?;
         let held = |ra: &std::sync::Arc<RemoteAssistance>| ra.finalizers().iter().any(|f| f == BASELINE_FINALIZER);
@@ -542,7 +536,7 @@ impl Bench {
             }
         }
         drop(watched);
-        let holding = per_resource(&before, &self.apiserver_requests().await?, n);
+        let holding = per_resource(&before, &apiserver_requests(&self.client).await?, n);
         tokio::time::sleep(Duration::from_secs(5)).await;
         let rss = rss_bytes(baseline.0.id());
         let drained = self.drain(&ns, n).await?;
@@ -552,11 +546,11 @@ impl Bench {
 
     /// Creates `n` resources in `ns` and waits until all are Active.
     async fn create_and_wait(&self, ns: &str, n: usize) -> Result<Measured, String> {
-        let (started, before) = (Instant::now(), self.apiserver_requests().await?);
+        let (started, before) = (Instant::now(), apiserver_requests(&self.client).await?);
         self.create_many(ns, "ra", n, None).await?;
         self.wait_active(ns, n, Duration::from_secs(3600)).await?;
         let took = started.elapsed();
-        let by_kind = per_resource(&before, &self.apiserver_requests().await?, n);
+        let by_kind = per_resource(&before, &apiserver_requests(&self.client).await?, n);
         let calls = self.sim.requests().iter().filter(|r| r.at >= started && r.operation.is_some()).count();
         Ok(Measured { took, calls, api_requests: by_kind.values().sum(), by_kind })
     }
@@ -564,9 +558,9 @@ impl Bench {
     /// Deletes the `n` resources of `ns` at once and waits until they are gone (calls: the
     /// DELETEs the cloud received).
     async fn drain(&self, ns: &str, n: usize) -> Result<Measured, String> {
-        let before = self.apiserver_requests().await?;
+        let before = apiserver_requests(&self.client).await?;
         let (took, start) = self.delete_all_and_wait(ns, n).await?;
-        let by_kind = per_resource(&before, &self.apiserver_requests().await?, n);
+        let by_kind = per_resource(&before, &apiserver_requests(&self.client).await?, n);
         Ok(Measured { took, calls: self.cancels_since(start), api_requests: by_kind.values().sum(), by_kind })
     }
 
