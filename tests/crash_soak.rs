@@ -231,15 +231,16 @@ async fn sigkills_at_random_moments_lose_no_cancel() {
     println!(
         "crash soak: {n} resources, {sessions} sessions started, {kills_done} SIGKILLs, {faults} of {} cloud calls faulted \
          ({:.0}%), converged in {converged:.1?}; {confirmed} cancels confirmed (204); {deletes} unfaulted cloud DELETEs for \
-         {cancelled_desktops} resources: {duplicates} duplicates ({:.2} per kill); at most {busiest} cloud calls per \
+         {cancelled_desktops} resources: {duplicates} duplicates ({:.2} per kill); at most {} cloud calls per \
          resource in one second",
         requests.len(),
         fault_rate * 100.0,
-        duplicates as f64 / kills_done.max(1) as f64
+        duplicates as f64 / kills_done.max(1) as f64,
+        busiest.count()
     );
     assert_eq!(kills_done, kills);
     assert!(duplicates <= CONCURRENCY * kills_done, "{duplicates} duplicate DELETEs for {kills_done} kills at concurrency {CONCURRENCY}");
-    assert!(busiest <= MAX_CALLS_PER_RESOURCE_SECOND, "a resource was called {busiest} times within one second");
+    assert!(busiest.count() <= MAX_CALLS_PER_RESOURCE_SECOND, "hot loop: {busiest}");
     operator.signal("-TERM");
     operator.wait(Duration::from_secs(30)).await;
 }

@@ -233,17 +233,96 @@ pub async fn eventually<F: Future<Output = bool>>(timeout: Duration, what: &str,
     }
 }
 
-/// The most cloud calls any one desktop received within one second.
-pub fn busiest_second_per_desktop(requests: &[workspace_assist::simulator::RecordedRequest]) -> usize {
-    let mut by_desktop: std::collections::HashMap<&str, Vec<std::time::Instant>> = std::collections::HashMap::new();
-    for r in requests {
-        by_desktop.entry(r.desktop_id.as_str()).or_default().push(r.at);
+/// The busiest second of any one desktop: the calls it received within one second of one of
+/// them, the most there are. Printed when a bound on it fails, so the failure says which calls.
+pub struct BusiestSecond {
+    /// The desktop.
+    pub desktop_id: String,
+    /// Its calls in that second: offset from the first, operation, status (0: dropped), faulted.
+    pub calls: Vec<(Duration, Option<workspace_assist::workspace::Operation>, u16, bool)>,
+}
+
+impl BusiestSecond {
+    /// How many calls.
+    pub fn count(&self) -> usize {
+        self.calls.len()
     }
-    by_desktop
-        .values()
-        .map(|times| times.iter().map(|t| times.iter().filter(|u| **u >= *t && **u < *t + Duration::from_secs(1)).count()).max().unwrap_or(0))
-        .max()
-        .unwrap_or(0)
+}
+
+impl std::fmt::Display for BusiestSecond {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} calls to {} within one second:", self.calls.len(), self.desktop_id)?;
+        for (offset, operation, status, faulted) in &self.calls {
+            let fault = if *faulted { " (injected fault)" } else { "" };
+            write!(f, "\n  +{:>4} ms {operation:?} -> {status}{fault}", offset.as_millis())?;
+        }
+        Ok(())
+    }
+}
+
+/// The busiest second of any one desktop (see [`BusiestSecond`]).
+pub fn busiest_second_per_desktop(requests: &[workspace_assist::simulator::RecordedRequest]) -> BusiestSecond {
+    let mut by_desktop: std::collections::HashMap<&str, Vec<&workspace_assist::simulator::RecordedRequest>> = std::collections::HashMap::new();
+    for r in requests {
+        by_desktop.entry(r.desktop_id.as_str()).or_default().push(r);
+    }
+    let mut busiest = BusiestSecond { desktop_id: String::new(), calls: vec![] };
+    for (desktop, calls) in by_desktop {
+        for first in &calls {
+            let within: Vec<_> = calls.iter().filter(|r| r.at >= first.at && r.at < first.at + Duration::from_secs(1)).collect();
+            if within.len() > busiest.calls.len() {
+                busiest = BusiestSecond {
+                    desktop_id: desktop.to_string(),
+                    calls: within.iter().map(|r| (r.at - first.at, r.operation, r.status, r.faulted)).collect(),
+                };
+            }
+        }
+    }
+    busiest
+}
+
+/// The soonest any desktop was called again after an injected fault: the gap, the desktop, and
+/// the faulted call's operation and status. The Show that may follow a refused Create at once
+/// (a faulted Create answered 200 or a 4xx other than 429, looking for a session started
+/// meanwhile) belongs to the same attempt and is not counted as a retry.
+pub fn quickest_retry_after_fault(requests: &[workspace_assist::simulator::RecordedRequest]) -> Option<(Duration, String, Option<workspace_assist::workspace::Operation>, u16)> {
+    use workspace_assist::workspace::Operation;
+    let mut by_desktop: std::collections::HashMap<&str, Vec<&workspace_assist::simulator::RecordedRequest>> = std::collections::HashMap::new();
+    for r in requests {
+        by_desktop.entry(r.desktop_id.as_str()).or_default().push(r);
+    }
+    let mut quickest: Option<(Duration, String, Option<Operation>, u16)> = None;
+    for (desktop, mut calls) in by_desktop {
+        calls.sort_by_key(|r| r.at);
+        for pair in calls.windows(2) {
+            let (fault, next) = (pair[0], pair[1]);
+            let refused_create = fault.operation == Some(Operation::CreateRemoteAssistance) && (fault.status == 200 || ((400..500).contains(&fault.status) && fault.status != 429));
+            if !fault.faulted || (refused_create && next.operation == Some(Operation::ShowDesktopRemoteAssistanceInfo)) {
+                continue;
+            }
+            let gap = next.at - fault.at;
+            if quickest.as_ref().is_none_or(|q| gap < q.0) {
+                quickest = Some((gap, desktop.to_string(), fault.operation, fault.status));
+            }
+        }
+    }
+    quickest
+}
+
+/// How many attempts of one run of failures can start within `window` when every retry comes
+/// as early as `policy` allows (the shortest jitter; a failure that needs a person is rechecked
+/// after `needs_human_recheck` if that is sooner).
+pub fn attempts_within(policy: &BackoffPolicy, window: Duration) -> usize {
+    let mut attempts = 1;
+    let mut elapsed = Duration::ZERO;
+    for failures in 1..=64 {
+        elapsed += policy.retry_delay(failures, 0.0).min(policy.needs_human_recheck);
+        if elapsed >= window {
+            break;
+        }
+        attempts += 1;
+    }
+    attempts
 }
 
 /// Every kind of cloud failure the tests inject at random: server errors, an HTML page,
