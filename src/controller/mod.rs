@@ -20,6 +20,7 @@ pub mod selector;
 pub mod status;
 pub mod streaming_lists;
 pub mod timers;
+pub mod triggers;
 
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -432,19 +433,17 @@ where
 fn watch_resources(ctx: &Context, streaming: bool) -> (Relayed<RemoteAssistance>, Store<RemoteAssistance>, tokio::task::JoinHandle<()>) {
     let api: Api<RemoteAssistance> = scoped(ctx);
     let (store, writer) = reflector::store();
-    let mut config = streaming_lists::initial_list(watcher::Config::default().any_semantic(), streaming);
+    let mut config = watcher::Config::default().any_semantic();
     if let Some(selector) = &ctx.config.label_selector {
         config = config.labels(selector);
     }
-    let resources = watcher(api, config)
-        .backoff(watch_backoff())
+    let resources = watch_with(api, config, streaming, "RemoteAssistance")
         .modify(|ra: &mut RemoteAssistance| {
             ra.managed_fields_mut().clear();
             ra.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
         })
-        .reflect(writer)
-        .applied_objects();
-    let (stream, task) = relay(resources, "RemoteAssistance");
+        .reflect(writer);
+    let (stream, task) = relay(triggers::applied_after_lists(resources, store.clone()), "RemoteAssistance");
     (stream, store, task)
 }
 
@@ -453,8 +452,19 @@ fn watch_resources(ctx: &Context, streaming: bool) -> (Relayed<RemoteAssistance>
 /// left out.
 fn watch_secrets(ctx: &Context, streaming: bool) -> (Relayed<PartialObjectMeta<Secret>>, tokio::task::JoinHandle<()>) {
     let api: Api<PartialObjectMeta<Secret>> = scoped(ctx);
-    let config = streaming_lists::initial_list(watcher::Config::default().any_semantic(), streaming).labels(&format!("!{}", invitation::INVITATION_LABEL));
-    relay(watcher(api, config).backoff(watch_backoff()).touched_objects(), "Secret")
+    let config = watcher::Config::default().any_semantic().labels(&format!("!{}", invitation::INVITATION_LABEL));
+    relay(watch_with(api, config, streaming, "Secret").touched_objects(), "Secret")
+}
+
+/// A watcher with the operator's backoff, starting with a streaming list when `streaming`
+/// (falling back to a plain list if it stalls, see [`streaming_lists::with_stall_fallback`]).
+fn watch_with<K>(api: Api<K>, config: watcher::Config, streaming: bool, what: &'static str) -> futures::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    streaming_lists::with_stall_fallback(streaming, what, move |streaming| {
+        watcher(api.clone(), streaming_lists::initial_list(config.clone(), streaming)).backoff(watch_backoff()).boxed()
+    })
 }
 
 /// Logs the outcome of a reconcile: passing cloud failures at info, the rest at warn.
