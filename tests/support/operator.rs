@@ -260,12 +260,21 @@ impl std::fmt::Display for BusiestSecond {
     }
 }
 
-/// The busiest second of any one desktop (see [`BusiestSecond`]).
-pub fn busiest_second_per_desktop(requests: &[workspace_assist::simulator::RecordedRequest]) -> BusiestSecond {
+/// The recorded calls grouped by desktop, each group in arrival order.
+fn calls_by_desktop(requests: &[workspace_assist::simulator::RecordedRequest]) -> std::collections::HashMap<&str, Vec<&workspace_assist::simulator::RecordedRequest>> {
     let mut by_desktop: std::collections::HashMap<&str, Vec<&workspace_assist::simulator::RecordedRequest>> = std::collections::HashMap::new();
     for r in requests {
         by_desktop.entry(r.desktop_id.as_str()).or_default().push(r);
     }
+    for calls in by_desktop.values_mut() {
+        calls.sort_by_key(|r| r.at);
+    }
+    by_desktop
+}
+
+/// The busiest second of any one desktop (see [`BusiestSecond`]).
+pub fn busiest_second_per_desktop(requests: &[workspace_assist::simulator::RecordedRequest]) -> BusiestSecond {
+    let by_desktop = calls_by_desktop(requests);
     let mut busiest = BusiestSecond { desktop_id: String::new(), calls: vec![] };
     for (desktop, calls) in by_desktop {
         for first in &calls {
@@ -287,13 +296,9 @@ pub fn busiest_second_per_desktop(requests: &[workspace_assist::simulator::Recor
 /// meanwhile) belongs to the same attempt and is not counted as a retry.
 pub fn quickest_retry_after_fault(requests: &[workspace_assist::simulator::RecordedRequest]) -> Option<(Duration, String, Option<workspace_assist::workspace::Operation>, u16)> {
     use workspace_assist::workspace::Operation;
-    let mut by_desktop: std::collections::HashMap<&str, Vec<&workspace_assist::simulator::RecordedRequest>> = std::collections::HashMap::new();
-    for r in requests {
-        by_desktop.entry(r.desktop_id.as_str()).or_default().push(r);
-    }
+    let by_desktop = calls_by_desktop(requests);
     let mut quickest: Option<(Duration, String, Option<Operation>, u16)> = None;
-    for (desktop, mut calls) in by_desktop {
-        calls.sort_by_key(|r| r.at);
+    for (desktop, calls) in by_desktop {
         for pair in calls.windows(2) {
             let (fault, next) = (pair[0], pair[1]);
             let refused_create = fault.operation == Some(Operation::CreateRemoteAssistance) && (fault.status == 200 || ((400..500).contains(&fault.status) && fault.status != 429));
