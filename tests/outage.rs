@@ -26,12 +26,13 @@ async fn the_operator_recovers_from_a_30s_api_server_outage_without_a_restart() 
     outage(&[]).await;
 }
 
-/// The same with streaming lists: after the restart the watches relist with a streaming list,
-/// whose objects arrive before the store holds them (a spec change made then was once read in
-/// its older version and never acted on; see `controller/triggers.rs`).
+/// The same with plain lists. By default the watches relist with a streaming list, whose
+/// objects arrive before the store holds them (a spec change made then was once read in its
+/// older version and never acted on; see `controller/triggers.rs`); a plain list too leaves
+/// a gap between its objects and the store.
 #[tokio::test]
-async fn the_operator_recovers_from_an_outage_with_streaming_lists() {
-    outage(&["--streaming-lists", "true"]).await;
+async fn the_operator_recovers_from_an_outage_with_plain_lists() {
+    outage(&["--streaming-lists", "false"]).await;
 }
 
 /// Runs the outage scenario with the operator started with `extra_args` too.

@@ -1,7 +1,7 @@
-//! With `--streaming-lists` the watches start with a streaming list where the API server has
-//! one (KEP-3157, on by default from Kubernetes 1.34), and with a plain list where it does not;
-//! by default always with a plain list: the probe's answer on real API servers with the feature
-//! on and off, and the operator's lifecycle in each case.
+//! By default the watches start with a streaming list where the API server has one (KEP-3157,
+//! on by default from Kubernetes 1.34), and with a plain list where it does not; with
+//! `--streaming-lists false` always with a plain list: the probe's answer on real API servers
+//! with the feature on and off, and the operator's lifecycle in each case.
 
 mod support;
 
@@ -25,9 +25,10 @@ async fn a_server_with_streaming_lists_is_found_to_have_them_and_the_operator_us
     assert!(streaming_lists::supported(&w.api()).await, "Kubernetes 1.36 streams initial lists by default");
     assert!(streaming_lists::supported(&Api::<RemoteAssistance>::all(w.client.clone())).await, "also cluster-wide");
 
-    // Opted in: a resource that exists before the start comes from the streaming list.
+    // By default: a resource that exists before the start comes from the streaming list.
     w.create(w.manifest("before", "desktop-streamed")).await;
-    w.start_operator(controller::Config { streaming_lists: true, ..w.config() });
+    assert!(w.config().streaming_lists, "streaming lists are the default");
+    w.start_operator(w.config());
     w.wait_for("before", Duration::from_secs(60), "Active", phase_is(Phase::Active)).await;
     w.delete("before").await;
     w.wait_gone("before", Duration::from_secs(60)).await;
@@ -36,11 +37,11 @@ async fn a_server_with_streaming_lists_is_found_to_have_them_and_the_operator_us
 }
 
 #[tokio::test]
-async fn by_default_the_watches_start_with_a_plain_list() {
+async fn opted_out_the_watches_start_with_a_plain_list() {
     let mut w = World::new("no-streaming").await;
     let lists = |r: &bench::Requests| r.get("LIST remoteassistances").copied().unwrap_or(0.0);
     let before = bench::apiserver_requests(&w.client).await.unwrap();
-    w.start_operator(w.config());
+    w.start_operator(controller::Config { streaming_lists: false, ..w.config() });
     w.create(w.manifest("ra", "desktop-ra")).await;
     w.wait_for("ra", Duration::from_secs(60), "Active", phase_is(Phase::Active)).await;
     let after = bench::apiserver_requests(&w.client).await.unwrap();
@@ -56,10 +57,10 @@ async fn without_streaming_lists_the_operator_lists_and_cancels_as_before() {
     let mut w = World::on(support::client_for(&cp).await, "no-watchlist").await;
     assert!(!streaming_lists::supported(&w.api()).await, "the server refuses streaming lists with the gate off");
 
-    // Opted in, on a server without them: resources that exist before the operator starts come
-    // from its plain initial list.
+    // By default, on a server without them: resources that exist before the operator starts
+    // come from its plain initial list.
     w.create(w.manifest("before", "desktop-before")).await;
-    w.start_operator(controller::Config { streaming_lists: true, ..w.config() });
+    w.start_operator(w.config());
     w.wait_for("before", Duration::from_secs(60), "Active", phase_is(Phase::Active)).await;
     w.create(w.manifest("after", "desktop-after")).await;
     w.wait_for("after", Duration::from_secs(60), "Active", phase_is(Phase::Active)).await;

@@ -52,7 +52,7 @@ pub struct Config {
     /// Reconcile only RemoteAssistances whose labels match this selector (sharding).
     pub label_selector: Option<String>,
     /// Start the watches with a streaming list when the API server has one (it is asked at
-    /// start); false (the default): always with a plain list.
+    /// start; the default); false: always with a plain list.
     pub streaming_lists: bool,
     /// Most reconciles running at once.
     pub concurrency: u16,
@@ -97,7 +97,7 @@ impl Default for Config {
         Config {
             namespace: None,
             label_selector: None,
-            streaming_lists: false,
+            streaming_lists: true,
             concurrency: 16,
             cloud_rate_limit: NonZeroU32::new(50).expect("non-zero"),
             poll_interval: Duration::from_secs(300),
