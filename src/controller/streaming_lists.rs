@@ -10,11 +10,10 @@
 //! start, with a watch that matches nothing, and used only when the server answers as
 //! KEP-3157 says.
 //!
-//! A streaming list ends with a bookmark. If a server never sends it, kube-runtime's watcher
-//! waits until the watch's idle timeout (about five minutes) with the cache stuck before the
-//! list (suspected once after an API server restart; the cause then was elsewhere, see
-//! `triggers.rs`). [`with_stall_fallback`]
-//! gives such a list up after [`STALL_LIMIT`] and lists plainly from then on.
+//! A streaming list ends with a bookmark. If a server never sent it, kube-runtime's watcher
+//! would wait until the watch's idle timeout (about five minutes) with the cache stuck before
+//! the list: [`with_stall_fallback`] gives such a list up after [`STALL_LIMIT`] and lists
+//! plainly from then on.
 
 use std::time::Duration;
 
@@ -94,7 +93,9 @@ where
                     Ok(item) => item,
                     Err(_) => {
                         warn!(watch = what, stalled_for_s = STALL_LIMIT.as_secs(), "the streaming list stalled; listing plainly from now on");
-                        watch = Watch { events: (watch.start)(false), streaming: false, listing: false, start: watch.start };
+                        watch.events = (watch.start)(false);
+                        watch.streaming = false;
+                        watch.listing = false;
                         continue;
                     }
                 }

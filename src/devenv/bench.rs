@@ -65,7 +65,6 @@ pub struct Row {
     pub ratio: String,
 }
 
-/// One measured phase of many resources.
 /// The controller-runtime baseline's run: its drain, the API requests per resource while it
 /// took hold of the created resources, and its steady RSS while holding them.
 struct BaselineRun {
@@ -74,6 +73,7 @@ struct BaselineRun {
     rss: u64,
 }
 
+/// One measured phase of many resources.
 struct Measured {
     took: Duration,
     /// Cloud calls during the phase (for a drain: the DELETEs).
