@@ -230,6 +230,12 @@ pub struct RunArgs {
     #[arg(long, env = "MAX_DURATION", value_parser = parse_duration)]
     pub max_duration: Option<Duration>,
 
+    /// Refuse deletionPolicy Orphan for a resource that holds a session with a deadline:
+    /// deleting it cancels the session all the same (an Event says so), so that no session
+    /// outlives the time box by deleting its resource.
+    #[arg(long, env = "REFUSE_ORPHAN_TIME_BOXED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub refuse_orphan_time_boxed: bool,
+
     /// How long after finishing (Cancelled or Closed) resources that set no
     /// spec.ttlAfterFinished are deleted (none by default: they stay).
     #[arg(long, env = "DEFAULT_TTL_AFTER_FINISHED", value_parser = parse_duration)]

@@ -19,8 +19,7 @@ pub mod workspace;
 /// their line breaks inside a paragraph are folded (as controller-gen does), so that `kubectl
 /// explain` reads as prose.
 pub fn crds_yaml() -> String {
-    use kube::CustomResourceExt;
-    let mut crd = serde_json::to_value(resource::RemoteAssistance::crd()).expect("a CRD always serializes");
+    let mut crd = serde_json::to_value(resource::crd()).expect("a CRD always serializes");
     fold_descriptions(&mut crd);
     serde_yaml::to_string(&crd).expect("a CRD always serializes")
 }

@@ -192,6 +192,7 @@ fn controller_config(args: &RunArgs) -> Result<controller::Config, String> {
             max_duration: args.max_duration,
             default_ttl_after_finished: args.default_ttl_after_finished,
         },
+        refuse_orphan_time_boxed: args.refuse_orphan_time_boxed,
         ambient: match args.ambient_credentials {
             Some(kind) => Some(AmbientSource::from_env(kind, &|name| std::env::var(name).ok(), Some(args.ecs_metadata_endpoint.clone()))?),
             None => None,

@@ -116,6 +116,7 @@ pub struct RemoteAssistanceSpec {
     /// --default-max-duration; the operator's --max-duration caps it, and status says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+(h|m|s))+$"))]
+    #[x_kube(validation = Rule::new(MAX_SPEC_DURATION_RULE).message("maxDuration must be at most 876000h (100 years)"))]
     pub max_duration: Option<String>,
 
     /// How long after it finished (phase Cancelled or Closed) the operator deletes this object,
@@ -125,6 +126,7 @@ pub struct RemoteAssistanceSpec {
     /// default: finished objects stay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+(h|m|s))+$"))]
+    #[x_kube(validation = Rule::new(MAX_SPEC_DURATION_RULE).message("ttlAfterFinished must be at most 876000h (100 years)"))]
     pub ttl_after_finished: Option<String>,
 }
 
@@ -156,8 +158,42 @@ pub fn parse_spec_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 /// The longest duration the spec may ask for (100 years): far beyond any use, and safe to add
-/// to any timestamp.
+/// to any timestamp. The CRD refuses longer ones ([`MAX_SPEC_DURATION_RULE`]), so the API
+/// server and the parser accept the same durations.
 const MAX_SPEC_DURATION_SECS: u64 = 100 * 365 * 24 * 3600;
+
+/// The CRD's bound on the spec's durations: CEL parses them as Go durations (a value beyond
+/// Go's range is an evaluation error, which refuses the request too). 876000h is
+/// [`MAX_SPEC_DURATION_SECS`].
+const MAX_SPEC_DURATION_RULE: &str = "duration(self) <= duration('876000h')";
+
+/// The CRD's rule that a held session's place does not change: the fields that say where the
+/// session lives and with which credentials are fixed while status.session is set.
+pub const SESSION_BINDING_RULE: &str = "!has(oldSelf.status) || !has(oldSelf.status.session) || \
+(self.spec.?endpoint == oldSelf.spec.?endpoint && self.spec.?region == oldSelf.spec.?region && \
+self.spec.?credentialsSecretRef == oldSelf.spec.?credentialsSecretRef)";
+
+/// The message of [`SESSION_BINDING_RULE`].
+pub const SESSION_BINDING_MESSAGE: &str = "spec.endpoint, spec.region and spec.credentialsSecretRef cannot change while the resource holds a session (status.session); cancel it first (spec.cancelled) or create a new RemoteAssistance";
+
+/// The RemoteAssistance CRD, with the rules on the whole object that the derive cannot place
+/// (the session binding, which compares the spec with the old status).
+pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
+    use kube::CustomResourceExt;
+    let mut crd = RemoteAssistance::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            schema.x_kubernetes_validations.get_or_insert_with(Vec::new).push(ValidationRule {
+                rule: SESSION_BINDING_RULE.to_string(),
+                message: Some(SESSION_BINDING_MESSAGE.to_string()),
+                reason: Some("FieldValueForbidden".to_string()),
+                ..ValidationRule::default()
+            });
+        }
+    }
+    crd
+}
 
 fn default_true() -> bool {
     true
@@ -266,6 +302,41 @@ pub struct RemoteAssistanceStatus {
     /// When the object finished (phase Cancelled or Closed): ttlAfterFinished counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+
+    /// Where the session this resource holds lives, recorded when it was opened or adopted:
+    /// every later call for it (observe, cancel, the deadline) goes there, with these
+    /// credentials, whatever the spec says now. While it is set, spec.endpoint, spec.region
+    /// and spec.credentialsSecretRef cannot change. Cleared once the session is over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionBinding>,
+}
+
+/// Where a held session lives and which credentials reach it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionBinding {
+    /// The Workspace endpoint the session was opened or adopted at.
+    #[schemars(length(max = 2048))]
+    pub endpoint: String,
+    /// The project.
+    #[schemars(length(max = 255))]
+    pub project_id: String,
+    /// The desktop.
+    #[schemars(length(max = 255))]
+    pub desktop_id: String,
+    /// The session's share space, once the cloud reported it; kept when later answers leave it
+    /// out. A session with another share space is never cancelled for this resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub share_space_id: Option<String>,
+    /// The credentials Secret (in this namespace) the session was reached with; unset: the
+    /// operator's default credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub credentials_secret_name: Option<String>,
+    /// When the operator first saw the session in progress; never moves while it is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_since: Option<Time>,
 }
 
 /// The non-secret facts of a remote-assistance session, as the cloud reports them.

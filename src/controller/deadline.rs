@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 use crate::resource::{AssistanceStatus, Phase, RemoteAssistance, parse_spec_duration};
+use crate::workspace::models::STATUS_CLOSE;
 
 /// The operator-wide limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,39 +71,83 @@ pub fn max_duration(ra: &RemoteAssistance, limits: &Limits) -> Result<Option<Max
     })
 }
 
-/// When the session started: its creation time as the cloud reports it (a UTC time, with or
-/// without the `Z`), else when this operator first held it.
-pub fn session_start(assistance: &AssistanceStatus) -> Option<Timestamp> {
+/// Checks the spec's durations before any cloud call: Err names the field and why.
+pub fn validate(ra: &RemoteAssistance) -> Result<(), String> {
+    if let Some(text) = &ra.spec.max_duration {
+        parse_spec_duration(text).map_err(|e| format!("spec.maxDuration: {e}"))?;
+    }
+    if let Some(text) = &ra.spec.ttl_after_finished {
+        parse_spec_duration(text).map_err(|e| format!("spec.ttlAfterFinished: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The maximum duration that is enforced whatever the spec says: the spec's (capped), or,
+/// when spec.maxDuration does not parse, the operator's maximum alone (an invalid spec never
+/// turns the admin's cap off; it is reported on the resource as well).
+pub fn enforced_max_duration(ra: &RemoteAssistance, limits: &Limits) -> Option<MaxDuration> {
+    max_duration(ra, limits).unwrap_or_else(|_| limits.max_duration.map(|duration| MaxDuration { duration, capped_from: None }))
+}
+
+/// When the session started: the earlier of its creation time as the cloud reports it (a UTC
+/// time, with or without the `Z`) and when this operator first held it. A cloud clock ahead of
+/// the operator's, or a time read in the wrong zone, can only shorten the session, never
+/// extend it.
+pub fn session_start(assistance: &AssistanceStatus, held_since: Option<&Time>) -> Option<Timestamp> {
     let reported = assistance.create_time.as_deref().and_then(|t| {
         let t = t.trim();
         t.parse::<Timestamp>().ok().or_else(|| t.replace(' ', "T").parse::<jiff::civil::DateTime>().ok().and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok()).map(|z| z.timestamp()))
     });
-    reported.or_else(|| assistance.held_since.as_ref().map(|t| t.0))
+    let held = held_since.or(assistance.held_since.as_ref()).map(|t| t.0);
+    match (reported, held) {
+        (Some(r), Some(h)) => Some(r.min(h)),
+        (r, h) => r.or(h),
+    }
 }
 
-/// Whether the resource holds an open session (the one a deadline would cancel).
+/// Whether the resource holds an open session (the one a deadline would cancel). Whether a
+/// session is in progress comes from its status and the record of holding it, never from the
+/// share space ID, which every answer may leave out.
 pub fn holds_session(ra: &RemoteAssistance) -> bool {
     let Some(status) = &ra.status else { return false };
+    let held = status.session.is_some() || status.assistance.as_ref().is_some_and(|a| a.share_space_id.is_some() || a.held_since.is_some());
     !ra.spec.cancelled
         && ra.metadata.deletion_timestamp.is_none()
         && status.deadline_exceeded_at.is_none()
         && !matches!(status.phase, Some(Phase::Cancelled | Phase::Closed))
-        && status.assistance.as_ref().is_some_and(|a| a.share_space_id.is_some() && a.status.as_deref() != Some("CLOSE"))
+        && held
+        && status.assistance.as_ref().is_none_or(|a| a.status.as_deref() != Some(STATUS_CLOSE))
 }
 
 /// When the session `assistance` describes must end under `max`.
-pub fn expires_at(assistance: &AssistanceStatus, max: &MaxDuration) -> Option<Timestamp> {
-    let start = session_start(assistance)?;
+pub fn expires_at(assistance: &AssistanceStatus, held_since: Option<&Time>, max: &MaxDuration) -> Option<Timestamp> {
+    let start = session_start(assistance, held_since)?;
     start.checked_add(jiff::SignedDuration::try_from(max.duration).ok()?).ok()
 }
 
-/// When `ra`'s held session must end, if it holds one and has a maximum duration.
-pub fn deadline(ra: &RemoteAssistance, limits: &Limits) -> Result<Option<Timestamp>, String> {
+/// When `ra`'s held session must end, if it holds one and has a maximum duration (the
+/// enforced one: see [`enforced_max_duration`]).
+pub fn deadline(ra: &RemoteAssistance, limits: &Limits) -> Option<Timestamp> {
     if !holds_session(ra) {
-        return Ok(None);
+        return None;
     }
-    let Some(max) = max_duration(ra, limits)? else { return Ok(None) };
-    Ok(ra.status.as_ref().and_then(|s| s.assistance.as_ref()).and_then(|a| expires_at(a, &max)))
+    held_deadline(ra, &enforced_max_duration(ra, limits)?)
+}
+
+/// When the operator's own maximum (`--max-duration`, the cluster admin's policy) ends `ra`'s
+/// held session, whatever the resource says (paused, or an invalid spec).
+pub fn admin_deadline(ra: &RemoteAssistance, limits: &Limits) -> Option<Timestamp> {
+    if !holds_session(ra) {
+        return None;
+    }
+    held_deadline(ra, &MaxDuration { duration: limits.max_duration?, capped_from: None })
+}
+
+fn held_deadline(ra: &RemoteAssistance, max: &MaxDuration) -> Option<Timestamp> {
+    let status = ra.status.as_ref()?;
+    let held_since = status.session.as_ref().and_then(|b| b.held_since.as_ref());
+    let assistance = status.assistance.clone().unwrap_or_default();
+    expires_at(&assistance, held_since, max)
 }
 
 /// Whether the object is finished: Cancelled (by its spec or its deadline) or Closed in the
@@ -133,8 +180,7 @@ pub fn delete_at(ra: &RemoteAssistance, limits: &Limits) -> Result<Option<Timest
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::RemoteAssistanceStatus;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use crate::resource::{RemoteAssistanceStatus, SessionBinding};
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -161,12 +207,39 @@ mod tests {
     fn the_deadline_counts_from_the_clouds_time_else_from_holding() {
         let none = Limits::default();
         let ra = held(Some("30m"), Some("2026-11-29T09:00:00Z"));
-        assert_eq!(deadline(&ra, &none).unwrap(), Some(ts("2026-11-29T09:30:00Z")));
+        assert_eq!(deadline(&ra, &none), Some(ts("2026-11-29T09:30:00Z")));
         let ra = held(Some("1h30m"), Some("2026-11-29 09:00:00"));
-        assert_eq!(deadline(&ra, &none).unwrap(), Some(ts("2026-11-29T10:30:00Z")), "a time without Z is UTC");
+        assert_eq!(deadline(&ra, &none), Some(ts("2026-11-29T10:30:00Z")), "a time without Z is UTC");
         let ra = held(Some("2h"), None);
-        assert_eq!(deadline(&ra, &none).unwrap(), Some(ts("2026-11-29T12:00:00Z")), "from when the operator held it");
-        assert_eq!(deadline(&held(None, None), &none).unwrap(), None, "no maximum: no deadline");
+        assert_eq!(deadline(&ra, &none), Some(ts("2026-11-29T12:00:00Z")), "from when the operator held it");
+        assert_eq!(deadline(&held(None, None), &none), None, "no maximum: no deadline");
+    }
+
+    #[test]
+    fn the_session_starts_at_the_earlier_of_the_clouds_time_and_first_sight() {
+        let none = Limits::default();
+        // The cloud's clock is two hours ahead (or its zone-less time was read as UTC wrongly):
+        // the deadline still counts from when the operator first saw the session.
+        let ra = held(Some("30m"), Some("2026-11-29T12:00:00Z"));
+        assert_eq!(deadline(&ra, &none), Some(ts("2026-11-29T10:30:00Z")));
+        // No share space ID and no creation time in any answer: held all the same, from first sight.
+        let mut ra = held(Some("30m"), None);
+        let status = ra.status.as_mut().unwrap();
+        status.assistance.as_mut().unwrap().share_space_id = None;
+        status.assistance.as_mut().unwrap().held_since = None;
+        status.session = Some(SessionBinding { held_since: Some(Time(ts("2026-11-29T08:00:00Z"))), ..SessionBinding::default() });
+        assert!(holds_session(&ra));
+        assert_eq!(deadline(&ra, &none), Some(ts("2026-11-29T08:30:00Z")));
+    }
+
+    #[test]
+    fn an_invalid_spec_never_turns_the_admins_cap_off() {
+        let limits = Limits { max_duration: Some(Duration::from_secs(3600)), ..Limits::default() };
+        let ra = held(Some("99999999999h"), None);
+        assert!(max_duration(&ra, &limits).is_err());
+        assert_eq!(deadline(&ra, &limits), Some(ts("2026-11-29T11:00:00Z")));
+        assert_eq!(admin_deadline(&held(Some("12h"), None), &limits), Some(ts("2026-11-29T11:00:00Z")));
+        assert_eq!(admin_deadline(&held(Some("12h"), None), &Limits::default()), None);
     }
 
     #[test]
@@ -186,13 +259,13 @@ mod tests {
         let limits = Limits::default();
         let mut ra = held(Some("1m"), None);
         ra.spec.cancelled = true;
-        assert_eq!(deadline(&ra, &limits).unwrap(), None, "cancelling anyway");
+        assert_eq!(deadline(&ra, &limits), None, "cancelling anyway");
         let mut ra = held(Some("1m"), None);
         ra.status.as_mut().unwrap().assistance.as_mut().unwrap().status = Some("CLOSE".into());
-        assert_eq!(deadline(&ra, &limits).unwrap(), None, "closed in the cloud");
+        assert_eq!(deadline(&ra, &limits), None, "closed in the cloud");
         let mut ra = held(Some("1m"), None);
         ra.status.as_mut().unwrap().deadline_exceeded_at = Some(Time(ts("2026-11-29T10:01:00Z")));
-        assert_eq!(deadline(&ra, &limits).unwrap(), None, "already cancelled at its deadline");
+        assert_eq!(deadline(&ra, &limits), None, "already cancelled at its deadline");
     }
 
     #[test]

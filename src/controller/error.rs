@@ -35,6 +35,11 @@ pub enum Error {
     /// retried with backoff, and the source itself is asked again only after its own backoff.
     #[error("{0}")]
     CredentialsSource(AmbientError),
+    /// A field that says where the held session lives (the endpoint, region or credentials
+    /// Secret) changed while the session is held: nothing is sent to the new place; the session
+    /// is still observed and cancelled where it was opened (status.session).
+    #[error("{0} changed while this resource holds a session; the session stays where it was opened (status.session) and nothing is sent to the new place: change it back, or cancel (spec.cancelled) and create a new RemoteAssistance")]
+    SessionBindingChanged(String),
     /// The resource's spec cannot be acted on (for example an endpoint that is not a URL).
     #[error("{0}")]
     InvalidSpec(String),
@@ -89,7 +94,13 @@ impl Error {
     pub fn needs_human(&self) -> bool {
         match self {
             Error::Cloud { disposition, .. } => matches!(disposition, Disposition::NeedsHuman(_) | Disposition::RenewToken),
-            Error::DesktopNotFound(_) | Error::EndpointNotAllowed(_) | Error::DefaultCredentialsNotAllowed(_) | Error::Credentials(_) | Error::InvalidSpec(_) | Error::Paused => true,
+            Error::DesktopNotFound(_)
+            | Error::EndpointNotAllowed(_)
+            | Error::DefaultCredentialsNotAllowed(_)
+            | Error::Credentials(_)
+            | Error::InvalidSpec(_)
+            | Error::SessionBindingChanged(_)
+            | Error::Paused => true,
             Error::Kubernetes(failure) => failure.forbidden(),
             Error::Kube(_) | Error::Finalizer(_) | Error::Stale | Error::CredentialsSource(_) => false,
         }
@@ -109,6 +120,7 @@ impl Error {
             Error::Credentials(e) => e.reason(),
             Error::CredentialsSource(e) => e.kind.failure_reason(),
             Error::InvalidSpec(_) => "InvalidSpec",
+            Error::SessionBindingChanged(_) => "SessionBindingChanged",
             Error::EndpointNotAllowed(_) => "EndpointNotAllowed",
             Error::DefaultCredentialsNotAllowed(_) => "DefaultCredentialsNotAllowed",
             Error::Kube(_) => "KubernetesApiError",

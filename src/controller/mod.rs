@@ -10,9 +10,11 @@ pub mod endpoints;
 pub mod error;
 pub mod events;
 pub mod gate;
+pub mod holders;
 pub mod polls;
 pub mod recall;
 pub mod reconcile;
+pub mod release;
 pub mod invitation;
 pub mod pins;
 pub mod secret_index;
@@ -90,6 +92,9 @@ pub struct Config {
     pub ambient: Option<crate::workspace::AmbientSource>,
     /// The operator-wide maximum durations and TTL after finishing.
     pub limits: deadline::Limits,
+    /// Refuse deletionPolicy Orphan for a resource that holds a session with a deadline: its
+    /// deletion cancels the session all the same (the cluster admin's time box holds).
+    pub refuse_orphan_time_boxed: bool,
 }
 
 impl Default for Config {
@@ -115,6 +120,7 @@ impl Default for Config {
             endpoints: endpoints::EndpointPolicy::default(),
             ambient: None,
             limits: deadline::Limits::default(),
+            refuse_orphan_time_boxed: false,
         }
     }
 }
@@ -146,6 +152,9 @@ pub struct Context {
     /// When held sessions reach their deadline and finished objects their TTL (speed: the
     /// times derive from status, see [`deadline`]).
     pub timers: Arc<timers::Timers>,
+    /// Which resource holds each desktop, beyond what the cache shows yet (one desktop, one
+    /// holder).
+    pub claims: holders::Claims,
     store: OnceLock<Store<RemoteAssistance>>,
     namespaces: OnceLock<Store<PartialObjectMeta<Namespace>>>,
 }
@@ -170,6 +179,7 @@ impl Context {
             observations,
             invitations: invitation::Invitations::default(),
             timers: Arc::default(),
+            claims: holders::Claims::default(),
             store: OnceLock::new(),
             namespaces: OnceLock::new(),
         })
@@ -245,6 +255,17 @@ impl Context {
         self.gates.retain(|uid| uids.contains(uid));
         self.invitations.retain(|uid| uids.contains(uid));
         self.timers.retain(|uid| uids.contains(uid));
+        self.claims.retain(|uid| uids.contains(uid));
+    }
+
+    /// Reconciles these resources now (through the deadline queue, due at once).
+    pub fn wake(&self, objects: Vec<ObjectRef<RemoteAssistance>>) {
+        let now = jiff::Timestamp::now();
+        for object in objects {
+            let uid = object.extra.uid.clone().unwrap_or_default();
+            self.gates.forget(&uid);
+            self.timers.set(&uid, object, now);
+        }
     }
 
     /// Drops the index entries and cached credentials of Secrets no resource uses any more.
@@ -540,16 +561,41 @@ async fn watch_namespaces(ctx: Arc<Context>) {
     };
     let (store, writer) = reflector::store();
     let _ = ctx.namespaces.set(store);
+    let labels = std::sync::Mutex::new(std::collections::HashMap::<String, std::collections::BTreeMap<String, String>>::new());
     watcher(api, config.any_semantic())
         .backoff(watch_backoff())
         .modify(|ns: &mut PartialObjectMeta<Namespace>| ns.managed_fields_mut().clear())
         .reflect(writer)
-        .for_each(|event| async move {
-            if let Err(e) = event {
-                warn!(error = %e, "namespace watch");
+        .for_each(|event| {
+            match event {
+                Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) => {
+                    let now = ns.labels().clone();
+                    let before = labels.lock().expect("namespace labels").insert(ns.name_any(), now.clone());
+                    if before.is_some_and(|b| b != now) {
+                        redrive_namespace(&ctx, &ns.name_any());
+                    }
+                }
+                Ok(watcher::Event::Delete(ns)) => {
+                    labels.lock().expect("namespace labels").remove(&ns.name_any());
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "namespace watch"),
             }
+            async {}
         })
         .await;
+}
+
+/// A namespace's labels changed: which credentials its resources may use may have changed
+/// with them (`--default-credentials-namespaces`), so its resources are reconciled at once,
+/// not at their next slow recheck.
+fn redrive_namespace(ctx: &Context, namespace: &str) {
+    let Some(store) = ctx.store() else { return };
+    let objects: Vec<ObjectRef<RemoteAssistance>> = store.state().iter().filter(|ra| ra.namespace().as_deref() == Some(namespace)).map(|ra| ObjectRef::from_obj(&**ra)).collect();
+    if !objects.is_empty() {
+        info!(namespace, resources = objects.len(), "the namespace's labels changed: reconciling its resources");
+        ctx.wake(objects);
+    }
 }
 
 /// Marks the instance ready once the cache is synced; then, every 5 s, keeps the per-phase

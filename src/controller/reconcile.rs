@@ -13,9 +13,12 @@ use tracing::{debug, info, warn};
 
 use crate::resource::{
     AssistanceStatus, DELETION_POLICY_ANNOTATION, DeletionPolicy, FINALIZER, PAUSED_ANNOTATION, Phase,
-    RemoteAssistance, RemoteAssistanceStatus,
+    RemoteAssistance, RemoteAssistanceStatus, SessionBinding,
 };
-use crate::workspace::{CloudError, Disposition, HumanReason, Operation, TransportKind, PasswordLogin, ShowResponse, Target, classify, iam, resolve_endpoint};
+use crate::workspace::{
+    CloudError, Disposition, HumanReason, Operation, PasswordLogin, SessionState, ShowResponse, Target, TransportKind, classify, iam,
+    resolve_endpoint,
+};
 
 use crate::text::{MAX_MESSAGE_BYTES, MAX_SHORT_BYTES, bounded_opt};
 
@@ -26,7 +29,9 @@ use super::error::Error;
 use super::events::EventType;
 use super::gate::{API_RETRY_MAX, BackoffPolicy, Gate, Trigger};
 use super::deadline;
+use super::holders::{DesktopKey, Holder};
 use super::pins::may_need_cancel;
+use super::release::{self, AfterShow, Evidence};
 use super::status::{self, Conclusion};
 
 /// A failed reconcile and when to try again.
@@ -248,14 +253,25 @@ impl<'a> Step<'a> {
 
     async fn apply_steps(&mut self) -> Result<Action, Error> {
         if is_paused(&self.ra) {
+            // The cluster admin's --max-duration holds even for a paused resource (its own
+            // maxDuration waits for the unpause).
+            if self.admin_deadline_passed() {
+                return self.cancel_at_deadline().await;
+            }
             self.write(&Conclusion::Paused, 0, |_| {}).await?;
             return Ok(Action::await_change());
         }
+        if self.deadline_passed() {
+            return self.cancel_at_deadline().await;
+        }
+        // An invalid spec is reported before any cloud call (a held session's deadline, from
+        // the operator's maximum at least, was computed above all the same).
+        if let Err(message) = deadline::validate(&self.ra) {
+            let op = if self.ra.spec.cancelled { Operation::CancelRemoteAssistance } else { Operation::ShowDesktopRemoteAssistanceInfo };
+            return self.fail(Error::InvalidSpec(message), op, 0).await;
+        }
         if self.delete_if_expired().await? {
             return Ok(Action::await_change());
-        }
-        if self.deadline_passed()? {
-            return self.cancel_at_deadline().await;
         }
         if self.ra.status.as_ref().is_some_and(|s| s.deadline_exceeded_at.is_some()) && !self.ra.spec.cancelled {
             // Cancelled at its deadline: finished, no new session.
@@ -268,11 +284,22 @@ impl<'a> Step<'a> {
         if self.phase() == Some(Phase::Closed) && !self.ra.spec.cancelled {
             return Ok(Action::await_change());
         }
-        if !self.ra.spec.cancelled && matches!(self.phase(), Some(Phase::Active | Phase::Pending)) {
+        if !self.ra.spec.cancelled && matches!(self.phase(), Some(Phase::Active | Phase::Pending)) && self.binding().is_some() {
             // Our own status writes trigger reconciles too: observe only when a poll is due (the
             // poll scan asks for a reconcile then).
             if self.ctx.observations.next_in(&self.uid(), self.ra.metadata.generation).is_some() {
                 return Ok(Action::await_change());
+            }
+        }
+        if !self.ra.spec.cancelled {
+            if let Some(field) = self.binding_changed() {
+                return self.fail(Error::SessionBindingChanged(field.to_string()), Operation::ShowDesktopRemoteAssistanceInfo, 0).await;
+            }
+            if self.binding().is_none() {
+                // A new session, or adopting one: only if no other resource holds the desktop.
+                if let Some(holder) = self.claim_desktop() {
+                    return self.desktop_in_use(&holder).await;
+                }
             }
         }
         let (target, creds) = match self.prepare().await {
@@ -284,7 +311,7 @@ impl<'a> Step<'a> {
         };
         if self.ra.spec.cancelled {
             return match self.end_session(&target, &creds).await {
-                Ok(calls) => {
+                Ok((calls, _)) => {
                     self.ctx.metrics.cancelled("spec");
                     self.record_cancelled(calls).await?;
                     Ok(Action::await_change())
@@ -296,12 +323,18 @@ impl<'a> Step<'a> {
     }
 
     async fn cleanup_steps(&mut self) -> Result<Action, Error> {
-        if is_paused(&self.ra) {
+        if is_paused(&self.ra) && !self.admin_deadline_passed() {
             self.write(&Conclusion::Paused, 0, |_| {}).await?;
             return Err(Error::Paused);
         }
         let namespace_policy = self.namespace_policy().await?;
-        let policy = deletion_policy(&self.ra, namespace_policy.as_deref(), self.ctx.config.default_deletion_policy);
+        let mut policy = deletion_policy(&self.ra, namespace_policy.as_deref(), self.ctx.config.default_deletion_policy);
+        if policy == DeletionPolicy::Orphan && self.ctx.config.refuse_orphan_time_boxed && deadline::deadline(&self.ra, &self.ctx.config.limits).is_some() {
+            // The cluster admin's time box outlives the resource: cancelled all the same.
+            info!("deletion policy Orphan refused for a time-boxed session: cancelling it");
+            self.ctx.publish(&self.ra, EventType::Warning, "OrphanRefused", "Deletion policy Orphan is refused for a session with a deadline (--refuse-orphan-time-boxed): cancelling it", "Delete");
+            policy = DeletionPolicy::Cancel;
+        }
         if policy == DeletionPolicy::Orphan {
             info!("deletion policy Orphan: leaving the cloud session alone");
             self.ctx.publish(&self.ra, EventType::Normal, "Orphaned", "Deleted without cancelling the remote assistance (deletion policy Orphan)", "Delete");
@@ -310,6 +343,12 @@ impl<'a> Step<'a> {
         }
         if self.already_done() {
             debug!("nothing left to cancel: releasing without a cloud call");
+            self.let_go_without_cancel().await?;
+            return Ok(Action::await_change());
+        }
+        if self.binding().is_none() && self.desktop_held_by_another() {
+            info!("never held a session, and another resource holds the desktop: nothing of this resource's to cancel");
+            self.ctx.publish(&self.ra, EventType::Normal, "NothingToCancel", "This resource never held a session; another resource holds the desktop's", "Cancel");
             self.let_go_without_cancel().await?;
             return Ok(Action::await_change());
         }
@@ -324,47 +363,64 @@ impl<'a> Step<'a> {
             Ok(_) => {
                 self.ctx.metrics.cancelled("deletion");
                 self.unpin_credentials().await?;
+                self.let_go_of_desktop();
                 Ok(Action::await_change())
             }
             Err(failed) => self.fail(failed.error, failed.operation, failed.cancel_calls).await,
         }
     }
 
-    /// Ends the desktop's session: cancels it, or confirms there is none. A resource the cloud
-    /// once reported `Closed` is looked at again first (a Show whose body has no error shape),
-    /// and cancelled if a session is in progress after all: a Closed seen once is not a
-    /// confirmation. Returns how many cancel calls it made.
-    async fn end_session(&self, target: &Target, creds: &CallCredentials) -> Result<u32, StepFailure> {
+    /// Ends the session this resource held, or proves it is over, by the one release rule
+    /// ([`release`]): a resource the cloud once reported `Closed` is looked at again first (a
+    /// Show whose body has no error shape) and cancelled only if that proves nothing; every
+    /// other one is cancelled. Returns how many cancel calls it made and the evidence.
+    async fn end_session(&self, target: &Target, creds: &CallCredentials) -> Result<(u32, Evidence), StepFailure> {
         if self.phase() == Some(Phase::Closed) {
             let shown = self.show(target, creds).await.map_err(StepFailure::show)?;
-            if !shown.in_progress() {
-                info!("the cloud confirms no session is in progress: nothing to cancel");
-                self.ctx.recall.confirm_cancelled(&self.uid());
-                self.ctx.publish(&self.ra, EventType::Normal, "NothingToCancel", "The cloud confirms no remote assistance is in progress for this desktop", "Cancel");
-                return Ok(0);
+            let held_id = self.binding().and_then(|b| b.share_space_id);
+            match release::after_show(&shown, held_id.as_deref(), self.desktop_held_by_another()) {
+                AfterShow::Over(evidence) => {
+                    info!(evidence = evidence.reason(), "the cloud confirms the session is over: nothing to cancel");
+                    self.ctx.recall.confirm_cancelled(&self.uid());
+                    let note = match evidence {
+                        Evidence::AnotherSession => "Another session is in progress on the desktop: the one this resource held is over; it is not cancelled",
+                        _ => "The cloud confirms the session is closed",
+                    };
+                    self.ctx.publish(&self.ra, EventType::Normal, "NothingToCancel", note, "Cancel");
+                    return Ok((0, evidence));
+                }
+                AfterShow::Cancel => info!("a closed session is not confirmed closed: cancelling"),
             }
-            warn!("a session is in progress again on a desktop whose session was closed: cancelling it");
         }
-        self.cancel(target, creds).await.map_err(StepFailure::cancel)?;
-        Ok(1)
+        let evidence = self.cancel(target, creds).await.map_err(StepFailure::cancel)?;
+        Ok((1, evidence))
     }
 
-    /// Starts, adopts or observes the session.
+    /// Starts, adopts or observes the session. Whether a session is in progress comes from the
+    /// answer's status alone ([`SessionState`]); `Closed` only from an explicit `CLOSE`.
     async fn observe(&mut self, target: &Target, creds: &CallCredentials) -> Result<Action, Error> {
         let shown = match self.show(target, creds).await {
             Ok(shown) => shown,
             Err(error) => return self.fail(error, Operation::ShowDesktopRemoteAssistanceInfo, 0).await,
         };
-        if shown.in_progress() {
-            return self.hold(&shown, false).await;
-        }
-        let had_session = self.ra.status.as_ref().and_then(|s| s.assistance.as_ref()).is_some_and(|a| a.share_space_id.is_some());
-        if had_session {
-            info!("the cloud reports the session closed");
-            self.ctx.publish(&self.ra, EventType::Normal, "ClosedRemotely", "The session was closed in the cloud", "Observe");
-            let facts = shown.share_space_id.is_some().then(|| assistance_from_show(&shown, self.created_by_operator(&shown)));
-            self.record_closed(facts).await?;
-            return Ok(Action::await_change());
+        let held = self.binding().is_some();
+        match shown.session_state() {
+            SessionState::InProgress => return self.hold(target, &shown, false).await,
+            SessionState::Closed if held => {
+                info!("the cloud reports the session closed");
+                self.ctx.publish(&self.ra, EventType::Normal, "ClosedRemotely", "The session was closed in the cloud", "Observe");
+                let facts = self.merged_facts(&shown, false);
+                self.record_closed(facts).await?;
+                return Ok(Action::await_change());
+            }
+            SessionState::Unknown if held => {
+                warn!("the cloud's answer shows no recognisable session; keeping the session as held");
+                self.write(&Conclusion::SessionUnknown, 0, |_| {}).await?;
+                self.ctx.observations.observed_now(&self.uid(), self.ra.metadata.generation);
+                return Ok(Action::await_change());
+            }
+            // Nothing held, and nothing in progress shown: start one, or wait for one.
+            SessionState::Closed | SessionState::Unknown => {}
         }
         if !self.ra.spec.initiate {
             self.write(&Conclusion::NoAssistance, 0, |_| {}).await?;
@@ -385,7 +441,7 @@ impl<'a> Step<'a> {
                     };
                     if shown.in_progress() {
                         info!(code = error.code().unwrap_or(""), "create refused: a session started meanwhile, adopting it");
-                        return self.hold(&shown, false).await;
+                        return self.hold(target, &shown, false).await;
                     }
                 }
                 return self.fail(Error::from_lookup(error, disposition), Operation::CreateRemoteAssistance, 0).await;
@@ -393,8 +449,9 @@ impl<'a> Step<'a> {
         };
         info!(request_id = created.request_id.as_deref().unwrap_or(""), share_space_id = created.value.share_space_id.as_deref().unwrap_or(""), "remote assistance created");
         self.ctx.publish(&self.ra, EventType::Normal, "Created", "Started a remote assistance for the desktop", "Create");
-        // What the cloud said about the new session goes into the step's next status write,
-        // whether the show below succeeds (Active) or fails (the failure is recorded with it).
+        // What the cloud said about the new session, and where it lives, go into the step's
+        // next status write, whether the show below succeeds (Active) or fails (the failure is
+        // recorded with them): from here on the resource holds a session.
         let facts = AssistanceStatus {
             share_space_id: bounded_opt(created.value.share_space_id.as_deref(), MAX_SHORT_BYTES),
             status: bounded_opt(created.value.status.as_deref(), MAX_SHORT_BYTES),
@@ -402,22 +459,45 @@ impl<'a> Step<'a> {
             created_by_operator: true,
             ..AssistanceStatus::default()
         };
-        self.ra.status.get_or_insert_with(Default::default).assistance = Some(facts);
+        let binding = self.new_binding(target, facts.share_space_id.clone());
+        let status = self.ra.status.get_or_insert_with(Default::default);
+        status.assistance = Some(facts);
+        status.session = Some(binding);
         let shown = match self.show(target, creds).await {
             Ok(shown) => shown,
             Err(error) => return self.fail(error, Operation::ShowDesktopRemoteAssistanceInfo, 0).await,
         };
-        self.hold(&shown, true).await
+        self.hold(target, &shown, true).await
     }
 
-    /// The session is in progress: record its facts, its secret parts, and poll again later.
-    async fn hold(&mut self, shown: &ShowResponse, just_created: bool) -> Result<Action, Error> {
+    /// The session is in progress: record where it lives, its facts and its secret parts, and
+    /// poll again later. The record of holding it (status.session, with when it was first
+    /// seen) is written even when its invitation Secret cannot be, so its deadline counts from
+    /// first sight whatever happens next.
+    async fn hold(&mut self, target: &Target, shown: &ShowResponse, just_created: bool) -> Result<Action, Error> {
         let was_active = self.phase() == Some(Phase::Active) && self.ra.status.as_ref().is_some_and(|s| s.invitation_secret_name.is_some());
-        let mut facts = assistance_from_show(shown, just_created || self.created_by_operator(shown));
-        facts.held_since = self.held_since(shown);
-        let max = deadline::max_duration(&self.ra, &self.ctx.config.limits).map_err(Error::InvalidSpec)?;
-        let expires_at = max.as_ref().and_then(|m| deadline::expires_at(&facts, m));
+        let facts = self.merged_facts(shown, just_created);
+        let mut binding = self.binding().unwrap_or_else(|| self.new_binding(target, None));
+        if binding.share_space_id.is_some() && facts.share_space_id.is_some() && binding.share_space_id != facts.share_space_id {
+            // Another session than the one held (the held one ended and the desktop's user
+            // started a new one): held from now.
+            binding.held_since = Some(Time(jiff::Timestamp::now()));
+        }
+        binding.share_space_id = facts.share_space_id.clone().or(binding.share_space_id);
+        binding.held_since.get_or_insert_with(|| Time(jiff::Timestamp::now()));
+        let max = deadline::enforced_max_duration(&self.ra, &self.ctx.config.limits);
+        let expires_at = max.as_ref().and_then(|m| deadline::expires_at(&facts, binding.held_since.as_ref(), m));
         let capped = max.as_ref().and_then(deadline::MaxDuration::capped_note);
+        match expires_at {
+            Some(at) => self.ctx.timers.set(&self.uid(), kube::runtime::reflector::ObjectRef::from_obj(&self.ra), at),
+            None => self.ctx.timers.clear(&self.uid()),
+        }
+        {
+            let status = self.ra.status.get_or_insert_with(Default::default);
+            status.assistance = Some(facts);
+            status.session = Some(binding);
+            status.expires_at = expires_at.map(Time);
+        }
         let secret_name = self.ctx.apply_invitation_secret(&self.ra, shown, just_created).await?;
         if !was_active && !just_created {
             self.ctx.publish(&self.ra, EventType::Normal, "Adopted", "A remote assistance already in progress for the desktop is now held by this resource", "Observe");
@@ -427,42 +507,150 @@ impl<'a> Step<'a> {
             self.ctx.publish(&self.ra, EventType::Warning, "MaxDurationCapped", &format!("spec.maxDuration: {note}"), "Observe");
         }
         self.write(&Conclusion::Active, 0, |s| {
-            s.assistance = Some(facts);
             s.invitation_secret_name = Some(secret_name);
             s.expires_at = expires_at.map(Time);
             s.max_duration_capped = capped;
         })
         .await?;
         self.ctx.observations.observed_now(&self.uid(), self.ra.metadata.generation);
-        match expires_at {
-            // The write's own reconcile cancels it.
-            Some(at) => self.ctx.timers.set(&self.uid(), kube::runtime::reflector::ObjectRef::from_obj(&self.ra), at),
-            None => self.ctx.timers.clear(&self.uid()),
-        }
         Ok(Action::await_change())
     }
 
-    /// When this operator first held the session `shown`: kept from status while it is the same
-    /// session, else now.
-    fn held_since(&self, shown: &ShowResponse) -> Option<Time> {
-        let held = self.ra.status.as_ref().and_then(|s| s.assistance.as_ref());
-        match held {
-            Some(a) if a.share_space_id.is_some() && a.share_space_id == shown.share_space_id && a.held_since.is_some() => a.held_since.clone(),
-            _ => Some(Time(jiff::Timestamp::now())),
+    /// The facts of a Show answer, keeping what earlier answers said of the same session where
+    /// this one leaves it out (every field is optional): an id once known is kept.
+    fn merged_facts(&self, shown: &ShowResponse, just_created: bool) -> AssistanceStatus {
+        let old = self.ra.status.as_ref().and_then(|s| s.assistance.clone()).unwrap_or_default();
+        let mut facts = assistance_from_show(shown, just_created || self.created_by_operator(shown));
+        let same_session = facts.share_space_id.is_none() || old.share_space_id.is_none() || facts.share_space_id == old.share_space_id;
+        if same_session {
+            facts.share_space_id = facts.share_space_id.or(old.share_space_id);
+            facts.share_space_name = facts.share_space_name.or(old.share_space_name);
+            facts.create_time = facts.create_time.or(old.create_time);
+            facts.initiator_type = facts.initiator_type.or(old.initiator_type);
+            facts.created_by_operator |= old.created_by_operator && just_created;
+            facts.held_since = old.held_since;
+        }
+        facts
+    }
+
+    /// The record of a session this step opens or adopts at `target`.
+    fn new_binding(&self, target: &Target, share_space_id: Option<String>) -> SessionBinding {
+        SessionBinding {
+            endpoint: target.endpoint.to_string(),
+            project_id: target.project_id.clone(),
+            desktop_id: target.desktop_id.clone(),
+            share_space_id,
+            credentials_secret_name: self.ra.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
+            held_since: Some(Time(jiff::Timestamp::now())),
         }
     }
 
+    /// Where the session this resource holds lives: status.session, or, for a resource whose
+    /// status predates it but shows a held session, the spec's place.
+    fn binding(&self) -> Option<SessionBinding> {
+        let status = self.ra.status.as_ref()?;
+        if let Some(b) = &status.session {
+            return Some(b.clone());
+        }
+        let a = status.assistance.as_ref()?;
+        let legacy_held = (a.share_space_id.is_some() || a.held_since.is_some()) && !matches!(status.phase, Some(Phase::Cancelled)) && status.deadline_exceeded_at.is_none();
+        if !legacy_held {
+            return None;
+        }
+        let endpoint = resolve_endpoint(self.ra.spec.region.as_deref(), self.ra.spec.endpoint.as_deref()).ok()?;
+        Some(SessionBinding {
+            endpoint: endpoint.to_string(),
+            project_id: self.ra.spec.project_id.clone(),
+            desktop_id: self.ra.spec.desktop_id.clone(),
+            share_space_id: a.share_space_id.clone(),
+            credentials_secret_name: self.ra.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
+            held_since: a.held_since.clone(),
+        })
+    }
+
+    /// The spec field that no longer says where the held session lives, if one changed.
+    fn binding_changed(&self) -> Option<&'static str> {
+        let b = self.ra.status.as_ref()?.session.as_ref()?;
+        let spec = &self.ra.spec;
+        let endpoint = resolve_endpoint(spec.region.as_deref(), spec.endpoint.as_deref()).ok();
+        if endpoint.as_ref().map(url::Url::as_str) != Some(b.endpoint.as_str()) {
+            return Some(if spec.endpoint.is_some() { "spec.endpoint" } else { "spec.region" });
+        }
+        if spec.credentials_secret_ref.as_ref().map(|r| r.name.as_str()) != b.credentials_secret_name.as_deref() {
+            return Some("spec.credentialsSecretRef");
+        }
+        None
+    }
+
+    /// The desktop this resource would hold or holds.
+    fn desktop(&self) -> Option<DesktopKey> {
+        match self.binding() {
+            Some(b) => DesktopKey::new(&b.endpoint, &b.project_id, &b.desktop_id),
+            None => DesktopKey::of_spec(&self.ra),
+        }
+    }
+
+    /// Claims the desktop the spec names for this resource; the other holder when it cannot.
+    fn claim_desktop(&self) -> Option<Holder> {
+        let key = self.desktop()?;
+        self.ctx.claims.claim(&key, &self.ra, self.ctx.store()).err()
+    }
+
+    /// Whether another resource holds this resource's desktop.
+    fn desktop_held_by_another(&self) -> bool {
+        self.desktop().is_some_and(|key| self.ctx.claims.holder(&key, &self.ra, self.ctx.store()).is_some())
+    }
+
+    /// This resource's session is over (or it never held one): another resource may hold the
+    /// desktop now, and those waiting for it are woken.
+    fn let_go_of_desktop(&self) {
+        let woken = self.ctx.claims.let_go(&self.uid(), self.desktop().as_ref());
+        self.ctx.wake(woken);
+    }
+
+    /// Another resource holds the desktop: wait for it (Stalled, reason DesktopInUse) without
+    /// any call; woken when it lets go, and rechecked at the poll interval.
+    async fn desktop_in_use(&mut self, holder: &Holder) -> Result<Action, Error> {
+        let namespace = self.ra.namespace().unwrap_or_default();
+        let told = holder.describe_to(&namespace);
+        if self.ra.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == status::STALLED)).is_none_or(|c| c.reason != "DesktopInUse") {
+            self.ctx.publish(&self.ra, EventType::Warning, "DesktopInUse", &format!("Waiting: {told}"), "Observe");
+        }
+        if let Some(key) = self.desktop() {
+            self.ctx.claims.wait_for(key, kube::runtime::reflector::ObjectRef::from_obj(&self.ra));
+        }
+        self.write(&Conclusion::DesktopInUse { holder: told }, 0, |s| {
+            s.assistance = None;
+            s.invitation_secret_name = None;
+        })
+        .await?;
+        Ok(Action::requeue(self.ctx.config.poll_interval))
+    }
+
     /// Whether the session this resource holds has passed its deadline (computed from the spec
-    /// as it is now, the status and the cloud's time). A deadline still ahead is queued.
-    fn deadline_passed(&self) -> Result<bool, Error> {
-        let Some(at) = deadline::deadline(&self.ra, &self.ctx.config.limits).map_err(Error::InvalidSpec)? else {
-            return Ok(false);
+    /// as it is now, the status, the cloud's time and the operator's maximum). A deadline still
+    /// ahead is queued.
+    fn deadline_passed(&self) -> bool {
+        let Some(at) = deadline::deadline(&self.ra, &self.ctx.config.limits) else {
+            return false;
         };
         if at <= jiff::Timestamp::now() {
-            return Ok(true);
+            return true;
         }
         self.ctx.timers.set(&self.uid(), kube::runtime::reflector::ObjectRef::from_obj(&self.ra), at);
-        Ok(false)
+        false
+    }
+
+    /// Whether the operator's own maximum has passed for the held session (queued otherwise).
+    fn admin_deadline_passed(&self) -> bool {
+        let Some(at) = deadline::admin_deadline(&self.ra, &self.ctx.config.limits) else {
+            return false;
+        };
+        if at <= jiff::Timestamp::now() {
+            return true;
+        }
+        self.ctx.timers.set(&self.uid(), kube::runtime::reflector::ObjectRef::from_obj(&self.ra), at);
+        false
     }
 
     /// The session's time is up: cancel it as spec.cancelled would, and finish the object.
@@ -473,19 +661,24 @@ impl<'a> Step<'a> {
             Err(error) => return self.fail(error, Operation::CancelRemoteAssistance, 0).await,
         };
         let calls = match self.end_session(&target, &creds).await {
-            Ok(calls) => calls,
+            Ok((calls, _)) => calls,
             Err(failed) => return self.fail(failed.error, failed.operation, failed.cancel_calls).await,
         };
         self.ctx.metrics.cancelled("deadline");
-        let max = deadline::max_duration(&self.ra, &self.ctx.config.limits).ok().flatten().map(|m| deadline::show(m.duration)).unwrap_or_default();
+        let max = deadline::enforced_max_duration(&self.ra, &self.ctx.config.limits).map(|m| deadline::show(m.duration)).unwrap_or_default();
         self.ctx.publish(&self.ra, EventType::Normal, "DeadlineExceeded", &format!("The remote assistance reached its maximum duration ({max}) and was cancelled"), "Cancel");
         self.ctx.observations.forget(&self.uid());
         self.ctx.timers.clear(&self.uid());
         self.ctx.delete_invitation_secret(&self.ra).await?;
         let now = Time(jiff::Timestamp::now());
+        let expired = self.ra.status.as_ref().and_then(|s| s.expires_at.clone());
         self.write(&Conclusion::DeadlineExceeded, calls, |s| {
             s.invitation_secret_name = None;
-            s.deadline_exceeded_at = Some(now);
+            // Never before the deadline it records, whatever the clocks did.
+            s.deadline_exceeded_at = Some(match expired {
+                Some(at) if at.0 > now.0 => at,
+                _ => now,
+            });
             if let Some(a) = s.assistance.as_mut() {
                 a.status = Some(crate::workspace::models::STATUS_CLOSE.to_string());
             }
@@ -493,6 +686,7 @@ impl<'a> Step<'a> {
         .await?;
         self.unpin_credentials().await?;
         self.ctx.recall.forget_cancel(&self.uid());
+        self.let_go_of_desktop();
         Ok(Action::await_change())
     }
 
@@ -537,8 +731,8 @@ impl<'a> Step<'a> {
         let ctx = self.ctx;
         match ctx.call(Operation::ShowDesktopRemoteAssistanceInfo, creds, |c| async move { ctx.cloud.show(target, &c).await }).await {
             Ok(answer) => Ok(answer.value),
-            // Only a body without an error shape says "no session"; "not found" here means the
-            // desktop is missing.
+            // Only a body without an error shape says anything about the session; "not found"
+            // here means the desktop is missing.
             Err(error) => {
                 let disposition = classify(&error, &self.ctx.config.not_found_codes);
                 Err(Error::from_lookup(error, disposition))
@@ -546,42 +740,40 @@ impl<'a> Step<'a> {
         }
     }
 
-    /// Calls CancelRemoteAssistance once. Ok when the cloud confirmed the cancel (a 204) or that
-    /// there is nothing to cancel (a 404 Workspace error, or a code the operator configured).
-    async fn cancel(&self, target: &Target, creds: &CallCredentials) -> Result<(), Error> {
+    /// Calls CancelRemoteAssistance once. The evidence when the cloud confirmed the cancel (a
+    /// 204) or that there is nothing to cancel (a 404 Workspace error, or a code the operator
+    /// configured): [`release::after_cancel`].
+    async fn cancel(&self, target: &Target, creds: &CallCredentials) -> Result<Evidence, Error> {
         let ctx = self.ctx;
         let result = ctx.call(Operation::CancelRemoteAssistance, creds, |c| async move { ctx.cloud.cancel(target, &c).await }).await;
-        let (ra, ctx) = (&self.ra, self.ctx);
-        match result {
-            Ok(answer) => {
-                info!(request_id = answer.request_id.as_deref().unwrap_or(""), "remote assistance cancelled");
-                ctx.recall.confirm_cancelled(&self.uid());
-                ctx.publish(ra, EventType::Normal, "Cancelled", "The cloud confirmed the cancel", "Cancel");
-                Ok(())
-            }
-            Err(error) => match classify(&error, &ctx.config.not_found_codes) {
-                Disposition::NotFound => {
-                    info!(
-                        request_id = error.request_id().unwrap_or(""),
-                        code = error.code().unwrap_or(""),
-                        "nothing to cancel: the cloud has no remote assistance for this desktop"
-                    );
-                    ctx.recall.confirm_cancelled(&self.uid());
-                    ctx.publish(ra, EventType::Normal, "NothingToCancel", "The cloud has no remote assistance in progress for this desktop", "Cancel");
-                    Ok(())
-                }
-                disposition => {
-                    warn!(
-                        request_id = error.request_id().unwrap_or(""),
-                        code = error.code().unwrap_or(""),
-                        http_status = error.http_status().unwrap_or(0),
-                        reason = disposition.reason(),
-                        "cancel failed"
-                    );
-                    Err(Error::cloud(error, disposition))
-                }
-            },
+        let error = match result {
+            Ok(answer) => return Ok(self.cancel_confirmed(Evidence::CancelConfirmed, answer.request_id.as_deref(), "")),
+            Err(error) => error,
+        };
+        if let Some(evidence) = release::after_cancel(Err(&error), &ctx.config.not_found_codes) {
+            return Ok(self.cancel_confirmed(evidence, error.request_id(), error.code().unwrap_or("")));
         }
+        let disposition = classify(&error, &ctx.config.not_found_codes);
+        warn!(
+            request_id = error.request_id().unwrap_or(""),
+            code = error.code().unwrap_or(""),
+            http_status = error.http_status().unwrap_or(0),
+            reason = disposition.reason(),
+            "cancel failed"
+        );
+        Err(Error::cloud(error, disposition))
+    }
+
+    /// Remembers and announces a cancel the cloud confirmed.
+    fn cancel_confirmed(&self, evidence: Evidence, request_id: Option<&str>, code: &str) -> Evidence {
+        info!(request_id = request_id.unwrap_or(""), code, evidence = evidence.reason(), "the cancel is confirmed");
+        self.ctx.recall.confirm_cancelled(&self.uid());
+        let note = match evidence {
+            Evidence::NothingToCancel => "The cloud has no remote assistance in progress for this desktop",
+            _ => "The cloud confirmed the cancel",
+        };
+        self.ctx.publish(&self.ra, EventType::Normal, evidence.reason(), note, "Cancel");
+        evidence
     }
 
     /// Records a failed step in status and Events, and hands the error to the backoff.
@@ -658,29 +850,35 @@ impl<'a> Step<'a> {
         self.unpin_credentials().await?;
         // The status records it now; the memory of the cancel is no longer needed.
         self.ctx.recall.forget_cancel(&self.uid());
+        self.let_go_of_desktop();
         Ok(())
     }
 
     /// The session was closed in the cloud by someone else: its secret parts go and the status
     /// says Closed. The credentials pin stays: a later cancel or deletion confirms with the
     /// cloud before the finalizer comes off.
-    async fn record_closed(&mut self, facts: Option<AssistanceStatus>) -> Result<(), Error> {
+    async fn record_closed(&mut self, facts: AssistanceStatus) -> Result<(), Error> {
         self.ctx.observations.forget(&self.uid());
+        self.ctx.timers.clear(&self.uid());
         self.ctx.delete_invitation_secret(&self.ra).await?;
         self.write(&Conclusion::Closed, 0, |s| {
             s.invitation_secret_name = None;
-            if let Some(f) = facts {
-                s.assistance = Some(f);
-            }
+            s.assistance = Some(facts);
         })
-        .await
+        .await?;
+        // The desktop is free for another holder (this resource still confirms with a Show
+        // before its finalizer comes off, and never cancels another's session).
+        self.let_go_of_desktop();
+        Ok(())
     }
 
     /// The object goes without a cloud call (Orphan, or a cancel already confirmed): its
     /// invitation Secret and the credentials pin go with it.
     async fn let_go_without_cancel(&self) -> Result<(), Error> {
         self.ctx.delete_invitation_secret(&self.ra).await?;
-        self.unpin_credentials().await
+        self.unpin_credentials().await?;
+        self.let_go_of_desktop();
+        Ok(())
     }
 
     /// Drops the credentials pin when no other resource needs the Secret.
@@ -710,24 +908,38 @@ impl<'a> Step<'a> {
     }
 
     /// The cloud target and credentials; pins the credentials Secret while a cancel may need it.
+    /// A held session is reached where it was opened, with the credentials it was opened with
+    /// (status.session), whatever the spec says now; a namespace that lost the right to the
+    /// operator's default credentials may still end (and confirm the end of) a session it holds
+    /// with them, never start one.
     async fn prepare(&mut self) -> Result<(Target, CallCredentials), Error> {
+        let binding = self.binding();
         let spec = &self.ra.spec;
-        let endpoint = resolve_endpoint(spec.region.as_deref(), spec.endpoint.as_deref()).map_err(Error::InvalidSpec)?;
-        if !self.ctx.config.endpoints.allows(&endpoint) {
-            return Err(Error::EndpointNotAllowed(format!("endpoint {endpoint}")));
+        let (target, secret_name) = match &binding {
+            Some(b) => {
+                let endpoint = url::Url::parse(&b.endpoint).map_err(|e| Error::InvalidSpec(format!("status.session.endpoint {:?} is not a URL: {e}", b.endpoint)))?;
+                (Target { endpoint, project_id: b.project_id.clone(), desktop_id: b.desktop_id.clone() }, b.credentials_secret_name.clone())
+            }
+            None => {
+                let endpoint = resolve_endpoint(spec.region.as_deref(), spec.endpoint.as_deref()).map_err(Error::InvalidSpec)?;
+                (Target { endpoint, project_id: spec.project_id.clone(), desktop_id: spec.desktop_id.clone() }, spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()))
+            }
+        };
+        if !self.ctx.config.endpoints.allows(&target.endpoint) {
+            return Err(Error::EndpointNotAllowed(format!("endpoint {}", target.endpoint)));
         }
-        let target = Target { endpoint, project_id: spec.project_id.clone(), desktop_id: spec.desktop_id.clone() };
-        let (namespace, name) = match &spec.credentials_secret_ref {
-            Some(r) => (self.ra.namespace().unwrap_or_default(), r.name.clone()),
+        let (namespace, name) = match &secret_name {
+            Some(name) => (self.ra.namespace().unwrap_or_default(), name.clone()),
             None => {
                 let ambient = self.ctx.credentials.ambient.as_ref();
                 let default = self.ctx.config.default_credentials.clone();
                 if ambient.is_none() && default.is_none() {
                     return Err(CredentialsError::NotConfigured.into());
                 }
-                // The operator's own credentials, for the namespaces its admin chose only.
+                // The operator's own credentials start sessions for the namespaces its admin
+                // chose only.
                 let namespace = self.ra.namespace().unwrap_or_default();
-                if !self.ctx.may_use_default_credentials(&namespace).await? {
+                if binding.is_none() && !self.ctx.may_use_default_credentials(&namespace).await? {
                     return Err(Error::DefaultCredentialsNotAllowed(namespace));
                 }
                 if let Some(ambient) = ambient {
@@ -736,10 +948,10 @@ impl<'a> Step<'a> {
                     return Ok((target, CallCredentials::Ambient(creds)));
                 }
                 self.credentials_source = Some(SOURCE_DEFAULT_SECRET);
-                default.expect("checked above")
+                default.ok_or(CredentialsError::NotConfigured)?
             }
         };
-        if spec.credentials_secret_ref.is_some() {
+        if secret_name.is_some() {
             self.credentials_source = Some(SOURCE_SECRET);
         }
         let secret = self
@@ -751,7 +963,7 @@ impl<'a> Step<'a> {
         // Only a Secret that holds credentials is pinned: naming a TLS or ServiceAccount-token
         // Secret must not let anyone block its deletion.
         let creds = self.call_credentials(&secret, &name)?;
-        if spec.credentials_secret_ref.is_some() && may_need_cancel(&self.ra) {
+        if secret_name.is_some() && may_need_cancel(&self.ra) {
             self.pin_credentials(&secret, &name).await;
         }
         Ok((target, creds))

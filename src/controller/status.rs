@@ -41,6 +41,14 @@ pub enum Conclusion<'a> {
     Closed,
     /// The paused annotation stops all cloud calls.
     Paused,
+    /// The cloud's answer shows no recognisable session (no status): the held session is kept
+    /// as it was, with its deadline, and observed again.
+    SessionUnknown,
+    /// Another resource holds the desktop: nothing is sent for this one until it lets go.
+    DesktopInUse {
+        /// Who holds it, as this resource's namespace may be told.
+        holder: String,
+    },
     /// The step failed.
     Failed {
         /// The failure.
@@ -88,6 +96,30 @@ fn rules(conclusion: &Conclusion<'_>, current: &RemoteAssistanceStatus, wants_ca
             reconciling: Some(value(true, "NoAssistance", "Waiting for a remote assistance to start")),
             ..settled(Phase::Pending, false, "NoAssistance", "The cloud shows no remote assistance in progress for this desktop")
         },
+        Conclusion::SessionUnknown => {
+            let message = "The cloud's answer shows no recognisable session (no status); the session is kept as held, with its deadline, and observed again";
+            let old_ready = current.conditions.iter().find(|c| c.type_ == READY);
+            let ready = old_ready.map_or_else(|| value(false, "SessionUnknown", message), |c| (c.status == "True", c.reason.clone(), c.message.clone()));
+            Rules {
+                phase: current.phase.unwrap_or(Phase::Pending),
+                ready,
+                synced: value(false, "SessionUnknown", message),
+                reconciling: Some(value(true, "SessionUnknown", message)),
+                stalled: None,
+                clears_error: false,
+            }
+        }
+        Conclusion::DesktopInUse { holder } => {
+            let message = format!("Waiting: {holder}; this resource takes over when it lets go");
+            Rules {
+                phase: Phase::Pending,
+                ready: value(false, "DesktopInUse", &message),
+                synced: value(false, "DesktopInUse", &message),
+                reconciling: None,
+                stalled: Some(value(true, "DesktopInUse", &message)),
+                clears_error: false,
+            }
+        }
         Conclusion::Paused => {
             // Ready stays as it was; only Synced says why nothing happens.
             let old_ready = current.conditions.iter().find(|c| c.type_ == READY);
@@ -134,12 +166,17 @@ pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_ca
         max_duration_capped: current.max_duration_capped.clone(),
         deadline_exceeded_at: current.deadline_exceeded_at.clone(),
         finished_at: current.finished_at.clone(),
+        session: current.session.clone(),
         ..RemoteAssistanceStatus::default()
     };
     // A session that ended has no deadline; the object finished then (ttlAfterFinished).
-    if matches!(conclusion, Conclusion::Cancelled | Conclusion::DeadlineExceeded | Conclusion::Closed | Conclusion::NoAssistance) {
+    if matches!(conclusion, Conclusion::Cancelled | Conclusion::DeadlineExceeded | Conclusion::Closed | Conclusion::NoAssistance | Conclusion::DesktopInUse { .. }) {
         next.expires_at = None;
         next.max_duration_capped = None;
+    }
+    // The session is over: nothing is bound to where it was.
+    if matches!(conclusion, Conclusion::Cancelled | Conclusion::DeadlineExceeded) {
+        next.session = None;
     }
     if matches!(conclusion, Conclusion::Cancelled | Conclusion::DeadlineExceeded | Conclusion::Closed) && next.finished_at.is_none() {
         next.finished_at = Some(now.clone());
@@ -206,7 +243,7 @@ fn last_error(error: &Error, operation: Operation, now: Time) -> Option<LastErro
                 CloudError::Withheld { .. } | CloudError::Source { .. } => e.error_message = bounded_opt(Some(&cloud.to_string()), MAX_MESSAGE_BYTES),
             }
         }
-        Error::Credentials(_) | Error::InvalidSpec(_) | Error::EndpointNotAllowed(_) | Error::DefaultCredentialsNotAllowed(_) => {
+        Error::Credentials(_) | Error::InvalidSpec(_) | Error::EndpointNotAllowed(_) | Error::DefaultCredentialsNotAllowed(_) | Error::SessionBindingChanged(_) => {
             e.error_code = Some(error.reason().into());
             e.error_message = bounded_opt(Some(&error.to_string()), MAX_MESSAGE_BYTES);
         }

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config, CustomResourceExt, ResourceExt};
+use kube::{Client, Config, ResourceExt};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -278,7 +278,7 @@ pub async fn client_for(cp: &ControlPlane) -> Result<Client, String> {
 /// Server-side applies the project's CRDs and waits until each is Established.
 pub async fn install_crds(client: &Client) -> Result<(), String> {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
-    for crd in [RemoteAssistance::crd()] {
+    for crd in [crate::resource::crd()] {
         let name = crd.name_any();
         api.patch(&name, &PatchParams::apply("workspace-assist").force(), &Patch::Apply(&crd)).await.map_err(kube_err)?;
         wait_established(client, &name).await?;

@@ -42,6 +42,9 @@ pub enum Fault {
     /// Start a session for the desktop as its user would, just before the request is served
     /// (a Create then meets a session already in progress).
     SessionStartedMeanwhile,
+    /// Serve normally, but leave these fields out of the JSON answer: every field of the
+    /// Create and Show answers is optional in the contract.
+    OmitFields(Vec<String>),
 }
 
 impl Fault {
@@ -112,11 +115,12 @@ impl FaultRule {
 /// Parses a fault rule written as comma-separated `key=value` pairs, for `simulate --fault`:
 ///
 /// - `operation=cancel|create|show|*` (default `*`), `desktop=ID|*` (default `*`),
-/// - `kind=error|html|drop|drop-after-applying|session-started|foreign-404|delay|redirect`
+/// - `kind=error|html|drop|drop-after-applying|session-started|foreign-404|delay|redirect|omit`
 ///   (default `error`), `times=N` (default 1),
 /// - for `error`: `status=N` (default 500), `code=CODE` (default `WKS.00000001`), `message=TEXT`;
 ///   for `html`: `status=N` (default 502); for `delay`: `delay=DURATION` (e.g. `2s`);
-///   for `redirect`: `status=N` (default 302), `location=URL`.
+///   for `redirect`: `status=N` (default 302), `location=URL`; for `omit`: `fields=A+B` (the
+///   answer's fields to leave out).
 ///
 /// Example: `operation=cancel,status=503,code=APIGW.0308,times=3`.
 pub fn parse_fault_rule(spec: &str) -> Result<FaultRule, String> {
@@ -147,6 +151,7 @@ pub fn parse_fault_rule(spec: &str) -> Result<FaultRule, String> {
         "foreign-404" => Fault::foreign_json_404(),
         "delay" => Fault::Delay(crate::cli::parse_duration(get("delay").ok_or("kind=delay needs delay=DURATION")?)?),
         "redirect" => Fault::redirect(status(302)?, get("location").unwrap_or("https://example.com/")),
+        "omit" => Fault::OmitFields(get("fields").ok_or("kind=omit needs fields=NAME+NAME")?.split('+').map(str::to_string).collect()),
         other => {
             return Err(format!(
                 "kind {other:?} is not error, html, drop, drop-after-applying, session-started, foreign-404, delay or redirect"
@@ -176,6 +181,7 @@ mod tests {
         assert_eq!(parse_fault_rule("kind=drop-after-applying").unwrap().faults, vec![Fault::DropAfterApplying]);
         assert_eq!(parse_fault_rule("operation=create,kind=session-started").unwrap().faults, vec![Fault::SessionStartedMeanwhile]);
         assert_eq!(parse_fault_rule("kind=foreign-404").unwrap().faults, vec![Fault::foreign_json_404()]);
+        assert_eq!(parse_fault_rule("kind=omit,fields=share_space_id+status").unwrap().faults, vec![Fault::OmitFields(vec!["share_space_id".into(), "status".into()])]);
         assert!(parse_fault_rule("operation=reboot").is_err());
         assert!(parse_fault_rule("status=abc").is_err());
         assert!(parse_fault_rule("colour=red").is_err());

@@ -145,6 +145,7 @@ struct State {
     rules: Vec<FaultRule>,
     random_faults: Option<(f64, Vec<Fault>)>,
     latency: Duration,
+    omitted_fields: Vec<String>,
     requests: Vec<RecordedRequest>,
     identities: identity::Identities,
 }
@@ -322,6 +323,12 @@ impl Simulator {
         let session = Session::new("ENDUSER_INITIATE");
         self.with(|s| s.sessions.insert((project_id.into(), desktop_id.into()), session.clone()));
         session
+    }
+
+    /// Leaves these fields out of every Create and Show answer from now on (all of them are
+    /// optional in the contract); an empty list serves them again.
+    pub fn omit_fields(&self, fields: &[&str]) {
+        self.with(|s| s.omitted_fields = fields.iter().map(|f| f.to_string()).collect());
     }
 
     /// Changes the cloud status of a desktop's session (for example to CLOSE).
@@ -511,6 +518,10 @@ async fn decide(
             let response = serve(state, operation, &project_id, &desktop_id);
             return Outcome { response: Some(response), authenticated: true, faulted: true };
         }
+        Some(Fault::OmitFields(fields)) => {
+            let response = serve_omitting(state, operation, &project_id, &desktop_id, &fields);
+            return Outcome { response: Some(response), authenticated: true, faulted: true };
+        }
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         Some(Fault::Error { status, code, message, detail, encoded_authorization_message }) => {
             let resp = error_response(status, &code, &message, detail.as_deref(), encoded_authorization_message.as_deref());
@@ -534,10 +545,26 @@ async fn decide(
     Outcome { response: Some(response), authenticated: true, faulted: false }
 }
 
-/// The normal, contract-faithful answer.
+/// The normal, contract-faithful answer (without the fields set by [`Simulator::omit_fields`]).
 fn serve(state: &Arc<Mutex<State>>, operation: Operation, project_id: &str, desktop_id: &str) -> Response<Full<Bytes>> {
+    serve_omitting(state, operation, project_id, desktop_id, &[])
+}
+
+/// The normal answer, leaving `omit` (and the fields set by [`Simulator::omit_fields`]) out of
+/// its JSON body.
+fn serve_omitting(state: &Arc<Mutex<State>>, operation: Operation, project_id: &str, desktop_id: &str, omit: &[String]) -> Response<Full<Bytes>> {
     let key = (project_id.to_string(), desktop_id.to_string());
     let mut s = state.lock().unwrap();
+    let omitted: Vec<String> = omit.iter().chain(s.omitted_fields.iter()).cloned().collect();
+    let json_response = |status: u16, body: &serde_json::Value| {
+        let mut body = body.clone();
+        if let Some(map) = body.as_object_mut() {
+            for field in &omitted {
+                map.remove(field);
+            }
+        }
+        json_response(status, &body)
+    };
     if s.missing_desktops.contains(&key) {
         return error_response(404, NO_DESKTOP_CODE, "The desktop does not exist.", None, None);
     }

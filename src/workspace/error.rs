@@ -125,7 +125,15 @@ fn parse_unbounded(body: &[u8]) -> ErrorBody {
                 return parsed;
             }
         }
-        // A JSON object with neither pair: fall through to the raw text.
+        // A top-level code alone (no message) is an error too: a 2xx carrying one is never a
+        // success (contract, "Error codes worth knowing").
+        if let Some(code) = string_field(&obj, "error_code").or_else(|| string_field(&obj, "code")) {
+            parsed.code = Some(code);
+            parsed.message = string_field(&obj, "error_msg").or_else(|| string_field(&obj, "message"));
+            parsed.structured = true;
+            return parsed;
+        }
+        // A JSON object with neither: fall through to the raw text.
     }
     ErrorBody { message: raw_message(body), ..ErrorBody::default() }
 }
@@ -334,6 +342,19 @@ mod tests {
         let b = parse_error_body(br#"{"error_code":"A","code":"APIGW.0308","message":"throttled"}"#);
         assert_eq!(b.code.as_deref(), Some("APIGW.0308"));
         assert_eq!(b.message.as_deref(), Some("throttled"));
+    }
+
+    #[test]
+    fn a_top_level_code_alone_is_an_error() {
+        // A 200 carrying only an error code (contract: some Workspace errors arrive with 200).
+        let b = parse_error_body(br#"{"error_code":"WKS.00010109"}"#);
+        assert_eq!(b.code.as_deref(), Some("WKS.00010109"));
+        assert!(b.structured);
+        let b = parse_error_body(br#"{"code":"WKS.00010110","status":"OPEN"}"#);
+        assert_eq!(b.code.as_deref(), Some("WKS.00010110"));
+        assert!(b.structured);
+        let b = parse_error_body(br#"{"error_msg":"no code"}"#);
+        assert!(!b.structured, "a message alone is no error shape the SDKs know");
     }
 
     #[test]

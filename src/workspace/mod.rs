@@ -15,5 +15,5 @@ pub use client::{Answer, ClientOptions, Target, WorkspaceClient, resolve_endpoin
 pub use credentials::{Credentials, Sensitive};
 pub use iam::{PasswordLogin, TokenCache};
 pub use error::{ApiError, CloudError, ErrorBody, Operation, TransportKind};
-pub use models::{CreateResponse, ShowResponse};
+pub use models::{CreateResponse, SessionState, ShowResponse};
 pub use ambient::{AmbientCredentials, AmbientError, AmbientKind, AmbientSource};

@@ -45,14 +45,48 @@ pub struct ShowResponse {
 /// The cloud status of a closed session.
 pub const STATUS_CLOSE: &str = "CLOSE";
 
+/// What a Show answer says about the desktop's session. Every field of the answer is optional
+/// (contract, "Show (GET) response fields"), so only its `status` says whether a session is in
+/// progress: an answer without one proves nothing either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// `status` is present and not `CLOSE` (known or not yet documented values alike).
+    InProgress,
+    /// `status` is exactly `CLOSE`.
+    Closed,
+    /// No `status` (or an empty one): no recognisable session.
+    Unknown,
+}
+
 impl ShowResponse {
-    /// Whether the cloud reports an assistance in progress (any status but CLOSE, with a space
-    /// or a status at all).
-    pub fn in_progress(&self) -> bool {
-        match self.status.as_deref() {
-            Some(STATUS_CLOSE) => false,
-            Some(_) => true,
-            None => self.share_space_id.is_some(),
+    /// The session state the answer reports, from its `status` alone.
+    pub fn session_state(&self) -> SessionState {
+        match self.status.as_deref().map(str::trim) {
+            Some(STATUS_CLOSE) => SessionState::Closed,
+            Some(s) if !s.is_empty() => SessionState::InProgress,
+            _ => SessionState::Unknown,
         }
+    }
+
+    /// Whether the cloud reports an assistance in progress (a status other than CLOSE).
+    pub fn in_progress(&self) -> bool {
+        self.session_state() == SessionState::InProgress
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_status_says_whether_a_session_is_in_progress() {
+        let show = |status: Option<&str>, id: Option<&str>| ShowResponse { status: status.map(Into::into), share_space_id: id.map(Into::into), ..ShowResponse::default() };
+        assert_eq!(show(Some("OPEN"), None).session_state(), SessionState::InProgress);
+        assert_eq!(show(Some("WAIT_USER_CONFIRM"), None).session_state(), SessionState::InProgress);
+        assert_eq!(show(Some("SOMETHING_NEW"), Some("s")).session_state(), SessionState::InProgress);
+        assert_eq!(show(Some("CLOSE"), Some("s")).session_state(), SessionState::Closed);
+        assert_eq!(show(None, Some("s")).session_state(), SessionState::Unknown, "an id alone says nothing");
+        assert_eq!(show(None, None).session_state(), SessionState::Unknown);
+        assert_eq!(show(Some(""), None).session_state(), SessionState::Unknown);
     }
 }

@@ -107,6 +107,18 @@ impl World {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// Creates the credentials Secret the simulator accepts in another namespace.
+    pub async fn put_secret_in(&self, namespace: &str) {
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": SECRET, "namespace": namespace },
+            "type": "Opaque",
+            "stringData": { "accessKeyId": AK, "secretAccessKey": SK },
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(self.client.clone(), namespace).create(&PostParams::default(), &secret).await.expect("creating the Secret");
+    }
+
     /// Creates or replaces an Opaque Secret with string data.
     pub async fn put_secret(&self, name: &str, data: &[(&str, &str)]) {
         let string_data: serde_json::Map<String, serde_json::Value> =
