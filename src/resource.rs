@@ -169,9 +169,11 @@ const MAX_SPEC_DURATION_RULE: &str = "duration(self) <= duration('876000h')";
 
 /// The CRD's rule that a held session's place does not change: the fields that say where the
 /// session lives and with which credentials are fixed while status.session is set.
-pub const SESSION_BINDING_RULE: &str = "!has(oldSelf.status) || !has(oldSelf.status.session) || \
-(self.spec.?endpoint == oldSelf.spec.?endpoint && self.spec.?region == oldSelf.spec.?region && \
-self.spec.?credentialsSecretRef == oldSelf.spec.?credentialsSecretRef)";
+pub const SESSION_BINDING_RULE: &str = "!has(oldSelf.status) || !has(oldSelf.status.session) || (\
+(has(self.spec.endpoint) == has(oldSelf.spec.endpoint) && (!has(self.spec.endpoint) || self.spec.endpoint == oldSelf.spec.endpoint)) && \
+(has(self.spec.region) == has(oldSelf.spec.region) && (!has(self.spec.region) || self.spec.region == oldSelf.spec.region)) && \
+(has(self.spec.credentialsSecretRef) == has(oldSelf.spec.credentialsSecretRef) && \
+(!has(self.spec.credentialsSecretRef) || self.spec.credentialsSecretRef.name == oldSelf.spec.credentialsSecretRef.name)))";
 
 /// The message of [`SESSION_BINDING_RULE`].
 pub const SESSION_BINDING_MESSAGE: &str = "spec.endpoint, spec.region and spec.credentialsSecretRef cannot change while the resource holds a session (status.session); cancel it first (spec.cancelled) or create a new RemoteAssistance";

@@ -45,16 +45,23 @@ async fn an_answer_without_a_recognisable_session_never_closes_a_held_one() {
     w.create(w.manifest("ra", "desk-odd")).await;
     w.wait_for("ra", T, "Active", active).await;
 
+    let held_id = w.api().get("ra").await.unwrap().status.unwrap().session.unwrap().share_space_id;
+    assert!(held_id.is_some());
     // From now on every Show leaves out everything, status included: it proves nothing.
     w.sim.omit_fields(&["status", "share_space_id", "create_time"]);
     let shows = w.sim.count(SHOW, "desk-odd");
     let ra = w.wait_for("ra", T, "SessionUnknown", |ra| condition_reason(ra, "Synced").as_deref() == Some("SessionUnknown")).await;
     assert_eq!(phase(&ra), Some(Phase::Active), "still held: {:?}", ra.status);
-    assert!(ra.status.as_ref().unwrap().session.is_some());
+    assert_eq!(ra.status.as_ref().unwrap().session.as_ref().unwrap().share_space_id, held_id, "an id once known is kept");
     // It keeps polling (no Closed, which would stop it).
     eventually(T, "two more polls", || async { w.sim.count(SHOW, "desk-odd") >= shows + 2 }).await;
     assert!(!w.event_reasons("ra", None).await.contains(&"ClosedRemotely".to_string()));
 
+    // Only the id left out, the session in progress: held as before, id kept.
+    w.sim.omit_fields(&["share_space_id"]);
+    let ra = w.wait_for("ra", T, "Active again", |ra| condition_reason(ra, "Synced").as_deref() == Some("Synced")).await;
+    assert_eq!(ra.status.as_ref().unwrap().session.as_ref().unwrap().share_space_id, held_id);
+    assert_eq!(ra.status.as_ref().unwrap().assistance.as_ref().unwrap().share_space_id, held_id);
     // A 200 carrying only an error code is an error, not an answer about the session.
     w.sim.omit_fields(&[]);
     w.sim.inject(FaultRule::new("desk-odd", SHOW, vec![Fault::Raw { status: 200, content_type: "application/json".into(), body: br#"{"error_code":"WKS.00010109"}"#.to_vec(), headers: vec![] }]));
@@ -81,7 +88,7 @@ async fn a_session_without_optional_fields_is_held_from_first_sight_and_meets_it
     let ra = w.wait_for("ra", T, "Active", active).await;
     let held = ra.status.as_ref().unwrap().session.clone().expect("status.session");
     let first_sight = held.held_since.clone().expect("heldSince");
-    assert!(held.share_space_id.is_some(), "the id Create returned is kept though Show leaves it out");
+    assert_eq!(held.share_space_id, None, "no answer carried one");
     assert!(ra.status.as_ref().unwrap().expires_at.is_some(), "a deadline without any id or creation time");
     // Polls pass; first sight never moves.
     let shows = w.sim.count(SHOW, "desk-bare");

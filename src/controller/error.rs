@@ -40,6 +40,10 @@ pub enum Error {
     /// is still observed and cancelled where it was opened (status.session).
     #[error("{0} changed while this resource holds a session; the session stays where it was opened (status.session) and nothing is sent to the new place: change it back, or cancel (spec.cancelled) and create a new RemoteAssistance")]
     SessionBindingChanged(String),
+    /// The invitation Secret's name is taken by a Secret this resource does not control: it is
+    /// not overwritten.
+    #[error("the Secret {0} exists and is not controlled by this RemoteAssistance: the session's invitation is not written over it; delete or rename that Secret")]
+    InvitationSecretTaken(String),
     /// The resource's spec cannot be acted on (for example an endpoint that is not a URL).
     #[error("{0}")]
     InvalidSpec(String),
@@ -100,6 +104,7 @@ impl Error {
             | Error::Credentials(_)
             | Error::InvalidSpec(_)
             | Error::SessionBindingChanged(_)
+            | Error::InvitationSecretTaken(_)
             | Error::Paused => true,
             Error::Kubernetes(failure) => failure.forbidden(),
             Error::Kube(_) | Error::Finalizer(_) | Error::Stale | Error::CredentialsSource(_) => false,
@@ -121,6 +126,7 @@ impl Error {
             Error::CredentialsSource(e) => e.kind.failure_reason(),
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::SessionBindingChanged(_) => "SessionBindingChanged",
+            Error::InvitationSecretTaken(_) => "InvitationSecretTaken",
             Error::EndpointNotAllowed(_) => "EndpointNotAllowed",
             Error::DefaultCredentialsNotAllowed(_) => "DefaultCredentialsNotAllowed",
             Error::Kube(_) => "KubernetesApiError",

@@ -61,19 +61,25 @@ fn fingerprint(data: &BTreeMap<String, String>) -> u64 {
     h.finish()
 }
 
-/// What this process last wrote to each resource's invitation Secret (a fingerprint), by UID.
+/// What this process last wrote to each resource's invitation Secret (a fingerprint) and the
+/// Secret's UID, by the resource's UID.
 #[derive(Debug, Default)]
 pub struct Invitations {
-    written: Mutex<HashMap<String, u64>>,
+    written: Mutex<HashMap<String, (u64, Option<String>)>>,
 }
 
 impl Invitations {
     fn unchanged(&self, uid: &str, print: u64) -> bool {
-        self.written.lock().expect("invitations").get(uid) == Some(&print)
+        self.written.lock().expect("invitations").get(uid).map(|(p, _)| *p) == Some(print)
     }
 
-    fn wrote(&self, uid: String, print: u64) {
-        self.written.lock().expect("invitations").insert(uid, print);
+    fn wrote(&self, uid: String, print: u64, secret_uid: Option<String>) {
+        self.written.lock().expect("invitations").insert(uid, (print, secret_uid));
+    }
+
+    /// The UID of the Secret this process last wrote for the resource.
+    fn secret_uid(&self, uid: &str) -> Option<String> {
+        self.written.lock().expect("invitations").get(uid).and_then(|(_, s)| s.clone())
     }
 
     /// Forgets a resource (its Secret is gone, or the resource is).
@@ -85,6 +91,11 @@ impl Invitations {
     pub fn retain(&self, exists: impl Fn(&str) -> bool) {
         self.written.lock().expect("invitations").retain(|uid, _| exists(uid));
     }
+}
+
+/// Whether the resource with UID `owner_uid` controls the Secret.
+fn controlled_by(secret: &Secret, owner_uid: &str) -> bool {
+    secret.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == owner_uid)
 }
 
 impl Context {
@@ -123,20 +134,27 @@ impl Context {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &ra.namespace().unwrap_or_default());
         // A new session's Secret is created (cheaper for the API server than an apply); one that
         // is there already (restart, adoption, a change) is applied.
-        let created = if fresh {
+        let mut written = None;
+        if fresh {
             let params = PostParams { field_manager: Some(MANAGER.into()), ..PostParams::default() };
             match api.create(&params, &serde_json::from_value(secret.clone()).map_err(kube::Error::SerdeError)?).await {
-                Ok(_) => true,
-                Err(kube::Error::Api(s)) if s.code == 409 => false,
+                Ok(s) => written = Some(s),
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => return Err(failed("create", e)),
             }
-        } else {
-            false
-        };
-        if !created {
-            api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await.map_err(|e| failed("patch", e))?;
         }
-        self.invitations.wrote(uid, print);
+        if written.is_none() {
+            // A Secret of that name is taken over only when this resource controls it: never a
+            // user's Secret, or a same-name predecessor's that its garbage collection has not
+            // removed yet.
+            if let Some(existing) = api.get_opt(&name).await.map_err(|e| failed("get", e))? {
+                if !controlled_by(&existing, &uid) {
+                    return Err(Error::InvitationSecretTaken(format!("{namespace}/{name}")));
+                }
+            }
+            written = Some(api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await.map_err(|e| failed("patch", e))?);
+        }
+        self.invitations.wrote(uid, print, written.and_then(|s| s.uid()));
         debug!(secret = %name, "invitation Secret written");
         Ok(name)
     }
@@ -170,14 +188,28 @@ impl Context {
     /// The deletion of the resource's invitation Secret, when it has one.
     fn invitation_secret_deletion(&self, ra: &RemoteAssistance) -> Option<impl Future<Output = Result<(), Error>> + Send + 'static> {
         let name = ra.status.as_ref().and_then(|s| s.invitation_secret_name.clone())?;
-        self.invitations.forget(&ra.uid().unwrap_or_default());
+        let owner_uid = ra.uid().unwrap_or_default();
+        let known = self.invitations.secret_uid(&owner_uid);
+        self.invitations.forget(&owner_uid);
         let namespace = ra.namespace().unwrap_or_default();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+        let object = format!("{namespace}/{name} (the session's invitation)");
+        let failed = move |verb, e| Error::kubernetes(verb, "Secret", object.clone(), e);
         Some(async move {
-            match api.delete(&name, &DeleteParams::default()).await {
+            // Deleted only as the Secret this resource controls (a UID precondition): a late
+            // deletion never removes a same-name successor's Secret.
+            let secret_uid = match known {
+                Some(uid) => uid,
+                None => match api.get_opt(&name).await.map_err(|e| failed("get", e))? {
+                    Some(s) if controlled_by(&s, &owner_uid) => s.uid().unwrap_or_default(),
+                    _ => return Ok(()),
+                },
+            };
+            let params = DeleteParams { preconditions: Some(kube::api::Preconditions { uid: Some(secret_uid), resource_version: None }), ..DeleteParams::default() };
+            match api.delete(&name, &params).await {
                 Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(e) => Err(Error::kubernetes("delete", "Secret", format!("{namespace}/{name} (the session's invitation)"), e)),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+                Err(e) => Err(failed("delete", e)),
             }
         })
     }
@@ -190,11 +222,11 @@ mod tests {
     #[test]
     fn what_was_written_is_remembered_until_the_resource_is_forgotten() {
         let invitations = Invitations::default();
-        invitations.wrote("u".into(), 7);
+        invitations.wrote("u".into(), 7, None);
         assert!(invitations.unchanged("u", 7) && !invitations.unchanged("u", 8));
         invitations.forget("u");
         assert!(!invitations.unchanged("u", 7));
-        invitations.wrote("gone".into(), 1);
+        invitations.wrote("gone".into(), 1, None);
         invitations.retain(|uid| uid != "gone");
         assert!(invitations.written.lock().unwrap().is_empty(), "nothing is left of a forgotten resource");
     }

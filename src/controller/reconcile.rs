@@ -329,7 +329,8 @@ impl<'a> Step<'a> {
         }
         let namespace_policy = self.namespace_policy().await?;
         let mut policy = deletion_policy(&self.ra, namespace_policy.as_deref(), self.ctx.config.default_deletion_policy);
-        if policy == DeletionPolicy::Orphan && self.ctx.config.refuse_orphan_time_boxed && deadline::deadline(&self.ra, &self.ctx.config.limits).is_some() {
+        let time_boxed = self.binding().is_some() && deadline::enforced_max_duration(&self.ra, &self.ctx.config.limits).is_some();
+        if policy == DeletionPolicy::Orphan && self.ctx.config.refuse_orphan_time_boxed && time_boxed {
             // The cluster admin's time box outlives the resource: cancelled all the same.
             info!("deletion policy Orphan refused for a time-boxed session: cancelling it");
             self.ctx.publish(&self.ra, EventType::Warning, "OrphanRefused", "Deletion policy Orphan is refused for a session with a deadline (--refuse-orphan-time-boxed): cancelling it", "Delete");

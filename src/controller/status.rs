@@ -243,7 +243,7 @@ fn last_error(error: &Error, operation: Operation, now: Time) -> Option<LastErro
                 CloudError::Withheld { .. } | CloudError::Source { .. } => e.error_message = bounded_opt(Some(&cloud.to_string()), MAX_MESSAGE_BYTES),
             }
         }
-        Error::Credentials(_) | Error::InvalidSpec(_) | Error::EndpointNotAllowed(_) | Error::DefaultCredentialsNotAllowed(_) | Error::SessionBindingChanged(_) => {
+        Error::Credentials(_) | Error::InvalidSpec(_) | Error::EndpointNotAllowed(_) | Error::DefaultCredentialsNotAllowed(_) | Error::SessionBindingChanged(_) | Error::InvitationSecretTaken(_) => {
             e.error_code = Some(error.reason().into());
             e.error_message = bounded_opt(Some(&error.to_string()), MAX_MESSAGE_BYTES);
         }

@@ -209,6 +209,9 @@ pub struct AmbientError {
     pub http_status: Option<u16>,
     /// The error code of the source's answer, when it had one.
     pub code: Option<String>,
+    /// The source's own words (its error message may name agencies and accounts): for the
+    /// operator's log only, never in a resource's status or Events.
+    pub source_message: Option<String>,
     /// When the source is asked again (None: at the next call). Not in the message, which
     /// stays the same from one attempt to the next (status is written only when it changes).
     pub next_attempt_in: Option<Duration>,
@@ -218,6 +221,13 @@ struct Cached {
     credentials: TemporaryCredentials,
     /// When to fetch new ones.
     refresh_at: jiff::Timestamp,
+}
+
+/// Whether cached credentials are still good for a call (expiring later than
+/// [`AmbientCredentials::EXPIRY_MARGIN`] from now).
+fn still_valid(c: &Cached) -> bool {
+    let margin = jiff::SignedDuration::try_from(AmbientCredentials::EXPIRY_MARGIN).unwrap_or_default();
+    jiff::Timestamp::now().checked_add(margin).is_ok_and(|t| t < c.credentials.expires_at)
 }
 
 struct LastFailure {
@@ -297,9 +307,14 @@ impl AmbientCredentials {
             Err(mut error) => {
                 let consecutive = state.failure.as_ref().map_or(0, |f| f.consecutive) + 1;
                 error.next_attempt_in = Some(fetch_backoff(consecutive));
-                tracing::warn!(error = %error, retry_in_s = fetch_backoff(consecutive).as_secs(), "could not fetch temporary credentials");
+                tracing::warn!(error = %error, source_message = error.source_message.as_deref().unwrap_or(""), retry_in_s = fetch_backoff(consecutive).as_secs(), "could not fetch temporary credentials");
                 state.failure = Some(LastFailure { error: error.clone(), at: Instant::now(), consecutive });
-                Err(error)
+                // An early refresh that failed: the cached credentials still work until they
+                // expire, and are used until then (the next refresh waits for the backoff).
+                match state.cached.as_ref().filter(|c| still_valid(c)) {
+                    Some(c) => Ok(c.credentials.credentials()),
+                    None => Err(error),
+                }
             }
         }
     }
@@ -317,6 +332,9 @@ impl AmbientCredentials {
             let wait = fetch_backoff(f.consecutive);
             let elapsed = f.at.elapsed();
             if elapsed < wait {
+                if let Some(c) = state.cached.as_ref().filter(|c| still_valid(c)) {
+                    return Ok(Some(c.credentials.credentials()));
+                }
                 let mut error = f.error.clone();
                 error.next_attempt_in = Some(wait - elapsed);
                 return Err(error);
@@ -324,6 +342,10 @@ impl AmbientCredentials {
         }
         Ok(None)
     }
+
+    /// How long before their expiry cached credentials stop being used after a failed refresh
+    /// (a call signed now must still be valid when it arrives).
+    pub const EXPIRY_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
     /// The cloud said the credentials with `access_key_id` expired: the next call fetches new
     /// ones (unless another caller did already).
@@ -337,7 +359,7 @@ impl AmbientCredentials {
 
 /// The failure of a fetch from `kind`.
 fn failure(kind: AmbientKind, message: impl Into<String>) -> AmbientError {
-    AmbientError { kind, message: message.into(), http_status: None, code: None, next_attempt_in: None }
+    AmbientError { kind, message: message.into(), http_status: None, code: None, source_message: None, next_attempt_in: None }
 }
 
 /// One fetch from the source.
@@ -406,14 +428,24 @@ fn without_url(e: &reqwest::Error) -> String {
 }
 
 /// A refusal, with the code and message of the answer's error body.
+/// The message (what tenants may read: the status and the code) is kept apart from the
+/// source's own words (for the operator's log).
 fn refused(kind: AmbientKind, status: u16, body: &[u8]) -> AmbientError {
     let parsed = parse_error_body(body);
-    let message = match (&parsed.code, &parsed.message) {
-        (Some(code), Some(message)) => format!("HTTP {status} {code}: {message}"),
-        (None, Some(message)) => format!("HTTP {status}: {message}"),
-        _ => format!("HTTP {status}"),
+    let mut message = match &parsed.code {
+        Some(code) => format!("HTTP {status} {}", crate::text::bounded(code, 64)),
+        None => format!("HTTP {status}"),
     };
-    AmbientError { http_status: Some(status), code: parsed.code.clone(), ..failure(kind, crate::text::bounded(&message, 512).into_owned()) }
+    if String::from_utf8_lossy(body).contains(NO_AGENCY) {
+        message.push_str(": the node has no Cloud Service Agency");
+    }
+    message.push_str(" (the operator's log has the source's message)");
+    AmbientError {
+        http_status: Some(status),
+        code: parsed.code.clone(),
+        source_message: parsed.message.map(|m| crate::text::bounded(&m, 512).into_owned()),
+        ..failure(kind, message)
+    }
 }
 
 /// The ECS agency: a session token first (PUT), then the security key (GET) with it. A
@@ -481,6 +513,40 @@ mod tests {
         assert_eq!(refresh_at(t0, hours(24)), hours(24) - jiff::SignedDuration::from_mins(40));
         let short = t0 + jiff::SignedDuration::from_mins(15);
         assert_eq!(refresh_at(t0, short), t0 + jiff::SignedDuration::from_secs(450), "a 15-minute session at half life");
+    }
+
+    #[tokio::test]
+    async fn a_failed_early_refresh_keeps_using_credentials_that_have_not_expired() {
+        // A metadata endpoint nobody listens on: every fetch fails at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let source = AmbientSource::EcsMetadata { endpoint: Url::parse(&format!("http://{closed}")).unwrap() };
+        let ambient = AmbientCredentials::new(source);
+        let now = jiff::Timestamp::now();
+        let cached = |expires_in: i64| Cached {
+            credentials: TemporaryCredentials {
+                access_key_id: "AKCACHED".into(),
+                secret_access_key: Sensitive::new("sk"),
+                security_token: Sensitive::new("tok"),
+                expires_at: now + jiff::SignedDuration::from_mins(expires_in),
+            },
+            refresh_at: now - jiff::SignedDuration::from_secs(1),
+        };
+        ambient.state.lock().unwrap().cached = Some(cached(30));
+        crate::install_crypto_provider();
+        let http = reqwest::Client::new();
+        let access_key = |c: Credentials| match c {
+            Credentials::AkSk { access_key_id, .. } => access_key_id,
+            Credentials::Token(_) => String::new(),
+        };
+        // Due for refresh; the refresh fails; the cached ones still work for 30 minutes.
+        assert_eq!(access_key(ambient.credentials(&http).await.unwrap()), "AKCACHED");
+        assert_eq!(ambient.fetches(), 1);
+        // While the fetch backoff runs, no new fetch, and still the cached ones.
+        assert_eq!(access_key(ambient.credentials(&http).await.unwrap()), "AKCACHED");
+        assert_eq!(ambient.fetches(), 1, "the source is not hammered");
+        // Once they are about to expire, the failure shows.
+        ambient.state.lock().unwrap().cached = Some(cached(0));
+        assert!(ambient.credentials(&http).await.is_err());
     }
 
     #[test]
