@@ -262,6 +262,12 @@ pub struct RunArgs {
     #[arg(long, env = "INSECURE_SKIP_TLS_VERIFY", default_value_t = false)]
     pub insecure_skip_tls_verify: bool,
 
+    /// Proxy URL for every outgoing call (Workspace, IAM, STS, metadata). The environment's
+    /// HTTP_PROXY/HTTPS_PROXY are never used: a proxy sees the tokens sent to http:// endpoints,
+    /// so only a cluster admin's flag chooses one.
+    #[arg(long = "proxy", env = "WORKSPACE_ASSIST_PROXY")]
+    pub proxy: Option<url::Url>,
+
     /// Name of this instance in Events (set it to the pod name).
     #[arg(long, env = "POD_NAME", default_value = "workspace-assist")]
     pub instance_name: String,

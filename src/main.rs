@@ -181,7 +181,7 @@ fn controller_config(args: &RunArgs) -> Result<controller::Config, String> {
         default_deletion_policy: args.default_deletion_policy,
         not_found_codes: args.not_found_error_codes.clone(),
         iam_endpoint: args.iam_endpoint.clone(),
-        client: ClientOptions { timeout: args.cloud_timeout, extra_ca_pem, insecure_skip_tls_verify: args.insecure_skip_tls_verify, instance: Some(args.instance_name.clone()), ..ClientOptions::default() },
+        client: ClientOptions { timeout: args.cloud_timeout, extra_ca_pem, insecure_skip_tls_verify: args.insecure_skip_tls_verify, instance: Some(args.instance_name.clone()), proxy: args.proxy.clone(), ..ClientOptions::default() },
         instance: args.instance_name.clone(),
         stuck_deleting_after: args.stuck_deleting_after,
         unauthenticated_hold: args.unauthenticated_hold,

@@ -248,3 +248,60 @@ async fn closed_port_is_a_connection_error() {
     let e = client().cancel(&t, &aksk("AK", "SK")).await.unwrap_err();
     assert!(matches!(e, CloudError::Transport { kind: TransportKind::Connect, .. }), "{e:?}");
 }
+
+/// Accepts connections and forwards each to `target` (None: holds it open, answering nothing),
+/// counting them.
+async fn counting_forwarder(target: Option<std::net::SocketAddr>) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                match target {
+                    Some(t) => {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(t).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    }
+                    None => tokio::time::sleep(Duration::from_secs(5)).await,
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn the_environments_proxy_is_never_used_only_the_configured_one() {
+    let sim = Simulator::start().await.unwrap();
+    sim.add_access_key("AKTEST", "sk-test-secret");
+    sim.open_session(PROJECT, "desk-proxy");
+    let creds = aksk("AKTEST", "sk-test-secret");
+    let (env_proxy, env_seen) = counting_forwarder(None).await;
+    // SAFETY: no other thread of this test binary reads or writes these variables while it runs
+    // (the client reads them when it is built, below).
+    unsafe {
+        for name in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"] {
+            std::env::set_var(name, format!("http://{env_proxy}"));
+        }
+        std::env::remove_var("NO_PROXY");
+        std::env::remove_var("no_proxy");
+    }
+    let direct = client();
+    assert!(direct.show(&target(&sim, "desk-proxy"), &creds).await.unwrap().value.in_progress());
+    assert_eq!(env_seen.load(std::sync::atomic::Ordering::SeqCst), 0, "the environment's proxy saw no call (and so no token)");
+
+    let (flagged, flagged_seen) = counting_forwarder(Some(sim.addr())).await;
+    let options = ClientOptions { timeout: Duration::from_secs(2), proxy: Some(format!("http://{flagged}").parse().unwrap()), ..ClientOptions::default() };
+    let through = WorkspaceClient::new(&options).unwrap();
+    assert!(through.show(&target(&sim, "desk-proxy"), &creds).await.unwrap().value.in_progress(), "signed calls work through the configured proxy");
+    assert_eq!(flagged_seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    unsafe {
+        for name in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"] {
+            std::env::remove_var(name);
+        }
+    }
+}

@@ -414,8 +414,8 @@ async fn credentials_from(kind: AmbientKind, request: reqwest::RequestBuilder) -
 async fn send(kind: AmbientKind, request: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes), AmbientError> {
     let response = request.send().await.map_err(|e| failure(kind, format!("no answer: {}", without_url(&e))))?;
     let status = response.status().as_u16();
-    let body = response.bytes().await.map_err(|e| AmbientError { http_status: Some(status), ..failure(kind, format!("reading the answer: {}", without_url(&e))) })?;
-    Ok((status, body))
+    let body = super::client::read_limited(response).await.map_err(|e| AmbientError { http_status: Some(status), ..failure(kind, format!("reading the answer: {}", without_url(&e))) })?;
+    Ok((status, bytes::Bytes::from(body)))
 }
 
 /// A transport error's text without the URL (it may carry a query).

@@ -11,7 +11,8 @@ use super::models::{CreateResponse, ShowResponse};
 use super::signer::{self, SigningRequest};
 
 /// Most of a response body the client reads; the rest is dropped (huge bodies are never useful).
-const MAX_BODY_BYTES: usize = 1 << 20;
+/// The same bound holds for IAM, STS and metadata answers ([`read_limited`]).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// Settings of the HTTP client.
 #[derive(Debug, Clone)]
@@ -27,6 +28,9 @@ pub struct ClientOptions {
     /// Who is calling, added to the User-Agent (`workspace-assist/VERSION (INSTANCE)`), so that
     /// the cloud's side can tell replicas apart.
     pub instance: Option<String>,
+    /// The proxy every call goes through, when the operator's flag names one. The environment's
+    /// `HTTP(S)_PROXY` is never used: a proxy sees the tokens of `http://` endpoints.
+    pub proxy: Option<Url>,
 }
 
 impl Default for ClientOptions {
@@ -37,6 +41,7 @@ impl Default for ClientOptions {
             extra_ca_pem: None,
             insecure_skip_tls_verify: false,
             instance: None,
+            proxy: None,
         }
     }
 }
@@ -134,7 +139,11 @@ impl WorkspaceClient {
             .connect_timeout(options.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(user_agent(options.instance.as_deref()))
+            .no_proxy()
             .tls_backend_rustls();
+        if let Some(proxy) = &options.proxy {
+            builder = builder.proxy(reqwest::Proxy::all(proxy.as_str()).map_err(|e| format!("the proxy {proxy}: {e}"))?);
+        }
         if let Some(pem) = &options.extra_ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("reading the CA bundle: {e}"))?;
             builder = builder.tls_certs_merge(certs);
@@ -282,7 +291,8 @@ fn request_headers(
     Ok(headers)
 }
 
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+/// Reads at most [`MAX_BODY_BYTES`] of an answer's body.
+pub(crate) async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         let room = MAX_BODY_BYTES.saturating_sub(body.len());

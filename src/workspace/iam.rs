@@ -120,7 +120,7 @@ async fn request_token(http: &reqwest::Client, login: &PasswordLogin) -> Result<
     let status = response.status().as_u16();
     let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     let token = response.headers().get("x-subject-token").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let bytes = response.bytes().await.map_err(|e| transport(TransportKind::Body, format!("IAM token answer: {e}"), Some(status)))?;
+    let bytes = super::client::read_limited(response).await.map_err(|e| transport(TransportKind::Body, format!("IAM token answer: {e}"), Some(status)))?;
     if !(200..300).contains(&status) {
         let parsed = parse_error_body(&bytes);
         let request_id = request_id.or_else(|| parsed.request_id.clone());
