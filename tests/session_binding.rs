@@ -383,3 +383,71 @@ async fn the_sharding_component_refuses_moving_a_held_session_out_of_its_shard()
     Api::<ValidatingAdmissionPolicyBinding>::all(w.client.clone()).delete("workspace-assist-shard-label", &Default::default()).await.unwrap();
     Api::<ValidatingAdmissionPolicy>::all(w.client.clone()).delete("workspace-assist-shard-label", &Default::default()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_session_whose_invitation_cannot_be_written_still_counts_from_first_sight() {
+    use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+    let mut w = World::new("bind").await;
+    // An admission policy of this namespace refuses every invitation Secret.
+    let name = format!("no-invitations-{}", w.namespace);
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["secrets"] }],
+                "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": w.namespace } },
+            },
+            "validations": [{ "expression": "!has(object.metadata.labels) || !('workspace.assist.dev/invitation' in object.metadata.labels)", "message": "no invitations here" }],
+        },
+    }))
+    .unwrap();
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
+        "metadata": { "name": name }, "spec": { "policyName": name, "validationActions": ["Deny"] },
+    }))
+    .unwrap();
+    Api::<ValidatingAdmissionPolicy>::all(w.client.clone()).create(&Default::default(), &policy).await.unwrap();
+    Api::<ValidatingAdmissionPolicyBinding>::all(w.client.clone()).create(&Default::default(), &binding).await.unwrap();
+    let probes = std::sync::atomic::AtomicU32::new(0);
+    eventually(T, "the policy in force", || async {
+        let i = probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let probe: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({ "metadata": { "name": format!("probe-{i}"), "labels": { "workspace.assist.dev/invitation": "true" } } })).unwrap();
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(w.client.clone(), &w.namespace).create(&Default::default(), &probe).await.is_err()
+    })
+    .await;
+
+    w.start_operator(w.config());
+    let mut m = w.manifest("ra", "desk-quota");
+    m["spec"]["maxDuration"] = json!("4s");
+    w.create(m).await;
+    let ra = w.wait_for("ra", T, "the refused invitation recorded", |ra| condition_reason(ra, "Synced").as_deref() == Some("KubernetesApiError") || condition_reason(ra, "Synced").as_deref() == Some("KubernetesForbidden")).await;
+    let status = ra.status.as_ref().unwrap();
+    let held = status.session.clone().expect("the session is recorded though its invitation is not");
+    assert!(held.held_since.is_some() && status.expires_at.is_some(), "{status:?}");
+    assert!(status.invitation_secret_name.is_none());
+    // Its deadline holds all the same.
+    w.wait_for("ra", T, "Cancelled at its deadline", |ra| ra.status.as_ref().is_some_and(|s| s.deadline_exceeded_at.is_some())).await;
+    assert_eq!(w.sim.count(CANCEL, "desk-quota"), 1);
+    assert!(!w.sim.session(PROJECT, "desk-quota").unwrap().in_progress());
+    w.stop_operator().await;
+    Api::<ValidatingAdmissionPolicyBinding>::all(w.client.clone()).delete(&name, &Default::default()).await.unwrap();
+    Api::<ValidatingAdmissionPolicy>::all(w.client.clone()).delete(&name, &Default::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_secret_of_the_invitations_name_is_never_taken_over() {
+    let mut w = World::new("bind").await;
+    w.put_secret("ra-invitation", &[("mine", "keep me")]).await;
+    w.start_operator(w.config());
+    w.create(w.manifest("ra", "desk-taken")).await;
+    let ra = w.wait_for("ra", T, "InvitationSecretTaken", |ra| stalled_because(ra, "InvitationSecretTaken")).await;
+    assert!(ra.status.as_ref().unwrap().session.is_some(), "the session is held all the same");
+    let secret = w.secret("ra-invitation").await.unwrap();
+    assert_eq!(secret.data.as_ref().unwrap().keys().collect::<Vec<_>>(), vec!["mine"], "the user's Secret is untouched");
+    assert!(secret.metadata.owner_references.is_none());
+    w.delete("ra").await;
+    w.wait_gone("ra", T).await;
+    assert_eq!(w.sim.count(CANCEL, "desk-taken"), 1);
+    assert!(w.secret("ra-invitation").await.is_some(), "and it is not deleted with the resource");
+    w.stop_operator().await;
+}

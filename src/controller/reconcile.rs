@@ -242,11 +242,13 @@ impl<'a> Step<'a> {
         self.report_kubernetes_failure(result, Operation::CancelRemoteAssistance).await
     }
 
-    /// A Kubernetes API call a step needed failed: it shows on the resource (status and an
-    /// Event) like a cloud failure, not only in the log.
+    /// A failure a step returned without recording it (a Kubernetes API call it needed, the
+    /// invitation Secret's name taken, an unreadable TTL) shows on the resource (status and an
+    /// Event) like a cloud failure, not only in the log. A stale read and a paused deletion
+    /// are not failures.
     async fn report_kubernetes_failure(&mut self, result: Result<Action, Error>, operation: Operation) -> Result<Action, Error> {
         match result {
-            Err(error @ Error::Kubernetes(_)) if !self.reported => self.fail(error, operation, 0).await,
+            Err(error) if !self.reported && !matches!(error, Error::Stale | Error::Paused | Error::Kube(_)) => self.fail(error, operation, 0).await,
             other => other,
         }
     }
