@@ -154,11 +154,11 @@ pub fn parse_fault_rule(spec: &str) -> Result<FaultRule, String> {
         "omit" => Fault::OmitFields(get("fields").ok_or("kind=omit needs fields=NAME+NAME")?.split('+').map(str::to_string).collect()),
         other => {
             return Err(format!(
-                "kind {other:?} is not error, html, drop, drop-after-applying, session-started, foreign-404, delay or redirect"
+                "kind {other:?} is not error, html, drop, drop-after-applying, session-started, foreign-404, delay, redirect or omit"
             ));
         }
     };
-    let known = ["operation", "desktop", "times", "status", "code", "message", "kind", "delay", "location"];
+    let known = ["operation", "desktop", "times", "status", "code", "message", "kind", "delay", "location", "fields"];
     if let Some(k) = fields.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(format!("unknown key {k:?} (known: {})", known.join(", ")));
     }
