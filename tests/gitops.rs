@@ -73,7 +73,7 @@ async fn produce_objects() -> Vec<RemoteAssistance> {
 
     // A spec change the operator has not observed yet.
     w.stop_operator().await;
-    let mut unobserved = w.patch_spec("active", json!({ "endpoint": format!("{}/", w.sim.endpoint()) })).await.unwrap();
+    let mut unobserved = w.patch_spec("active", json!({ "maxDuration": "8h" })).await.unwrap();
     assert_ne!(unobserved.metadata.generation, unobserved.status.as_ref().unwrap().observed_generation);
     unobserved.metadata.name = Some("unobserved".into());
     objects.push(unobserved);

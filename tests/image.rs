@@ -28,13 +28,13 @@ const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// podman with storage of the test's own (vfs: no kernel overlay needed).
 fn podman(store: &Path) -> Command {
-    let mut c = Command::new("podman");
+    let mut c = Command::new(support::debian::tool("podman", "podman"));
     c.arg("--storage-driver").arg("vfs").arg("--root").arg(store.join("storage")).arg("--runroot").arg(store.join("run"));
     c
 }
 
 fn run(mut command: Command, what: &str) -> String {
-    let out = command.output().unwrap_or_else(|e| panic!("{what}: {e} (podman comes from Debian's podman package; .ci/run installs it)"));
+    let out = command.output().unwrap_or_else(|e| panic!("{what}: {e} (podman comes from Debian's podman package)"));
     assert!(out.status.success(), "{what} failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -25,12 +25,9 @@ fn read(path: &str) -> String {
 }
 
 fn promtool() -> PathBuf {
-    let found = Command::new("promtool").arg("--version").output();
-    assert!(
-        found.is_ok_and(|o| o.status.success()),
-        "promtool is needed to test the alert rules: install Debian's `prometheus` package (.ci/run does)"
-    );
-    PathBuf::from("promtool")
+    // Built from Prometheus's Go module (tests/promtool pins the version), like the control plane.
+    let harness = workspace_assist::devenv::control_plane::Harness::promtool(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("promtool"));
+    workspace_assist::devenv::control_plane::build_tool(&harness, "github.com/prometheus/prometheus/cmd/promtool", "promtool").unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn rule_groups() -> serde_yaml::Value {

@@ -142,10 +142,18 @@ impl Gates {
         self.entries.lock().expect("gates").remove(uid);
     }
 
-    /// Notes that the credentials Secret of `uid` changed (see [`Gate::SecretChanged`]).
+    /// Notes that the credentials Secret of `uid` changed (see [`Gate::SecretChanged`]). Noted
+    /// also when no failure is recorded yet: an attempt running now may fail with the old
+    /// data, and the reconcile this change queues must then compare the data, not wait out the
+    /// failure's recheck.
     pub fn secret_changed(&self, uid: &str) {
-        if let Some(e) = self.entries.lock().expect("gates").get_mut(uid) {
-            e.secret_changed = true;
+        let mut entries = self.entries.lock().expect("gates");
+        match entries.get_mut(uid) {
+            Some(e) => e.secret_changed = true,
+            None => {
+                let open = Entry { failures: 0, not_before: Instant::now(), trigger: Trigger::default(), credentials: None, secret_changed: true };
+                entries.insert(uid.to_string(), open);
+            }
         }
     }
 
@@ -217,6 +225,14 @@ mod tests {
         g.secret_changed("u");
         g.failed("u", trig.clone(), Some(7), true, &p, t0);
         assert!(matches!(g.check("u", &trig, t0), Gate::SecretChanged { recorded: Some(7), .. }), "the change survives the failure recorded after it");
+
+        // A change seen while the first attempt runs (nothing recorded yet) counts too.
+        let g = Gates::default();
+        g.secret_changed("first");
+        assert_eq!(g.check("first", &trig, t0 + Duration::from_millis(1)), Gate::Open, "nothing to wait for yet");
+        g.failed("first", trig.clone(), Some(7), true, &p, t0);
+        assert!(matches!(g.check("first", &trig, t0), Gate::SecretChanged { recorded: Some(7), .. }));
+        assert_eq!(g.failures("first"), 1);
         g.succeeded("u");
 
         g.failed("gone", trig.clone(), None, true, &p, t0);

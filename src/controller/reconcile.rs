@@ -769,7 +769,10 @@ impl<'a> Step<'a> {
 
     /// Remembers and announces a cancel the cloud confirmed.
     fn cancel_confirmed(&self, evidence: Evidence, request_id: Option<&str>, code: &str) -> Evidence {
-        info!(request_id = request_id.unwrap_or(""), code, evidence = evidence.reason(), "the cancel is confirmed");
+        match evidence {
+            Evidence::NothingToCancel => info!(request_id = request_id.unwrap_or(""), code, "nothing to cancel: the cloud has no remote assistance for this desktop"),
+            _ => info!(request_id = request_id.unwrap_or(""), "remote assistance cancelled"),
+        }
         self.ctx.recall.confirm_cancelled(&self.uid());
         let note = match evidence {
             Evidence::NothingToCancel => "The cloud has no remote assistance in progress for this desktop",

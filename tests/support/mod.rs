@@ -2,6 +2,7 @@
 //! namespace per test, and the project's CRDs installed and Established.
 #![allow(dead_code)]
 
+pub mod debian;
 pub mod operator;
 pub mod proxy;
 pub mod process;
