@@ -56,14 +56,17 @@ pub const RETRY_ANNOTATION: &str = "workspace.assist.dev/retry";
 #[x_kube(validation = Rule::new("has(self.region) || has(self.endpoint)").message("one of region or endpoint is required"))]
 #[serde(rename_all = "camelCase")]
 pub struct RemoteAssistanceSpec {
-    /// Huawei Cloud project ID that owns the desktop (1 to 255 characters). Immutable.
+    /// Huawei Cloud project ID that owns the desktop (1 to 255 characters, not "." or "..").
+    /// Immutable.
     #[schemars(length(min = 1, max = 255))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("projectId is immutable"))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("projectId cannot be . or .."))]
     pub project_id: String,
 
-    /// ID of the Workspace desktop to assist (1 to 255 characters). Immutable.
+    /// ID of the Workspace desktop to assist (1 to 255 characters, not "." or ".."). Immutable.
     #[schemars(length(min = 1, max = 255))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("desktopId is immutable"))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("desktopId cannot be . or .."))]
     pub desktop_id: String,
 
     /// Huawei Cloud region ID, for example cn-north-4. Selects the endpoint

@@ -58,12 +58,18 @@ async fn credentials_never_go_to_an_endpoint_the_operator_does_not_allow() {
         let message = &ra.status.as_ref().unwrap().last_error.as_ref().unwrap().error_message;
         assert!(message.as_deref().is_some_and(|m| m.contains("--allowed-endpoint")), "{name}: the message says how to allow it: {message:?}");
     }
-    // Deleting them is held too (a cancel would send the credentials there as well) ...
+    // Deleting them is held too (a cancel would send the credentials there as well): once the
+    // operator has acted on the deletion (its cancel attempt is recorded, which only a cleanup
+    // writes), the finalizer is still on and nothing reached the attacker.
     w.delete("token").await;
-    w.wait_for("token", T, "still Stalled while deleting", |ra| {
-        ra.metadata.deletion_timestamp.is_some() && condition_reason(ra, "Stalled").as_deref() == Some("EndpointNotAllowed")
-    })
-    .await;
+    let ra = w
+        .wait_for("token", T, "the deletion acted on", |ra| {
+            ra.metadata.deletion_timestamp.is_some()
+                && ra.status.as_ref().and_then(|s| s.last_error.as_ref()).is_some_and(|e| e.operation == "CancelRemoteAssistance")
+        })
+        .await;
+    assert_eq!(condition_reason(&ra, "Stalled").as_deref(), Some("EndpointNotAllowed"));
+    assert!(support::operator::has_finalizer(&ra), "the finalizer stays");
     assert_eq!(connections.load(Ordering::SeqCst), 0, "the attacker's server was never contacted");
     assert!(w.sim.requests().is_empty() && w.sim.token_refusals() == 0, "nothing was sent anywhere");
     w.stop_operator().await;

@@ -147,7 +147,14 @@ async fn bad_credentials_and_endpoints_stall_with_a_clear_reason_and_no_hot_loop
     config.backoff.needs_human_recheck = Duration::from_secs(600);
     let closed = workspace_assist::controller::endpoints::EndpointRule::parse(&format!("http://127.0.0.1:{closed_port}")).unwrap();
     config.endpoints.extra.push(closed);
-    w.start_operator(config);
+    let backoff = config.backoff;
+    let telemetry = workspace_assist::controller::Telemetry::default();
+    w.start_operator_with(config, telemetry.clone());
+    let started = std::time::Instant::now();
+    let unreachable_attempts = || -> usize {
+        let line = telemetry.metrics.render().lines().find(|l| l.starts_with("workspace_assist_reconciles_total{") && l.contains("result=\"error\"") && l.contains("reason=\"CloudUnreachable\"")).map(str::to_string);
+        line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+    };
     let cases: Vec<(&str, serde_json::Value, &str)> = vec![
         ("missing", json!({ "credentialsSecretRef": { "name": "does-not-exist" } }), "CredentialsSecretNotFound"),
         ("half", json!({ "credentialsSecretRef": { "name": "half" } }), "CredentialsInvalid"),
@@ -190,6 +197,10 @@ async fn bad_credentials_and_endpoints_stall_with_a_clear_reason_and_no_hot_loop
     let before = w.sim.count(Operation::ShowDesktopRemoteAssistanceInfo, "redirected");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(w.sim.count(Operation::ShowDesktopRemoteAssistanceInfo, "redirected"), before, "a redirect is not retried at once");
+    // The unreachable endpoint is retried, never sooner than the backoff allows.
+    let (attempts, bound) = (unreachable_attempts(), support::operator::attempts_within(&backoff, started.elapsed()));
+    println!("unreachable endpoint: {attempts} attempts in {:?} (the backoff allows at most {bound})", started.elapsed());
+    assert!(attempts >= 2 && attempts <= bound, "{attempts} attempts, at most {bound} allowed");
     for (name, _, reason) in &cases {
         support::operator::eventually(T, &format!("a {reason} Event for {name}"), || async { w.event_reasons(name, Some("Warning")).await.iter().any(|r| r == reason) }).await;
         let ra = w.api().get(name).await.unwrap();

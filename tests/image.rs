@@ -88,6 +88,7 @@ async fn the_image_leads_cancels_serves_health_and_metrics_and_stops_on_sigterm(
     assert_eq!(config["Cmd"], serde_json::json!(["run"]));
     let size = inspect["Size"].as_u64().unwrap();
     println!("image size: {:.1} MB ({size} bytes)", size as f64 / 1e6);
+    assert!(size <= 25_000_000, "the image is {:.1} MB, over its 25 MB target", size as f64 / 1e6);
 
     let w = World::new("image").await;
     let cp = support::control_plane::shared();

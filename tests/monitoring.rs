@@ -99,49 +99,61 @@ fn queryable(text: &str) -> BTreeMap<String, BTreeSet<String>> {
     series
 }
 
-/// Metric names and label names a PromQL expression uses (labels in matchers and in
-/// `by (…)`/`on (…)` clauses).
-fn names_in(expr: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+/// What a PromQL expression names: each metric with the labels of its own matchers
+/// (`metric{label=...}`), and the labels of its `by (…)`/`on (…)` clauses.
+struct Names {
+    selectors: Vec<(String, BTreeSet<String>)>,
+    grouping: BTreeSet<String>,
+}
+
+impl Names {
+    fn metrics(&self) -> BTreeSet<String> {
+        self.selectors.iter().map(|(m, _)| m.clone()).collect()
+    }
+}
+
+fn names_in(expr: &str) -> Names {
     let ident = |s: &str| s.trim().trim_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).to_string();
-    let mut metrics = BTreeSet::new();
-    let mut labels = BTreeSet::new();
-    let bytes: Vec<char> = expr.chars().collect();
+    let mut names = Names { selectors: Vec::new(), grouping: BTreeSet::new() };
+    let chars: Vec<char> = expr.chars().collect();
     let mut i = 0;
-    while i < bytes.len() {
-        let rest: String = bytes[i..].iter().collect();
+    while i < chars.len() {
+        let rest: String = chars[i..].iter().collect();
         if rest.starts_with("workspace_assist_") {
             let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             i += name.len();
-            metrics.insert(name);
-            continue;
-        }
-        if bytes[i] == '{' {
-            let inner: String = bytes[i + 1..].iter().take_while(|c| **c != '}').collect();
-            for matcher in inner.split(',') {
-                let label: String = matcher.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-                if !label.is_empty() {
-                    labels.insert(label);
+            let mut labels = BTreeSet::new();
+            if chars.get(i) == Some(&'{') {
+                let inner: String = chars[i + 1..].iter().take_while(|c| **c != '}').collect();
+                for matcher in inner.split(',') {
+                    let label: String = matcher.trim().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                    if !label.is_empty() {
+                        labels.insert(label);
+                    }
                 }
+                i += inner.len() + 2;
             }
-            i += inner.len() + 1;
+            names.selectors.push((name, labels));
             continue;
         }
         for keyword in ["by (", "on (", "by(", "on("] {
             if rest.starts_with(keyword) {
                 let inner: String = rest[keyword.len()..].chars().take_while(|c| *c != ')').collect();
-                labels.extend(inner.split(',').map(ident).filter(|l| !l.is_empty()));
+                names.grouping.extend(inner.split(',').map(ident).filter(|l| !l.is_empty()));
             }
         }
         i += 1;
     }
-    (metrics, labels)
+    names
 }
 
 #[test]
 fn the_query_reader_finds_metrics_and_labels() {
-    let (m, l) = names_in(r#"sum by (le, operation) (rate(workspace_assist_cloud_request_duration_seconds_bucket{job=~"$job",http_status!~"2.."}[5m]))"#);
-    assert_eq!(m, BTreeSet::from(["workspace_assist_cloud_request_duration_seconds_bucket".to_string()]));
-    assert_eq!(l, BTreeSet::from(["le".to_string(), "operation".to_string(), "job".to_string(), "http_status".to_string()]));
+    let n = names_in(r#"sum by (le, operation) (rate(workspace_assist_cloud_request_duration_seconds_bucket{job=~"$job",http_status!~"2.."}[5m])) / on (operation) workspace_assist_leader"#);
+    assert_eq!(n.metrics(), BTreeSet::from(["workspace_assist_cloud_request_duration_seconds_bucket".to_string(), "workspace_assist_leader".to_string()]));
+    assert_eq!(n.selectors[0].1, BTreeSet::from(["job".to_string(), "http_status".to_string()]), "matchers belong to their own metric");
+    assert!(n.selectors[1].1.is_empty());
+    assert_eq!(n.grouping, BTreeSet::from(["le".to_string(), "operation".to_string()]));
 }
 
 #[tokio::test]
@@ -191,16 +203,16 @@ async fn live_metrics_parse_as_openmetrics_and_the_dashboard_names_only_what_the
         let targets = panel["targets"].as_array().filter(|t| !t.is_empty()).unwrap_or_else(|| panic!("{title}: no query"));
         for target in targets {
             let expr = target["expr"].as_str().unwrap_or_else(|| panic!("{title}: a query without expr"));
-            let (metrics, labels) = names_in(expr);
-            assert!(!metrics.is_empty(), "{title}: {expr} names no metric of the operator");
-            for metric in &metrics {
+            let names = names_in(expr);
+            assert!(!names.selectors.is_empty(), "{title}: {expr} names no metric of the operator");
+            // job and instance come from Prometheus's scrape, not the exposition.
+            let scraped = |label: &str| ["job", "instance"].contains(&label);
+            for (metric, matchers) in &names.selectors {
                 let exported = series.get(metric).unwrap_or_else(|| panic!("{title}: {metric} is not exported; /metrics has {:?}", series.keys()));
-                for label in &labels {
-                    // job and instance come from Prometheus's scrape, not the exposition.
-                    assert!(
-                        exported.contains(label) || ["job", "instance"].contains(&label.as_str()) || metrics.iter().any(|m| series[m].contains(label)),
-                        "{title}: label {label} is not on {metric} ({exported:?})"
-                    );
+                // A matcher's label is on the metric it selects; a grouping label on every
+                // metric the expression aggregates.
+                for label in matchers.iter().chain(&names.grouping) {
+                    assert!(exported.contains(label) || scraped(label), "{title}: label {label} is not on {metric} ({exported:?}) in {expr}");
                 }
                 used.insert(metric.clone());
             }
@@ -217,11 +229,18 @@ async fn live_metrics_parse_as_openmetrics_and_the_dashboard_names_only_what_the
     ] {
         assert!(used.contains(needed), "the dashboard shows {needed}");
     }
-    // And the alert rules name only exported metrics too.
-    let rules = serde_yaml::to_string(&rule_groups()).unwrap();
-    let (metrics, _) = names_in(&rules);
-    for metric in metrics {
-        assert!(series.contains_key(&metric), "an alert uses {metric}, which is not exported");
+    // And the alert rules name only exported metrics and their labels too.
+    for group in rule_groups().as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let (alert, expr) = (rule["alert"].as_str().unwrap_or("?"), rule["expr"].as_str().unwrap());
+            let names = names_in(expr);
+            for (metric, matchers) in &names.selectors {
+                let exported = series.get(metric).unwrap_or_else(|| panic!("{alert} uses {metric}, which is not exported"));
+                for label in matchers.iter().chain(&names.grouping) {
+                    assert!(exported.contains(label) || ["job", "instance", "namespace", "pod"].contains(&label.as_str()), "{alert}: label {label} is not on {metric} in {expr}");
+                }
+            }
+        }
     }
     w.stop_operator().await;
 }

@@ -192,6 +192,11 @@ async fn a_leader_killed_mid_drain_loses_no_cancel() {
     }
     let deletes: usize = names.iter().map(|n| w.sim.count(CANCEL, n)).sum();
     println!("leader killed with {left} of {} resources left: {deletes} cloud DELETEs in all ({} duplicates)", names.len(), deletes - names.len());
+    // A killed leader's memory of confirmed cancels dies with it: the new leader sends again
+    // at most the cancels that were in flight or confirmed-but-not-released when it died, one
+    // per reconcile running then (--concurrency, 16 by default); each object at most twice.
+    assert!(names.iter().all(|n| (1..=2).contains(&w.sim.count(CANCEL, n))), "each object one or two cancels");
+    assert!(deletes - names.len() <= 16, "{} duplicates, more than the reconciles in flight", deletes - names.len());
     assert!(standby.logs().contains("became the leader"));
 }
 
@@ -265,8 +270,11 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_acts() {
     };
     support::operator::eventually(T, "the leader polling", || async { calls_by("op-a").len() > names.len() * 3 }).await;
 
-    // The leader loses the API server; resources are deleted meanwhile (only the new leader
-    // can see that).
+    // A slow cloud: the leader always has calls in flight. Then it loses the API server;
+    // resources are deleted meanwhile (only the new leader can see that).
+    let latency = Duration::from_millis(1500);
+    w.sim.set_latency(latency);
+    support::operator::eventually(T, "calls in flight", || async { w.sim.in_flight(Operation::ShowDesktopRemoteAssistanceInfo) > 0 }).await;
     proxy.cut();
     let cut_at = Instant::now();
     let (deleted, kept) = names.split_at(3);
@@ -293,6 +301,13 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_acts() {
         first_b.saturating_duration_since(cut_at)
     );
     assert!(last_a < first_b, "the deposed leader called the cloud after the new leader had started");
+    // Its calls whose answers would have come after the new leader's first call were cut off
+    // when its proof of leadership ran out: none of those answers reached it.
+    let late = calls_by("op-a").into_iter().filter(|at| *at + latency >= first_b).count();
+    let cut = a.logs().matches("cut off: this instance can no longer prove it is the leader").count();
+    println!("deposed leader: {late} calls whose answers would have come after the new leader's first call; {cut} cut off");
+    assert!(cut >= late, "{late} late answers, {cut} cut off:\n{}", a.logs());
+    assert!(cut > 0, "the calls in flight at the cut were cut off:\n{}", a.logs());
 }
 
 fn refs(v: &[String]) -> Vec<&str> {
@@ -348,10 +363,36 @@ async fn operators_on_disjoint_label_selectors_share_the_work_and_keep_their_own
         assert_eq!(spec.holder_identity.as_deref(), Some(holder), "each keeps its own Lease");
     }
     assert!(a.get("/metrics").await.1.contains("workspace_assist_leader 1") && b.get("/metrics").await.1.contains("workspace_assist_leader 1"));
-    // Deleting is handled by the owner too.
-    w.delete("b-0").await;
-    w.wait_gone("b-0", T).await;
-    assert!(w.sim.requests().iter().filter(|r| r.desktop_id == "b-0" && r.operation == Some(CANCEL)).all(|r| r.user_agent.ends_with("(op-b)")));
+    // Neither shard has the other's objects in its cache (so it can write nothing to them:
+    // no finalizer, no status), as its own gauge counts them.
+    for op in [&a, &b] {
+        support::operator::eventually(T, "each shard counting its own two", || async {
+            op.get("/metrics").await.1.lines().any(|l| l == "workspace_assist_resources{phase=\"Active\"} 2")
+        })
+        .await;
+    }
+    // Deleting is handled by the owner: exactly one cancel per object, from its own shard.
+    for n in names {
+        w.delete(n).await;
+    }
+    for n in names {
+        w.wait_gone(n, T).await;
+        let cancels: Vec<String> = w.sim.requests().iter().filter(|r| r.desktop_id == n && r.operation == Some(CANCEL)).map(|r| r.user_agent.clone()).collect();
+        let owner = format!("(op-{})", &n[..1]);
+        assert!(cancels.len() == 1 && cancels[0].ends_with(&owner), "{n}: one cancel, by {owner}: {cancels:?}");
+        assert!(!w.sim.session(PROJECT, n).unwrap().in_progress(), "{n}: its session is closed");
+    }
+    // Every Event about an object came from its own shard.
+    let events: Api<Event> = Api::namespaced(w.client.clone(), &w.namespace);
+    let events = events.list(&ListParams::default()).await.unwrap().items;
+    for n in names {
+        let owner = format!("op-{}", &n[..1]);
+        let about: Vec<_> = events.iter().filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(n)).collect();
+        assert!(!about.is_empty(), "{n}: Events were published");
+        for e in about {
+            assert_eq!(e.reporting_instance.as_deref(), Some(owner.as_str()), "{n}: an Event from the other shard: {:?}", e.reason);
+        }
+    }
 }
 
 #[tokio::test]

@@ -14,7 +14,10 @@ use workspace_assist::resource::{Phase, RemoteAssistance};
 use workspace_assist::workspace::Operation;
 
 const OUTAGE: Duration = Duration::from_secs(30);
-const RECOVERY: Duration = Duration::from_secs(60);
+/// How long the test waits for the work to complete before it calls the operator stuck: a
+/// guard against a hang, not a performance bound (the recovery time is printed; it is usually
+/// about 14 s).
+const RECOVERY: Duration = Duration::from_secs(300);
 const CANCEL: Operation = Operation::CancelRemoteAssistance;
 
 fn phase_is(phase: Phase) -> impl Fn(&RemoteAssistance) -> bool {
@@ -87,8 +90,8 @@ async fn outage(extra_args: &[&str]) {
     for n in &kept[..3] {
         w.patch_spec(n, serde_json::json!({ "cancelled": true })).await.unwrap();
     }
-    // Within a minute of the control plane's return (about 14 s is usual; a watch left
-    // unpolled while backing off once made it 80-100 s).
+    // The work completes once the control plane is back (a watch left unpolled while backing
+    // off once made it take 80-100 s instead of about 14).
     for n in deleted {
         w.wait_gone(n, RECOVERY).await;
     }
@@ -98,7 +101,9 @@ async fn outage(extra_args: &[&str]) {
     let recovered = restarted.elapsed();
     for n in deleted.iter().chain(&kept[..3]) {
         assert!(!w.sim.session(PROJECT, n).unwrap().in_progress(), "{n}: cancelled in the cloud");
-        assert!(w.sim.count(CANCEL, n) >= 1, "{n}: at least one cancel");
+        // A cancel the cloud confirmed while the API server was away is remembered (Recall):
+        // never sent again.
+        assert_eq!(w.sim.count(CANCEL, n), 1, "{n}: exactly one cancel");
     }
     for n in &kept[3..] {
         assert_eq!(w.sim.count(CANCEL, n), 0, "{n}: left alone");
@@ -113,7 +118,8 @@ async fn outage(extra_args: &[&str]) {
         restarted.duration_since(outage_started)
     );
     operator.signal("-TERM");
-    operator.wait(Duration::from_secs(30)).await;
+    let status = operator.wait(Duration::from_secs(30)).await;
+    assert!(status.success(), "a clean exit after SIGTERM: {status}\n{}", operator.logs());
     w.stop_operator().await;
     tokio::task::spawn_blocking(move || cp.stop()).await.unwrap();
 }

@@ -29,7 +29,13 @@ async fn many_resources_on_one_wrong_key_make_one_failed_call() {
     w.put_secret(SECRET, &[("accessKeyId", AK), ("secretAccessKey", "a-wrong-secret-key")]).await;
     let mut config = w.config();
     config.unauthenticated_hold = Duration::from_secs(600);
-    w.start_operator(config);
+    let telemetry = workspace_assist::controller::Telemetry::default();
+    w.start_operator_with(config, telemetry.clone());
+    // Reconciles by result, from the operator's own metrics.
+    let reconciles = |result: &str| -> u64 {
+        let prefix = format!("workspace_assist_reconciles_total{{result=\"{result}\"");
+        telemetry.metrics.render().lines().filter(|l| l.starts_with(&prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+    };
     let names: Vec<String> = (0..30).map(|i| format!("bad-key-{i}")).collect();
     for n in &names {
         w.create(w.manifest(n, n)).await;
@@ -43,7 +49,12 @@ async fn many_resources_on_one_wrong_key_make_one_failed_call() {
     // A metadata-only change of the Secret (a label, like the operator's own pin) re-drives
     // nothing: its data is the same.
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.namespace);
+    let (attempts, held) = (reconciles("error"), reconciles("backoff"));
     secrets.patch(SECRET, &PatchParams::default(), &Patch::Merge(json!({ "metadata": { "labels": { "touched": "yes" } } }))).await.unwrap();
+    // The operator saw the change (each user of the Secret is looked at, and held back) and
+    // attempted nothing.
+    support::operator::eventually(T, "every user of the Secret looked at", || async { reconciles("backoff") >= held + names.len() as u64 }).await;
+    assert_eq!(reconciles("error"), attempts, "a metadata-only change re-drove an attempt");
     // A retry asked for on one resource shows the operator is awake; it is withheld too.
     w.annotate(&names[0], json!({ "workspace.assist.dev/retry": "1" })).await;
     w.wait_for(&names[0], T, "withheld again", |ra| {

@@ -253,6 +253,12 @@ async fn the_admins_cap_holds_for_a_paused_resource_and_an_unparseable_duration_
     let mut m = w.manifest("huge", "desk-huge");
     m["spec"]["maxDuration"] = json!("876001h");
     assert!(w.api().create(&Default::default(), &serde_json::from_value(m).unwrap()).await.is_err(), "beyond 100 years");
+    // Nor an ID a URL would collapse (the path sent would not be the path signed).
+    for id in [".", ".."] {
+        let m = w.manifest("dots", id);
+        let refused = w.api().create(&Default::default(), &serde_json::from_value(m).unwrap()).await.expect_err("refused");
+        assert!(refused.to_string().contains("desktopId cannot be . or .."), "{refused}");
+    }
 
     let mut config = w.config();
     config.limits.max_duration = Some(Duration::from_secs(6));

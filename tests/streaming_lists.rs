@@ -19,8 +19,17 @@ fn phase_is(phase: Phase) -> impl Fn(&RemoteAssistance) -> bool {
     move |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(phase)
 }
 
+/// The API server's request counts are shared by the tests of this binary on its control plane:
+/// the tests that compare them run one at a time.
+static COUNTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn lists(r: &bench::Requests, resource: &str) -> f64 {
+    r.get(&format!("LIST {resource}")).copied().unwrap_or(0.0)
+}
+
 #[tokio::test]
 async fn a_server_with_streaming_lists_is_found_to_have_them_and_the_operator_uses_them() {
+    let _counting = COUNTING.lock().await;
     let mut w = World::new("watchlist").await;
     assert!(streaming_lists::supported(&w.api()).await, "Kubernetes 1.36 streams initial lists by default");
     assert!(streaming_lists::supported(&Api::<RemoteAssistance>::all(w.client.clone())).await, "also cluster-wide");
@@ -28,8 +37,14 @@ async fn a_server_with_streaming_lists_is_found_to_have_them_and_the_operator_us
     // By default: a resource that exists before the start comes from the streaming list.
     w.create(w.manifest("before", "desktop-streamed")).await;
     assert!(w.config().streaming_lists, "streaming lists are the default");
+    let before = bench::apiserver_requests(&w.client).await.unwrap();
     w.start_operator(w.config());
     w.wait_for("before", Duration::from_secs(60), "Active", phase_is(Phase::Active)).await;
+    // The API server's own counts: the watches started without a plain LIST.
+    let after = bench::apiserver_requests(&w.client).await.unwrap();
+    for resource in ["remoteassistances", "secrets"] {
+        assert_eq!(lists(&after, resource), lists(&before, resource), "a plain LIST of {resource}: {before:?} -> {after:?}");
+    }
     w.delete("before").await;
     w.wait_gone("before", Duration::from_secs(60)).await;
     assert_eq!(w.sim.count(Operation::CancelRemoteAssistance, "desktop-streamed"), 1, "one cancel");
@@ -38,8 +53,9 @@ async fn a_server_with_streaming_lists_is_found_to_have_them_and_the_operator_us
 
 #[tokio::test]
 async fn opted_out_the_watches_start_with_a_plain_list() {
+    let _counting = COUNTING.lock().await;
     let mut w = World::new("no-streaming").await;
-    let lists = |r: &bench::Requests| r.get("LIST remoteassistances").copied().unwrap_or(0.0);
+    let lists = |r: &bench::Requests| lists(r, "remoteassistances");
     let before = bench::apiserver_requests(&w.client).await.unwrap();
     w.start_operator(controller::Config { streaming_lists: false, ..w.config() });
     w.create(w.manifest("ra", "desktop-ra")).await;

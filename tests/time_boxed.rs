@@ -47,17 +47,26 @@ async fn a_session_is_cancelled_when_its_maximum_duration_has_passed() {
     w.create(boxed(&w, "short", "3s")).await;
     let ra = w.wait_for("short", T, "Active", active).await;
     assert_eq!(expires_at(&ra), created(&w, "short") + jiff::SignedDuration::from_secs(3), "counted from the cloud's create_time");
+    let deadline = expires_at(&ra);
     let ra = w.wait_for("short", T, "Cancelled at its deadline", cancelled_at_deadline).await;
     let status = ra.status.unwrap();
-    assert!(status.deadline_exceeded_at.is_some() && status.expires_at.is_none() && status.finished_at.is_some());
+    assert!(status.deadline_exceeded_at.as_ref().is_some_and(|t| t.0 >= deadline), "not before its deadline: {:?} < {deadline}", status.deadline_exceeded_at);
+    let cancel = w.sim.sent_cancels().into_iter().find(|c| c.desktop_id == "short").expect("the cancel");
+    assert!(jiff::Timestamp::try_from(cancel.received_at).unwrap() >= deadline, "the cancel reached the cloud no sooner than the deadline");
+    assert!(status.expires_at.is_none() && status.finished_at.is_some());
     assert!(!w.sim.session(PROJECT, "short").unwrap().in_progress(), "the cloud session is cancelled");
     eventually(T, "an Event DeadlineExceeded", || async { w.event_reasons("short", Some("Normal")).await.contains(&"DeadlineExceeded".to_string()) }).await;
     assert!(w.secret("short-invitation").await.is_none(), "the session's secret parts are gone");
     assert_eq!(w.sim.count(Operation::CancelRemoteAssistance, "short"), 1);
 
-    // Finished: a later change of the spec does not start a new session, and deleting it
-    // needs no second cancel.
+    // Finished: a later change does not start a new session (counted after several polls of
+    // another resource at the same interval), and deleting it needs no second cancel.
     w.annotate("short", json!({ "workspace.assist.dev/retry": "1" })).await;
+    w.create(w.manifest("ticker", "ticker")).await;
+    w.wait_for("ticker", T, "Active", active).await;
+    let ticks = w.sim.count(Operation::ShowDesktopRemoteAssistanceInfo, "ticker");
+    eventually(T, "four polls of the ticker", || async { w.sim.count(Operation::ShowDesktopRemoteAssistanceInfo, "ticker") >= ticks + 4 }).await;
+    assert_eq!(w.sim.count(Operation::CreateRemoteAssistance, "short"), 1, "no new session for a finished object");
     w.wait_for("short", T, "still Cancelled", cancelled_at_deadline).await;
     w.delete("short").await;
     w.wait_gone("short", T).await;
@@ -168,8 +177,10 @@ async fn finished_resources_are_deleted_after_their_ttl_without_another_cancel()
     w.create(m).await;
     w.wait_for("done", T, "Active", active).await;
     w.patch_spec("done", json!({ "cancelled": true })).await.unwrap();
-    w.wait_for("done", T, "Cancelled", |ra| phase(ra) == Some(Phase::Cancelled)).await;
+    let ra = w.wait_for("done", T, "Cancelled", |ra| phase(ra) == Some(Phase::Cancelled) && ra.status.as_ref().is_some_and(|s| s.finished_at.is_some())).await;
+    let finished = ra.status.unwrap().finished_at.unwrap().0;
     w.wait_gone("done", T).await;
+    assert!(jiff::Timestamp::now() >= finished + jiff::SignedDuration::from_secs(2), "not deleted before finishedAt + ttlAfterFinished");
     assert_eq!(w.sim.count(Operation::CancelRemoteAssistance, "done"), 1, "deleted without a second cancel");
 
     // A long TTL shortened later counts from the same finish time: deleted at once.

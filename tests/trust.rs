@@ -166,6 +166,24 @@ async fn a_desktop_that_does_not_exist_is_stalled_and_deleting_it_needs_no_cance
     assert_eq!(w.sim.count(CREATE, "desk-missing"), 0, "no create for a desktop the cloud does not know");
     w.delete("ra").await;
     w.wait_gone("ra", T).await;
+    // What the code promises: one cancel, whose Workspace 404 is the evidence.
+    assert_eq!(w.sim.count(CANCEL, "desk-missing"), 1);
+
+    // The same, when that cancel meets something in between (a proxy's 404): not evidence; the
+    // finalizer stays until the cloud itself answers.
+    w.sim.remove_desktop(PROJECT, "desk-missing-2");
+    w.create(w.manifest("ra2", "desk-missing-2")).await;
+    w.wait_for("ra2", T, "Stalled", |ra| condition_reason(ra, "Stalled").as_deref() == Some("DesktopNotFound")).await;
+    w.sim.inject(FaultRule::new("desk-missing-2", CANCEL, vec![Fault::foreign_json_404()]));
+    w.delete("ra2").await;
+    let ra = w
+        .wait_for("ra2", T, "the proxy's 404 recorded", |ra| {
+            ra.status.as_ref().and_then(|s| s.last_error.as_ref()).is_some_and(|e| e.operation == "CancelRemoteAssistance" && e.error_code.as_deref() == Some("404"))
+        })
+        .await;
+    assert!(has_finalizer(&ra), "a foreign 404 keeps the finalizer on");
+    w.wait_gone("ra2", T).await;
+    assert_eq!(w.sim.count(CANCEL, "desk-missing-2"), 2, "retried until the cloud's own 404");
     w.stop_operator().await;
 }
 

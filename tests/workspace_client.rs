@@ -305,3 +305,18 @@ async fn the_environments_proxy_is_never_used_only_the_configured_one() {
         }
     }
 }
+
+#[tokio::test]
+async fn dot_segment_ids_are_never_sent() {
+    // A URL collapses "." and "..": the request would reach another path than the one signed.
+    let sim = Simulator::start().await.unwrap();
+    sim.add_access_key("AKTEST", "sk-test-secret");
+    let creds = aksk("AKTEST", "sk-test-secret");
+    for id in [".", ".."] {
+        let t = target(&sim, id);
+        let refused = client().cancel(&t, &creds).await.expect_err("refused");
+        assert!(matches!(refused, CloudError::Request { .. }), "{id:?}: {refused:?}");
+        assert_eq!(disposition(&refused), Disposition::NeedsHuman(HumanReason::InvalidRequest));
+    }
+    assert!(sim.requests().is_empty(), "nothing was sent");
+}

@@ -233,6 +233,19 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_duration_is_reported_before_any_call() {
+        let mut ra = held(Some("99999999999h"), None);
+        assert!(validate(&ra).unwrap_err().starts_with("spec.maxDuration: "));
+        ra.spec.max_duration = Some("2h".into());
+        ra.spec.ttl_after_finished = Some("1d".into());
+        assert!(validate(&ra).unwrap_err().starts_with("spec.ttlAfterFinished: "));
+        ra.spec.ttl_after_finished = Some("876000h".into());
+        assert_eq!(validate(&ra), Ok(()), "the CRD's bound is the parser's");
+        ra.spec.ttl_after_finished = Some("876001h".into());
+        assert!(validate(&ra).is_err());
+    }
+
+    #[test]
     fn an_invalid_spec_never_turns_the_admins_cap_off() {
         let limits = Limits { max_duration: Some(Duration::from_secs(3600)), ..Limits::default() };
         let ra = held(Some("99999999999h"), None);

@@ -674,14 +674,9 @@ impl<'a> Step<'a> {
         self.ctx.timers.clear(&self.uid());
         self.ctx.delete_invitation_secret(&self.ra).await?;
         let now = Time(jiff::Timestamp::now());
-        let expired = self.ra.status.as_ref().and_then(|s| s.expires_at.clone());
         self.write(&Conclusion::DeadlineExceeded, calls, |s| {
             s.invitation_secret_name = None;
-            // Never before the deadline it records, whatever the clocks did.
-            s.deadline_exceeded_at = Some(match expired {
-                Some(at) if at.0 > now.0 => at,
-                _ => now,
-            });
+            s.deadline_exceeded_at = Some(now);
             if let Some(a) = s.assistance.as_mut() {
                 a.status = Some(crate::workspace::models::STATUS_CLOSE.to_string());
             }

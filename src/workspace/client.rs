@@ -190,6 +190,13 @@ impl WorkspaceClient {
     }
 
     async fn call(&self, operation: Operation, target: &Target, credentials: &Credentials) -> Result<RawAnswer, CloudError> {
+        // A URL collapses "." and ".." segments: the path sent would not be the path signed,
+        // nor the desktop meant.
+        for (what, id) in [("project ID", &target.project_id), ("desktop ID", &target.desktop_id)] {
+            if id == "." || id == ".." || id.is_empty() {
+                return Err(CloudError::Request { operation, message: format!("the {what} {id:?} is not an ID") });
+            }
+        }
         let url = target.url();
         let headers = request_headers(operation, target, &url, credentials, jiff::Timestamp::now())?;
         let response = self
