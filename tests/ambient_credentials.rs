@@ -143,9 +143,13 @@ async fn pod_identity_end_to_end_with_rotation_refresh_and_revocation() {
     // The kubelet rotates the token (here: the ServiceAccount is recreated, so the old token no
     // longer passes a TokenReview): the operator reads the file again on the next fetch.
     let sas: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.namespace);
+    let old_token = std::fs::read_to_string(&file).unwrap();
     sas.delete(OPERATOR_SA, &DeleteParams::default()).await.unwrap();
     create_service_account(&w, OPERATOR_SA).await;
     write_token(&file, &request_token(&w, OPERATOR_SA, POD_IDENTITY_AUDIENCE).await);
+    // Only once the old token is refused does a fetch tell whether the file was read again
+    // (the API server's ServiceAccount cache accepts it for a moment after the deletion).
+    eventually(T, "the old token is refused", || async { workspace_assist::simulator::identity::review(&w.client, &old_token, POD_IDENTITY_AUDIENCE).await.is_err() }).await;
     w.sim.expire_temporary_credentials();
     create_and_wait_active(&w, "pod-after-rotation").await;
     assert_eq!(w.sim.temporary_credentials_issued("pod-identity"), 3);

@@ -123,10 +123,10 @@ async fn secrets_never_reach_logs_events_or_status() {
         secrets.push(s.share_space_passwd.clone());
         secrets.push(format!("/s/{}?code=", s.share_space_id));
     }
+    secrets.extend(support::session_secrets(&w.sim));
+    // Each as it is, base64-encoded, and as a Debug of its bytes.
     for (what, text) in [("logs", &logs), ("Events", &events), ("status", &statuses), ("metrics", &metrics)] {
-        for secret in &secrets {
-            assert!(!text.contains(secret.as_str()), "a secret value appears in the {what}");
-        }
+        assert_eq!(support::leaked(text, &secrets), None, "a secret value appears in the {what}");
         assert!(!text.contains("share.example.com/s/") && !text.contains("share.example.internal/s/"), "a share link appears in the {what}");
     }
 }
@@ -135,4 +135,75 @@ async fn secrets_never_reach_logs_events_or_status() {
 fn sigterm(pid: i32) {
     let ok = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success();
     assert!(ok, "kill -TERM {pid}");
+}
+
+/// The operator's own identity (CCE pod identity here): its ServiceAccount token and the
+/// temporary credentials issued for it never appear either, also at trace level.
+#[tokio::test]
+async fn the_operators_own_identity_never_reaches_logs_events_status_or_metrics() {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    const AUDIENCE: &str = "pod-identity.workspace.sim";
+    let w = World::new("leaks-ambient").await;
+    let sas: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.namespace);
+    sas.create(&Default::default(), &serde_json::from_value(json!({ "metadata": { "name": "workspace-assist" } })).unwrap()).await.unwrap();
+    let request = TokenRequest { spec: Some(TokenRequestSpec { audiences: Some(vec![AUDIENCE.into()]), expiration_seconds: Some(3600), bound_object_ref: None }), ..Default::default() };
+    let sa_token = sas.create_token_request("workspace-assist", &Default::default(), &request).await.unwrap().status.and_then(|s| s.token).expect("a token");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &sa_token).unwrap();
+    w.sim.trust_kubernetes(w.client.clone());
+    w.sim.enable_pod_identity(AUDIENCE, &[&format!("{}/workspace-assist", w.namespace)]);
+    // Short-lived credentials: fetched again during the run, so several are issued.
+    w.sim.set_temporary_lifetime(Duration::from_secs(4));
+
+    let cp = support::control_plane::shared();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", support::process::free_port()).parse().unwrap();
+    let mut command = tokio::process::Command::new(support::process::BIN);
+    command
+        .args(["run", "--namespace", &w.namespace, "--log-level", "trace", "--leader-elect", "false", "--ambient-credentials", "pod-identity"])
+        .args(["--default-credentials-namespaces", &format!("kubernetes.io/metadata.name={}", w.namespace)])
+        .args(["--metrics-address", &metrics.to_string(), "--allowed-endpoint", &w.sim.endpoint(), "--poll-interval", "1s"])
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("HC_CONTAINER_CREDENTIALS_FULL_URI", w.sim.pod_identity_uri())
+        .env("HC_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token_file);
+    let mut operator = support::process::OperatorProcess::start(command, metrics);
+
+    let names = ["own-0", "own-1", "own-2"];
+    for n in names {
+        let mut m = w.manifest(n, n);
+        m["spec"].as_object_mut().unwrap().remove("credentialsSecretRef");
+        w.create(m).await;
+    }
+    let mut statuses = Vec::new();
+    for n in names {
+        statuses.push(w.wait_for(n, T, "Active", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)).await);
+    }
+    // Past the credentials' lifetime: polls need new ones.
+    support::operator::eventually(T, "credentials fetched again", || async { w.sim.temporary_credentials_issued("pod-identity") >= 2 }).await;
+    for n in names {
+        w.delete(n).await;
+    }
+    for n in names {
+        w.wait_gone(n, T).await;
+    }
+    let metrics_text = operator.get("/metrics").await.1;
+    assert!(metrics_text.contains("workspace_assist_cloud_requests_total"), "/metrics was read");
+    operator.signal("-TERM");
+    let status = operator.wait(T).await;
+    assert!(status.success(), "the operator exited with {status}");
+    let logs = operator.logs();
+    assert!(logs.contains("fetched temporary credentials"), "the logs are captured (trace level)");
+
+    let events: Api<Event> = Api::namespaced(w.client.clone(), &w.namespace);
+    let events = serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap();
+    let statuses = serde_json::to_string(&statuses).unwrap();
+    let mut secrets = vec![sa_token];
+    let issued = w.sim.issued_temporary_secrets();
+    assert!(issued.len() >= 4, "the simulator reports what it issued");
+    secrets.extend(issued);
+    secrets.extend(support::session_secrets(&w.sim));
+    for (what, text) in [("logs", &logs), ("Events", &events), ("status", &statuses), ("metrics", &metrics_text)] {
+        assert_eq!(support::leaked(text, &secrets), None, "a secret value appears in the {what}");
+    }
 }

@@ -68,6 +68,8 @@ pub struct Identities {
     pub lifetime: Option<Duration>,
     /// Temporary credentials issued, by source.
     pub issued: HashMap<&'static str, usize>,
+    /// The secret parts (secret key, security token) of every temporary credential issued.
+    pub issued_secrets: Vec<String>,
     /// Requests refused, by source.
     pub refused: HashMap<&'static str, usize>,
 }

@@ -146,6 +146,9 @@ struct State {
     random_faults: Option<(f64, Vec<Fault>)>,
     latency: Duration,
     omitted_fields: Vec<String>,
+    /// Every session ever started, also those a later one replaced (their secrets must never
+    /// leak either).
+    history: Vec<Session>,
     requests: Vec<RecordedRequest>,
     identities: identity::Identities,
 }
@@ -312,6 +315,12 @@ impl Simulator {
         self.with(|s| s.identities.refused.get(source).copied().unwrap_or(0))
     }
 
+    /// The secret keys and security tokens of every temporary credential issued (to scan for
+    /// leaks).
+    pub fn issued_temporary_secrets(&self) -> Vec<String> {
+        self.with(|s| s.identities.issued_secrets.clone())
+    }
+
     /// Makes every temporary credential issued so far expired (401 from now on).
     pub fn expire_temporary_credentials(&self) {
         let past = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
@@ -321,8 +330,17 @@ impl Simulator {
     /// Starts a session for a desktop as if its user had asked for assistance.
     pub fn open_session(&self, project_id: &str, desktop_id: &str) -> Session {
         let session = Session::new("ENDUSER_INITIATE");
-        self.with(|s| s.sessions.insert((project_id.into(), desktop_id.into()), session.clone()));
+        self.with(|s| {
+            s.history.push(session.clone());
+            s.sessions.insert((project_id.into(), desktop_id.into()), session.clone())
+        });
         session
+    }
+
+    /// Every session ever started on any desktop, in order (a desktop's later session replaces
+    /// its earlier one in [`Simulator::session`], not here).
+    pub fn all_sessions(&self) -> Vec<Session> {
+        self.with(|s| s.history.clone())
     }
 
     /// Leaves these fields out of every Create and Show answer from now on (all of them are
@@ -514,7 +532,11 @@ async fn decide(
         }
         Some(Fault::SessionStartedMeanwhile) => {
             // The desktop's user asks for assistance just before this request lands.
-            state.lock().unwrap().sessions.insert((project_id.clone(), desktop_id.clone()), Session::new("ENDUSER_INITIATE"));
+            let session = Session::new("ENDUSER_INITIATE");
+            let mut s = state.lock().unwrap();
+            s.history.push(session.clone());
+            s.sessions.insert((project_id.clone(), desktop_id.clone()), session);
+            drop(s);
             let response = serve(state, operation, &project_id, &desktop_id);
             return Outcome { response: Some(response), authenticated: true, faulted: true };
         }
@@ -591,6 +613,7 @@ fn serve_omitting(state: &Arc<Mutex<State>>, operation: Operation, project_id: &
                 "desktop_id": desktop_id,
                 "initiator_type": session.initiator_type,
             });
+            s.history.push(session.clone());
             s.sessions.insert(key, session);
             json_response(200, &body)
         }
@@ -676,6 +699,7 @@ async fn serve_identity(state: &Arc<Mutex<State>>, parts: &http::request::Parts,
             let (ak, sk, token) = issued.clone();
             s.aksk.insert(ak, AkSk { secret_key: sk, security_token: Some(token), expires_at: Some(expires_at) });
             *s.identities.issued.entry(source).or_default() += 1;
+            s.identities.issued_secrets.extend([issued.1.clone(), issued.2.clone()]);
             json_response(200, &identity::credential_body(source, &issued, expires_at))
         }
         Err((status, code, message)) => {

@@ -103,3 +103,22 @@ pub async fn install_project_crds(client: &Client) {
         install_crd(client, &crd).await;
     }
 }
+
+/// The forms in which a secret value could show up in text: as it is, base64-encoded (as in a
+/// Secret's data), and as a `Debug` of its bytes.
+pub fn secret_forms(secret: &str) -> Vec<String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    vec![secret.to_string(), b64.encode(secret), b64.encode(secret).trim_end_matches('=').to_string(), format!("{:?}", secret.as_bytes())]
+}
+
+/// The first form of any of `secrets` found in `text` (None: no leak).
+pub fn leaked<'a>(text: &str, secrets: impl IntoIterator<Item = &'a String>) -> Option<String> {
+    secrets.into_iter().flat_map(|s| secret_forms(s)).find(|form| text.contains(form.as_str()))
+}
+
+/// The secret values of every session the simulator ever started: the invitation code, the
+/// share space password and the share links' secret part.
+pub fn session_secrets(sim: &workspace_assist::simulator::Simulator) -> Vec<String> {
+    sim.all_sessions().into_iter().flat_map(|s| [s.invitation_code, s.share_space_passwd, format!("/s/{}?code=", s.share_space_id)]).collect()
+}
