@@ -46,6 +46,8 @@ pub struct Harness {
     pub source_dir: PathBuf,
     /// Where the built binary and its fingerprint are kept.
     pub build_dir: PathBuf,
+    /// Go build tags.
+    pub tags: Vec<String>,
 }
 
 impl Harness {
@@ -54,13 +56,19 @@ impl Harness {
         Harness {
             source_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("control-plane"),
             build_dir: build_dir.into(),
+            tags: Vec::new(),
         }
     }
 
     /// The Go module `tests/promtool`, which pins Prometheus's promtool, built into
-    /// `build_dir`.
+    /// `build_dir` without the service-discovery plugins (`remove_all_sd`: the rule checks
+    /// and unit tests need none, and they are most of its build).
     pub fn promtool(build_dir: impl Into<PathBuf>) -> Harness {
-        Harness { source_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("promtool"), build_dir: build_dir.into() }
+        Harness {
+            source_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("promtool"),
+            build_dir: build_dir.into(),
+            tags: vec![PROMTOOL_TAGS.to_string()],
+        }
     }
 }
 
@@ -176,8 +184,12 @@ pub fn build(harness: &Harness) -> Result<PathBuf, String> {
     build_tool(harness, ".", "control-plane")
 }
 
-/// Builds the Go package `package` (relative to the harness module, e.g. `./cmd/kubectl`) into
-/// `name` in the build directory, unless its sources are unchanged since the last build.
+/// The Go build tags of promtool (`.ci/run` builds it with the same).
+pub const PROMTOOL_TAGS: &str = "remove_all_sd";
+
+/// Builds the Go package `package` (relative to the harness module, e.g. `./cmd/kubectl`, or a
+/// package of one of its dependencies) into `name` in the build directory, unless its sources
+/// are unchanged since the last build.
 pub fn build_tool(harness: &Harness, package: &str, name: &str) -> Result<PathBuf, String> {
     // Tests of one binary run on several threads: one build at a time in this process (the
     // others then find it built), and a temporary file of its own for each build.
@@ -188,7 +200,7 @@ pub fn build_tool(harness: &Harness, package: &str, name: &str) -> Result<PathBu
     std::fs::create_dir_all(out_dir).map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
     let binary = out_dir.join(name);
     let stamp = out_dir.join(format!("{name}.fingerprint"));
-    let fingerprint = source_fingerprint(src, &src.join(package))?;
+    let fingerprint = format!("{}{}", source_fingerprint(src, &src.join(package))?, harness.tags.join(","));
     if binary.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(fingerprint.as_str()) {
         return Ok(binary);
     }
@@ -197,7 +209,7 @@ pub fn build_tool(harness: &Harness, package: &str, name: &str) -> Result<PathBu
     let version = Command::new(&go).arg("version").output();
     if !matches!(&version, Ok(o) if o.status.success()) {
         return Err(format!(
-            "building {name} needs Go (1.26 or newer) to build tests/control-plane, and `{}` could not be \
+            "building {name} needs Go (1.26.7 or newer) to build it from its Go module, and `{}` could not be \
              run: install Go from your distribution or go.dev and make sure `go` is on PATH (or set GO=/path/to/go)",
             go.to_string_lossy()
         ));
@@ -209,7 +221,9 @@ pub fn build_tool(harness: &Harness, package: &str, name: &str) -> Result<PathBu
     let output = Command::new(&go)
         .current_dir(src)
         .env("GOTOOLCHAIN", "local")
-        .args(["build", "-buildvcs=false", "-o"])
+        .args(["build", "-buildvcs=false"])
+        .args((!harness.tags.is_empty()).then(|| format!("-tags={}", harness.tags.join(","))))
+        .arg("-o")
         .arg(&tmp)
         .arg(package)
         .output()
