@@ -147,7 +147,9 @@ impl Claims {
 impl Inner {
     fn holder(&self, key: &DesktopKey, ra: &RemoteAssistance, store: Option<&Store<RemoteAssistance>>) -> Option<Holder> {
         let uid = ra.uid().unwrap_or_default();
-        let others = store.map(|s| s.state()).unwrap_or_default();
+        // Only the resources for the same desktop ID (immutable) are looked at closer: a cheap
+        // filter under the store's lock, so a claim costs little with many resources.
+        let others = store.map(|s| s.state_filter(|o| o.spec.desktop_id == key.desktop_id)).unwrap_or_default();
         let live = |o: &&std::sync::Arc<RemoteAssistance>| {
             let other = o.uid().unwrap_or_default();
             other != uid && !self.released.contains_key(&other)
