@@ -210,6 +210,9 @@ struct Step<'a> {
     reported: bool,
     /// Where this step's credentials came from (status.credentialsSource), once known.
     credentials_source: Option<&'static str>,
+    /// The status as the API server has it: what a write compares with (the step's working
+    /// copy in `ra` may hold facts not written yet, such as a session just created).
+    stored: Option<RemoteAssistanceStatus>,
 }
 
 /// status.credentialsSource of credentials from the Secret the resource names.
@@ -219,7 +222,7 @@ const SOURCE_DEFAULT_SECRET: &str = "DefaultSecret";
 
 impl<'a> Step<'a> {
     fn new(api: &'a Api<RemoteAssistance>, ra: &RemoteAssistance, ctx: &'a Context) -> Self {
-        Step { api, ctx, ra: ra.clone(), pin_problem: None, reported: false, credentials_source: None }
+        Step { api, ctx, ra: ra.clone(), pin_problem: None, reported: false, credentials_source: None, stored: ra.status.clone() }
     }
 
     fn uid(&self) -> String {
@@ -818,7 +821,7 @@ impl<'a> Step<'a> {
             let old = self.ra.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
             status::pin_failed(&mut next, old, reason, message, self.ra.metadata.generation, &now);
         }
-        let written = status::write(self.api, &self.ra, &next).await.map_err(|e| {
+        let written = status::write(self.api, &self.ra, self.stored.as_ref(), &next).await.map_err(|e| {
             if status::is_stale(&e) {
                 return Error::Stale;
             }
@@ -830,6 +833,7 @@ impl<'a> Step<'a> {
             // The next write of this step tests against the version just written.
             self.ra.metadata.resource_version = Some(version);
         }
+        self.stored = Some(next.clone());
         self.ra.status = Some(next);
         Ok(())
     }
