@@ -58,7 +58,7 @@ async fn the_kustomize_base_and_variants_pass_a_server_side_dry_run() {
     for (plural, kind) in [("servicemonitors", "ServiceMonitor"), ("prometheusrules", "PrometheusRule")] {
         support::install_crd(&support::admin_client().await, &stand_in_crd(plural, kind)).await;
     }
-    let overlay = overlay(&["servicemonitor", "prometheusrule", "networkpolicy"]);
+    let overlay = overlay(&["servicemonitor", "prometheusrule", "networkpolicy", "sharding"]);
     dry_run(&["-k", overlay.path().to_str().unwrap()]);
 }
 
