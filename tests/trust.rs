@@ -86,19 +86,35 @@ async fn only_a_confirmed_cancel_or_a_workspace_404_releases_the_finalizer() {
 async fn a_closed_resource_is_confirmed_and_a_reopened_session_cancelled_before_release() {
     let mut w = World::new("trust").await;
     w.start_operator(w.config());
-    w.create(w.manifest("ra", "desk-reopened")).await;
-    w.wait_for("ra", T, "Active", active).await;
-    w.sim.set_session_status(PROJECT, "desk-reopened", "CLOSE");
-    w.wait_for("ra", T, "Closed", |ra| phase(ra) == Some(Phase::Closed)).await;
-
-    // The desktop's user asks for help again; the resource still says Closed.
-    w.sim.open_session(PROJECT, "desk-reopened");
-    let shows_before = w.sim.count(SHOW, "desk-reopened");
-    w.delete("ra").await;
-    w.wait_gone("ra", T).await;
-    assert!(w.sim.count(SHOW, "desk-reopened") > shows_before, "the cloud was asked again");
-    assert_eq!(w.sim.count(CANCEL, "desk-reopened"), 1, "the session in progress was cancelled");
-    assert!(!w.sim.session(PROJECT, "desk-reopened").unwrap().in_progress());
+    for name in ["same", "other"] {
+        w.create(w.manifest(name, &format!("desk-reopened-{name}"))).await;
+    }
+    for name in ["same", "other"] {
+        w.wait_for(name, T, "Active", active).await;
+        w.sim.set_session_status(PROJECT, &format!("desk-reopened-{name}"), "CLOSE");
+    }
+    for name in ["same", "other"] {
+        w.wait_for(name, T, "Closed", |ra| phase(ra) == Some(Phase::Closed)).await;
+    }
+    // The session this resource held is in progress again (the same share space): the
+    // resource still says Closed, and its deletion cancels it before the finalizer comes off.
+    w.sim.set_session_status(PROJECT, "desk-reopened-same", "OPEN");
+    // On the other desktop the user started a new session (another share space): it proves the
+    // held one ended, and it is not this resource's to cancel.
+    let newer = w.sim.open_session(PROJECT, "desk-reopened-other");
+    let shows_before: Vec<usize> = ["same", "other"].iter().map(|n| w.sim.count(SHOW, &format!("desk-reopened-{n}"))).collect();
+    for name in ["same", "other"] {
+        w.delete(name).await;
+    }
+    for (i, name) in ["same", "other"].iter().enumerate() {
+        w.wait_gone(name, T).await;
+        assert!(w.sim.count(SHOW, &format!("desk-reopened-{name}")) > shows_before[i], "{name}: the cloud was asked again");
+    }
+    assert_eq!(w.sim.count(CANCEL, "desk-reopened-same"), 1, "the held session in progress again was cancelled");
+    assert!(!w.sim.session(PROJECT, "desk-reopened-same").unwrap().in_progress());
+    assert_eq!(w.sim.count(CANCEL, "desk-reopened-other"), 0, "another session is never cancelled");
+    let now = w.sim.session(PROJECT, "desk-reopened-other").unwrap();
+    assert!(now.in_progress() && now.share_space_id == newer.share_space_id);
     w.stop_operator().await;
 }
 
