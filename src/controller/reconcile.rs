@@ -637,21 +637,17 @@ impl<'a> Step<'a> {
     /// as it is now, the status, the cloud's time and the operator's maximum). A deadline still
     /// ahead is queued.
     fn deadline_passed(&self) -> bool {
-        let Some(at) = deadline::deadline(&self.ra, &self.ctx.config.limits) else {
-            return false;
-        };
-        if at <= jiff::Timestamp::now() {
-            return true;
-        }
-        self.ctx.timers.set(&self.uid(), kube::runtime::reflector::ObjectRef::from_obj(&self.ra), at);
-        false
+        self.passed_or_queued(deadline::deadline(&self.ra, &self.ctx.config.limits))
     }
 
     /// Whether the operator's own maximum has passed for the held session (queued otherwise).
     fn admin_deadline_passed(&self) -> bool {
-        let Some(at) = deadline::admin_deadline(&self.ra, &self.ctx.config.limits) else {
-            return false;
-        };
+        self.passed_or_queued(deadline::admin_deadline(&self.ra, &self.ctx.config.limits))
+    }
+
+    /// Whether `at` has come; one still ahead is queued, so that the reconcile comes then.
+    fn passed_or_queued(&self, at: Option<jiff::Timestamp>) -> bool {
+        let Some(at) = at else { return false };
         if at <= jiff::Timestamp::now() {
             return true;
         }
