@@ -58,6 +58,9 @@ pub struct BenchArgs {
     /// Reconciles at once (the operator's --concurrency, and the floor's).
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
+    /// How long the API server is away in the outage scenario (0s skips it).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub outage: Duration,
     /// Where to build the control-plane harness (default: control-plane/ in Cargo's target
     /// directory).
     #[arg(long)]

@@ -19,6 +19,7 @@ async fn small_latency_and_drain_runs() {
         latency_scenario_resources: 0,
         idle_window: Duration::ZERO,
         concurrency: 16,
+        outage: Duration::ZERO,
     };
     let rows = run(options).await.expect("the benchmark runs");
     let drain = rows.iter().find(|r| r.what.starts_with("2. drain 200")).expect("a drain row");

@@ -50,6 +50,8 @@ pub struct BenchOptions {
     pub idle_window: Duration,
     /// Reconciles (and floor workers) at once.
     pub concurrency: u16,
+    /// How long the API server is away in the outage scenario (zero skips it).
+    pub outage: Duration,
 }
 
 /// One row of the result table.
@@ -203,9 +205,97 @@ pub async fn run(options: BenchOptions) -> Result<Vec<Row>, String> {
     }
     .await;
     let _ = tokio::task::spawn_blocking(move || cp.stop()).await;
-    let rows = result?;
+    let mut rows = result?;
+    if !options.outage.is_zero() {
+        rows.push(outage_recovery(&options).await?);
+    }
     print_table(&rows);
     Ok(rows)
+}
+
+/// Deletions in flight when the API server goes away, in the outage scenario.
+const OUTAGE_RESOURCES: usize = 100;
+
+/// Scenario 8: an API server outage. A control plane of its own (the same address and data
+/// after a restart) and the operator holding [`OUTAGE_RESOURCES`] sessions; all are deleted,
+/// through a slow cloud so that cancels are on their way, and the control plane stops for
+/// `options.outage` and starts again. Measured: from its return until the last resource is
+/// gone (the same operator process, never restarted; `tests/outage.rs` checks what happens,
+/// this says how fast).
+async fn outage_recovery(options: &BenchOptions) -> Result<Row, String> {
+    let harness = Harness::new(options.build_dir.clone());
+    let dir = options.build_dir.join(format!("outage-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).map_err(|err| format!("creating {}: {err}", dir.display()))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|err| err.to_string())?.port().to_string();
+    let args = ["-port".to_string(), port, "-keep-data".to_string()];
+    let start = |harness: Harness, dir: PathBuf, args: [String; 3]| {
+        tokio::task::spawn_blocking(move || ControlPlane::start_in(&harness, &dir, &args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    let cp = start(harness.clone(), dir.clone(), args.clone()).await.map_err(|err| err.to_string())??;
+    let result = async {
+        let client = super::demo::client_for(&cp).await?;
+        super::demo::install_crds(&client).await?;
+        let sim = Simulator::start().await.map_err(|err| err.to_string())?;
+        sim.add_access_key(AK, SK);
+        let cloud = WorkspaceClient::new(&ClientOptions::default())?;
+        let bench = Bench { client, sim, cloud, options: options.clone(), kubeconfig: cp.kubeconfig.clone() };
+        let ns = bench.namespace("outage").await?;
+        let operator = bench.operator(&ns)?;
+        bench.create_many(&ns, "ra", OUTAGE_RESOURCES, None).await?;
+        bench.wait_active(&ns, OUTAGE_RESOURCES, Duration::from_secs(300)).await?;
+        progress(&format!("outage: {OUTAGE_RESOURCES} held; deleting them through a slow cloud, then stopping the API server for {:?}", options.outage));
+        bench.sim.set_latency(Duration::from_secs(2));
+        let api: Api<RemoteAssistance> = Api::namespaced(bench.client.clone(), &ns);
+        api.delete_collection(&DeleteParams::default(), &Default::default()).await.map_err(e)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while bench.sim.in_flight(Operation::CancelRemoteAssistance) == 0 {
+            if Instant::now() > deadline {
+                return Err("no cancel was on its way".to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok::<_, String>((bench, ns, operator))
+    }
+    .await;
+    let stopped = tokio::task::spawn_blocking(move || {
+        cp.stop();
+        cp
+    })
+    .await
+    .map_err(|err| err.to_string())?;
+    // The operator runs on through the outage (dropping it would stop it).
+    let (bench, ns, _operator) = result?;
+    tokio::time::sleep(options.outage).await;
+    bench.sim.set_latency(Duration::ZERO);
+    let cp = start(harness, dir.clone(), args).await.map_err(|err| err.to_string())??;
+    let returned = Instant::now();
+    drop(stopped);
+    let recovered = async {
+        let client = super::demo::client_for(&cp).await?;
+        let api: Api<RemoteAssistance> = Api::namespaced(client, &ns);
+        loop {
+            if let Ok(list) = api.list_metadata(&Default::default()).await {
+                if list.items.is_empty() {
+                    return Ok(returned.elapsed());
+                }
+            }
+            if returned.elapsed() > Duration::from_secs(600) {
+                return Err("the deletions did not complete within 10 minutes of the API server's return".to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    .await;
+    let _ = tokio::task::spawn_blocking(move || cp.stop()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let recovered: Duration = recovered?;
+    let cancels: usize = (0..OUTAGE_RESOURCES).map(|i| bench.sim.count(Operation::CancelRemoteAssistance, &format!("{ns}-ra-{i}"))).sum();
+    Ok(row(
+        format!("8. after a {:?} API server outage, {OUTAGE_RESOURCES} deletions in flight: the last done after the API server's return", options.outage),
+        format!("{} ({cancels} cloud DELETEs)", ms(recovered)),
+        "",
+        "",
+    ))
 }
 
 /// Prints the table in Markdown.

@@ -36,6 +36,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
         latency_scenario_resources: args.latency_scenario_resources,
         idle_window: args.idle_window,
         concurrency: args.concurrency,
+        outage: args.outage,
     };
     crate::devenv::bench::run(options).await.map(|_| ())
 }
