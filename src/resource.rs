@@ -316,6 +316,14 @@ pub struct RemoteAssistanceStatus {
     pub session: Option<SessionBinding>,
 }
 
+impl RemoteAssistanceStatus {
+    /// Whether this status records a session the resource took hold of: status.session, or,
+    /// in a status written before that field existed, the session's facts.
+    pub fn records_a_session(&self) -> bool {
+        self.session.is_some() || self.assistance.as_ref().is_some_and(|a| a.share_space_id.is_some() || a.held_since.is_some())
+    }
+}
+
 /// Where a held session lives and which credentials reach it.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -110,7 +110,7 @@ pub fn session_start(assistance: &AssistanceStatus, held_since: Option<&Time>) -
 /// share space ID, which every answer may leave out.
 pub fn holds_session(ra: &RemoteAssistance) -> bool {
     let Some(status) = &ra.status else { return false };
-    let held = status.session.is_some() || status.assistance.as_ref().is_some_and(|a| a.share_space_id.is_some() || a.held_since.is_some());
+    let held = status.records_a_session();
     !ra.spec.cancelled
         && ra.metadata.deletion_timestamp.is_none()
         && status.deadline_exceeded_at.is_none()

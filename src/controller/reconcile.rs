@@ -514,7 +514,6 @@ impl<'a> Step<'a> {
         }
         self.write(&Conclusion::Active, 0, |s| {
             s.invitation_secret_name = Some(secret_name);
-            s.expires_at = expires_at.map(Time);
             s.max_duration_capped = capped;
         })
         .await?;
@@ -558,11 +557,11 @@ impl<'a> Step<'a> {
         if let Some(b) = &status.session {
             return Some(b.clone());
         }
-        let a = status.assistance.as_ref()?;
-        let legacy_held = (a.share_space_id.is_some() || a.held_since.is_some()) && !matches!(status.phase, Some(Phase::Cancelled)) && status.deadline_exceeded_at.is_none();
-        if !legacy_held {
+        let over = matches!(status.phase, Some(Phase::Cancelled)) || status.deadline_exceeded_at.is_some();
+        if !status.records_a_session() || over {
             return None;
         }
+        let a = status.assistance.as_ref()?;
         let endpoint = resolve_endpoint(self.ra.spec.region.as_deref(), self.ra.spec.endpoint.as_deref()).ok()?;
         Some(SessionBinding {
             endpoint: endpoint.to_string(),
@@ -763,15 +762,17 @@ impl<'a> Step<'a> {
 
     /// Remembers and announces a cancel the cloud confirmed.
     fn cancel_confirmed(&self, evidence: Evidence, request_id: Option<&str>, code: &str) -> Evidence {
-        match evidence {
-            Evidence::NothingToCancel => info!(request_id = request_id.unwrap_or(""), code, "nothing to cancel: the cloud has no remote assistance for this desktop"),
-            _ => info!(request_id = request_id.unwrap_or(""), "remote assistance cancelled"),
-        }
-        self.ctx.recall.confirm_cancelled(&self.uid());
         let note = match evidence {
-            Evidence::NothingToCancel => "The cloud has no remote assistance in progress for this desktop",
-            _ => "The cloud confirmed the cancel",
+            Evidence::NothingToCancel => {
+                info!(request_id = request_id.unwrap_or(""), code, "nothing to cancel: the cloud has no remote assistance for this desktop");
+                "The cloud has no remote assistance in progress for this desktop"
+            }
+            _ => {
+                info!(request_id = request_id.unwrap_or(""), "remote assistance cancelled");
+                "The cloud confirmed the cancel"
+            }
         };
+        self.ctx.recall.confirm_cancelled(&self.uid());
         self.ctx.publish(&self.ra, EventType::Normal, evidence.reason(), note, "Cancel");
         evidence
     }

@@ -194,16 +194,7 @@ struct Bench {
 pub async fn run(options: BenchOptions) -> Result<Vec<Row>, String> {
     let harness = Harness::new(options.build_dir.clone());
     let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&harness)).await.map_err(|e| e.to_string())??;
-    let result = async {
-        let client = super::demo::client_for(&cp).await?;
-        super::demo::install_crds(&client).await?;
-        let sim = Simulator::start().await.map_err(|e| e.to_string())?;
-        sim.add_access_key(AK, SK);
-        let cloud = WorkspaceClient::new(&ClientOptions::default())?;
-        let bench = Bench { client, sim, cloud, options: options.clone(), kubeconfig: cp.kubeconfig.clone() };
-        bench.all().await
-    }
-    .await;
+    let result = async { Bench::on(&cp, &options).await?.all().await }.await;
     let _ = tokio::task::spawn_blocking(move || cp.stop()).await;
     let mut rows = result?;
     if !options.outage.is_zero() {
@@ -233,12 +224,7 @@ async fn outage_recovery(options: &BenchOptions) -> Result<Row, String> {
     };
     let cp = start(harness.clone(), dir.clone(), args.clone()).await.map_err(|err| err.to_string())??;
     let result = async {
-        let client = super::demo::client_for(&cp).await?;
-        super::demo::install_crds(&client).await?;
-        let sim = Simulator::start().await.map_err(|err| err.to_string())?;
-        sim.add_access_key(AK, SK);
-        let cloud = WorkspaceClient::new(&ClientOptions::default())?;
-        let bench = Bench { client, sim, cloud, options: options.clone(), kubeconfig: cp.kubeconfig.clone() };
+        let bench = Bench::on(&cp, options).await?;
         let ns = bench.namespace("outage").await?;
         let operator = bench.operator(&ns)?;
         bench.create_many(&ns, "ra", OUTAGE_RESOURCES, None).await?;
@@ -307,6 +293,16 @@ pub fn print_table(rows: &[Row]) {
 }
 
 impl Bench {
+    /// The bench on control plane `cp`: the CRDs installed, a simulator that knows the bench's key.
+    async fn on(cp: &ControlPlane, options: &BenchOptions) -> Result<Bench, String> {
+        let client = super::demo::client_for(cp).await?;
+        super::demo::install_crds(&client).await?;
+        let sim = Simulator::start().await.map_err(|e| e.to_string())?;
+        sim.add_access_key(AK, SK);
+        let cloud = WorkspaceClient::new(&ClientOptions::default())?;
+        Ok(Bench { client, sim, cloud, options: options.clone(), kubeconfig: cp.kubeconfig.clone() })
+    }
+
     async fn all(&self) -> Result<Vec<Row>, String> {
         let mut rows = Vec::new();
         let o = &self.options;
