@@ -209,7 +209,12 @@ pub struct RunArgs {
     /// --default-credentials-secret: pod-identity (CCE pod identity), oidc (STS with a
     /// projected ServiceAccount token) or ecs-metadata (the node's agency). Each reads the
     /// official SDKs' environment variables (see the README's Credentials section).
-    #[arg(long, env = "AMBIENT_CREDENTIALS", value_enum, conflicts_with = "default_credentials_secret")]
+    #[arg(
+        long,
+        env = "AMBIENT_CREDENTIALS",
+        value_enum,
+        conflicts_with = "default_credentials_secret"
+    )]
     pub ambient_credentials: Option<crate::workspace::AmbientKind>,
 
     /// Address of the ECS metadata service, for --ambient-credentials=ecs-metadata.
@@ -249,7 +254,11 @@ pub struct RunArgs {
     pub default_deletion_policy: DeletionPolicy,
 
     /// An extra cloud error code that means "not found" (repeatable).
-    #[arg(long = "not-found-error-code", env = "NOT_FOUND_ERROR_CODES", value_delimiter = ',')]
+    #[arg(
+        long = "not-found-error-code",
+        env = "NOT_FOUND_ERROR_CODES",
+        value_delimiter = ','
+    )]
     pub not_found_error_codes: Vec<String>,
 
     /// IAM endpoint for password logins whose Secret has no iamEndpoint (default: the region's,
@@ -333,13 +342,18 @@ pub struct RunArgs {
 
 /// Parses `90s`, `5m`, `1h 30m`, `250ms`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s.trim().parse().map_err(|e| format!("{s:?} is not a duration like 30s or 5m: {e}"))?;
+    let d: jiff::SignedDuration = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 30s or 5m: {e}"))?;
     Duration::try_from(d).map_err(|_| format!("{s:?} must not be negative"))
 }
 
 fn parse_namespaced_name(s: &str) -> Result<(String, String), String> {
     match s.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok((ns.into(), name.into())),
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.into(), name.into()))
+        }
         _ => Err(format!("{s:?} must be NAMESPACE/NAME")),
     }
 }
@@ -366,7 +380,10 @@ mod tests {
 
     #[test]
     fn names_and_policies() {
-        assert_eq!(parse_namespaced_name("ops/cloud").unwrap(), ("ops".into(), "cloud".into()));
+        assert_eq!(
+            parse_namespaced_name("ops/cloud").unwrap(),
+            ("ops".into(), "cloud".into())
+        );
         assert!(parse_namespaced_name("cloud").is_err());
         assert_eq!(parse_policy("Orphan").unwrap(), DeletionPolicy::Orphan);
         assert!(parse_policy("orphan").is_err());

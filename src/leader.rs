@@ -40,7 +40,9 @@ impl Timing {
     /// renewed: renew deadline `lease - renew_before`, retry every `renew_before / 2` (at most
     /// 2 s, as client-go's default).
     pub fn new(lease_duration: Duration, renew_before: Duration) -> Timing {
-        let renew_before = renew_before.min(lease_duration / 2).max(Duration::from_millis(200));
+        let renew_before = renew_before
+            .min(lease_duration / 2)
+            .max(Duration::from_millis(200));
         Timing {
             lease_duration,
             renew_deadline: lease_duration - renew_before,
@@ -67,12 +69,24 @@ struct FenceState {
 impl Fence {
     /// A fence that is always open (leader election off: this instance is the only one).
     pub fn always_open() -> Fence {
-        Fence { inner: Arc::new(FenceState { elected: false, leading: AtomicBool::new(true), valid_until: Mutex::new(None) }) }
+        Fence {
+            inner: Arc::new(FenceState {
+                elected: false,
+                leading: AtomicBool::new(true),
+                valid_until: Mutex::new(None),
+            }),
+        }
     }
 
     /// A fence that opens only while the election says this instance leads.
     pub fn elected() -> Fence {
-        Fence { inner: Arc::new(FenceState { elected: true, leading: AtomicBool::new(false), valid_until: Mutex::new(None) }) }
+        Fence {
+            inner: Arc::new(FenceState {
+                elected: true,
+                leading: AtomicBool::new(false),
+                valid_until: Mutex::new(None),
+            }),
+        }
     }
 
     /// Whether cloud calls may start now.
@@ -134,7 +148,14 @@ pub enum Lost {
 impl Elector {
     /// An elector for Lease `name` in the namespace of `api`.
     pub fn new(api: Api<Lease>, name: &str, identity: &str, timing: Timing, fence: Fence) -> Elector {
-        Elector { api, name: name.into(), identity: identity.into(), timing, fence, observed: None }
+        Elector {
+            api,
+            name: name.into(),
+            identity: identity.into(),
+            timing,
+            fence,
+            observed: None,
+        }
     }
 
     /// Waits until this instance holds the Lease.
@@ -166,7 +187,10 @@ impl Elector {
         loop {
             tokio::time::sleep(self.timing.retry_period).await;
             let sent_at = Instant::now();
-            let budget = self.timing.renew_deadline.saturating_sub(sent_at.duration_since(last_renewal));
+            let budget = self
+                .timing
+                .renew_deadline
+                .saturating_sub(sent_at.duration_since(last_renewal));
             match tokio::time::timeout(budget, self.try_acquire_or_renew()).await {
                 Ok(Ok(true)) => {
                     self.fence.renewed(sent_at, self.timing.renew_deadline);
@@ -174,7 +198,11 @@ impl Elector {
                 }
                 Ok(Ok(false)) => {
                     self.fence.close();
-                    let holder = self.observed.as_ref().and_then(|o| o.holder.clone()).unwrap_or_default();
+                    let holder = self
+                        .observed
+                        .as_ref()
+                        .and_then(|o| o.holder.clone())
+                        .unwrap_or_default();
                     return Lost::TakenOver(holder);
                 }
                 Ok(Err(e)) => warn!(error = %e, "renewing the leader Lease failed"),
@@ -190,7 +218,9 @@ impl Elector {
     /// Gives the Lease up (on shutdown), so that a standby takes over at once.
     pub async fn release(&mut self) -> Result<(), kube::Error> {
         self.fence.close();
-        let Some(mut lease) = self.api.get_opt(&self.name).await? else { return Ok(()) };
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
             return Ok(());
@@ -198,7 +228,9 @@ impl Elector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
-        self.api.replace(&self.name, &PostParams::default(), &lease).await?;
+        self.api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await?;
         info!("leader Lease released");
         Ok(())
     }
@@ -210,7 +242,10 @@ impl Elector {
         let duration_seconds = i32::try_from(self.timing.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(self.name.clone()), ..ObjectMeta::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..ObjectMeta::default()
+                },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(self.identity.clone()),
                     lease_duration_seconds: Some(duration_seconds),
@@ -228,8 +263,15 @@ impl Elector {
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-        let seen = Observed { holder: holder.clone(), renew_time: spec.renew_time.clone(), at: Instant::now() };
-        let changed = self.observed.as_ref().is_none_or(|o| o.holder != seen.holder || o.renew_time != seen.renew_time);
+        let seen = Observed {
+            holder: holder.clone(),
+            renew_time: spec.renew_time.clone(),
+            at: Instant::now(),
+        };
+        let changed = self
+            .observed
+            .as_ref()
+            .is_none_or(|o| o.holder != seen.holder || o.renew_time != seen.renew_time);
         if changed {
             self.observed = Some(seen);
         }
@@ -237,7 +279,11 @@ impl Elector {
         if let Some(other) = holder.as_deref().filter(|_| !ours) {
             // Its validity as the holder wrote it, counted on this instance's clock from when
             // the record was seen to change (clocks of different machines are not compared).
-            let valid = spec.lease_duration_seconds.map_or(self.timing.lease_duration, |s| Duration::from_secs(s.max(0) as u64));
+            let valid = spec
+                .lease_duration_seconds
+                .map_or(self.timing.lease_duration, |s| {
+                    Duration::from_secs(s.max(0) as u64)
+                });
             let seen_at = self.observed.as_ref().map_or_else(Instant::now, |o| o.at);
             if seen_at.elapsed() < valid {
                 debug!(holder = other, "the leader Lease is held");
@@ -268,9 +314,15 @@ mod tests {
     #[test]
     fn timing_keeps_a_margin_for_calls_in_flight() {
         let t = Timing::new(Duration::from_secs(15), Duration::from_secs(5));
-        assert_eq!((t.renew_deadline, t.retry_period), (Duration::from_secs(10), Duration::from_secs(2)));
+        assert_eq!(
+            (t.renew_deadline, t.retry_period),
+            (Duration::from_secs(10), Duration::from_secs(2))
+        );
         let t = Timing::new(Duration::from_secs(4), Duration::from_secs(1));
-        assert_eq!((t.renew_deadline, t.retry_period), (Duration::from_secs(3), Duration::from_millis(500)));
+        assert_eq!(
+            (t.renew_deadline, t.retry_period),
+            (Duration::from_secs(3), Duration::from_millis(500))
+        );
         let t = Timing::new(Duration::from_secs(2), Duration::from_secs(10));
         assert!(t.renew_deadline < t.lease_duration);
     }
@@ -284,7 +336,10 @@ mod tests {
         fence.renewed(Instant::now(), Duration::from_secs(60));
         assert!(fence.may_act());
         fence.renewed(Instant::now() - Duration::from_secs(2), Duration::from_secs(1));
-        assert!(!fence.may_act(), "a renewal older than the deadline proves nothing");
+        assert!(
+            !fence.may_act(),
+            "a renewal older than the deadline proves nothing"
+        );
         fence.renewed(Instant::now(), Duration::from_secs(60));
         fence.close();
         assert!(!fence.may_act());

@@ -46,7 +46,11 @@ fn fold(text: &str) -> String {
         let mut out = String::new();
         for line in p.lines().map(str::trim) {
             if !out.is_empty() {
-                out.push(if line.starts_with("- ") || line.starts_with("* ") { '\n' } else { ' ' });
+                out.push(if line.starts_with("- ") || line.starts_with("* ") {
+                    '\n'
+                } else {
+                    ' '
+                });
             }
             out.push_str(line);
         }
@@ -59,7 +63,10 @@ fn fold(text: &str) -> String {
 mod tests {
     #[test]
     fn descriptions_fold_into_prose_keeping_paragraphs_and_lists() {
-        assert_eq!(super::fold("One line\nwraps here.\n\nA list:\n- a\n- b"), "One line wraps here.\n\nA list:\n- a\n- b");
+        assert_eq!(
+            super::fold("One line\nwraps here.\n\nA list:\n- a\n- b"),
+            "One line wraps here.\n\nA list:\n- a\n- b"
+        );
     }
 }
 

@@ -1,12 +1,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use workspace_assist::cli::{Cli, Command, LogFormat, RunArgs, SimulateArgs};
 use workspace_assist::controller::{self, BackoffPolicy};
-use tokio_util::sync::CancellationToken;
-use workspace_assist::{leader, telemetry};
 use workspace_assist::workspace::{AmbientSource, ClientOptions};
+use workspace_assist::{leader, telemetry};
 
 fn main() -> ExitCode {
     workspace_assist::memory::limit_arenas();
@@ -27,18 +27,27 @@ fn main() -> ExitCode {
         #[cfg(feature = "dev-tools")]
         Command::Demo(args) => {
             init_logging("warn", LogFormat::Text);
-            finish("the demo failed", runtime().block_on(workspace_assist::devenv::commands::demo(args)))
+            finish(
+                "the demo failed",
+                runtime().block_on(workspace_assist::devenv::commands::demo(args)),
+            )
         }
         #[cfg(feature = "dev-tools")]
         Command::Bench(args) => {
             init_logging("warn", LogFormat::Text);
-            finish("the benchmark failed", runtime().block_on(workspace_assist::devenv::commands::bench(args)))
+            finish(
+                "the benchmark failed",
+                runtime().block_on(workspace_assist::devenv::commands::bench(args)),
+            )
         }
     }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
 }
 
 fn finish(what: &str, result: Result<(), String>) -> ExitCode {
@@ -55,12 +64,21 @@ fn finish(what: &str, result: Result<(), String>) -> ExitCode {
 async fn simulate(args: SimulateArgs) -> Result<(), String> {
     use workspace_assist::simulator::{Simulator, faults::parse_fault_rule};
     let split = |s: &str, sep: char, what: &str| -> Result<(String, String), String> {
-        s.split_once(sep).map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| format!("{what} must look like {}", match sep {
-            ':' => "A:B",
-            _ => "A/B",
-        }))
+        s.split_once(sep)
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .ok_or_else(|| {
+                format!(
+                    "{what} must look like {}",
+                    match sep {
+                        ':' => "A:B",
+                        _ => "A/B",
+                    }
+                )
+            })
     };
-    let sim = Simulator::start_on(args.listen).await.map_err(|e| format!("listening on {}: {e}", args.listen))?;
+    let sim = Simulator::start_on(args.listen)
+        .await
+        .map_err(|e| format!("listening on {}: {e}", args.listen))?;
     for key in &args.access_keys {
         let (ak, sk) = split(key, ':', "--access-key")?;
         sim.add_access_key(&ak, &sk);
@@ -90,26 +108,42 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
 }
 
 /// The identity sources the simulator plays, from `simulate`'s flags.
-async fn serve_identities(sim: &workspace_assist::simulator::Simulator, args: &SimulateArgs) -> Result<(), String> {
+async fn serve_identities(
+    sim: &workspace_assist::simulator::Simulator,
+    args: &SimulateArgs,
+) -> Result<(), String> {
     use workspace_assist::simulator::identity::{MetadataService, OidcProvider};
     sim.set_temporary_lifetime(args.temporary_lifetime);
     if args.metadata_agency {
-        sim.serve_metadata(MetadataService { agency: true, session_tokens: true });
+        sim.serve_metadata(MetadataService {
+            agency: true,
+            session_tokens: true,
+        });
     }
     if args.pod_identity.is_empty() && args.oidc_providers.is_empty() {
         return Ok(());
     }
-    let client = kube::Client::try_default().await.map_err(|e| format!("connecting to Kubernetes to check tokens: {e}"))?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("connecting to Kubernetes to check tokens: {e}"))?;
     sim.trust_kubernetes(client);
     if !args.pod_identity.is_empty() {
         let accounts: Vec<&str> = args.pod_identity.iter().map(String::as_str).collect();
         sim.enable_pod_identity(&args.pod_identity_audience, &accounts);
     }
     for spec in &args.oidc_providers {
-        let bad = || format!("--oidc-provider must look like URN=ISSUER,AUDIENCE,AGENCY_URN,SUBJECT: {spec:?}");
+        let bad =
+            || format!("--oidc-provider must look like URN=ISSUER,AUDIENCE,AGENCY_URN,SUBJECT: {spec:?}");
         let (urn, rest) = spec.split_once('=').ok_or_else(bad)?;
-        let [issuer, audience, agency, subject] = rest.split(',').collect::<Vec<_>>()[..] else { return Err(bad()) };
-        let provider = OidcProvider { issuer: issuer.into(), audience: audience.into(), agencies: [agency.to_string()].into(), subjects: [subject.to_string()].into() };
+        let [issuer, audience, agency, subject] = rest.split(',').collect::<Vec<_>>()[..] else {
+            return Err(bad());
+        };
+        let provider = OidcProvider {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            agencies: [agency.to_string()].into(),
+            subjects: [subject.to_string()].into(),
+        };
         sim.add_oidc_provider(urn, provider);
     }
     Ok(())
@@ -121,7 +155,10 @@ fn init_logging(level: &str, format: LogFormat) {
         tracing_subscriber::EnvFilter::new("info")
     });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
         LogFormat::Text => builder.init(),
@@ -131,14 +168,22 @@ fn init_logging(level: &str, format: LogFormat) {
 async fn run(args: RunArgs) -> Result<(), String> {
     workspace_assist::install_crypto_provider();
     if args.insecure_skip_tls_verify {
-        warn!("--insecure-skip-tls-verify is set: cloud endpoint certificates are NOT verified; anyone on the path can read the credentials");
+        warn!(
+            "--insecure-skip-tls-verify is set: cloud endpoint certificates are NOT verified; anyone on the path can read the credentials"
+        );
     }
     let config = controller_config(&args)?;
-    let client = kube::Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
-    let telemetry = controller::Telemetry::default();
-    let address = telemetry::serve(args.metrics_address, telemetry.metrics.clone(), telemetry.health.clone())
+    let client = kube::Client::try_default()
         .await
-        .map_err(|e| format!("serving metrics on {}: {e}", args.metrics_address))?;
+        .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
+    let telemetry = controller::Telemetry::default();
+    let address = telemetry::serve(
+        args.metrics_address,
+        telemetry.metrics.clone(),
+        telemetry.health.clone(),
+    )
+    .await
+    .map_err(|e| format!("serving metrics on {}: {e}", args.metrics_address))?;
     info!(namespace = args.namespace.as_deref().unwrap_or("(all)"), concurrency = args.concurrency, metrics = %address, instance = %args.instance_name, "starting the operator");
 
     let shutdown = CancellationToken::new();
@@ -165,7 +210,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
 /// The controller's settings from the command line (and its env vars).
 fn controller_config(args: &RunArgs) -> Result<controller::Config, String> {
     let extra_ca_pem = match &args.ca_bundle {
-        Some(path) => Some(std::fs::read(path).map_err(|e| format!("reading --ca-bundle {}: {e}", path.display()))?),
+        Some(path) => {
+            Some(std::fs::read(path).map_err(|e| format!("reading --ca-bundle {}: {e}", path.display()))?)
+        }
         None => None,
     };
     Ok(controller::Config {
@@ -175,18 +222,31 @@ fn controller_config(args: &RunArgs) -> Result<controller::Config, String> {
         concurrency: args.concurrency,
         cloud_rate_limit: args.cloud_rate_limit,
         poll_interval: args.poll_interval,
-        backoff: BackoffPolicy { base: args.backoff_base, max: args.backoff_max, needs_human_recheck: args.needs_human_recheck },
+        backoff: BackoffPolicy {
+            base: args.backoff_base,
+            max: args.backoff_max,
+            needs_human_recheck: args.needs_human_recheck,
+        },
         default_credentials: args.default_credentials_secret.clone(),
         default_credentials_namespaces: args.default_credentials_namespaces.clone(),
         default_deletion_policy: args.default_deletion_policy,
         not_found_codes: args.not_found_error_codes.clone(),
         iam_endpoint: args.iam_endpoint.clone(),
-        client: ClientOptions { timeout: args.cloud_timeout, extra_ca_pem, insecure_skip_tls_verify: args.insecure_skip_tls_verify, instance: Some(args.instance_name.clone()), proxy: args.proxy.clone(), ..ClientOptions::default() },
+        client: ClientOptions {
+            timeout: args.cloud_timeout,
+            extra_ca_pem,
+            insecure_skip_tls_verify: args.insecure_skip_tls_verify,
+            instance: Some(args.instance_name.clone()),
+            proxy: args.proxy.clone(),
+            ..ClientOptions::default()
+        },
         instance: args.instance_name.clone(),
         stuck_deleting_after: args.stuck_deleting_after,
         unauthenticated_hold: args.unauthenticated_hold,
         fence: leader::Fence::always_open(),
-        endpoints: controller::endpoints::EndpointPolicy { extra: args.allowed_endpoints.clone() },
+        endpoints: controller::endpoints::EndpointPolicy {
+            extra: args.allowed_endpoints.clone(),
+        },
         limits: controller::deadline::Limits {
             default_max_duration: args.default_max_duration,
             max_duration: args.max_duration,
@@ -194,7 +254,11 @@ fn controller_config(args: &RunArgs) -> Result<controller::Config, String> {
         },
         refuse_orphan_time_boxed: args.refuse_orphan_time_boxed,
         ambient: match args.ambient_credentials {
-            Some(kind) => Some(AmbientSource::from_env(kind, &|name| std::env::var(name).ok(), Some(args.ecs_metadata_endpoint.clone()))?),
+            Some(kind) => Some(AmbientSource::from_env(
+                kind,
+                &|name| std::env::var(name).ok(),
+                Some(args.ecs_metadata_endpoint.clone()),
+            )?),
             None => None,
         },
     })
@@ -219,9 +283,18 @@ async fn lead_then_run(
     let timing = leader::Timing::new(args.lease_duration, args.lease_renew_before);
     let fence = leader::Fence::elected();
     config.fence = fence.clone();
-    let mut elector = leader::Elector::new(kube::Api::namespaced(client.clone(), &namespace), lease_name, &args.instance_name, timing, fence);
+    let mut elector = leader::Elector::new(
+        kube::Api::namespaced(client.clone(), &namespace),
+        lease_name,
+        &args.instance_name,
+        timing,
+        fence,
+    );
     // A standby is ready: it can take over at once.
-    telemetry.health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    telemetry
+        .health
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     info!(lease = %format!("{namespace}/{lease_name}"), "waiting to become the leader");
     tokio::select! {
         _ = elector.acquire() => {}
@@ -230,7 +303,9 @@ async fn lead_then_run(
     info!("became the leader: reconciling");
     telemetry.metrics.set_leader(true);
     let stop = shutdown.clone();
-    let mut controller = std::pin::pin!(controller::run(client, config, telemetry.clone(), async move { stop.cancelled().await }));
+    let mut controller = std::pin::pin!(controller::run(client, config, telemetry.clone(), async move {
+        stop.cancelled().await
+    }));
     // The elector keeps renewing while the controller runs, through a graceful shutdown too.
     let result = tokio::select! {
         lost = elector.hold() => {
@@ -248,7 +323,8 @@ async fn lead_then_run(
 
 /// Completes on SIGTERM or SIGINT.
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: finishing in-flight work"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT: finishing in-flight work"),

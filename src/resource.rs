@@ -37,8 +37,18 @@ pub const RETRY_ANNOTATION: &str = "workspace.assist.dev/retry";
     status = "RemoteAssistanceStatus",
     derive = "PartialEq",
     doc = "A remote-assistance session of Huawei Cloud Workspace for one desktop, cancelled through a finalizer.",
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
-    printcolumn(name = "Desktop", type_ = "string", json_path = ".spec.desktopId", description = "Desktop ID"),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Lifecycle phase"
+    ),
+    printcolumn(
+        name = "Desktop",
+        type_ = "string",
+        json_path = ".spec.desktopId",
+        description = "Desktop ID"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -151,7 +161,11 @@ pub fn parse_spec_duration(text: &str) -> Result<std::time::Duration, String> {
             _ => return Err(bad()),
         };
         let n: u64 = number.parse().map_err(|_| bad())?;
-        total = n.checked_mul(unit).and_then(|s| total.checked_add(s)).filter(|t| *t <= MAX_SPEC_DURATION_SECS).ok_or_else(|| format!("{text:?} is longer than 100 years"))?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .filter(|t| *t <= MAX_SPEC_DURATION_SECS)
+            .ok_or_else(|| format!("{text:?} is longer than 100 years"))?;
         number.clear();
     }
     if !number.is_empty() || text.is_empty() {
@@ -188,13 +202,20 @@ pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::
     use kube::CustomResourceExt;
     let mut crd = RemoteAssistance::crd();
     for version in &mut crd.spec.versions {
-        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
-            schema.x_kubernetes_validations.get_or_insert_with(Vec::new).push(ValidationRule {
-                rule: SESSION_BINDING_RULE.to_string(),
-                message: Some(SESSION_BINDING_MESSAGE.to_string()),
-                reason: Some("FieldValueForbidden".to_string()),
-                ..ValidationRule::default()
-            });
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            schema
+                .x_kubernetes_validations
+                .get_or_insert_with(Vec::new)
+                .push(ValidationRule {
+                    rule: SESSION_BINDING_RULE.to_string(),
+                    message: Some(SESSION_BINDING_MESSAGE.to_string()),
+                    reason: Some("FieldValueForbidden".to_string()),
+                    ..ValidationRule::default()
+                });
         }
     }
     crd
@@ -209,7 +230,10 @@ fn default_true() -> bool {
 pub struct SecretRef {
     /// Name of the Secret, in the resource's own namespace (a Secret of another namespace cannot
     /// be named).
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub name: String,
 }
 
@@ -320,7 +344,11 @@ impl RemoteAssistanceStatus {
     /// Whether this status records a session the resource took hold of: status.session, or,
     /// in a status written before that field existed, the session's facts.
     pub fn records_a_session(&self) -> bool {
-        self.session.is_some() || self.assistance.as_ref().is_some_and(|a| a.share_space_id.is_some() || a.held_since.is_some())
+        self.session.is_some()
+            || self
+                .assistance
+                .as_ref()
+                .is_some_and(|a| a.share_space_id.is_some() || a.held_since.is_some())
     }
 }
 

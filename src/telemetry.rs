@@ -58,9 +58,13 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("workspace_assist");
         let reconciles = Family::<Labels, Counter>::default();
-        let reconcile_duration = Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 14)));
+        let reconcile_duration = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
         let cloud_requests = Family::<Labels, Counter>::default();
-        let cloud_duration = Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 14)));
+        let cloud_duration = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
         let retries = Family::<Labels, Counter>::default();
         let kubernetes_errors = Family::<Labels, Counter>::default();
         let resources = Family::<Labels, Gauge>::default();
@@ -68,25 +72,57 @@ impl Metrics {
         let past_deadline = Gauge::default();
         let cancels = Family::<Labels, Counter>::default();
         let leader = Gauge::default();
-        registry.register("reconciles", "Reconciles by result and reason", reconciles.clone());
-        registry.register("reconcile_duration_seconds", "Duration of reconciles by result", reconcile_duration.clone());
-        registry.register("cloud_requests", "Cloud API calls by operation, HTTP status and error code", cloud_requests.clone());
-        registry.register("cloud_request_duration_seconds", "Duration of cloud API calls by operation", cloud_duration.clone());
-        registry.register("cloud_retries", "Retries scheduled after failed cloud calls, by reason", retries.clone());
+        registry.register(
+            "reconciles",
+            "Reconciles by result and reason",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconciles by result",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "cloud_requests",
+            "Cloud API calls by operation, HTTP status and error code",
+            cloud_requests.clone(),
+        );
+        registry.register(
+            "cloud_request_duration_seconds",
+            "Duration of cloud API calls by operation",
+            cloud_duration.clone(),
+        );
+        registry.register(
+            "cloud_retries",
+            "Retries scheduled after failed cloud calls, by reason",
+            retries.clone(),
+        );
         registry.register(
             "kubernetes_errors",
             "Failed Kubernetes API calls the operator needed, by verb, kind and HTTP status (0: no answer)",
             kubernetes_errors.clone(),
         );
         registry.register("resources", "RemoteAssistances by phase", resources.clone());
-        registry.register("resources_stuck_deleting", "RemoteAssistances deleting for longer than the stuck threshold", stuck_deleting.clone());
+        registry.register(
+            "resources_stuck_deleting",
+            "RemoteAssistances deleting for longer than the stuck threshold",
+            stuck_deleting.clone(),
+        );
         registry.register(
             "resources_past_deadline",
             "RemoteAssistances holding a session past its maximum duration and not yet cancelled",
             past_deadline.clone(),
         );
-        registry.register("cancels", "Confirmed cancels (or nothing to cancel) by cause: spec, deletion or deadline", cancels.clone());
-        registry.register("leader", "1 when this instance holds the leader lease", leader.clone());
+        registry.register(
+            "cancels",
+            "Confirmed cancels (or nothing to cancel) by cause: spec, deletion or deadline",
+            cancels.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 when this instance holds the leader lease",
+            leader.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -106,19 +142,33 @@ impl Metrics {
 
     /// Counts a finished reconcile.
     pub fn reconciled(&self, result: &'static str, reason: &'static str, duration: Duration) {
-        self.reconciles.get_or_create(&vec![("result", result.into()), ("reason", reason.into())]).inc();
-        self.reconcile_duration.get_or_create(&vec![("result", result.into())]).observe(duration.as_secs_f64());
+        self.reconciles
+            .get_or_create(&vec![("result", result.into()), ("reason", reason.into())])
+            .inc();
+        self.reconcile_duration
+            .get_or_create(&vec![("result", result.into())])
+            .observe(duration.as_secs_f64());
     }
 
     /// Counts a cloud call and its outcome.
     pub fn cloud_call(&self, operation: Operation, outcome: Result<u16, &CloudError>, duration: Duration) {
         let (status, code) = match outcome {
             Ok(status) => (status.to_string(), String::new()),
-            Err(e) => (e.http_status().map_or_else(|| "none".to_string(), |s| s.to_string()), self.bounded_code(e.code())),
+            Err(e) => (
+                e.http_status()
+                    .map_or_else(|| "none".to_string(), |s| s.to_string()),
+                self.bounded_code(e.code()),
+            ),
         };
-        let labels = vec![("operation", operation.as_str().to_string()), ("http_status", status), ("error_code", code)];
+        let labels = vec![
+            ("operation", operation.as_str().to_string()),
+            ("http_status", status),
+            ("error_code", code),
+        ];
         self.cloud_requests.get_or_create(&labels).inc();
-        self.cloud_duration.get_or_create(&vec![("operation", operation.as_str().to_string())]).observe(duration.as_secs_f64());
+        self.cloud_duration
+            .get_or_create(&vec![("operation", operation.as_str().to_string())])
+            .observe(duration.as_secs_f64());
     }
 
     /// Counts a retry scheduled with backoff.
@@ -128,14 +178,22 @@ impl Metrics {
 
     /// Counts a failed Kubernetes API call.
     pub fn kubernetes_error(&self, verb: &'static str, kind: &'static str, status: u16) {
-        self.kubernetes_errors.get_or_create(&vec![("verb", verb.into()), ("kind", kind.into()), ("http_status", status.to_string())]).inc();
+        self.kubernetes_errors
+            .get_or_create(&vec![
+                ("verb", verb.into()),
+                ("kind", kind.into()),
+                ("http_status", status.to_string()),
+            ])
+            .inc();
     }
 
     /// Sets the count of resources in each phase, of those stuck deleting and of those past
     /// their deadline.
     pub fn set_resources(&self, by_phase: &[(&'static str, i64)], stuck_deleting: i64, past_deadline: i64) {
         for (phase, count) in by_phase {
-            self.resources.get_or_create(&vec![("phase", phase.to_string())]).set(*count);
+            self.resources
+                .get_or_create(&vec![("phase", phase.to_string())])
+                .set(*count);
         }
         self.stuck_deleting.set(stuck_deleting);
         self.past_deadline.set(past_deadline);
@@ -161,7 +219,9 @@ impl Metrics {
     fn bounded_code(&self, code: Option<&str>) -> String {
         let Some(code) = code else { return String::new() };
         let looks_like_a_code = code.len() <= 24
-            && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
             && !code.is_empty();
         if !looks_like_a_code {
             return "other".into();
@@ -187,19 +247,27 @@ pub struct Health {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let (metrics, health) = (metrics.clone(), health.clone());
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let response = route(req.uri().path(), &metrics, &health);
                     async move { Ok::<_, std::convert::Infallible>(response) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
@@ -208,7 +276,11 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>)
 
 fn route(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
-        "/metrics" => (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.render()),
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(),
+        ),
         "/healthz" | "/livez" => (StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
             if health.stopping.load(Ordering::Relaxed) {
@@ -216,12 +288,20 @@ fn route(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>
             } else if health.ready.load(Ordering::Relaxed) {
                 (StatusCode::OK, "text/plain", "ok\n".into())
             } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "caches not synced\n".into())
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "caches not synced\n".into(),
+                )
             }
         }
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
-    Response::builder().status(status).header("Content-Type", content_type).body(Full::new(Bytes::from(body))).expect("a valid response")
+    Response::builder()
+        .status(status)
+        .header("Content-Type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
 }
 
 #[cfg(test)]
@@ -233,7 +313,10 @@ mod tests {
         CloudError::Api(ApiError {
             operation: Operation::CancelRemoteAssistance,
             http_status: 400,
-            body: ErrorBody { code: Some(code.into()), ..ErrorBody::default() },
+            body: ErrorBody {
+                code: Some(code.into()),
+                ..ErrorBody::default()
+            },
             request_id: Some("REQID0123456789".into()),
         })
     }
@@ -241,11 +324,27 @@ mod tests {
     #[test]
     fn renders_prometheus_text_with_bounded_labels() {
         let m = Metrics::new();
-        m.cloud_call(Operation::CancelRemoteAssistance, Ok(204), Duration::from_millis(3));
-        m.cloud_call(Operation::CancelRemoteAssistance, Err(&api_error("WKS.0001")), Duration::from_millis(3));
-        m.cloud_call(Operation::CancelRemoteAssistance, Err(&api_error("<html> not a code")), Duration::from_millis(3));
+        m.cloud_call(
+            Operation::CancelRemoteAssistance,
+            Ok(204),
+            Duration::from_millis(3),
+        );
+        m.cloud_call(
+            Operation::CancelRemoteAssistance,
+            Err(&api_error("WKS.0001")),
+            Duration::from_millis(3),
+        );
+        m.cloud_call(
+            Operation::CancelRemoteAssistance,
+            Err(&api_error("<html> not a code")),
+            Duration::from_millis(3),
+        );
         for i in 0..(MAX_ERROR_CODES + 5) {
-            m.cloud_call(Operation::CancelRemoteAssistance, Err(&api_error(&format!("X.{i}"))), Duration::from_millis(1));
+            m.cloud_call(
+                Operation::CancelRemoteAssistance,
+                Err(&api_error(&format!("X.{i}"))),
+                Duration::from_millis(1),
+            );
         }
         m.reconciled("success", "Reconciled", Duration::from_millis(10));
         m.set_resources(&[("Active", 3)], 1, 0);
@@ -257,7 +356,10 @@ mod tests {
         assert!(text.contains(r#"workspace_assist_resources{phase="Active"} 3"#));
         assert!(text.contains("workspace_assist_resources_stuck_deleting 1"));
         assert!(text.contains("workspace_assist_reconcile_duration_seconds_bucket"));
-        let codes = text.lines().filter(|l| l.starts_with("workspace_assist_cloud_requests_total{")).count();
+        let codes = text
+            .lines()
+            .filter(|l| l.starts_with("workspace_assist_cloud_requests_total{"))
+            .count();
         assert!(codes <= MAX_ERROR_CODES + 3, "label values are bounded: {codes}");
     }
 }

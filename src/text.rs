@@ -47,7 +47,14 @@ mod tests {
         let cut = bounded(&long, MAX_MESSAGE_BYTES);
         assert!(cut.len() <= MAX_MESSAGE_BYTES, "{}", cut.len());
         assert!(cut.ends_with(TRUNCATION_MARKER));
-        assert!(cut.chars().count() <= MAX_MESSAGE_BYTES, "within the CRD's maxLength (characters) too");
-        assert_eq!(bounded(&"x".repeat(1024), 1024).len(), 1024, "exactly the bound is not cut");
+        assert!(
+            cut.chars().count() <= MAX_MESSAGE_BYTES,
+            "within the CRD's maxLength (characters) too"
+        );
+        assert_eq!(
+            bounded(&"x".repeat(1024), 1024).len(),
+            1024,
+            "exactly the bound is not cut"
+        );
     }
 }

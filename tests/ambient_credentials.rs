@@ -16,8 +16,8 @@ use support::operator::{PROJECT, World, condition_reason, eventually};
 use workspace_assist::controller::selector::LabelSelector;
 use workspace_assist::resource::{Phase, RemoteAssistance};
 use workspace_assist::simulator::identity::{MetadataService, OidcProvider};
-use workspace_assist::workspace::ambient::{AmbientSource, IdToken};
 use workspace_assist::workspace::Operation;
+use workspace_assist::workspace::ambient::{AmbientSource, IdToken};
 
 const T: Duration = Duration::from_secs(60);
 const OPERATOR_SA: &str = "workspace-assist";
@@ -41,23 +41,33 @@ fn without_secret(w: &World, name: &str) -> serde_json::Value {
 
 /// The test namespace may use the default credentials.
 fn allow_this_namespace(w: &World, config: &mut workspace_assist::controller::Config) {
-    config.default_credentials_namespaces = Some(LabelSelector::parse(&format!("kubernetes.io/metadata.name={}", w.namespace)).unwrap());
+    config.default_credentials_namespaces =
+        Some(LabelSelector::parse(&format!("kubernetes.io/metadata.name={}", w.namespace)).unwrap());
 }
 
 async fn create_service_account(w: &World, name: &str) {
     let api: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.namespace);
     let sa: ServiceAccount = serde_json::from_value(json!({ "metadata": { "name": name } })).unwrap();
-    api.create(&PostParams::default(), &sa).await.expect("creating the ServiceAccount");
+    api.create(&PostParams::default(), &sa)
+        .await
+        .expect("creating the ServiceAccount");
 }
 
 /// A real token of the ServiceAccount for `audience`, from the TokenRequest API.
 async fn request_token(w: &World, sa: &str, audience: &str) -> String {
     let api: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.namespace);
     let request = TokenRequest {
-        spec: Some(TokenRequestSpec { audiences: Some(vec![audience.to_string()]), expiration_seconds: Some(3600), bound_object_ref: None }),
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![audience.to_string()]),
+            expiration_seconds: Some(3600),
+            bound_object_ref: None,
+        }),
         ..TokenRequest::default()
     };
-    let answer = api.create_token_request(sa, &PostParams::default(), &request).await.expect("TokenRequest");
+    let answer = api
+        .create_token_request(sa, &PostParams::default(), &request)
+        .await
+        .expect("TokenRequest");
     answer.status.and_then(|s| s.token).expect("a token")
 }
 
@@ -70,14 +80,17 @@ fn write_token(path: &Path, token: &str) {
 
 /// The service-account issuer of the API server, from its OIDC discovery document.
 async fn issuer(w: &World) -> String {
-    let request = http::Request::get("/.well-known/openid-configuration").body(Vec::new()).unwrap();
+    let request = http::Request::get("/.well-known/openid-configuration")
+        .body(Vec::new())
+        .unwrap();
     let discovery: serde_json::Value = w.client.request(request).await.expect("OIDC discovery");
     discovery["issuer"].as_str().expect("an issuer").to_string()
 }
 
 async fn create_and_wait_active(w: &World, name: &str) -> RemoteAssistance {
     w.create(without_secret(w, name)).await;
-    w.wait_for(name, T, "Active", |ra| phase(ra) == Some(Phase::Active)).await
+    w.wait_for(name, T, "Active", |ra| phase(ra) == Some(Phase::Active))
+        .await
 }
 
 async fn delete_and_check_cancelled(w: &World, name: &str) {
@@ -91,7 +104,9 @@ async fn delete_and_check_cancelled(w: &World, name: &str) {
 /// Starts the operator with the simulator as the node's metadata service, for this namespace.
 fn start_with_ecs_agency(w: &mut World) {
     let mut config = w.config();
-    config.ambient = Some(AmbientSource::EcsMetadata { endpoint: w.sim.endpoint().parse().unwrap() });
+    config.ambient = Some(AmbientSource::EcsMetadata {
+        endpoint: w.sim.endpoint().parse().unwrap(),
+    });
     allow_this_namespace(w, &mut config);
     w.start_operator(config);
 }
@@ -118,7 +133,10 @@ async fn pod_identity_end_to_end_with_rotation_refresh_and_revocation() {
     let bound = format!("{}/{OPERATOR_SA}", w.namespace);
     w.sim.enable_pod_identity(POD_IDENTITY_AUDIENCE, &[&bound]);
     let mut config = w.config();
-    config.ambient = Some(AmbientSource::PodIdentity { uri: w.sim.pod_identity_uri().parse().unwrap(), token_file: file.clone() });
+    config.ambient = Some(AmbientSource::PodIdentity {
+        uri: w.sim.pod_identity_uri().parse().unwrap(),
+        token_file: file.clone(),
+    });
     allow_this_namespace(&w, &mut config);
     w.start_operator(config);
 
@@ -127,10 +145,22 @@ async fn pod_identity_end_to_end_with_rotation_refresh_and_revocation() {
         w.create(without_secret(&w, &format!("pod-{i}"))).await;
     }
     for i in 0..5 {
-        let ra = w.wait_for(&format!("pod-{i}"), T, "Active", |ra| phase(ra) == Some(Phase::Active)).await;
-        assert_eq!(source(&ra).as_deref(), Some("pod-identity"), "status names the source, never a value");
+        let ra = w
+            .wait_for(&format!("pod-{i}"), T, "Active", |ra| {
+                phase(ra) == Some(Phase::Active)
+            })
+            .await;
+        assert_eq!(
+            source(&ra).as_deref(),
+            Some("pod-identity"),
+            "status names the source, never a value"
+        );
     }
-    assert_eq!(w.sim.temporary_credentials_issued("pod-identity"), 1, "one fetch shared by every caller");
+    assert_eq!(
+        w.sim.temporary_credentials_issued("pod-identity"),
+        1,
+        "one fetch shared by every caller"
+    );
     delete_and_check_cancelled(&w, "pod-0").await;
 
     // The cloud says the credentials expired: fetched again once, and the call made once more.
@@ -138,7 +168,11 @@ async fn pod_identity_end_to_end_with_rotation_refresh_and_revocation() {
     w.sim.expire_temporary_credentials();
     create_and_wait_active(&w, "pod-after-expiry").await;
     assert_eq!(w.sim.temporary_credentials_issued("pod-identity"), 2);
-    assert_eq!(w.sim.requests().iter().filter(|r| r.status == 401).count(), refused_before + 1, "one refused call, then the retry");
+    assert_eq!(
+        w.sim.requests().iter().filter(|r| r.status == 401).count(),
+        refused_before + 1,
+        "one refused call, then the retry"
+    );
 
     // The kubelet rotates the token (here: the ServiceAccount is recreated, so the old token no
     // longer passes a TokenReview): the operator reads the file again on the next fetch.
@@ -146,45 +180,81 @@ async fn pod_identity_end_to_end_with_rotation_refresh_and_revocation() {
     let old_token = std::fs::read_to_string(&file).unwrap();
     sas.delete(OPERATOR_SA, &DeleteParams::default()).await.unwrap();
     create_service_account(&w, OPERATOR_SA).await;
-    write_token(&file, &request_token(&w, OPERATOR_SA, POD_IDENTITY_AUDIENCE).await);
+    write_token(
+        &file,
+        &request_token(&w, OPERATOR_SA, POD_IDENTITY_AUDIENCE).await,
+    );
     // Only once the old token is refused does a fetch tell whether the file was read again
     // (the API server's ServiceAccount cache accepts it for a moment after the deletion).
-    eventually(T, "the old token is refused", || async { workspace_assist::simulator::identity::review(&w.client, &old_token, POD_IDENTITY_AUDIENCE).await.is_err() }).await;
+    eventually(T, "the old token is refused", || async {
+        workspace_assist::simulator::identity::review(&w.client, &old_token, POD_IDENTITY_AUDIENCE)
+            .await
+            .is_err()
+    })
+    .await;
     w.sim.expire_temporary_credentials();
     create_and_wait_active(&w, "pod-after-rotation").await;
     assert_eq!(w.sim.temporary_credentials_issued("pod-identity"), 3);
-    assert_eq!(w.sim.identity_refusals("pod-identity"), 0, "the rotated token was read");
+    assert_eq!(
+        w.sim.identity_refusals("pod-identity"),
+        0,
+        "the rotated token was read"
+    );
 
     // A revoked token (its ServiceAccount is gone): Stalled with a reason naming the source;
     // other resources wait out the source's backoff instead of asking again.
     sas.delete(OPERATOR_SA, &DeleteParams::default()).await.unwrap();
     // (The API server's ServiceAccount cache learns of the deletion a moment later.)
     let token = std::fs::read_to_string(&file).unwrap();
-    eventually(T, "the token is revoked", || async { workspace_assist::simulator::identity::review(&w.client, &token, POD_IDENTITY_AUDIENCE).await.is_err() }).await;
+    eventually(T, "the token is revoked", || async {
+        workspace_assist::simulator::identity::review(&w.client, &token, POD_IDENTITY_AUDIENCE)
+            .await
+            .is_err()
+    })
+    .await;
     w.sim.expire_temporary_credentials();
     let revoked_at = std::time::Instant::now();
     w.create(without_secret(&w, "pod-revoked")).await;
-    let ra = w.wait_for("pod-revoked", T, "Stalled", |ra| condition_reason(ra, "Stalled").as_deref() == Some("PodIdentityCredentialsFailed")).await;
+    let ra = w
+        .wait_for("pod-revoked", T, "Stalled", |ra| {
+            condition_reason(ra, "Stalled").as_deref() == Some("PodIdentityCredentialsFailed")
+        })
+        .await;
     let shown = serde_json::to_string(&ra.status).unwrap();
     assert!(!shown.contains(&token), "no token in status");
-    assert!(shown.contains("pod-identity credentials"), "the message names the source: {shown}");
+    assert!(
+        shown.contains("pod-identity credentials"),
+        "the message names the source: {shown}"
+    );
     for i in 0..3 {
         w.create(without_secret(&w, &format!("pod-revoked-{i}"))).await;
     }
     for i in 0..3 {
-        w.wait_for(&format!("pod-revoked-{i}"), T, "Stalled", |ra| condition_reason(ra, "Stalled").as_deref() == Some("PodIdentityCredentialsFailed")).await;
+        w.wait_for(&format!("pod-revoked-{i}"), T, "Stalled", |ra| {
+            condition_reason(ra, "Stalled").as_deref() == Some("PodIdentityCredentialsFailed")
+        })
+        .await;
     }
     // Four resources, each reconciled several times (and the open sessions polled every half
     // second), yet the source is asked with a doubling backoff: 1 s, 2 s, 4 s…
-    let (refusals, elapsed) = (w.sim.identity_refusals("pod-identity"), revoked_at.elapsed().as_secs_f64());
-    assert!(refusals as f64 <= 2.0 + (elapsed + 1.0).log2(), "the source is not hammered: {refusals} refusals in {elapsed:.1}s");
+    let (refusals, elapsed) = (
+        w.sim.identity_refusals("pod-identity"),
+        revoked_at.elapsed().as_secs_f64(),
+    );
+    assert!(
+        refusals as f64 <= 2.0 + (elapsed + 1.0).log2(),
+        "the source is not hammered: {refusals} refusals in {elapsed:.1}s"
+    );
     w.stop_operator().await;
 }
 
 #[tokio::test]
 async fn temporary_credentials_are_refreshed_before_they_expire() {
     let mut w = World::new("ambient").await;
-    w.sim.serve_metadata(MetadataService { agency: true, session_tokens: true });
+    w.sim.serve_metadata(MetadataService {
+        agency: true,
+        session_tokens: true,
+    });
     w.sim.set_temporary_lifetime(Duration::from_secs(3));
     start_with_ecs_agency(&mut w);
     let ra = create_and_wait_active(&w, "ecs-0").await;
@@ -195,8 +265,14 @@ async fn temporary_credentials_are_refreshed_before_they_expire() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     create_and_wait_active(&w, "ecs-1").await;
     // (ecs-0's polls every half second refresh them too: at least one refresh.)
-    assert!(w.sim.temporary_credentials_issued("ecs-metadata") >= 2, "refreshed");
-    assert!(w.sim.requests().iter().all(|r| r.status != 401), "no call was made with expired credentials");
+    assert!(
+        w.sim.temporary_credentials_issued("ecs-metadata") >= 2,
+        "refreshed"
+    );
+    assert!(
+        w.sim.requests().iter().all(|r| r.status != 401),
+        "no call was made with expired credentials"
+    );
     delete_and_check_cancelled(&w, "ecs-1").await;
     w.stop_operator().await;
 }
@@ -205,7 +281,10 @@ async fn temporary_credentials_are_refreshed_before_they_expire() {
 async fn ecs_agency_without_session_tokens_and_without_an_agency() {
     let mut w = World::new("ambient").await;
     // An older metadata service: the token PUT answers 404, the GET goes without a token.
-    w.sim.serve_metadata(MetadataService { agency: true, session_tokens: false });
+    w.sim.serve_metadata(MetadataService {
+        agency: true,
+        session_tokens: false,
+    });
     start_with_ecs_agency(&mut w);
     create_and_wait_active(&w, "ecs-old").await;
     delete_and_check_cancelled(&w, "ecs-old").await;
@@ -213,15 +292,34 @@ async fn ecs_agency_without_session_tokens_and_without_an_agency() {
 
     // A node without an agency: Stalled, naming the source.
     let mut w = World::new("ambient").await;
-    w.sim.serve_metadata(MetadataService { agency: false, session_tokens: true });
+    w.sim.serve_metadata(MetadataService {
+        agency: false,
+        session_tokens: true,
+    });
     start_with_ecs_agency(&mut w);
     w.create(without_secret(&w, "ecs-none")).await;
-    let ra = w.wait_for("ecs-none", T, "Stalled", |ra| condition_reason(ra, "Stalled").as_deref() == Some("EcsMetadataCredentialsFailed")).await;
-    let message = ra.status.unwrap().last_error.unwrap().error_message.unwrap_or_default();
+    let ra = w
+        .wait_for("ecs-none", T, "Stalled", |ra| {
+            condition_reason(ra, "Stalled").as_deref() == Some("EcsMetadataCredentialsFailed")
+        })
+        .await;
+    let message = ra
+        .status
+        .unwrap()
+        .last_error
+        .unwrap()
+        .error_message
+        .unwrap_or_default();
     assert!(message.contains("Cloud Service Agency"), "{message}");
     // The source's own words (they may name agencies and accounts) stay in the operator's log.
-    assert!(!message.contains("Please configure"), "the source's message is not copied into status: {message}");
-    assert!(w.sim.requests().is_empty(), "no Workspace call without credentials");
+    assert!(
+        !message.contains("Please configure"),
+        "the source's message is not copied into status: {message}"
+    );
+    assert!(
+        w.sim.requests().is_empty(),
+        "no Workspace call without credentials"
+    );
     w.stop_operator().await;
 }
 
@@ -273,13 +371,19 @@ async fn oidc_through_sts_with_a_projected_service_account_token() {
     register_cluster(&w, &w2.sim).await;
     let other = tempfile::tempdir().unwrap();
     let other_file = token_file(&other);
-    write_token(&other_file, &request_token(&w, OPERATOR_SA, "some-other-audience").await);
+    write_token(
+        &other_file,
+        &request_token(&w, OPERATOR_SA, "some-other-audience").await,
+    );
     let mut config = w2.config();
     config.ambient = Some(oidc_source(&w2.sim, &other_file));
     allow_this_namespace(&w2, &mut config);
     w2.start_operator(config);
     w2.create(without_secret(&w2, "oidc-wrong-audience")).await;
-    w2.wait_for("oidc-wrong-audience", T, "Stalled", |ra| condition_reason(ra, "Stalled").as_deref() == Some("OidcCredentialsFailed")).await;
+    w2.wait_for("oidc-wrong-audience", T, "Stalled", |ra| {
+        condition_reason(ra, "Stalled").as_deref() == Some("OidcCredentialsFailed")
+    })
+    .await;
     assert_eq!(w2.sim.temporary_credentials_issued("oidc"), 0);
     assert_eq!(w2.sim.identity_refusals("oidc"), 1);
     assert!(w2.sim.requests().is_empty());
@@ -289,19 +393,33 @@ async fn oidc_through_sts_with_a_projected_service_account_token() {
 #[tokio::test]
 async fn the_operators_identity_serves_only_namespaces_the_admin_allowed() {
     let mut w = World::new("ambient").await;
-    w.sim.serve_metadata(MetadataService { agency: true, session_tokens: true });
+    w.sim.serve_metadata(MetadataService {
+        agency: true,
+        session_tokens: true,
+    });
     let mut config = w.config();
-    config.ambient = Some(AmbientSource::EcsMetadata { endpoint: w.sim.endpoint().parse().unwrap() });
+    config.ambient = Some(AmbientSource::EcsMetadata {
+        endpoint: w.sim.endpoint().parse().unwrap(),
+    });
     // The default: no namespace may.
     config.default_credentials_namespaces = None;
     w.start_operator(config);
     w.create(without_secret(&w, "not-allowed")).await;
-    w.wait_for("not-allowed", T, "Stalled", |ra| condition_reason(ra, "Stalled").as_deref() == Some("DefaultCredentialsNotAllowed")).await;
-    assert_eq!(w.sim.temporary_credentials_issued("ecs-metadata"), 0, "the identity is not even asked");
+    w.wait_for("not-allowed", T, "Stalled", |ra| {
+        condition_reason(ra, "Stalled").as_deref() == Some("DefaultCredentialsNotAllowed")
+    })
+    .await;
+    assert_eq!(
+        w.sim.temporary_credentials_issued("ecs-metadata"),
+        0,
+        "the identity is not even asked"
+    );
     assert!(w.sim.requests().is_empty(), "no call");
     // A resource with its own Secret is not affected, and says where its credentials came from.
     w.create(w.manifest("own-secret", "own-secret")).await;
-    let ra = w.wait_for("own-secret", T, "Active", |ra| phase(ra) == Some(Phase::Active)).await;
+    let ra = w
+        .wait_for("own-secret", T, "Active", |ra| phase(ra) == Some(Phase::Active))
+        .await;
     assert_eq!(source(&ra).as_deref(), Some("Secret"));
     w.stop_operator().await;
 }

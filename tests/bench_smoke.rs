@@ -22,27 +22,67 @@ async fn small_latency_and_drain_runs() {
         outage: Duration::ZERO,
     };
     let rows = run(options).await.expect("the benchmark runs");
-    let drain = rows.iter().find(|r| r.what.starts_with("2. drain 200")).expect("a drain row");
-    assert!(drain.operator.contains("200 DELETEs") && drain.floor.contains("200 DELETEs"), "one DELETE per resource: {drain:?}");
-    assert!(rows.iter().any(|r| r.what.contains("p99")), "latency percentiles: {rows:?}");
+    let drain = rows
+        .iter()
+        .find(|r| r.what.starts_with("2. drain 200"))
+        .expect("a drain row");
+    assert!(
+        drain.operator.contains("200 DELETEs") && drain.floor.contains("200 DELETEs"),
+        "one DELETE per resource: {drain:?}"
+    );
+    assert!(
+        rows.iter().any(|r| r.what.contains("p99")),
+        "latency percentiles: {rows:?}"
+    );
     // The controller-runtime baseline ran on the same control plane: one DELETE per resource.
-    let baseline = rows.iter().find(|r| r.what.contains("controller-runtime baseline") && r.what.starts_with("2. drain")).expect("a baseline row");
-    assert!(baseline.floor.contains("200 DELETEs"), "the baseline cancelled each resource once: {baseline:?}");
-    assert!(rows.iter().any(|r| r.what.contains("memory") && r.what.contains("baseline")), "the baseline's memory: {rows:?}");
+    let baseline = rows
+        .iter()
+        .find(|r| r.what.contains("controller-runtime baseline") && r.what.starts_with("2. drain"))
+        .expect("a baseline row");
+    assert!(
+        baseline.floor.contains("200 DELETEs"),
+        "the baseline cancelled each resource once: {baseline:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.what.contains("memory") && r.what.contains("baseline")),
+        "the baseline's memory: {rows:?}"
+    );
     // Every request accounted for: the breakdown names the bench's own DELETE of each object.
-    let breakdown = rows.iter().find(|r| r.what.starts_with("2. drain, API requests per deletion by verb and resource")).expect("a breakdown row");
-    assert!(breakdown.operator.contains("DELETE remoteassistances 1.00") && breakdown.floor.contains("DELETE remoteassistances 1.00"), "{breakdown:?}");
+    let breakdown = rows
+        .iter()
+        .find(|r| {
+            r.what
+                .starts_with("2. drain, API requests per deletion by verb and resource")
+        })
+        .expect("a breakdown row");
+    assert!(
+        breakdown.operator.contains("DELETE remoteassistances 1.00")
+            && breakdown.floor.contains("DELETE remoteassistances 1.00"),
+        "{breakdown:?}"
+    );
     // The floor doing the operator's duties makes the operator's kinds of request: its Events,
     // the invitation Secret's deletion, the finalizer's removal.
     let duties = rows
         .iter()
-        .find(|r| r.what.starts_with("2. drain, API requests per deletion") && r.what.contains("operator's duties"))
+        .find(|r| {
+            r.what.starts_with("2. drain, API requests per deletion") && r.what.contains("operator's duties")
+        })
         .expect("a breakdown against the floor doing the operator's duties");
     for kind in ["POST events", "DELETE secrets", "PATCH remoteassistances"] {
-        assert!(duties.operator.contains(kind) && duties.floor.contains(kind), "{kind} on both sides: {duties:?}");
+        assert!(
+            duties.operator.contains(kind) && duties.floor.contains(kind),
+            "{kind} on both sides: {duties:?}"
+        );
     }
     // Scenario 1 in three rounds, each with its p99.
-    assert_eq!(rows.iter().filter(|r| r.what.contains("p99") && r.what.contains("), round ")).count(), 3, "{rows:?}");
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.what.contains("p99") && r.what.contains("), round "))
+            .count(),
+        3,
+        "{rows:?}"
+    );
 }
 
 #[test]

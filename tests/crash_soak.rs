@@ -37,7 +37,10 @@ const CONCURRENCY: usize = 4;
 const MAX_CALLS_PER_RESOURCE_SECOND: usize = 9;
 
 fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// What the workload does to resource `i`.
@@ -61,17 +64,33 @@ fn fate(i: usize) -> Fate {
 
 /// Restarts the operator after each SIGKILL, `kills` times at random moments, then leaves one
 /// running. Returns it.
-async fn kill_repeatedly(ns: String, endpoint: String, kills: usize, killed: Arc<Mutex<usize>>, logs: Arc<Mutex<String>>) -> OperatorProcess {
+async fn kill_repeatedly(
+    ns: String,
+    endpoint: String,
+    kills: usize,
+    killed: Arc<Mutex<usize>>,
+    logs: Arc<Mutex<String>>,
+) -> OperatorProcess {
     let kubeconfig = support::control_plane::shared().kubeconfig.clone();
     let spawn = || {
         OperatorProcess::spawn(
             &kubeconfig,
             &[
-                "--namespace", &ns, "--leader-elect", "false", "--poll-interval", "1h", "--log-level", "info",
-                "--concurrency", &CONCURRENCY.to_string(),
-                "--allowed-endpoint", &endpoint,
+                "--namespace",
+                &ns,
+                "--leader-elect",
+                "false",
+                "--poll-interval",
+                "1h",
+                "--log-level",
+                "info",
+                "--concurrency",
+                &CONCURRENCY.to_string(),
+                "--allowed-endpoint",
+                &endpoint,
                 // Some injected faults need a person (an error delivered with HTTP 200): recheck soon.
-                "--needs-human-recheck", "2s",
+                "--needs-human-recheck",
+                "2s",
             ],
         )
     };
@@ -79,10 +98,18 @@ async fn kill_repeatedly(ns: String, endpoint: String, kills: usize, killed: Arc
     for _ in 0..kills {
         let wait = rand::rng().random_range(300..1500);
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        assert!(operator.running(), "the operator died on its own; logs:\n{}", operator.logs());
+        assert!(
+            operator.running(),
+            "the operator died on its own; logs:\n{}",
+            operator.logs()
+        );
         operator.signal("-KILL");
         operator.wait(Duration::from_secs(10)).await;
-        assert!(!operator.logs().contains("panicked"), "the operator panicked; logs:\n{}", operator.logs());
+        assert!(
+            !operator.logs().contains("panicked"),
+            "the operator panicked; logs:\n{}",
+            operator.logs()
+        );
         logs.lock().unwrap().push_str(&operator.logs());
         *killed.lock().unwrap() += 1;
         operator = spawn();
@@ -117,7 +144,13 @@ async fn sigkills_at_random_moments_lose_no_cancel() {
     let started = Instant::now();
     let names: Vec<String> = (0..n).map(|i| format!("c-{i}")).collect();
     let logs = Arc::new(Mutex::new(String::new()));
-    let killer = tokio::spawn(kill_repeatedly(w.namespace.clone(), w.sim.endpoint(), kills, killed.clone(), logs.clone()));
+    let killer = tokio::spawn(kill_repeatedly(
+        w.namespace.clone(),
+        w.sim.endpoint(),
+        kills,
+        killed.clone(),
+        logs.clone(),
+    ));
 
     // The workload, paced so that it spans the kills: create in batches; cancel and delete
     // while resources are still being created and started.
@@ -128,22 +161,35 @@ async fn sigkills_at_random_moments_lose_no_cancel() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
         if b >= 2 {
-            for (i, name) in names.iter().enumerate().take((b - 1) * batch).skip((b - 2) * batch) {
+            for (i, name) in names
+                .iter()
+                .enumerate()
+                .take((b - 1) * batch)
+                .skip((b - 2) * batch)
+            {
                 match fate(i) {
                     Fate::Deleted => w.delete(name).await,
                     Fate::Cancelled => {
-                        w.patch_spec(name, serde_json::json!({ "cancelled": true })).await.unwrap();
+                        w.patch_spec(name, serde_json::json!({ "cancelled": true }))
+                            .await
+                            .unwrap();
                     }
                     Fate::Drained => {}
                 }
             }
         }
     }
-    for (i, name) in names.iter().enumerate().skip(names.len().saturating_sub(2 * batch)) {
+    for (i, name) in names
+        .iter()
+        .enumerate()
+        .skip(names.len().saturating_sub(2 * batch))
+    {
         match fate(i) {
             Fate::Deleted => w.delete(name).await,
             Fate::Cancelled => {
-                w.patch_spec(name, serde_json::json!({ "cancelled": true })).await.unwrap();
+                w.patch_spec(name, serde_json::json!({ "cancelled": true }))
+                    .await
+                    .unwrap();
             }
             Fate::Drained => {}
         }
@@ -156,15 +202,26 @@ async fn sigkills_at_random_moments_lose_no_cancel() {
     for (i, name) in names.iter().enumerate() {
         if fate(i) == Fate::Cancelled {
             let ra = w
-                .wait_for(name, Duration::from_secs(120), "Cancelled", |ra: &RemoteAssistance| {
-                    ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled)
-                })
+                .wait_for(
+                    name,
+                    Duration::from_secs(120),
+                    "Cancelled",
+                    |ra: &RemoteAssistance| {
+                        ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled)
+                    },
+                )
                 .await;
-            statuses.lock().unwrap().push(serde_json::to_value(&ra.status).unwrap());
+            statuses
+                .lock()
+                .unwrap()
+                .push(serde_json::to_value(&ra.status).unwrap());
         }
     }
     for ra in w.api().list(&Default::default()).await.unwrap() {
-        statuses.lock().unwrap().push(serde_json::to_value(&ra.status).unwrap());
+        statuses
+            .lock()
+            .unwrap()
+            .push(serde_json::to_value(&ra.status).unwrap());
     }
     for (i, name) in names.iter().enumerate() {
         if fate(i) != Fate::Deleted {
@@ -187,42 +244,87 @@ async fn sigkills_at_random_moments_lose_no_cancel() {
     let gone = gone.lock().unwrap().clone();
     let mut sessions = 0;
     for name in &names {
-        let gone_at = gone.get(name).unwrap_or_else(|| panic!("{name}: its deletion was not seen"));
+        let gone_at = gone
+            .get(name)
+            .unwrap_or_else(|| panic!("{name}: its deletion was not seen"));
         if !requests.iter().any(|r| r.desktop_id == *name) {
             // Deleted before the operator held it (its finalizer comes before any cloud call).
             continue;
         }
-        let confirmed = sent.iter().filter(|c| c.desktop_id == *name).map(|c| c.sent_at).min();
-        let confirmed = confirmed.unwrap_or_else(|| panic!("{name}: went without a confirmation from the cloud"));
-        assert!(confirmed <= *gone_at, "{name}: the finalizer came off before the cloud sent its confirmation");
+        let confirmed = sent
+            .iter()
+            .filter(|c| c.desktop_id == *name)
+            .map(|c| c.sent_at)
+            .min();
+        let confirmed =
+            confirmed.unwrap_or_else(|| panic!("{name}: went without a confirmation from the cloud"));
+        assert!(
+            confirmed <= *gone_at,
+            "{name}: the finalizer came off before the cloud sent its confirmation"
+        );
         if let Some(session) = w.sim.session(PROJECT, name) {
             sessions += 1;
-            assert!(!session.in_progress(), "{name}: its session is still open in the cloud");
+            assert!(
+                !session.in_progress(),
+                "{name}: its session is still open in the cloud"
+            );
         }
     }
 
     // No secret value in what the operators logged, the Events or the statuses they wrote.
     let logs = format!("{}{}", logs.lock().unwrap(), operator.logs());
-    assert!(logs.contains("remote assistance cancelled"), "the operators' logs were collected");
-    let events: kube::Api<k8s_openapi::api::events::v1::Event> = kube::Api::namespaced(w.client.clone(), &w.namespace);
+    assert!(
+        logs.contains("remote assistance cancelled"),
+        "the operators' logs were collected"
+    );
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(w.client.clone(), &w.namespace);
     let events = serde_json::to_string(&events.list(&Default::default()).await.unwrap().items).unwrap();
     let statuses = serde_json::to_string(&statuses.lock().unwrap().clone()).unwrap();
     let metrics = operator.get("/metrics").await.1;
-    assert!(metrics.contains("workspace_assist_cloud_requests_total"), "/metrics was read");
+    assert!(
+        metrics.contains("workspace_assist_cloud_requests_total"),
+        "/metrics was read"
+    );
     // Every session's secrets, also those of sessions a later one replaced on its desktop.
     let mut secrets = vec![support::operator::SK.to_string()];
     secrets.extend(support::session_secrets(&w.sim));
-    for (what, text) in [("logs", &logs), ("Events", &events), ("statuses", &statuses), ("metrics", &metrics)] {
-        assert_eq!(support::leaked(text, &secrets), None, "a secret value appears in the {what}");
-        assert!(!text.contains("share.example.com/s/") && !text.contains("share.example.internal/s/"), "a share link appears in the {what}");
+    for (what, text) in [
+        ("logs", &logs),
+        ("Events", &events),
+        ("statuses", &statuses),
+        ("metrics", &metrics),
+    ] {
+        assert_eq!(
+            support::leaked(text, &secrets),
+            None,
+            "a secret value appears in the {what}"
+        );
+        assert!(
+            !text.contains("share.example.com/s/") && !text.contains("share.example.internal/s/"),
+            "a share link appears in the {what}"
+        );
     }
 
     // Figures.
     let faults = requests.iter().filter(|r| r.faulted).count();
-    let confirmed = requests.iter().filter(|r| r.operation == Some(CANCEL) && r.status == 204 && !r.faulted).count();
+    let confirmed = requests
+        .iter()
+        .filter(|r| r.operation == Some(CANCEL) && r.status == 204 && !r.faulted)
+        .count();
     // A DELETE that met an injected fault is a retry, not a duplicate.
-    let deletes = requests.iter().filter(|r| r.operation == Some(CANCEL) && !r.faulted).count();
-    let cancelled_desktops = names.iter().filter(|n| requests.iter().any(|r| r.desktop_id == **n && r.operation == Some(CANCEL))).count();
+    let deletes = requests
+        .iter()
+        .filter(|r| r.operation == Some(CANCEL) && !r.faulted)
+        .count();
+    let cancelled_desktops = names
+        .iter()
+        .filter(|n| {
+            requests
+                .iter()
+                .any(|r| r.desktop_id == **n && r.operation == Some(CANCEL))
+        })
+        .count();
     let duplicates = deletes.saturating_sub(cancelled_desktops);
     let busiest = busiest_second_per_desktop(&requests);
     println!(
@@ -236,8 +338,14 @@ async fn sigkills_at_random_moments_lose_no_cancel() {
         busiest.count()
     );
     assert_eq!(kills_done, kills);
-    assert!(duplicates <= CONCURRENCY * kills_done, "{duplicates} duplicate DELETEs for {kills_done} kills at concurrency {CONCURRENCY}");
-    assert!(busiest.count() <= MAX_CALLS_PER_RESOURCE_SECOND, "hot loop: {busiest}");
+    assert!(
+        duplicates <= CONCURRENCY * kills_done,
+        "{duplicates} duplicate DELETEs for {kills_done} kills at concurrency {CONCURRENCY}"
+    );
+    assert!(
+        busiest.count() <= MAX_CALLS_PER_RESOURCE_SECOND,
+        "hot loop: {busiest}"
+    );
     operator.signal("-TERM");
     let status = operator.wait(Duration::from_secs(30)).await;
     assert!(status.success(), "a clean exit after SIGTERM: {status}");

@@ -5,7 +5,8 @@ mod support;
 
 #[test]
 fn committed_crds_match_the_rust_types() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/remoteassistances.workspace.assist.dev.yaml");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crds/remoteassistances.workspace.assist.dev.yaml");
     let committed = std::fs::read_to_string(&path).expect("crds/ holds the generated CRD");
     let generated = workspace_assist::crds_yaml();
     assert!(
@@ -24,7 +25,10 @@ fn descriptions_read_as_prose() {
             serde_json::Value::Object(m) => m.iter().for_each(|(k, v)| {
                 if let (Some(text), "description") = (v.as_str(), k.as_str()) {
                     for line in text.split("\n\n").flat_map(|p| p.lines().skip(1)) {
-                        assert!(line.starts_with("- ") || line.starts_with("* "), "{path}.description breaks mid-paragraph before {line:?}");
+                        assert!(
+                            line.starts_with("- ") || line.starts_with("* "),
+                            "{path}.description breaks mid-paragraph before {line:?}"
+                        );
                     }
                 }
                 check(v, &format!("{path}.{k}"));

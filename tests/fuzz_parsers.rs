@@ -8,7 +8,13 @@ use workspace_assist::workspace::error::parse_error_body;
 use workspace_assist::workspace::signer::{self, SigningRequest};
 
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(500), ..ProptestConfig::default() }
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500),
+        ..ProptestConfig::default()
+    }
 }
 
 /// JSON-ish bodies: real error shapes with arbitrary values, nested objects, and junk.

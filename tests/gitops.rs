@@ -22,7 +22,11 @@ fn phase(ra: &RemoteAssistance) -> Option<Phase> {
 
 /// Runs a Go tool of the harness module with `objects` as a JSON array on stdin; returns
 /// name → (status, message).
-fn evaluate(tool: &str, args: &[&str], objects: &[RemoteAssistance]) -> std::collections::HashMap<String, (String, String)> {
+fn evaluate(
+    tool: &str,
+    args: &[&str],
+    objects: &[RemoteAssistance],
+) -> std::collections::HashMap<String, (String, String)> {
     let mut child = Command::new(support::control_plane::go_tool(tool))
         .args(args)
         .stdin(Stdio::piped())
@@ -30,13 +34,30 @@ fn evaluate(tool: &str, args: &[&str], objects: &[RemoteAssistance]) -> std::col
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(&serde_json::to_vec(objects).unwrap()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(objects).unwrap())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{tool}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let results: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     results
         .into_iter()
-        .map(|r| (r["name"].as_str().unwrap().to_string(), (r["status"].as_str().unwrap().to_string(), r["message"].as_str().unwrap_or("").to_string())))
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                (
+                    r["status"].as_str().unwrap().to_string(),
+                    r["message"].as_str().unwrap_or("").to_string(),
+                ),
+            )
+        })
         .collect()
 }
 
@@ -50,7 +71,11 @@ async fn produce_objects() -> Vec<RemoteAssistance> {
     w.sim.inject(FaultRule::new(
         "forbidden",
         Operation::CancelRemoteAssistance,
-        vec![Fault::error(403, "WKS.00010003", "The user does not have the permission.")],
+        vec![Fault::error(
+            403,
+            "WKS.00010003",
+            "The user does not have the permission.",
+        )],
     ));
     w.start_operator(w.config());
     for name in ["active", "cancelled", "paused", "forbidden", "waiting"] {
@@ -61,20 +86,53 @@ async fn produce_objects() -> Vec<RemoteAssistance> {
         w.create(m).await;
     }
     let mut objects = Vec::new();
-    objects.push(w.wait_for("active", T, "Active", |ra| phase(ra) == Some(Phase::Active)).await);
-    objects.push(w.wait_for("waiting", T, "Pending", |ra| phase(ra) == Some(Phase::Pending)).await);
-    w.wait_for("paused", T, "Active", |ra| phase(ra) == Some(Phase::Active)).await;
-    w.annotate("paused", json!({ "workspace.assist.dev/paused": "true" })).await;
-    objects.push(w.wait_for("paused", T, "paused", |ra| support::operator::condition_reason(ra, "Synced").as_deref() == Some("Paused")).await);
-    w.patch_spec("cancelled", json!({ "cancelled": true })).await.unwrap();
-    objects.push(w.wait_for("cancelled", T, "Cancelled", |ra| phase(ra) == Some(Phase::Cancelled)).await);
-    w.patch_spec("forbidden", json!({ "cancelled": true })).await.unwrap();
-    objects.push(w.wait_for("forbidden", T, "Stalled", |ra| condition(ra, "Stalled").as_deref() == Some("True")).await);
+    objects.push(
+        w.wait_for("active", T, "Active", |ra| phase(ra) == Some(Phase::Active))
+            .await,
+    );
+    objects.push(
+        w.wait_for("waiting", T, "Pending", |ra| phase(ra) == Some(Phase::Pending))
+            .await,
+    );
+    w.wait_for("paused", T, "Active", |ra| phase(ra) == Some(Phase::Active))
+        .await;
+    w.annotate("paused", json!({ "workspace.assist.dev/paused": "true" }))
+        .await;
+    objects.push(
+        w.wait_for("paused", T, "paused", |ra| {
+            support::operator::condition_reason(ra, "Synced").as_deref() == Some("Paused")
+        })
+        .await,
+    );
+    w.patch_spec("cancelled", json!({ "cancelled": true }))
+        .await
+        .unwrap();
+    objects.push(
+        w.wait_for("cancelled", T, "Cancelled", |ra| {
+            phase(ra) == Some(Phase::Cancelled)
+        })
+        .await,
+    );
+    w.patch_spec("forbidden", json!({ "cancelled": true }))
+        .await
+        .unwrap();
+    objects.push(
+        w.wait_for("forbidden", T, "Stalled", |ra| {
+            condition(ra, "Stalled").as_deref() == Some("True")
+        })
+        .await,
+    );
 
     // A spec change the operator has not observed yet.
     w.stop_operator().await;
-    let mut unobserved = w.patch_spec("active", json!({ "maxDuration": "8h" })).await.unwrap();
-    assert_ne!(unobserved.metadata.generation, unobserved.status.as_ref().unwrap().observed_generation);
+    let mut unobserved = w
+        .patch_spec("active", json!({ "maxDuration": "8h" }))
+        .await
+        .unwrap();
+    assert_ne!(
+        unobserved.metadata.generation,
+        unobserved.status.as_ref().unwrap().observed_generation
+    );
     unobserved.metadata.name = Some("unobserved".into());
     objects.push(unobserved);
     objects
@@ -95,17 +153,37 @@ async fn kstatus_and_argocd_read_the_operator_status() {
         ("unobserved", "InProgress", "Progressing"),
     ];
     for (name, want_kstatus, want_argocd) in expected {
-        assert_eq!(kstatus[name].0, want_kstatus, "kstatus of {name}: {:?}", kstatus[name]);
-        assert_eq!(argocd[name].0, want_argocd, "Argo CD health of {name}: {:?}", argocd[name]);
+        assert_eq!(
+            kstatus[name].0, want_kstatus,
+            "kstatus of {name}: {:?}",
+            kstatus[name]
+        );
+        assert_eq!(
+            argocd[name].0, want_argocd,
+            "Argo CD health of {name}: {:?}",
+            argocd[name]
+        );
     }
-    assert!(argocd["forbidden"].1.contains("WKS.00010003"), "Degraded says why: {:?}", argocd["forbidden"]);
+    assert!(
+        argocd["forbidden"].1.contains("WKS.00010003"),
+        "Degraded says why: {:?}",
+        argocd["forbidden"]
+    );
 }
 
 #[test]
 fn the_argocd_configmap_embeds_the_health_script() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let script = std::fs::read_to_string(root.join("deploy/argocd/health.lua")).unwrap();
-    let cm: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(root.join("deploy/argocd/argocd-cm-patch.yaml")).unwrap()).unwrap();
-    let embedded = cm["data"]["resource.customizations.health.workspace.assist.dev_RemoteAssistance"].as_str().unwrap();
-    assert_eq!(embedded, script, "deploy/argocd/argocd-cm-patch.yaml must embed deploy/argocd/health.lua as it is");
+    let cm: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root.join("deploy/argocd/argocd-cm-patch.yaml")).unwrap(),
+    )
+    .unwrap();
+    let embedded = cm["data"]["resource.customizations.health.workspace.assist.dev_RemoteAssistance"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        embedded, script,
+        "deploy/argocd/argocd-cm-patch.yaml must embed deploy/argocd/health.lua as it is"
+    );
 }

@@ -44,8 +44,15 @@ fn main() {
 }
 
 fn hold() {
-    let cp = support::ControlPlane::start(&support::control_plane::harness()).unwrap_or_else(|e| panic!("{e}"));
-    println!("HARNESS_DIR {}", cp.kubeconfig.parent().expect("the kubeconfig is in the harness's directory").display());
+    let cp =
+        support::ControlPlane::start(&support::control_plane::harness()).unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "HARNESS_DIR {}",
+        cp.kubeconfig
+            .parent()
+            .expect("the kubeconfig is in the harness's directory")
+            .display()
+    );
     println!("HARNESS_PID {}", cp.pid);
     loop {
         std::thread::sleep(Duration::from_secs(3600));
@@ -76,12 +83,24 @@ fn harness_dies_with_a_killed_parent() -> Result<(), String> {
     }
     // The test server's own temporary files (certificates) are in the harness's directory, so
     // they go with it rather than pile up in the system's temporary directory.
-    let scratch = dir.as_ref().ok_or("the holder did not say where the harness lives")?.join("tmp");
+    let scratch = dir
+        .as_ref()
+        .ok_or("the holder did not say where the harness lives")?
+        .join("tmp");
     let own_files = std::fs::read_dir(&scratch)
-        .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("kubernetes-kube-apiserver")))
+        .map(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("kubernetes-kube-apiserver")
+            })
+        })
         .unwrap_or(false);
     if !own_files {
-        return Err(format!("the test server's temporary files are not in {}", scratch.display()));
+        return Err(format!(
+            "the test server's temporary files are not in {}",
+            scratch.display()
+        ));
     }
 
     holder.kill().map_err(|e| format!("SIGKILL to the holder: {e}"))?; // Child::kill sends SIGKILL
@@ -90,7 +109,9 @@ fn harness_dies_with_a_killed_parent() -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while alive(pid) {
         if Instant::now() > deadline {
-            return Err(format!("harness {pid} still running 30s after its parent was SIGKILLed"));
+            return Err(format!(
+                "harness {pid} still running 30s after its parent was SIGKILLed"
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -105,7 +126,10 @@ fn harness_dies_with_a_killed_parent() -> Result<(), String> {
 /// Whether a process with this pid exists and is not a zombie.
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use openmetrics_parser::openmetrics::parse_openmetrics;
 use openmetrics_parser::OpenMetricsType;
+use openmetrics_parser::openmetrics::parse_openmetrics;
 use serde_json::json;
 use support::operator::{PROJECT, World, condition_reason};
 use workspace_assist::resource::{Phase, RemoteAssistance};
@@ -26,12 +26,20 @@ fn read(path: &str) -> String {
 
 fn promtool() -> PathBuf {
     // Built from Prometheus's Go module (tests/promtool pins the version), like the control plane.
-    let harness = workspace_assist::devenv::control_plane::Harness::promtool(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("promtool"));
-    workspace_assist::devenv::control_plane::build_tool(&harness, "github.com/prometheus/prometheus/cmd/promtool", "promtool").unwrap_or_else(|e| panic!("{e}"))
+    let harness = workspace_assist::devenv::control_plane::Harness::promtool(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("promtool"),
+    );
+    workspace_assist::devenv::control_plane::build_tool(
+        &harness,
+        "github.com/prometheus/prometheus/cmd/promtool",
+        "promtool",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn rule_groups() -> serde_yaml::Value {
-    let rule: serde_yaml::Value = serde_yaml::from_str(&read("deploy/components/prometheusrule/prometheusrule.yaml")).unwrap();
+    let rule: serde_yaml::Value =
+        serde_yaml::from_str(&read("deploy/components/prometheusrule/prometheusrule.yaml")).unwrap();
     assert_eq!(rule["kind"], "PrometheusRule");
     rule["spec"]["groups"].clone()
 }
@@ -40,15 +48,34 @@ fn rule_groups() -> serde_yaml::Value {
 fn every_alert_has_a_severity_a_summary_and_a_runbook_step_in_the_readme() {
     let readme = read("README.md");
     let groups = rule_groups();
-    let alerts: Vec<&serde_yaml::Value> = groups.as_sequence().unwrap().iter().flat_map(|g| g["rules"].as_sequence().unwrap()).collect();
+    let alerts: Vec<&serde_yaml::Value> = groups
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap())
+        .collect();
     assert!(alerts.len() >= 7, "the alerts the operator needs");
     for alert in alerts {
         let name = alert["alert"].as_str().expect("alerting rules only");
-        assert!(["critical", "warning"].contains(&alert["labels"]["severity"].as_str().unwrap_or("")), "{name}: a severity");
-        assert!(alert["annotations"]["summary"].as_str().is_some_and(|s| !s.is_empty()), "{name}: a summary");
+        assert!(
+            ["critical", "warning"].contains(&alert["labels"]["severity"].as_str().unwrap_or("")),
+            "{name}: a severity"
+        );
+        assert!(
+            alert["annotations"]["summary"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+            "{name}: a summary"
+        );
         let description = alert["annotations"]["description"].as_str().unwrap_or("");
-        assert!(description.contains(&format!("runbook \"{name}\"")), "{name}: the description names its runbook step: {description}");
-        assert!(readme.contains(&format!("#### {name}")), "{name}: the README has its runbook step");
+        assert!(
+            description.contains(&format!("runbook \"{name}\"")),
+            "{name}: the description names its runbook step: {description}"
+        );
+        assert!(
+            readme.contains(&format!("#### {name}")),
+            "{name}: the README has its runbook step"
+        );
     }
 }
 
@@ -58,9 +85,27 @@ fn the_alert_rules_pass_promtool_check_and_unit_tests() {
     let dir = tempfile::tempdir().unwrap();
     // As Prometheus loads them (the PrometheusRule's spec is a rule file).
     let full = dir.path().join("full.yaml");
-    std::fs::write(&full, serde_yaml::to_string(&serde_yaml::Mapping::from_iter([("groups".into(), rule_groups())])).unwrap()).unwrap();
-    let check = Command::new(&promtool).arg("check").arg("rules").arg(&full).output().unwrap();
-    assert!(check.status.success(), "promtool check rules:\n{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    std::fs::write(
+        &full,
+        serde_yaml::to_string(&serde_yaml::Mapping::from_iter([(
+            "groups".into(),
+            rule_groups(),
+        )]))
+        .unwrap(),
+    )
+    .unwrap();
+    let check = Command::new(&promtool)
+        .arg("check")
+        .arg("rules")
+        .arg(&full)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "promtool check rules:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
 
     // The unit tests compare labels; the annotations' text is checked above.
     let mut groups = rule_groups();
@@ -69,19 +114,45 @@ fn the_alert_rules_pass_promtool_check_and_unit_tests() {
             rule.as_mapping_mut().unwrap().remove("annotations");
         }
     }
-    std::fs::write(dir.path().join("rules.yaml"), serde_yaml::to_string(&serde_yaml::Mapping::from_iter([("groups".into(), groups)])).unwrap()).unwrap();
-    std::fs::copy(Path::new(ROOT).join("tests/prometheus/alerts-test.yaml"), dir.path().join("alerts-test.yaml")).unwrap();
-    let test = Command::new(&promtool).arg("test").arg("rules").arg("alerts-test.yaml").current_dir(dir.path()).output().unwrap();
-    assert!(test.status.success(), "promtool test rules:\n{}{}", String::from_utf8_lossy(&test.stdout), String::from_utf8_lossy(&test.stderr));
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        serde_yaml::to_string(&serde_yaml::Mapping::from_iter([("groups".into(), groups)])).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(
+        Path::new(ROOT).join("tests/prometheus/alerts-test.yaml"),
+        dir.path().join("alerts-test.yaml"),
+    )
+    .unwrap();
+    let test = Command::new(&promtool)
+        .arg("test")
+        .arg("rules")
+        .arg("alerts-test.yaml")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        test.status.success(),
+        "promtool test rules:\n{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
 }
 
 /// The series a query may name, with the labels each carries, from a parsed exposition.
 fn queryable(text: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let exposition = parse_openmetrics(text).unwrap_or_else(|e| panic!("/metrics is not valid OpenMetrics: {e:?}\n{text}"));
+    let exposition = parse_openmetrics(text)
+        .unwrap_or_else(|e| panic!("/metrics is not valid OpenMetrics: {e:?}\n{text}"));
     let mut series = BTreeMap::new();
     for (name, family) in &exposition.families {
         let labels: BTreeSet<String> = family.get_label_names().iter().cloned().collect();
-        let with = |extra: &str| labels.iter().cloned().chain(std::iter::once(extra.to_string())).collect::<BTreeSet<_>>();
+        let with = |extra: &str| {
+            labels
+                .iter()
+                .cloned()
+                .chain(std::iter::once(extra.to_string()))
+                .collect::<BTreeSet<_>>()
+        };
         match family.family_type {
             OpenMetricsType::Counter => {
                 series.insert(format!("{name}_total"), labels.clone());
@@ -113,20 +184,34 @@ impl Names {
 }
 
 fn names_in(expr: &str) -> Names {
-    let ident = |s: &str| s.trim().trim_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).to_string();
-    let mut names = Names { selectors: Vec::new(), grouping: BTreeSet::new() };
+    let ident = |s: &str| {
+        s.trim()
+            .trim_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .to_string()
+    };
+    let mut names = Names {
+        selectors: Vec::new(),
+        grouping: BTreeSet::new(),
+    };
     let chars: Vec<char> = expr.chars().collect();
     let mut i = 0;
     while i < chars.len() {
         let rest: String = chars[i..].iter().collect();
         if rest.starts_with("workspace_assist_") {
-            let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
             i += name.len();
             let mut labels = BTreeSet::new();
             if chars.get(i) == Some(&'{') {
                 let inner: String = chars[i + 1..].iter().take_while(|c| **c != '}').collect();
                 for matcher in inner.split(',') {
-                    let label: String = matcher.trim().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                    let label: String = matcher
+                        .trim()
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
                     if !label.is_empty() {
                         labels.insert(label);
                     }
@@ -139,7 +224,9 @@ fn names_in(expr: &str) -> Names {
         for keyword in ["by (", "on (", "by(", "on("] {
             if rest.starts_with(keyword) {
                 let inner: String = rest[keyword.len()..].chars().take_while(|c| *c != ')').collect();
-                names.grouping.extend(inner.split(',').map(ident).filter(|l| !l.is_empty()));
+                names
+                    .grouping
+                    .extend(inner.split(',').map(ident).filter(|l| !l.is_empty()));
             }
         }
         i += 1;
@@ -149,11 +236,26 @@ fn names_in(expr: &str) -> Names {
 
 #[test]
 fn the_query_reader_finds_metrics_and_labels() {
-    let n = names_in(r#"sum by (le, operation) (rate(workspace_assist_cloud_request_duration_seconds_bucket{job=~"$job",http_status!~"2.."}[5m])) / on (operation) workspace_assist_leader"#);
-    assert_eq!(n.metrics(), BTreeSet::from(["workspace_assist_cloud_request_duration_seconds_bucket".to_string(), "workspace_assist_leader".to_string()]));
-    assert_eq!(n.selectors[0].1, BTreeSet::from(["job".to_string(), "http_status".to_string()]), "matchers belong to their own metric");
+    let n = names_in(
+        r#"sum by (le, operation) (rate(workspace_assist_cloud_request_duration_seconds_bucket{job=~"$job",http_status!~"2.."}[5m])) / on (operation) workspace_assist_leader"#,
+    );
+    assert_eq!(
+        n.metrics(),
+        BTreeSet::from([
+            "workspace_assist_cloud_request_duration_seconds_bucket".to_string(),
+            "workspace_assist_leader".to_string()
+        ])
+    );
+    assert_eq!(
+        n.selectors[0].1,
+        BTreeSet::from(["job".to_string(), "http_status".to_string()]),
+        "matchers belong to their own metric"
+    );
     assert!(n.selectors[1].1.is_empty());
-    assert_eq!(n.grouping, BTreeSet::from(["le".to_string(), "operation".to_string()]));
+    assert_eq!(
+        n.grouping,
+        BTreeSet::from(["le".to_string(), "operation".to_string()])
+    );
 }
 
 #[tokio::test]
@@ -162,9 +264,19 @@ async fn live_metrics_parse_as_openmetrics_and_the_dashboard_names_only_what_the
     // cloud failure retried, and a stalled resource.
     let mut w = World::new("monitor").await;
     let telemetry = workspace_assist::controller::Telemetry::default();
-    let address = workspace_assist::telemetry::serve("127.0.0.1:0".parse().unwrap(), telemetry.metrics.clone(), telemetry.health.clone()).await.unwrap();
+    let address = workspace_assist::telemetry::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        telemetry.metrics.clone(),
+        telemetry.health.clone(),
+    )
+    .await
+    .unwrap();
     w.start_operator_with(w.config(), telemetry.clone());
-    w.sim.inject(FaultRule::new("flaky", Operation::ShowDesktopRemoteAssistanceInfo, vec![Fault::error(503, "APIGW.0308", "throttled")]));
+    w.sim.inject(FaultRule::new(
+        "flaky",
+        Operation::ShowDesktopRemoteAssistanceInfo,
+        vec![Fault::error(503, "APIGW.0308", "throttled")],
+    ));
     w.create(w.manifest("flaky", "flaky")).await;
     w.create(w.manifest("done", "done")).await;
     let mut wrong = w.manifest("wrong", "wrong");
@@ -173,46 +285,83 @@ async fn live_metrics_parse_as_openmetrics_and_the_dashboard_names_only_what_the
     let active = |ra: &RemoteAssistance| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active);
     w.wait_for("flaky", T, "Active", active).await;
     w.wait_for("done", T, "Active", active).await;
-    w.wait_for("wrong", T, "Stalled", |ra| condition_reason(ra, "Stalled").is_some()).await;
+    w.wait_for("wrong", T, "Stalled", |ra| {
+        condition_reason(ra, "Stalled").is_some()
+    })
+    .await;
     w.delete("done").await;
     w.wait_gone("done", T).await;
     assert!(w.sim.session(PROJECT, "done").is_some_and(|s| !s.in_progress()));
     // A failed Kubernetes call is hard to cause here: one is recorded through the call the
     // operator makes, so that the family has its labels.
-    telemetry.metrics.kubernetes_error("patch", "RemoteAssistance", 409);
+    telemetry
+        .metrics
+        .kubernetes_error("patch", "RemoteAssistance", 409);
     let http = reqwest::Client::new();
     let url = format!("http://{address}/metrics");
     support::operator::eventually(T, "the per-phase gauges", || async {
-        http.get(&url).send().await.unwrap().text().await.unwrap().contains(r#"workspace_assist_resources{phase="Active"}"#)
+        http.get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .contains(r#"workspace_assist_resources{phase="Active"}"#)
     })
     .await;
     let response = http.get(&url).send().await.unwrap();
-    assert_eq!(response.headers()["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
     let text = response.text().await.unwrap();
     assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
     let series = queryable(&text);
-    for expected in ["workspace_assist_reconciles_total", "workspace_assist_cloud_request_duration_seconds_bucket", "workspace_assist_resources", "workspace_assist_leader"] {
+    for expected in [
+        "workspace_assist_reconciles_total",
+        "workspace_assist_cloud_request_duration_seconds_bucket",
+        "workspace_assist_resources",
+        "workspace_assist_leader",
+    ] {
         assert!(series.contains_key(expected), "{expected} in {series:?}");
     }
 
-    let dashboard: serde_json::Value = serde_json::from_str(&read("deploy/grafana/workspace-assist.json")).expect("the dashboard is JSON");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/workspace-assist.json")).expect("the dashboard is JSON");
     let panels = dashboard["panels"].as_array().expect("panels");
     let mut used = BTreeSet::new();
     for panel in panels {
         let title = panel["title"].as_str().unwrap_or("?");
-        let targets = panel["targets"].as_array().filter(|t| !t.is_empty()).unwrap_or_else(|| panic!("{title}: no query"));
+        let targets = panel["targets"]
+            .as_array()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| panic!("{title}: no query"));
         for target in targets {
-            let expr = target["expr"].as_str().unwrap_or_else(|| panic!("{title}: a query without expr"));
+            let expr = target["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{title}: a query without expr"));
             let names = names_in(expr);
-            assert!(!names.selectors.is_empty(), "{title}: {expr} names no metric of the operator");
+            assert!(
+                !names.selectors.is_empty(),
+                "{title}: {expr} names no metric of the operator"
+            );
             // job and instance come from Prometheus's scrape, not the exposition.
             let scraped = |label: &str| ["job", "instance"].contains(&label);
             for (metric, matchers) in &names.selectors {
-                let exported = series.get(metric).unwrap_or_else(|| panic!("{title}: {metric} is not exported; /metrics has {:?}", series.keys()));
+                let exported = series.get(metric).unwrap_or_else(|| {
+                    panic!(
+                        "{title}: {metric} is not exported; /metrics has {:?}",
+                        series.keys()
+                    )
+                });
                 // A matcher's label is on the metric it selects; a grouping label on every
                 // metric the expression aggregates.
                 for label in matchers.iter().chain(&names.grouping) {
-                    assert!(exported.contains(label) || scraped(label), "{title}: label {label} is not on {metric} ({exported:?}) in {expr}");
+                    assert!(
+                        exported.contains(label) || scraped(label),
+                        "{title}: label {label} is not on {metric} ({exported:?}) in {expr}"
+                    );
                 }
                 used.insert(metric.clone());
             }
@@ -232,12 +381,21 @@ async fn live_metrics_parse_as_openmetrics_and_the_dashboard_names_only_what_the
     // And the alert rules name only exported metrics and their labels too.
     for group in rule_groups().as_sequence().unwrap() {
         for rule in group["rules"].as_sequence().unwrap() {
-            let (alert, expr) = (rule["alert"].as_str().unwrap_or("?"), rule["expr"].as_str().unwrap());
+            let (alert, expr) = (
+                rule["alert"].as_str().unwrap_or("?"),
+                rule["expr"].as_str().unwrap(),
+            );
             let names = names_in(expr);
             for (metric, matchers) in &names.selectors {
-                let exported = series.get(metric).unwrap_or_else(|| panic!("{alert} uses {metric}, which is not exported"));
+                let exported = series
+                    .get(metric)
+                    .unwrap_or_else(|| panic!("{alert} uses {metric}, which is not exported"));
                 for label in matchers.iter().chain(&names.grouping) {
-                    assert!(exported.contains(label) || ["job", "instance", "namespace", "pod"].contains(&label.as_str()), "{alert}: label {label} is not on {metric} in {expr}");
+                    assert!(
+                        exported.contains(label)
+                            || ["job", "instance", "namespace", "pod"].contains(&label.as_str()),
+                        "{alert}: label {label} is not on {metric} in {expr}"
+                    );
                 }
             }
         }

@@ -26,16 +26,37 @@ const PASSWORD: &str = "iam-PASSWORD-secret-Lm4Np6";
 async fn secrets_never_reach_logs_events_or_status() {
     let w = World::new("leaks").await;
     w.sim.add_token(TOKEN);
-    w.sim.add_temporary_access_key("AKTEMPORARY000000001", TEMP_SK, SECURITY_TOKEN);
+    w.sim
+        .add_temporary_access_key("AKTEMPORARY000000001", TEMP_SK, SECURITY_TOKEN);
     w.put_secret("token-credentials", &[("token", TOKEN)]).await;
     w.put_secret(
         "temporary-credentials",
-        &[("accessKeyId", "AKTEMPORARY000000001"), ("secretAccessKey", TEMP_SK), ("securityToken", SECURITY_TOKEN)],
+        &[
+            ("accessKeyId", "AKTEMPORARY000000001"),
+            ("secretAccessKey", TEMP_SK),
+            ("securityToken", SECURITY_TOKEN),
+        ],
     )
     .await;
     w.sim.add_iam_user("acme", "helpdesk", PASSWORD);
-    w.put_secret("password-credentials", &[("username", "helpdesk"), ("password", PASSWORD), ("domainName", "acme"), ("iamEndpoint", &w.sim.endpoint())]).await;
-    w.put_secret("wrong-credentials", &[("accessKeyId", AK), ("secretAccessKey", "wrong-but-still-secret-SK-value")]).await;
+    w.put_secret(
+        "password-credentials",
+        &[
+            ("username", "helpdesk"),
+            ("password", PASSWORD),
+            ("domainName", "acme"),
+            ("iamEndpoint", &w.sim.endpoint()),
+        ],
+    )
+    .await;
+    w.put_secret(
+        "wrong-credentials",
+        &[
+            ("accessKeyId", AK),
+            ("secretAccessKey", "wrong-but-still-secret-SK-value"),
+        ],
+    )
+    .await;
     let desks = ["desk-1", "desk-2", "desk-3", "desk-4", "desk-6"];
     let sessions: Vec<_> = desks.iter().map(|d| w.sim.open_session(PROJECT, d)).collect();
     w.sim.inject(FaultRule::new(
@@ -53,8 +74,23 @@ async fn secrets_never_reach_logs_events_or_status() {
     let cp = support::control_plane::shared();
     let metrics_address = format!("127.0.0.1:{}", support::process::free_port());
     let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_workspace-assist"))
-        .args(["run", "--namespace", &w.namespace, "--log-level", "trace", "--backoff-base", "200ms", "--leader-elect", "false"])
-        .args(["--metrics-address", &metrics_address, "--allowed-endpoint", &w.sim.endpoint()])
+        .args([
+            "run",
+            "--namespace",
+            &w.namespace,
+            "--log-level",
+            "trace",
+            "--backoff-base",
+            "200ms",
+            "--leader-elect",
+            "false",
+        ])
+        .args([
+            "--metrics-address",
+            &metrics_address,
+            "--allowed-endpoint",
+            &w.sim.endpoint(),
+        ])
         .env("KUBECONFIG", &cp.kubeconfig)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -74,7 +110,13 @@ async fn secrets_never_reach_logs_events_or_status() {
         s
     });
 
-    let secret_for = ["cloud-credentials", "cloud-credentials", "token-credentials", "temporary-credentials", "password-credentials"];
+    let secret_for = [
+        "cloud-credentials",
+        "cloud-credentials",
+        "token-credentials",
+        "temporary-credentials",
+        "password-credentials",
+    ];
     for (i, desk) in desks.iter().enumerate() {
         let mut m = w.manifest(&format!("ra-{i}"), desk);
         m["spec"]["credentialsSecretRef"]["name"] = json!(secret_for[i]);
@@ -86,27 +128,57 @@ async fn secrets_never_reach_logs_events_or_status() {
 
     let mut statuses = Vec::new();
     for i in 0..desks.len() {
-        statuses.push(w.wait_for(&format!("ra-{i}"), T, "Active", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)).await);
+        statuses.push(
+            w.wait_for(&format!("ra-{i}"), T, "Active", |ra| {
+                ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)
+            })
+            .await,
+        );
     }
-    statuses.push(w.wait_for("ra-wrong", T, "Stalled", |ra| condition(ra, "Stalled").as_deref() == Some("True")).await);
+    statuses.push(
+        w.wait_for("ra-wrong", T, "Stalled", |ra| {
+            condition(ra, "Stalled").as_deref() == Some("True")
+        })
+        .await,
+    );
     for i in 0..desks.len() {
         w.delete(&format!("ra-{i}")).await;
     }
-    statuses.push(w.wait_for("ra-1", T, "Stalled on 403", |ra| condition(ra, "Stalled").as_deref() == Some("True")).await);
+    statuses.push(
+        w.wait_for("ra-1", T, "Stalled on 403", |ra| {
+            condition(ra, "Stalled").as_deref() == Some("True")
+        })
+        .await,
+    );
     for i in [0, 2, 3, 4] {
         w.wait_gone(&format!("ra-{i}"), T).await;
     }
     workspace_assist::install_crypto_provider();
-    let metrics = reqwest::get(format!("http://{metrics_address}/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("workspace_assist_cloud_requests_total"), "/metrics was read");
+    let metrics = reqwest::get(format!("http://{metrics_address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("workspace_assist_cloud_requests_total"),
+        "/metrics was read"
+    );
 
     // Stop the operator gracefully and collect everything it wrote.
     let pid = operator.id().unwrap() as i32;
     sigterm(pid);
-    let status = tokio::time::timeout(T, operator.wait()).await.expect("the operator exits on SIGTERM").unwrap();
+    let status = tokio::time::timeout(T, operator.wait())
+        .await
+        .expect("the operator exits on SIGTERM")
+        .unwrap();
     assert!(status.success(), "the operator exited with {status}");
     let logs = format!("{}\n{}", out.await.unwrap(), err.await.unwrap());
-    assert!(logs.contains("remote assistance cancelled"), "the logs are captured (trace level):\n{}", &logs[..logs.len().min(2000)]);
+    assert!(
+        logs.contains("remote assistance cancelled"),
+        "the logs are captured (trace level):\n{}",
+        &logs[..logs.len().min(2000)]
+    );
 
     let events: Api<Event> = Api::namespaced(w.client.clone(), &w.namespace);
     let events = serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap();
@@ -114,7 +186,14 @@ async fn secrets_never_reach_logs_events_or_status() {
 
     // The decoded values of every secret: the Secrets' keys, passwords and tokens, the tokens IAM
     // issued for the password login, and each session's invitation code, password and links.
-    let mut secrets: Vec<String> = vec![SK.into(), TOKEN.into(), TEMP_SK.into(), SECURITY_TOKEN.into(), PASSWORD.into(), "wrong-but-still-secret-SK-value".into()];
+    let mut secrets: Vec<String> = vec![
+        SK.into(),
+        TOKEN.into(),
+        TEMP_SK.into(),
+        SECURITY_TOKEN.into(),
+        PASSWORD.into(),
+        "wrong-but-still-secret-SK-value".into(),
+    ];
     let issued: Vec<String> = w.sim.known_tokens().into_iter().filter(|t| t != TOKEN).collect();
     assert!(!issued.is_empty(), "IAM issued a token for the password login");
     secrets.extend(issued);
@@ -125,15 +204,31 @@ async fn secrets_never_reach_logs_events_or_status() {
     }
     secrets.extend(support::session_secrets(&w.sim));
     // Each as it is, base64-encoded, and as a Debug of its bytes.
-    for (what, text) in [("logs", &logs), ("Events", &events), ("status", &statuses), ("metrics", &metrics)] {
-        assert_eq!(support::leaked(text, &secrets), None, "a secret value appears in the {what}");
-        assert!(!text.contains("share.example.com/s/") && !text.contains("share.example.internal/s/"), "a share link appears in the {what}");
+    for (what, text) in [
+        ("logs", &logs),
+        ("Events", &events),
+        ("status", &statuses),
+        ("metrics", &metrics),
+    ] {
+        assert_eq!(
+            support::leaked(text, &secrets),
+            None,
+            "a secret value appears in the {what}"
+        );
+        assert!(
+            !text.contains("share.example.com/s/") && !text.contains("share.example.internal/s/"),
+            "a share link appears in the {what}"
+        );
     }
 }
 
 /// Sends SIGTERM through the `kill` command.
 fn sigterm(pid: i32) {
-    let ok = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill -TERM {pid}");
 }
 
@@ -146,24 +241,65 @@ async fn the_operators_own_identity_never_reaches_logs_events_status_or_metrics(
     const AUDIENCE: &str = "pod-identity.workspace.sim";
     let w = World::new("leaks-ambient").await;
     let sas: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.namespace);
-    sas.create(&Default::default(), &serde_json::from_value(json!({ "metadata": { "name": "workspace-assist" } })).unwrap()).await.unwrap();
-    let request = TokenRequest { spec: Some(TokenRequestSpec { audiences: Some(vec![AUDIENCE.into()]), expiration_seconds: Some(3600), bound_object_ref: None }), ..Default::default() };
-    let sa_token = sas.create_token_request("workspace-assist", &Default::default(), &request).await.unwrap().status.and_then(|s| s.token).expect("a token");
+    sas.create(
+        &Default::default(),
+        &serde_json::from_value(json!({ "metadata": { "name": "workspace-assist" } })).unwrap(),
+    )
+    .await
+    .unwrap();
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![AUDIENCE.into()]),
+            expiration_seconds: Some(3600),
+            bound_object_ref: None,
+        }),
+        ..Default::default()
+    };
+    let sa_token = sas
+        .create_token_request("workspace-assist", &Default::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.token)
+        .expect("a token");
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, &sa_token).unwrap();
     w.sim.trust_kubernetes(w.client.clone());
-    w.sim.enable_pod_identity(AUDIENCE, &[&format!("{}/workspace-assist", w.namespace)]);
+    w.sim
+        .enable_pod_identity(AUDIENCE, &[&format!("{}/workspace-assist", w.namespace)]);
     // Short-lived credentials: fetched again during the run, so several are issued.
     w.sim.set_temporary_lifetime(Duration::from_secs(4));
 
     let cp = support::control_plane::shared();
-    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", support::process::free_port()).parse().unwrap();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", support::process::free_port())
+        .parse()
+        .unwrap();
     let mut command = tokio::process::Command::new(support::process::BIN);
     command
-        .args(["run", "--namespace", &w.namespace, "--log-level", "trace", "--leader-elect", "false", "--ambient-credentials", "pod-identity"])
-        .args(["--default-credentials-namespaces", &format!("kubernetes.io/metadata.name={}", w.namespace)])
-        .args(["--metrics-address", &metrics.to_string(), "--allowed-endpoint", &w.sim.endpoint(), "--poll-interval", "1s"])
+        .args([
+            "run",
+            "--namespace",
+            &w.namespace,
+            "--log-level",
+            "trace",
+            "--leader-elect",
+            "false",
+            "--ambient-credentials",
+            "pod-identity",
+        ])
+        .args([
+            "--default-credentials-namespaces",
+            &format!("kubernetes.io/metadata.name={}", w.namespace),
+        ])
+        .args([
+            "--metrics-address",
+            &metrics.to_string(),
+            "--allowed-endpoint",
+            &w.sim.endpoint(),
+            "--poll-interval",
+            "1s",
+        ])
         .env("KUBECONFIG", &cp.kubeconfig)
         .env("HC_CONTAINER_CREDENTIALS_FULL_URI", w.sim.pod_identity_uri())
         .env("HC_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token_file);
@@ -177,10 +313,18 @@ async fn the_operators_own_identity_never_reaches_logs_events_status_or_metrics(
     }
     let mut statuses = Vec::new();
     for n in names {
-        statuses.push(w.wait_for(n, T, "Active", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)).await);
+        statuses.push(
+            w.wait_for(n, T, "Active", |ra| {
+                ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)
+            })
+            .await,
+        );
     }
     // Past the credentials' lifetime: polls need new ones.
-    support::operator::eventually(T, "credentials fetched again", || async { w.sim.temporary_credentials_issued("pod-identity") >= 2 }).await;
+    support::operator::eventually(T, "credentials fetched again", || async {
+        w.sim.temporary_credentials_issued("pod-identity") >= 2
+    })
+    .await;
     for n in names {
         w.delete(n).await;
     }
@@ -188,12 +332,18 @@ async fn the_operators_own_identity_never_reaches_logs_events_status_or_metrics(
         w.wait_gone(n, T).await;
     }
     let metrics_text = operator.get("/metrics").await.1;
-    assert!(metrics_text.contains("workspace_assist_cloud_requests_total"), "/metrics was read");
+    assert!(
+        metrics_text.contains("workspace_assist_cloud_requests_total"),
+        "/metrics was read"
+    );
     operator.signal("-TERM");
     let status = operator.wait(T).await;
     assert!(status.success(), "the operator exited with {status}");
     let logs = operator.logs();
-    assert!(logs.contains("fetched temporary credentials"), "the logs are captured (trace level)");
+    assert!(
+        logs.contains("fetched temporary credentials"),
+        "the logs are captured (trace level)"
+    );
 
     let events: Api<Event> = Api::namespaced(w.client.clone(), &w.namespace);
     let events = serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap();
@@ -203,7 +353,16 @@ async fn the_operators_own_identity_never_reaches_logs_events_status_or_metrics(
     assert!(issued.len() >= 4, "the simulator reports what it issued");
     secrets.extend(issued);
     secrets.extend(support::session_secrets(&w.sim));
-    for (what, text) in [("logs", &logs), ("Events", &events), ("status", &statuses), ("metrics", &metrics_text)] {
-        assert_eq!(support::leaked(text, &secrets), None, "a secret value appears in the {what}");
+    for (what, text) in [
+        ("logs", &logs),
+        ("Events", &events),
+        ("status", &statuses),
+        ("metrics", &metrics_text),
+    ] {
+        assert_eq!(
+            support::leaked(text, &secrets),
+            None,
+            "a secret value appears in the {what}"
+        );
     }
 }

@@ -27,20 +27,37 @@ async fn create_then_delete_cancels_exactly_once() {
     w.start_operator(w.config());
     w.create(w.manifest("ra", "desk-a")).await;
 
-    let ra = w.wait_for("ra", T, "Active", |ra| phase(ra) == Some(Phase::Active)).await;
+    let ra = w
+        .wait_for("ra", T, "Active", |ra| phase(ra) == Some(Phase::Active))
+        .await;
     assert!(has_finalizer(&ra), "finalizer added");
     assert_eq!(condition(&ra, "Ready").as_deref(), Some("True"));
     assert_eq!(condition(&ra, "Synced").as_deref(), Some("True"));
-    assert_eq!(condition(&ra, "Stalled"), None, "abnormal-true conditions only while True");
+    assert_eq!(
+        condition(&ra, "Stalled"),
+        None,
+        "abnormal-true conditions only while True"
+    );
     assert_eq!(condition(&ra, "Reconciling"), None);
-    assert_eq!(ra.status.as_ref().unwrap().observed_generation, ra.metadata.generation);
+    assert_eq!(
+        ra.status.as_ref().unwrap().observed_generation,
+        ra.metadata.generation
+    );
     assert_eq!(w.sim.count(CANCEL, "desk-a"), 0);
 
     w.delete("ra").await;
     w.wait_gone("ra", T).await;
     assert_eq!(w.sim.count(CANCEL, "desk-a"), 1, "exactly one DELETE");
-    assert!(!w.sim.session(PROJECT, "desk-a").unwrap().in_progress(), "the cloud session is closed");
-    eventually(T, "a Cancelled Event", || async { w.event_reasons("ra", None).await.contains(&"Cancelled".to_string()) }).await;
+    assert!(
+        !w.sim.session(PROJECT, "desk-a").unwrap().in_progress(),
+        "the cloud session is closed"
+    );
+    eventually(T, "a Cancelled Event", || async {
+        w.event_reasons("ra", None)
+            .await
+            .contains(&"Cancelled".to_string())
+    })
+    .await;
     w.stop_operator().await;
 }
 
@@ -50,10 +67,13 @@ async fn spec_cancelled_cancels_keeps_the_object_and_delete_makes_no_second_call
     w.sim.open_session(PROJECT, "desk-b");
     w.start_operator(w.config());
     w.create(w.manifest("ra", "desk-b")).await;
-    w.wait_for("ra", T, "Active", |ra| phase(ra) == Some(Phase::Active)).await;
+    w.wait_for("ra", T, "Active", |ra| phase(ra) == Some(Phase::Active))
+        .await;
 
     w.patch_spec("ra", json!({ "cancelled": true })).await.unwrap();
-    let ra = w.wait_for("ra", T, "Cancelled", |ra| phase(ra) == Some(Phase::Cancelled)).await;
+    let ra = w
+        .wait_for("ra", T, "Cancelled", |ra| phase(ra) == Some(Phase::Cancelled))
+        .await;
     assert_eq!(condition(&ra, "Ready").as_deref(), Some("True"));
     assert_eq!(condition_reason(&ra, "Ready").as_deref(), Some("Cancelled"));
     let status = ra.status.as_ref().unwrap();
@@ -62,8 +82,14 @@ async fn spec_cancelled_cancels_keeps_the_object_and_delete_makes_no_second_call
     assert!(has_finalizer(&ra), "the object is kept");
     assert_eq!(w.sim.count(CANCEL, "desk-b"), 1);
 
-    let err = w.patch_spec("ra", json!({ "cancelled": false })).await.expect_err("cancelled cannot go back");
-    assert!(err.to_string().contains("cancelled cannot be set back to false"), "{err}");
+    let err = w
+        .patch_spec("ra", json!({ "cancelled": false }))
+        .await
+        .expect_err("cancelled cannot go back");
+    assert!(
+        err.to_string().contains("cancelled cannot be set back to false"),
+        "{err}"
+    );
 
     w.delete("ra").await;
     w.wait_gone("ra", T).await;
@@ -83,7 +109,12 @@ async fn a_workspace_404_releases_the_object() {
     w.delete("a").await;
     w.wait_gone("a", T).await;
     assert_eq!(w.sim.count(CANCEL, "desk-404"), 1);
-    eventually(T, "a NothingToCancel Event", || async { w.event_reasons("a", None).await.contains(&"NothingToCancel".to_string()) }).await;
+    eventually(T, "a NothingToCancel Event", || async {
+        w.event_reasons("a", None)
+            .await
+            .contains(&"NothingToCancel".to_string())
+    })
+    .await;
     w.stop_operator().await;
 }
 
@@ -91,20 +122,30 @@ async fn a_workspace_404_releases_the_object() {
 async fn server_errors_are_retried_and_counted() {
     let mut w = World::new("core").await;
     w.sim.open_session(PROJECT, "desk-5xx");
-    w.sim.inject(FaultRule::new("desk-5xx", CANCEL, vec![Fault::error(500, "WKS.00000001", "internal error"); 3]));
+    w.sim.inject(FaultRule::new(
+        "desk-5xx",
+        CANCEL,
+        vec![Fault::error(500, "WKS.00000001", "internal error"); 3],
+    ));
     w.start_operator(w.config());
     w.create(w.manifest("ra", "desk-5xx")).await;
-    w.wait_for("ra", T, "Active", |ra| phase(ra) == Some(Phase::Active)).await;
+    w.wait_for("ra", T, "Active", |ra| phase(ra) == Some(Phase::Active))
+        .await;
     w.delete("ra").await;
 
     let during = w
         .wait_for("ra", T, "retrying with the 500 recorded", |ra| {
-            ra.status.as_ref().is_some_and(|s| s.cancel_attempts >= 2 && s.last_error.as_ref().is_some_and(|e| e.http_status == Some(500)))
+            ra.status.as_ref().is_some_and(|s| {
+                s.cancel_attempts >= 2 && s.last_error.as_ref().is_some_and(|e| e.http_status == Some(500))
+            })
         })
         .await;
     let status = during.status.as_ref().unwrap();
     assert_eq!(status.phase, Some(Phase::Cancelling));
-    assert_eq!(status.last_error.as_ref().unwrap().error_code.as_deref(), Some("WKS.00000001"));
+    assert_eq!(
+        status.last_error.as_ref().unwrap().error_code.as_deref(),
+        Some("WKS.00000001")
+    );
     assert_eq!(condition(&during, "Reconciling").as_deref(), Some("True"));
     assert_eq!(condition(&during, "Stalled"), None);
 
@@ -117,14 +158,24 @@ async fn server_errors_are_retried_and_counted() {
 async fn throttling_backs_off_exponentially() {
     let mut w = World::new("core").await;
     w.sim.open_session(PROJECT, "desk-429");
-    w.sim.inject(FaultRule::new("desk-429", CANCEL, vec![Fault::error(429, "APIGW.0308", "Too many requests"); 4]));
+    w.sim.inject(FaultRule::new(
+        "desk-429",
+        CANCEL,
+        vec![Fault::error(429, "APIGW.0308", "Too many requests"); 4],
+    ));
     w.start_operator(w.config());
     w.create(w.manifest("ra", "desk-429")).await;
     w.wait_for("ra", T, "finalized", has_finalizer).await;
     w.delete("ra").await;
     w.wait_gone("ra", T).await;
 
-    let times: Vec<_> = w.sim.requests().into_iter().filter(|r| r.operation == Some(CANCEL)).map(|r| r.at).collect();
+    let times: Vec<_> = w
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.operation == Some(CANCEL))
+        .map(|r| r.at)
+        .collect();
     assert_eq!(times.len(), 5);
     let gaps: Vec<Duration> = times.windows(2).map(|p| p[1] - p[0]).collect();
     // Base 200ms with equal jitter: the n-th wait is between 100ms*2^(n-1) and 200ms*2^(n-1).
@@ -153,10 +204,15 @@ async fn forbidden_stalls_with_every_error_field_and_keeps_the_object() {
     ));
     w.start_operator(w.config());
     w.create(w.manifest("ra", "desk-403")).await;
-    w.wait_for("ra", T, "Active", |ra| phase(ra) == Some(Phase::Active)).await;
+    w.wait_for("ra", T, "Active", |ra| phase(ra) == Some(Phase::Active))
+        .await;
     w.delete("ra").await;
 
-    let ra = w.wait_for("ra", T, "Stalled", |ra| condition(ra, "Stalled").as_deref() == Some("True")).await;
+    let ra = w
+        .wait_for("ra", T, "Stalled", |ra| {
+            condition(ra, "Stalled").as_deref() == Some("True")
+        })
+        .await;
     let status = ra.status.as_ref().unwrap();
     assert_eq!(status.phase, Some(Phase::Failed));
     assert_eq!(condition(&ra, "Ready").as_deref(), Some("False"));
@@ -166,23 +222,47 @@ async fn forbidden_stalls_with_every_error_field_and_keeps_the_object() {
     assert_eq!(e.operation, "CancelRemoteAssistance");
     assert_eq!(e.http_status, Some(403));
     assert_eq!(e.error_code.as_deref(), Some("WKS.00010003"));
-    assert_eq!(e.error_message.as_deref(), Some("The user does not have the permission."));
-    assert_eq!(e.error_detail.as_deref(), Some("workspace:desktops:cancelRemoteAssistance denied"));
+    assert_eq!(
+        e.error_message.as_deref(),
+        Some("The user does not have the permission.")
+    );
+    assert_eq!(
+        e.error_detail.as_deref(),
+        Some("workspace:desktops:cancelRemoteAssistance denied")
+    );
     assert_eq!(e.encoded_authorization_message.as_deref(), Some("ENCODEDMSG123"));
     assert_eq!(e.request_id.as_ref().map(String::len), Some(32));
     assert!(e.time.is_some());
     let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
-    assert!(!stalled.message.contains(e.request_id.as_deref().unwrap()), "no request ID in condition messages");
+    assert!(
+        !stalled.message.contains(e.request_id.as_deref().unwrap()),
+        "no request ID in condition messages"
+    );
 
     // Slow recheck (10 min in these tests): the object stays, with no further calls.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(has_finalizer(&w.api().get("ra").await.unwrap()));
-    assert_eq!(w.sim.count(CANCEL, "desk-403"), 1, "a needs-a-human error is not hammered");
-    eventually(T, "a Forbidden Event", || async { w.event_reasons("ra", None).await.contains(&"Forbidden".to_string()) }).await;
+    assert_eq!(
+        w.sim.count(CANCEL, "desk-403"),
+        1,
+        "a needs-a-human error is not hammered"
+    );
+    eventually(T, "a Forbidden Event", || async {
+        w.event_reasons("ra", None)
+            .await
+            .contains(&"Forbidden".to_string())
+    })
+    .await;
 
     // The retry annotation re-drives it at once (the fault is used up: it succeeds).
     w.api()
-        .patch("ra", &Default::default(), &kube::api::Patch::Merge(json!({ "metadata": { "annotations": { "workspace.assist.dev/retry": "1" } } })))
+        .patch(
+            "ra",
+            &Default::default(),
+            &kube::api::Patch::Merge(
+                json!({ "metadata": { "annotations": { "workspace.assist.dev/retry": "1" } } }),
+            ),
+        )
         .await
         .unwrap();
     w.wait_gone("ra", T).await;
@@ -194,18 +274,46 @@ async fn forbidden_stalls_with_every_error_field_and_keeps_the_object() {
 async fn fixing_the_secret_retries_at_once() {
     let mut w = World::new("core").await;
     w.sim.open_session(PROJECT, "desk-key");
-    w.put_secret(SECRET, &[("accessKeyId", support::operator::AK), ("secretAccessKey", "wrong-secret-key")]).await;
+    w.put_secret(
+        SECRET,
+        &[
+            ("accessKeyId", support::operator::AK),
+            ("secretAccessKey", "wrong-secret-key"),
+        ],
+    )
+    .await;
     w.start_operator(w.config());
     w.create(w.manifest("ra", "desk-key")).await;
-    let ra = w.wait_for("ra", T, "Stalled", |ra| condition(ra, "Stalled").as_deref() == Some("True")).await;
-    assert_eq!(ra.status.as_ref().unwrap().last_error.as_ref().unwrap().error_code.as_deref(), Some("APIGW.0301"));
-    assert_eq!(condition_reason(&ra, "Stalled").as_deref(), Some("Unauthenticated"));
+    let ra = w
+        .wait_for("ra", T, "Stalled", |ra| {
+            condition(ra, "Stalled").as_deref() == Some("True")
+        })
+        .await;
+    assert_eq!(
+        ra.status
+            .as_ref()
+            .unwrap()
+            .last_error
+            .as_ref()
+            .unwrap()
+            .error_code
+            .as_deref(),
+        Some("APIGW.0301")
+    );
+    assert_eq!(
+        condition_reason(&ra, "Stalled").as_deref(),
+        Some("Unauthenticated")
+    );
     w.delete("ra").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let failed_calls = w.sim.requests().iter().filter(|r| !r.authenticated).count();
     assert!(failed_calls <= 2, "401s are not hammered: {failed_calls}");
 
-    w.put_secret(SECRET, &[("accessKeyId", support::operator::AK), ("secretAccessKey", SK)]).await;
+    w.put_secret(
+        SECRET,
+        &[("accessKeyId", support::operator::AK), ("secretAccessKey", SK)],
+    )
+    .await;
     w.wait_gone("ra", Duration::from_secs(10)).await; // the recheck interval is 10 minutes
     assert!(!w.sim.session(PROJECT, "desk-key").unwrap().in_progress());
     w.stop_operator().await;
@@ -219,11 +327,23 @@ async fn orphan_needs_no_cloud_call_and_no_secret() {
     m["spec"]["deletionPolicy"] = json!("Orphan");
     m["spec"]["credentialsSecretRef"]["name"] = json!("no-such-secret");
     w.create(m).await;
-    let ra = w.wait_for("ra", T, "finalized and failed on the missing Secret", |ra| {
-        has_finalizer(ra) && condition_reason(ra, "Stalled").as_deref() == Some("CredentialsSecretNotFound")
-    })
-    .await;
-    assert_eq!(ra.status.as_ref().unwrap().last_error.as_ref().unwrap().error_code.as_deref(), Some("CredentialsSecretNotFound"));
+    let ra = w
+        .wait_for("ra", T, "finalized and failed on the missing Secret", |ra| {
+            has_finalizer(ra)
+                && condition_reason(ra, "Stalled").as_deref() == Some("CredentialsSecretNotFound")
+        })
+        .await;
+    assert_eq!(
+        ra.status
+            .as_ref()
+            .unwrap()
+            .last_error
+            .as_ref()
+            .unwrap()
+            .error_code
+            .as_deref(),
+        Some("CredentialsSecretNotFound")
+    );
     w.delete("ra").await;
     w.wait_gone("ra", T).await;
     assert!(w.sim.requests().is_empty(), "no cloud call at all");
@@ -261,10 +381,16 @@ async fn invalid_specs_are_rejected_by_the_apiserver() {
             &kube::core::ApiResource::erase::<workspace_assist::resource::RemoteAssistance>(&()),
         );
         let err = api.create(&Default::default(), &untyped).await.expect_err(what);
-        assert!(matches!(&err, kube::Error::Api(s) if s.code == 422), "{what}: {err:?}");
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 422),
+            "{what}: {err:?}"
+        );
     }
     w.create(w.manifest("good", "desk")).await;
-    for (what, spec) in [("desktopId change", json!({ "desktopId": "other" })), ("projectId change", json!({ "projectId": "other" }))] {
+    for (what, spec) in [
+        ("desktopId change", json!({ "desktopId": "other" })),
+        ("projectId change", json!({ "projectId": "other" })),
+    ] {
         let err = w.patch_spec("good", spec).await.expect_err(what);
         assert!(err.to_string().contains("immutable"), "{what}: {err}");
     }

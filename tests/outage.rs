@@ -50,7 +50,16 @@ async fn outage(extra_args: &[&str]) {
     // deadline stops and exits by design (tests/operations.rs cuts a leader off); this test is
     // about the watches and the work recovering in the same process.
     let endpoint = w.sim.endpoint();
-    let mut operator_args = vec!["--namespace", &ns, "--leader-elect", "false", "--poll-interval", "1h", "--allowed-endpoint", &endpoint];
+    let mut operator_args = vec![
+        "--namespace",
+        &ns,
+        "--leader-elect",
+        "false",
+        "--poll-interval",
+        "1h",
+        "--allowed-endpoint",
+        &endpoint,
+    ];
     operator_args.extend_from_slice(extra_args);
     let mut operator = OperatorProcess::spawn(&cp.kubeconfig, &operator_args);
 
@@ -59,7 +68,8 @@ async fn outage(extra_args: &[&str]) {
         w.create(w.manifest(n, n)).await;
     }
     for n in &names {
-        w.wait_for(n, Duration::from_secs(60), "Active", phase_is(Phase::Active)).await;
+        w.wait_for(n, Duration::from_secs(60), "Active", phase_is(Phase::Active))
+            .await;
     }
 
     // Cancels are slow in the cloud: the control plane goes away while they are on their way, so
@@ -69,7 +79,10 @@ async fn outage(extra_args: &[&str]) {
     for n in deleted {
         w.delete(n).await;
     }
-    support::operator::eventually(Duration::from_secs(30), "cancels on their way", || async { w.sim.in_flight(CANCEL) >= 1 }).await;
+    support::operator::eventually(Duration::from_secs(30), "cancels on their way", || async {
+        w.sim.in_flight(CANCEL) >= 1
+    })
+    .await;
     let stop_started = std::time::SystemTime::now();
     let stopped = tokio::task::spawn_blocking(move || {
         cp.stop();
@@ -80,7 +93,11 @@ async fn outage(extra_args: &[&str]) {
     let outage_started = Instant::now();
     tokio::time::sleep(OUTAGE).await;
     w.sim.set_latency(Duration::ZERO);
-    assert!(operator.running(), "the operator kept running through the outage; logs:\n{}", operator.logs());
+    assert!(
+        operator.running(),
+        "the operator kept running through the outage; logs:\n{}",
+        operator.logs()
+    );
 
     let cp = ControlPlane::start_in(&harness(), dir.path(), &args).unwrap_or_else(|e| panic!("{e}"));
     let restarted = Instant::now();
@@ -88,7 +105,9 @@ async fn outage(extra_args: &[&str]) {
     // A new client (the old one's connections are gone); same kubeconfig contents.
     w.client = support::client_for(&cp).await;
     for n in &kept[..3] {
-        w.patch_spec(n, serde_json::json!({ "cancelled": true })).await.unwrap();
+        w.patch_spec(n, serde_json::json!({ "cancelled": true }))
+            .await
+            .unwrap();
     }
     // The work completes once the control plane is back (a watch left unpolled while backing
     // off once made it take 80-100 s instead of about 14).
@@ -96,11 +115,15 @@ async fn outage(extra_args: &[&str]) {
         w.wait_gone(n, RECOVERY).await;
     }
     for n in &kept[..3] {
-        w.wait_for(n, RECOVERY, "Cancelled", phase_is(Phase::Cancelled)).await;
+        w.wait_for(n, RECOVERY, "Cancelled", phase_is(Phase::Cancelled))
+            .await;
     }
     let recovered = restarted.elapsed();
     for n in deleted.iter().chain(&kept[..3]) {
-        assert!(!w.sim.session(PROJECT, n).unwrap().in_progress(), "{n}: cancelled in the cloud");
+        assert!(
+            !w.sim.session(PROJECT, n).unwrap().in_progress(),
+            "{n}: cancelled in the cloud"
+        );
         // A cancel the cloud confirmed while the API server was away is remembered (Recall):
         // never sent again.
         assert_eq!(w.sim.count(CANCEL, n), 1, "{n}: exactly one cancel");
@@ -109,17 +132,37 @@ async fn outage(extra_args: &[&str]) {
         assert_eq!(w.sim.count(CANCEL, n), 0, "{n}: left alone");
         assert!(w.sim.session(PROJECT, n).unwrap().in_progress());
     }
-    assert!(operator.running(), "the operator was never restarted; logs:\n{}", operator.logs());
-    let straddling = w.sim.sent_cancels().iter().filter(|c| c.received_at < stop_started && c.sent_at > stop_started).count();
-    assert!(straddling >= 1, "cancels were in flight when the control plane stopped");
-    let cancels: usize = deleted.iter().chain(&kept[..3]).map(|n| w.sim.count(CANCEL, n)).sum();
+    assert!(
+        operator.running(),
+        "the operator was never restarted; logs:\n{}",
+        operator.logs()
+    );
+    let straddling = w
+        .sim
+        .sent_cancels()
+        .iter()
+        .filter(|c| c.received_at < stop_started && c.sent_at > stop_started)
+        .count();
+    assert!(
+        straddling >= 1,
+        "cancels were in flight when the control plane stopped"
+    );
+    let cancels: usize = deleted
+        .iter()
+        .chain(&kept[..3])
+        .map(|n| w.sim.count(CANCEL, n))
+        .sum();
     println!(
         "outage {:?} ({extra_args:?}); work completed {recovered:?} after the control plane was back; {cancels} cloud DELETEs for 9 cancels",
         restarted.duration_since(outage_started)
     );
     operator.signal("-TERM");
     let status = operator.wait(Duration::from_secs(30)).await;
-    assert!(status.success(), "a clean exit after SIGTERM: {status}\n{}", operator.logs());
+    assert!(
+        status.success(),
+        "a clean exit after SIGTERM: {status}\n{}",
+        operator.logs()
+    );
     w.stop_operator().await;
     tokio::task::spawn_blocking(move || cp.stop()).await.unwrap();
 }

@@ -26,7 +26,11 @@ fn active(ra: &RemoteAssistance) -> bool {
 #[tokio::test]
 async fn many_resources_on_one_wrong_key_make_one_failed_call() {
     let mut w = World::new("pacing").await;
-    w.put_secret(SECRET, &[("accessKeyId", AK), ("secretAccessKey", "a-wrong-secret-key")]).await;
+    w.put_secret(
+        SECRET,
+        &[("accessKeyId", AK), ("secretAccessKey", "a-wrong-secret-key")],
+    )
+    .await;
     let mut config = w.config();
     config.unauthenticated_hold = Duration::from_secs(600);
     let telemetry = workspace_assist::controller::Telemetry::default();
@@ -34,14 +38,21 @@ async fn many_resources_on_one_wrong_key_make_one_failed_call() {
     // Reconciles by result, from the operator's own metrics.
     let reconciles = |result: &str| -> u64 {
         let prefix = format!("workspace_assist_reconciles_total{{result=\"{result}\"");
-        telemetry.metrics.render().lines().filter(|l| l.starts_with(&prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+        telemetry
+            .metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     };
     let names: Vec<String> = (0..30).map(|i| format!("bad-key-{i}")).collect();
     for n in &names {
         w.create(w.manifest(n, n)).await;
     }
     for n in &names {
-        w.wait_for(n, T, "Stalled Unauthenticated", stalled_unauthenticated).await;
+        w.wait_for(n, T, "Stalled Unauthenticated", stalled_unauthenticated)
+            .await;
     }
     let refused = || w.sim.requests().iter().filter(|r| r.status == 401).count();
     assert_eq!(refused(), 1, "one probe for the key, every other call withheld");
@@ -50,21 +61,44 @@ async fn many_resources_on_one_wrong_key_make_one_failed_call() {
     // nothing: its data is the same.
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.namespace);
     let (attempts, held) = (reconciles("error"), reconciles("backoff"));
-    secrets.patch(SECRET, &PatchParams::default(), &Patch::Merge(json!({ "metadata": { "labels": { "touched": "yes" } } }))).await.unwrap();
+    secrets
+        .patch(
+            SECRET,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "touched": "yes" } } })),
+        )
+        .await
+        .unwrap();
     // The operator saw the change (each user of the Secret is looked at, and held back) and
     // attempted nothing.
-    support::operator::eventually(T, "every user of the Secret looked at", || async { reconciles("backoff") >= held + names.len() as u64 }).await;
-    assert_eq!(reconciles("error"), attempts, "a metadata-only change re-drove an attempt");
-    // A retry asked for on one resource shows the operator is awake; it is withheld too.
-    w.annotate(&names[0], json!({ "workspace.assist.dev/retry": "1" })).await;
-    w.wait_for(&names[0], T, "withheld again", |ra| {
-        ra.status.as_ref().and_then(|s| s.last_error.as_ref()).is_some_and(|e| e.error_message.as_deref().is_some_and(|m| m.contains("not sent")))
+    support::operator::eventually(T, "every user of the Secret looked at", || async {
+        reconciles("backoff") >= held + names.len() as u64
     })
     .await;
-    assert_eq!(refused(), 1, "no call after a metadata change or a retry within the lock window");
+    assert_eq!(
+        reconciles("error"),
+        attempts,
+        "a metadata-only change re-drove an attempt"
+    );
+    // A retry asked for on one resource shows the operator is awake; it is withheld too.
+    w.annotate(&names[0], json!({ "workspace.assist.dev/retry": "1" }))
+        .await;
+    w.wait_for(&names[0], T, "withheld again", |ra| {
+        ra.status
+            .as_ref()
+            .and_then(|s| s.last_error.as_ref())
+            .is_some_and(|e| e.error_message.as_deref().is_some_and(|m| m.contains("not sent")))
+    })
+    .await;
+    assert_eq!(
+        refused(),
+        1,
+        "no call after a metadata change or a retry within the lock window"
+    );
 
     // The right key: every resource goes on at once.
-    w.put_secret(SECRET, &[("accessKeyId", AK), ("secretAccessKey", SK)]).await;
+    w.put_secret(SECRET, &[("accessKeyId", AK), ("secretAccessKey", SK)])
+        .await;
     for n in &names {
         w.wait_for(n, T, "Active", active).await;
     }
@@ -78,7 +112,12 @@ async fn a_wrong_password_is_tried_once_for_all_resources() {
     w.sim.add_iam_user("acme", "helpdesk", "the-right-password");
     w.put_secret(
         "iam-login",
-        &[("username", "helpdesk"), ("password", "a-wrong-password"), ("domainName", "acme"), ("iamEndpoint", &w.sim.endpoint())],
+        &[
+            ("username", "helpdesk"),
+            ("password", "a-wrong-password"),
+            ("domainName", "acme"),
+            ("iamEndpoint", &w.sim.endpoint()),
+        ],
     )
     .await;
     let mut config = w.config();
@@ -91,20 +130,34 @@ async fn a_wrong_password_is_tried_once_for_all_resources() {
         w.create(m).await;
     }
     for n in &names {
-        w.wait_for(n, T, "Stalled Unauthenticated", stalled_unauthenticated).await;
+        w.wait_for(n, T, "Stalled Unauthenticated", stalled_unauthenticated)
+            .await;
     }
-    assert_eq!(w.sim.token_refusals(), 1, "one login with the wrong password, not one per resource");
+    assert_eq!(
+        w.sim.token_refusals(),
+        1,
+        "one login with the wrong password, not one per resource"
+    );
     assert!(w.sim.requests().is_empty(), "no Workspace call without a token");
 
     w.put_secret(
         "iam-login",
-        &[("username", "helpdesk"), ("password", "the-right-password"), ("domainName", "acme"), ("iamEndpoint", &w.sim.endpoint())],
+        &[
+            ("username", "helpdesk"),
+            ("password", "the-right-password"),
+            ("domainName", "acme"),
+            ("iamEndpoint", &w.sim.endpoint()),
+        ],
     )
     .await;
     for n in &names {
         w.wait_for(n, T, "Active", active).await;
     }
-    assert_eq!(w.sim.tokens_issued(), 1, "one login for all of them (single-flight)");
+    assert_eq!(
+        w.sim.tokens_issued(),
+        1,
+        "one login for all of them (single-flight)"
+    );
     assert_eq!(w.sim.token_refusals(), 1);
     w.stop_operator().await;
 }

@@ -11,8 +11,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{Api, ListParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use support::operator::{PROJECT, SECRET, World};
 use support::process::OperatorProcess;
@@ -33,47 +33,72 @@ enum Without {
 
 fn yaml_docs(path: &str) -> Vec<serde_yaml::Value> {
     let text = std::fs::read_to_string(PathBuf::from(ROOT).join(path)).unwrap();
-    serde_yaml::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
 }
 
 fn cluster_rules() -> usize {
-    yaml_docs("deploy/base/clusterrole.yaml")[0]["rules"].as_sequence().unwrap().len()
+    yaml_docs("deploy/base/clusterrole.yaml")[0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .len()
 }
 
 fn lease_rules() -> usize {
-    yaml_docs("deploy/base/leader-election-role.yaml")[0]["rules"].as_sequence().unwrap().len()
+    yaml_docs("deploy/base/leader-election-role.yaml")[0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .len()
 }
 
 /// Binds deploy/'s roles (less one rule, maybe) to a ServiceAccount of the world's namespace and
 /// returns a kubeconfig holding that ServiceAccount's token.
 async fn install_rbac(w: &World, without: Without, dir: &std::path::Path) -> PathBuf {
     let ns = &w.namespace;
-    let sa: ServiceAccount = serde_json::from_value(json!({ "metadata": { "name": "workspace-assist" } })).unwrap();
-    Api::<ServiceAccount>::namespaced(w.client.clone(), ns).create(&PostParams::default(), &sa).await.unwrap();
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": "workspace-assist" } })).unwrap();
+    Api::<ServiceAccount>::namespaced(w.client.clone(), ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
 
-    let mut role: ClusterRole = serde_yaml::from_value(yaml_docs("deploy/base/clusterrole.yaml").remove(0)).unwrap();
+    let mut role: ClusterRole =
+        serde_yaml::from_value(yaml_docs("deploy/base/clusterrole.yaml").remove(0)).unwrap();
     role.metadata.name = Some(format!("workspace-assist-{ns}"));
     if let Without::ClusterRule(i) = without {
         role.rules.as_mut().unwrap().remove(i);
     }
-    Api::<ClusterRole>::all(w.client.clone()).create(&PostParams::default(), &role).await.unwrap();
+    Api::<ClusterRole>::all(w.client.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
     let binding: ClusterRoleBinding = serde_json::from_value(json!({
         "metadata": { "name": format!("workspace-assist-{ns}") },
         "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("workspace-assist-{ns}") },
         "subjects": [{ "kind": "ServiceAccount", "name": "workspace-assist", "namespace": ns }],
     }))
     .unwrap();
-    Api::<ClusterRoleBinding>::all(w.client.clone()).create(&PostParams::default(), &binding).await.unwrap();
+    Api::<ClusterRoleBinding>::all(w.client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
 
     let docs = yaml_docs("deploy/base/leader-election-role.yaml");
     let mut lease_role: Role = serde_yaml::from_value(docs[0].clone()).unwrap();
     if let Without::LeaseRule(i) = without {
         lease_role.rules.as_mut().unwrap().remove(i);
     }
-    Api::<Role>::namespaced(w.client.clone(), ns).create(&PostParams::default(), &lease_role).await.unwrap();
+    Api::<Role>::namespaced(w.client.clone(), ns)
+        .create(&PostParams::default(), &lease_role)
+        .await
+        .unwrap();
     let mut lease_binding: RoleBinding = serde_yaml::from_value(docs[1].clone()).unwrap();
     lease_binding.subjects.as_mut().unwrap()[0].namespace = Some(ns.clone());
-    Api::<RoleBinding>::namespaced(w.client.clone(), ns).create(&PostParams::default(), &lease_binding).await.unwrap();
+    Api::<RoleBinding>::namespaced(w.client.clone(), ns)
+        .create(&PostParams::default(), &lease_binding)
+        .await
+        .unwrap();
 
     // A real ServiceAccount token, as a pod would mount it.
     let request = json!({ "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": { "expirationSeconds": 3600 } });
@@ -83,7 +108,8 @@ async fn install_rbac(w: &World, without: Without, dir: &std::path::Path) -> Pat
         .expect("TokenRequest");
     let token = answer["status"]["token"].as_str().expect("a token").to_string();
     let cp = support::control_plane::shared();
-    let mut kubeconfig: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&cp.kubeconfig).unwrap()).unwrap();
+    let mut kubeconfig: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&cp.kubeconfig).unwrap()).unwrap();
     kubeconfig["users"][0]["user"] = serde_yaml::to_value(json!({ "token": token })).unwrap();
     let path = dir.join(format!("kubeconfig-{ns}"));
     std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
@@ -113,30 +139,58 @@ fn phase(ra: &Option<RemoteAssistance>) -> Option<Phase> {
 async fn lifecycle(w: &World) -> Result<(), String> {
     let leases: Api<Lease> = Api::namespaced(w.client.clone(), &w.namespace);
     step("holding the leader Lease", STEP, async || {
-        leases.get_opt("workspace-assist").await.unwrap().and_then(|l| l.spec).and_then(|s| s.holder_identity).is_some_and(|h| h == "rbac")
+        leases
+            .get_opt("workspace-assist")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .is_some_and(|h| h == "rbac")
     })
     .await?;
 
     w.create(w.manifest("one", "desk-one")).await;
     step("Active with its invitation Secret", STEP, async || {
-        get(w, "one").await.is_some_and(|ra| ra.status.as_ref().is_some_and(|s| s.phase == Some(Phase::Active) && s.invitation_secret_name.is_some()))
+        get(w, "one").await.is_some_and(|ra| {
+            ra.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Some(Phase::Active) && s.invitation_secret_name.is_some())
+        })
     })
     .await?;
     step("the credentials Secret pinned", STEP, async || {
-        w.secret(SECRET).await.is_some_and(|s| s.finalizers().iter().any(|f| f == SECRET_FINALIZER))
+        w.secret(SECRET)
+            .await
+            .is_some_and(|s| s.finalizers().iter().any(|f| f == SECRET_FINALIZER))
     })
     .await?;
     let events: Api<Event> = Api::namespaced(w.client.clone(), &w.namespace);
     step("Events published", STEP, async || {
-        events.list(&ListParams::default()).await.unwrap().items.iter().any(|e| e.reporting_controller.as_deref() == Some("workspace-assist"))
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| e.reporting_controller.as_deref() == Some("workspace-assist"))
     })
     .await?;
 
     // A repeated failure: the second identical Event patches the first into a series.
-    w.sim.inject(FaultRule::new("desk-two", Operation::ShowDesktopRemoteAssistanceInfo, vec![Fault::error(500, "WKS.00000001", "internal"); 2]));
+    w.sim.inject(FaultRule::new(
+        "desk-two",
+        Operation::ShowDesktopRemoteAssistanceInfo,
+        vec![Fault::error(500, "WKS.00000001", "internal"); 2],
+    ));
     w.create(w.manifest("two", "desk-two")).await;
     step("a repeated Event counted as a series", STEP, async || {
-        events.list(&ListParams::default()).await.unwrap().items.iter().any(|e| e.series.as_ref().is_some_and(|s| s.count >= 2))
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| e.series.as_ref().is_some_and(|s| s.count >= 2))
     })
     .await?;
 
@@ -148,21 +202,34 @@ async fn lifecycle(w: &World) -> Result<(), String> {
     .await?;
 
     w.delete("two").await;
-    step("deleted after its cancel", STEP, async || get(w, "two").await.is_none()).await?;
+    step("deleted after its cancel", STEP, async || {
+        get(w, "two").await.is_none()
+    })
+    .await?;
 
     // A finished resource goes once its ttlAfterFinished has passed.
     let mut three = w.manifest("three", "desk-three");
     three["spec"]["cancelled"] = json!(true);
     three["spec"]["ttlAfterFinished"] = json!("1s");
     w.create(three).await;
-    step("deleted after its ttlAfterFinished", STEP, async || get(w, "three").await.is_none()).await?;
+    step("deleted after its ttlAfterFinished", STEP, async || {
+        get(w, "three").await.is_none()
+    })
+    .await?;
     if w.sim.count(Operation::CancelRemoteAssistance, "desk-two") != 1 {
         return Err("desk-two was not cancelled exactly once".into());
     }
     // The leader keeps its Lease: renewed since it was acquired, and still held.
     step("the leader Lease renewed", STEP, async || {
-        let spec = leases.get_opt("workspace-assist").await.unwrap().and_then(|l| l.spec);
-        spec.is_some_and(|s| s.holder_identity.as_deref() == Some("rbac") && s.renew_time.as_ref().map(|t| t.0) > s.acquire_time.as_ref().map(|t| t.0))
+        let spec = leases
+            .get_opt("workspace-assist")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec);
+        spec.is_some_and(|s| {
+            s.holder_identity.as_deref() == Some("rbac")
+                && s.renew_time.as_ref().map(|t| t.0) > s.acquire_time.as_ref().map(|t| t.0)
+        })
     })
     .await?;
     Ok(())
@@ -206,7 +273,10 @@ async fn the_deployed_roles_are_sufficient() {
     let dir = tempfile::tempdir().unwrap();
     let (result, logs) = run_case(Without::Nothing, dir.path()).await;
     assert!(result.is_ok(), "{result:?}\nlogs:\n{logs}");
-    assert!(!logs.to_lowercase().contains("forbidden"), "no request was forbidden:\n{logs}");
+    assert!(
+        !logs.to_lowercase().contains("forbidden"),
+        "no request was forbidden:\n{logs}"
+    );
 }
 
 #[tokio::test]
@@ -219,13 +289,17 @@ async fn every_rule_is_needed() {
     for (case, (result, logs)) in cases.iter().zip(results) {
         match result {
             Ok(()) => unused.push(format!("{case:?}: the lifecycle completed without it")),
-            Err(step) if !logs.to_lowercase().contains("forbidden") => {
-                unused.push(format!("{case:?}: failed ({step}) but nothing in the logs says forbidden"))
-            }
+            Err(step) if !logs.to_lowercase().contains("forbidden") => unused.push(format!(
+                "{case:?}: failed ({step}) but nothing in the logs says forbidden"
+            )),
             Err(step) => println!("{case:?}: fails visibly ({step})"),
         }
     }
-    assert!(unused.is_empty(), "rules not shown necessary:\n{}", unused.join("\n"));
+    assert!(
+        unused.is_empty(),
+        "rules not shown necessary:\n{}",
+        unused.join("\n")
+    );
 }
 
 /// The index of the ClusterRole rule granting exactly `verbs` on `resource`.
@@ -235,8 +309,18 @@ fn rule_index(resource: &str, verbs: &[&str]) -> usize {
     rules
         .iter()
         .position(|r| {
-            r["resources"].as_sequence().unwrap().iter().any(|x| x.as_str() == Some(resource))
-                && r["verbs"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect::<Vec<_>>() == verbs
+            r["resources"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|x| x.as_str() == Some(resource))
+                && r["verbs"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect::<Vec<_>>()
+                    == verbs
         })
         .unwrap_or_else(|| panic!("no rule for {verbs:?} {resource}"))
 }
@@ -246,26 +330,65 @@ async fn operator_without(rule: usize, dir: &std::path::Path) -> (World, Operato
     let w = World::new("rbac").await;
     let kubeconfig = install_rbac(&w, Without::ClusterRule(rule), dir).await;
     let endpoint = w.sim.endpoint();
-    let args = ["--namespace", &w.namespace, "--leader-elect", "false", "--backoff-base", "200ms", "--needs-human-recheck", "2s", "--allowed-endpoint", &endpoint];
+    let args = [
+        "--namespace",
+        &w.namespace,
+        "--leader-elect",
+        "false",
+        "--backoff-base",
+        "200ms",
+        "--needs-human-recheck",
+        "2s",
+        "--allowed-endpoint",
+        &endpoint,
+    ];
     let op = OperatorProcess::spawn(&kubeconfig, &args);
     (w, op)
 }
 
 /// The resource shows a Kubernetes failure naming the verb and the object: a condition, a
 /// Warning Event, and the metric.
-async fn shows_kubernetes_failure(w: &World, op: &OperatorProcess, name: &str, condition_type: &str, needle: &str, verb: &str, kind: &str) {
+async fn shows_kubernetes_failure(
+    w: &World,
+    op: &OperatorProcess,
+    name: &str,
+    condition_type: &str,
+    needle: &str,
+    verb: &str,
+    kind: &str,
+) {
     let ra = w
-        .wait_for(name, Duration::from_secs(30), &format!("{condition_type} naming {needle}"), |ra| {
-            ra.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == condition_type && c.status == "False" && c.reason == "KubernetesForbidden" && c.message.contains(needle)))
-        })
+        .wait_for(
+            name,
+            Duration::from_secs(30),
+            &format!("{condition_type} naming {needle}"),
+            |ra| {
+                ra.status.as_ref().is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == condition_type
+                            && c.status == "False"
+                            && c.reason == "KubernetesForbidden"
+                            && c.message.contains(needle)
+                    })
+                })
+            },
+        )
         .await;
-    assert!(ra.metadata.deletion_timestamp.is_none() || support::operator::has_finalizer(&ra), "{name}: held while it cannot be done");
+    assert!(
+        ra.metadata.deletion_timestamp.is_none() || support::operator::has_finalizer(&ra),
+        "{name}: held while it cannot be done"
+    );
     support::operator::eventually(Duration::from_secs(30), "a Warning Event naming it", || async {
         w.event_notes(name).await.iter().any(|n| n.contains(needle))
     })
     .await;
-    let metric = format!(r#"workspace_assist_kubernetes_errors_total{{verb="{verb}",kind="{kind}",http_status="403"}}"#);
-    support::operator::eventually(Duration::from_secs(30), "the metric", || async { op.get("/metrics").await.1.contains(&metric) }).await;
+    let metric = format!(
+        r#"workspace_assist_kubernetes_errors_total{{verb="{verb}",kind="{kind}",http_status="403"}}"#
+    );
+    support::operator::eventually(Duration::from_secs(30), "the metric", || async {
+        op.get("/metrics").await.1.contains(&metric)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -276,22 +399,44 @@ async fn a_forbidden_kubernetes_call_shows_on_the_resource() {
     // resource says why it is not done.
     let (w, op) = operator_without(rule_index("secrets", &["delete"]), dir.path()).await;
     w.create(w.manifest("ra", "desk-invitation")).await;
-    w.wait_for("ra", Duration::from_secs(30), "Active", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)).await;
+    w.wait_for("ra", Duration::from_secs(30), "Active", |ra| {
+        ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)
+    })
+    .await;
     w.patch_spec("ra", json!({ "cancelled": true })).await.unwrap();
     shows_kubernetes_failure(&w, &op, "ra", "Synced", "delete Secret", "delete", "Secret").await;
-    assert!(!w.sim.session(PROJECT, "desk-invitation").unwrap().in_progress(), "the cancel itself was confirmed");
+    assert!(
+        !w.sim.session(PROJECT, "desk-invitation").unwrap().in_progress(),
+        "the cancel itself was confirmed"
+    );
 
     // The credentials Secret cannot be pinned: the session still starts, and the resource says
     // that the namespace-deletion protection is off.
     let (w, op) = operator_without(rule_index("secrets", &["patch"]), dir.path()).await;
     w.create(w.manifest("ra", "desk-pin")).await;
-    shows_kubernetes_failure(&w, &op, "ra", "CredentialsPinned", "patch Secret", "patch", "Secret").await;
-    assert!(w.event_reasons("ra", Some("Warning")).await.contains(&"CredentialsPinFailed".to_string()));
+    shows_kubernetes_failure(
+        &w,
+        &op,
+        "ra",
+        "CredentialsPinned",
+        "patch Secret",
+        "patch",
+        "Secret",
+    )
+    .await;
+    assert!(
+        w.event_reasons("ra", Some("Warning"))
+            .await
+            .contains(&"CredentialsPinFailed".to_string())
+    );
 
     // The namespace cannot be read for its deletion policy: the deletion waits, visibly.
     let (w, op) = operator_without(rule_index("namespaces", &["get", "list", "watch"]), dir.path()).await;
     w.create(w.manifest("ra", "desk-ns")).await;
-    w.wait_for("ra", Duration::from_secs(30), "Active", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)).await;
+    w.wait_for("ra", Duration::from_secs(30), "Active", |ra| {
+        ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)
+    })
+    .await;
     w.delete("ra").await;
     shows_kubernetes_failure(&w, &op, "ra", "Synced", "get Namespace", "get", "Namespace").await;
 }

@@ -10,21 +10,36 @@ use std::process::Command;
 #[test]
 fn the_binary_built_as_the_dockerfile_builds_it_has_no_dev_tools_and_is_static() {
     let (_, args) = support::shipped::dockerfile_build_line();
-    assert!(args.iter().any(|a| a == "--release") && args.iter().any(|a| a == "--no-default-features"), "{args:?}");
+    assert!(
+        args.iter().any(|a| a == "--release") && args.iter().any(|a| a == "--no-default-features"),
+        "{args:?}"
+    );
     let binary = support::shipped::shipped_binary();
-    let help = Command::new(&binary).arg("--help").output().expect("running the shipped binary");
+    let help = Command::new(&binary)
+        .arg("--help")
+        .output()
+        .expect("running the shipped binary");
     let help = String::from_utf8_lossy(&help.stdout);
     for present in ["run", "simulate", "crd"] {
-        assert!(help.lines().any(|l| l.trim_start().starts_with(present)), "the shipped binary lacks `{present}`:\n{help}");
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(present)),
+            "the shipped binary lacks `{present}`:\n{help}"
+        );
     }
     for absent in ["demo", "bench"] {
-        assert!(!help.lines().any(|l| l.trim_start().starts_with(absent)), "the shipped binary has `{absent}`:\n{help}");
+        assert!(
+            !help.lines().any(|l| l.trim_start().starts_with(absent)),
+            "the shipped binary has `{absent}`:\n{help}"
+        );
         let out = Command::new(&binary).arg(absent).output().unwrap();
         assert!(!out.status.success(), "`{absent}` ran in the shipped binary");
     }
     // No program interpreter (ELF PT_INTERP): nothing to load at start, so it runs on an empty
     // base image.
-    assert!(!has_interpreter(&std::fs::read(&binary).unwrap()), "the shipped binary is dynamically linked");
+    assert!(
+        !has_interpreter(&std::fs::read(&binary).unwrap()),
+        "the shipped binary is dynamically linked"
+    );
 }
 
 /// Whether a 64-bit little-endian ELF file has a PT_INTERP program header.

@@ -36,9 +36,16 @@ impl CredentialKey {
     /// The key of credentials sent as they are.
     pub fn of(credentials: &Credentials) -> CredentialKey {
         match credentials {
-            Credentials::AkSk { access_key_id, secret_access_key, security_token } => CredentialKey(format!(
+            Credentials::AkSk {
+                access_key_id,
+                secret_access_key,
+                security_token,
+            } => CredentialKey(format!(
                 "ak:{access_key_id}:{}",
-                digest(&[secret_access_key.expose(), security_token.as_ref().map_or("", |t| t.expose())])
+                digest(&[
+                    secret_access_key.expose(),
+                    security_token.as_ref().map_or("", |t| t.expose())
+                ])
             )),
             Credentials::Token(token) => CredentialKey(format!("token:{}", digest(&[token.expose()]))),
         }
@@ -81,7 +88,10 @@ enum State {
     /// Answered without an authentication failure.
     Trusted,
     /// A probe is in flight (first use, or the end of a lock window); others wait on it.
-    Probing { done: Arc<Notify>, after_failure: Option<(CloudError, Instant)> },
+    Probing {
+        done: Arc<Notify>,
+        after_failure: Option<(CloudError, Instant)>,
+    },
     /// Refused recently: no call until `until`.
     Tripped { cause: CloudError, until: Instant },
 }
@@ -102,30 +112,48 @@ pub struct Breakers {
 impl Breakers {
     /// Breakers that hold a failed credential back for `window` (the gateway's lock time).
     pub fn new(window: Duration) -> Breakers {
-        Breakers { window, entries: Mutex::default() }
+        Breakers {
+            window,
+            entries: Mutex::default(),
+        }
     }
 
     /// Whether a call with `key` may go out now.
     pub fn admit(&self, key: &CredentialKey, operation: Operation, now: Instant) -> Admission {
         let mut entries = self.entries.lock().expect("breakers");
         if entries.len() > 64 {
-            entries.retain(|_, e| now.duration_since(e.used) < IDLE_PRUNE || !matches!(e.state, State::Trusted));
+            entries
+                .retain(|_, e| now.duration_since(e.used) < IDLE_PRUNE || !matches!(e.state, State::Trusted));
         }
         let Some(entry) = entries.get_mut(key) else {
             // First use: this call is the probe.
-            let state = State::Probing { done: Arc::new(Notify::new()), after_failure: None };
+            let state = State::Probing {
+                done: Arc::new(Notify::new()),
+                after_failure: None,
+            };
             entries.insert(key.clone(), Entry { state, used: now });
             return Admission::Go;
         };
         entry.used = now;
         match &entry.state {
             State::Trusted => Admission::Go,
-            State::Probing { done, after_failure: None } => Admission::Wait(done.clone()),
-            State::Probing { after_failure: Some((cause, until)), .. } => Admission::Withhold(self.withheld(operation, cause, *until, now)),
-            State::Tripped { cause, until } if now < *until => Admission::Withhold(self.withheld(operation, cause, *until, now)),
+            State::Probing {
+                done,
+                after_failure: None,
+            } => Admission::Wait(done.clone()),
+            State::Probing {
+                after_failure: Some((cause, until)),
+                ..
+            } => Admission::Withhold(self.withheld(operation, cause, *until, now)),
+            State::Tripped { cause, until } if now < *until => {
+                Admission::Withhold(self.withheld(operation, cause, *until, now))
+            }
             State::Tripped { cause, until } => {
                 let after_failure = Some((cause.clone(), *until));
-                entry.state = State::Probing { done: Arc::new(Notify::new()), after_failure };
+                entry.state = State::Probing {
+                    done: Arc::new(Notify::new()),
+                    after_failure,
+                };
                 Admission::Go
             }
         }
@@ -149,7 +177,10 @@ impl Breakers {
         let unauthenticated = outcome.err().filter(|e| is_authentication_failure(e));
         let Some(entry) = entries.get_mut(key) else { return };
         let next = match unauthenticated {
-            Some(cause) => State::Tripped { cause: cause.clone(), until: now + self.window },
+            Some(cause) => State::Tripped {
+                cause: cause.clone(),
+                until: now + self.window,
+            },
             None => State::Trusted,
         };
         if let State::Probing { done, .. } = std::mem::replace(&mut entry.state, next) {
@@ -165,7 +196,10 @@ impl Breakers {
             if let State::Probing { done, after_failure } = &entry.state {
                 done.notify_waiters();
                 entry.state = match after_failure {
-                    Some((cause, until)) => State::Tripped { cause: cause.clone(), until: *until },
+                    Some((cause, until)) => State::Tripped {
+                        cause: cause.clone(),
+                        until: *until,
+                    },
                     None => {
                         entries.remove(key);
                         return;
@@ -189,8 +223,10 @@ impl Breakers {
 /// Whether a failure says the credentials themselves were refused (a 401 or `*.0301`, IAM's
 /// wrong password included), as opposed to a token that must be renewed.
 pub fn is_authentication_failure(error: &CloudError) -> bool {
-    matches!(crate::workspace::classify(error, &[]), Disposition::NeedsHuman(HumanReason::Unauthenticated))
-        && !matches!(error, CloudError::Withheld { .. })
+    matches!(
+        crate::workspace::classify(error, &[]),
+        Disposition::NeedsHuman(HumanReason::Unauthenticated)
+    ) && !matches!(error, CloudError::Withheld { .. })
 }
 
 #[cfg(test)]
@@ -199,14 +235,22 @@ mod tests {
     use crate::workspace::{ApiError, ErrorBody, Sensitive};
 
     fn key(sk: &str) -> CredentialKey {
-        CredentialKey::of(&Credentials::AkSk { access_key_id: "AK".into(), secret_access_key: Sensitive::new(sk), security_token: None })
+        CredentialKey::of(&Credentials::AkSk {
+            access_key_id: "AK".into(),
+            secret_access_key: Sensitive::new(sk),
+            security_token: None,
+        })
     }
 
     fn unauthorized() -> CloudError {
         CloudError::Api(ApiError {
             operation: Operation::CancelRemoteAssistance,
             http_status: 401,
-            body: ErrorBody { code: Some("APIGW.0301".into()), structured: true, ..ErrorBody::default() },
+            body: ErrorBody {
+                code: Some("APIGW.0301".into()),
+                structured: true,
+                ..ErrorBody::default()
+            },
             request_id: None,
         })
     }
@@ -223,34 +267,78 @@ mod tests {
     fn first_use_is_a_single_probe_then_trusted() {
         let b = Breakers::new(Duration::from_secs(300));
         let (k, t0) = (key("s"), Instant::now());
-        assert!(matches!(b.admit(&k, Operation::CancelRemoteAssistance, t0), Admission::Go));
+        assert!(matches!(
+            b.admit(&k, Operation::CancelRemoteAssistance, t0),
+            Admission::Go
+        ));
         let later = t0 + Duration::from_millis(1);
-        assert!(matches!(b.admit(&k, Operation::CancelRemoteAssistance, later), Admission::Wait(_)), "others wait for the probe");
+        assert!(
+            matches!(
+                b.admit(&k, Operation::CancelRemoteAssistance, later),
+                Admission::Wait(_)
+            ),
+            "others wait for the probe"
+        );
         b.record(&k, Ok(()), later);
-        assert!(matches!(b.admit(&k, Operation::CancelRemoteAssistance, later), Admission::Go));
+        assert!(matches!(
+            b.admit(&k, Operation::CancelRemoteAssistance, later),
+            Admission::Go
+        ));
     }
 
     #[test]
     fn an_authentication_failure_holds_the_key_for_the_window_then_one_probe() {
         let b = Breakers::new(Duration::from_secs(300));
         let (k, t0) = (key("wrong"), Instant::now());
-        assert!(matches!(b.admit(&k, Operation::CancelRemoteAssistance, t0), Admission::Go));
+        assert!(matches!(
+            b.admit(&k, Operation::CancelRemoteAssistance, t0),
+            Admission::Go
+        ));
         b.record(&k, Err(&unauthorized()), t0);
         for s in [1, 100, 299] {
-            match b.admit(&k, Operation::ShowDesktopRemoteAssistanceInfo, t0 + Duration::from_secs(s)) {
+            match b.admit(
+                &k,
+                Operation::ShowDesktopRemoteAssistanceInfo,
+                t0 + Duration::from_secs(s),
+            ) {
                 Admission::Withhold(e) => {
-                    assert_eq!(crate::workspace::classify(&e, &[]), Disposition::NeedsHuman(HumanReason::Unauthenticated));
+                    assert_eq!(
+                        crate::workspace::classify(&e, &[]),
+                        Disposition::NeedsHuman(HumanReason::Unauthenticated)
+                    );
                     assert_eq!(e.http_status(), None, "no call was made");
                 }
                 other => panic!("withheld at {s}s: {other:?}"),
             }
         }
         let end = t0 + Duration::from_secs(300);
-        assert!(matches!(b.admit(&k, Operation::CancelRemoteAssistance, end), Admission::Go), "one probe");
-        assert!(matches!(b.admit(&k, Operation::CancelRemoteAssistance, end), Admission::Withhold(_)), "only one");
+        assert!(
+            matches!(b.admit(&k, Operation::CancelRemoteAssistance, end), Admission::Go),
+            "one probe"
+        );
+        assert!(
+            matches!(
+                b.admit(&k, Operation::CancelRemoteAssistance, end),
+                Admission::Withhold(_)
+            ),
+            "only one"
+        );
         b.record(&k, Err(&unauthorized()), end);
-        assert!(matches!(b.admit(&k, Operation::CancelRemoteAssistance, end + Duration::from_secs(1)), Admission::Withhold(_)));
-        assert!(matches!(b.admit(&key("fixed"), Operation::CancelRemoteAssistance, end), Admission::Go), "a corrected secret is a new key");
+        assert!(matches!(
+            b.admit(
+                &k,
+                Operation::CancelRemoteAssistance,
+                end + Duration::from_secs(1)
+            ),
+            Admission::Withhold(_)
+        ));
+        assert!(
+            matches!(
+                b.admit(&key("fixed"), Operation::CancelRemoteAssistance, end),
+                Admission::Go
+            ),
+            "a corrected secret is a new key"
+        );
     }
 
     #[test]
@@ -267,13 +355,24 @@ mod tests {
             request_id: None,
         };
         b.record(&k, Err(&server_error), t0);
-        assert!(matches!(b.admit(&k, Operation::CancelRemoteAssistance, t0), Admission::Go));
+        assert!(matches!(
+            b.admit(&k, Operation::CancelRemoteAssistance, t0),
+            Admission::Go
+        ));
         for i in 0..100 {
             let k = key(&format!("k{i}"));
             b.admit(&k, Operation::CancelRemoteAssistance, t0);
             b.record(&k, Ok(()), t0);
         }
-        b.admit(&key("late"), Operation::CancelRemoteAssistance, t0 + IDLE_PRUNE + Duration::from_secs(1));
-        assert!(b.len() <= 2, "trusted entries unused for an hour are pruned: {}", b.len());
+        b.admit(
+            &key("late"),
+            Operation::CancelRemoteAssistance,
+            t0 + IDLE_PRUNE + Duration::from_secs(1),
+        );
+        assert!(
+            b.len() <= 2,
+            "trusted entries unused for an hour are pruned: {}",
+            b.len()
+        );
     }
 }

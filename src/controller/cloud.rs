@@ -5,7 +5,10 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use crate::workspace::{Answer, CloudError, Credentials, Disposition, Operation, PasswordLogin, Sensitive, TransportKind, classify};
+use crate::workspace::{
+    Answer, CloudError, Credentials, Disposition, Operation, PasswordLogin, Sensitive, TransportKind,
+    classify,
+};
 
 use super::Context;
 use super::breaker::{Admission, CredentialKey};
@@ -43,7 +46,14 @@ fn says_expired(error: &CloudError, not_found_codes: &[String]) -> bool {
         return true;
     }
     match error {
-        CloudError::Api(api) => api.http_status == 401 && api.body.message.as_deref().is_some_and(|m| m.to_ascii_lowercase().contains("expire")),
+        CloudError::Api(api) => {
+            api.http_status == 401
+                && api
+                    .body
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.to_ascii_lowercase().contains("expire"))
+        }
         CloudError::Withheld { cause, .. } => says_expired(cause, not_found_codes),
         _ => false,
     }
@@ -52,7 +62,12 @@ fn says_expired(error: &CloudError, not_found_codes: &[String]) -> bool {
 impl Context {
     /// Makes one cloud call with `credentials`, waiting for the rate limit. With a password
     /// login, a token the API rejects as expired is renewed and the call made once more.
-    pub async fn call<T, F, Fut>(&self, operation: Operation, credentials: &CallCredentials, call: F) -> Result<Answer<T>, CloudError>
+    pub async fn call<T, F, Fut>(
+        &self,
+        operation: Operation,
+        credentials: &CallCredentials,
+        call: F,
+    ) -> Result<Answer<T>, CloudError>
     where
         F: Fn(Credentials) -> Fut,
         Fut: Future<Output = Result<Answer<T>, CloudError>>,
@@ -70,7 +85,9 @@ impl Context {
                 let started = Instant::now();
                 let result = match remaining {
                     None => fut.await,
-                    Some(r) => tokio::time::timeout(r, fut).await.unwrap_or_else(|_| Err(not_leader(operation, "cut off"))),
+                    Some(r) => tokio::time::timeout(r, fut)
+                        .await
+                        .unwrap_or_else(|_| Err(not_leader(operation, "cut off"))),
                 };
                 let outcome = result.as_ref().map(|a| a.http_status);
                 self.metrics.cloud_call(operation, outcome, started.elapsed());
@@ -78,30 +95,49 @@ impl Context {
             }
         };
         match credentials {
-            CallCredentials::Direct(c) => self.guarded(&CredentialKey::of(c), operation, || measured(c.clone())).await,
+            CallCredentials::Direct(c) => {
+                self.guarded(&CredentialKey::of(c), operation, || measured(c.clone()))
+                    .await
+            }
             CallCredentials::Login(login) => {
                 let token = self.login(login, operation).await?;
                 let key = CredentialKey::of(&Credentials::Token(token.clone()));
-                match self.guarded(&key, operation, || measured(Credentials::Token(token.clone()))).await {
+                match self
+                    .guarded(&key, operation, || measured(Credentials::Token(token.clone())))
+                    .await
+                {
                     Err(e) if classify(&e, &self.config.not_found_codes) == Disposition::RenewToken => {
                         tracing::info!("the IAM token must be renewed: requesting a new one");
                         self.credentials.tokens.invalidate(login);
                         let token = self.login(login, operation).await?;
                         let key = CredentialKey::of(&Credentials::Token(token.clone()));
-                        self.guarded(&key, operation, || measured(Credentials::Token(token.clone()))).await
+                        self.guarded(&key, operation, || measured(Credentials::Token(token.clone())))
+                            .await
                     }
                     other => other,
                 }
             }
-            CallCredentials::Ambient(c) => match self.guarded(&CredentialKey::of(c), operation, || measured(c.clone())).await {
+            CallCredentials::Ambient(c) => match self
+                .guarded(&CredentialKey::of(c), operation, || measured(c.clone()))
+                .await
+            {
                 Err(e) if says_expired(&e, &self.config.not_found_codes) => {
-                    let Some(ambient) = &self.credentials.ambient else { return Err(e) };
+                    let Some(ambient) = &self.credentials.ambient else {
+                        return Err(e);
+                    };
                     if let Credentials::AkSk { access_key_id, .. } = c {
                         ambient.expired(access_key_id);
                     }
-                    tracing::info!(source = ambient.kind().as_str(), "the temporary credentials expired: fetching new ones");
-                    let fresh = ambient.credentials(self.cloud.http()).await.map_err(|error| CloudError::Source { operation, error })?;
-                    self.guarded(&CredentialKey::of(&fresh), operation, || measured(fresh.clone())).await
+                    tracing::info!(
+                        source = ambient.kind().as_str(),
+                        "the temporary credentials expired: fetching new ones"
+                    );
+                    let fresh = ambient
+                        .credentials(self.cloud.http())
+                        .await
+                        .map_err(|error| CloudError::Source { operation, error })?;
+                    self.guarded(&CredentialKey::of(&fresh), operation, || measured(fresh.clone()))
+                        .await
                 }
                 other => other,
             },
@@ -112,11 +148,19 @@ impl Context {
     /// (a wrong password is not retried in parallel or within the lock window).
     async fn login(&self, login: &PasswordLogin, operation: Operation) -> Result<Sensitive, CloudError> {
         let key = CredentialKey::of_login(login);
-        self.guarded(&key, operation, || self.credentials.tokens.token(self.cloud.http(), login)).await
+        self.guarded(&key, operation, || {
+            self.credentials.tokens.token(self.cloud.http(), login)
+        })
+        .await
     }
 
     /// Runs `call` when the breaker of `key` admits it, and records its answer.
-    async fn guarded<T, Fut>(&self, key: &CredentialKey, operation: Operation, call: impl FnOnce() -> Fut) -> Result<T, CloudError>
+    async fn guarded<T, Fut>(
+        &self,
+        key: &CredentialKey,
+        operation: Operation,
+        call: impl FnOnce() -> Fut,
+    ) -> Result<T, CloudError>
     where
         Fut: Future<Output = Result<T, CloudError>>,
     {
@@ -129,9 +173,15 @@ impl Context {
                 Admission::Withhold(e) => return Err(e),
             }
         }
-        let mut probe = AbandonOnDrop { ctx: self, key, armed: true };
+        let mut probe = AbandonOnDrop {
+            ctx: self,
+            key,
+            armed: true,
+        };
         let result = call().await;
-        self.credentials.breakers.record(key, result.as_ref().map(|_| ()), Instant::now());
+        self.credentials
+            .breakers
+            .record(key, result.as_ref().map(|_| ()), Instant::now());
         probe.armed = false;
         result
     }

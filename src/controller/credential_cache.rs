@@ -40,7 +40,10 @@ impl CredentialCache {
     /// The Secret read at `version`, if that is what the cache holds.
     pub fn at_version(&self, key: &SecretKey, version: &str) -> Option<Secret> {
         let secrets = self.secrets.lock().expect("credential cache");
-        secrets.get(key).filter(|(v, _)| v == version).map(|(_, s)| s.clone())
+        secrets
+            .get(key)
+            .filter(|(v, _)| v == version)
+            .map(|(_, s)| s.clone())
     }
 
     /// Keeps what was read (None: the Secret does not exist).
@@ -54,7 +57,10 @@ impl CredentialCache {
 
     /// Drops every Secret for which `in_use` does not hold.
     pub fn retain(&self, in_use: impl Fn(&SecretKey) -> bool) {
-        self.secrets.lock().expect("credential cache").retain(|k, _| in_use(k));
+        self.secrets
+            .lock()
+            .expect("credential cache")
+            .retain(|k, _| in_use(k));
     }
 
     /// How many Secrets are cached.
@@ -85,7 +91,10 @@ mod tests {
         let key: SecretKey = ("ns".into(), "a".into());
         cache.put(key.clone(), Some(&secret("a", "1")));
         assert!(cache.at_version(&key, "1").is_some());
-        assert!(cache.at_version(&key, "2").is_none(), "a newer version is read again");
+        assert!(
+            cache.at_version(&key, "2").is_none(),
+            "a newer version is read again"
+        );
         cache.put(("ns".into(), "b".into()), Some(&secret("b", "1")));
         cache.retain(|k| k.1 == "a");
         assert_eq!(cache.len(), 1, "plaintext credentials of unused Secrets go");

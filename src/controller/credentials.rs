@@ -78,10 +78,14 @@ pub enum CredentialsError {
         key: String,
     },
     /// Neither an AK/SK pair nor a token nor a password login.
-    #[error("Secret {0} holds no credentials: set accessKeyId and secretAccessKey (and securityToken for temporary keys), token, or username, password and domainName")]
+    #[error(
+        "Secret {0} holds no credentials: set accessKeyId and secretAccessKey (and securityToken for temporary keys), token, or username, password and domainName"
+    )]
     NoCredentials(String),
     /// A password login without an IAM endpoint to send it to.
-    #[error("Secret {0} holds a password login, but there is no IAM endpoint: set iamEndpoint in the Secret, spec.region, or the operator's --iam-endpoint")]
+    #[error(
+        "Secret {0} holds a password login, but there is no IAM endpoint: set iamEndpoint in the Secret, spec.region, or the operator's --iam-endpoint"
+    )]
     NoIamEndpoint(String),
     /// Half an AK/SK pair.
     #[error("Secret {name} has {present} but not {missing}")]
@@ -111,7 +115,10 @@ pub fn from_secret(secret: &Secret) -> Result<SecretCredentials, CredentialsErro
     let name = secret.metadata.name.clone().unwrap_or_default();
     if let Some(t) = secret.type_.as_deref() {
         if !t.is_empty() && t != "Opaque" {
-            return Err(CredentialsError::WrongType { name, type_: t.to_string() });
+            return Err(CredentialsError::WrongType {
+                name,
+                type_: t.to_string(),
+            });
         }
     }
     let empty = BTreeMap::new();
@@ -119,20 +126,34 @@ pub fn from_secret(secret: &Secret) -> Result<SecretCredentials, CredentialsErro
 }
 
 /// Reads credentials from the data of the Secret `name`.
-pub fn from_data(name: &str, data: &BTreeMap<String, ByteString>) -> Result<SecretCredentials, CredentialsError> {
+pub fn from_data(
+    name: &str,
+    data: &BTreeMap<String, ByteString>,
+) -> Result<SecretCredentials, CredentialsError> {
     let text = |key: &str| -> Result<Option<Sensitive>, CredentialsError> {
-        let Some(bytes) = data.get(key) else { return Ok(None) };
-        let value = String::from_utf8(bytes.0.clone())
-            .map_err(|_| CredentialsError::NotText { name: name.into(), key: key.into() })?;
+        let Some(bytes) = data.get(key) else {
+            return Ok(None);
+        };
+        let value = String::from_utf8(bytes.0.clone()).map_err(|_| CredentialsError::NotText {
+            name: name.into(),
+            key: key.into(),
+        })?;
         let value = value.trim().to_string();
         if value.is_empty() {
-            return Err(CredentialsError::Empty { name: name.into(), key: key.into() });
+            return Err(CredentialsError::Empty {
+                name: name.into(),
+                key: key.into(),
+            });
         }
         Ok(Some(Sensitive::new(value)))
     };
     let ak = text(ACCESS_KEY_ID)?;
     let sk = text(SECRET_ACCESS_KEY)?;
-    let incomplete = |present, missing| CredentialsError::Incomplete { name: name.into(), present, missing };
+    let incomplete = |present, missing| CredentialsError::Incomplete {
+        name: name.into(),
+        present,
+        missing,
+    };
     match (ak, sk) {
         (Some(ak), Some(sk)) => Ok(SecretCredentials::Direct(Credentials::AkSk {
             access_key_id: ak.expose().to_string(),
@@ -170,12 +191,19 @@ mod tests {
     use super::*;
 
     fn data(pairs: &[(&str, &[u8])]) -> BTreeMap<String, ByteString> {
-        pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+            .collect()
     }
 
     #[test]
     fn reads_each_kind() {
-        let c = from_data("s", &data(&[("accessKeyId", b"AK"), ("secretAccessKey", b"SK\n")])).unwrap();
+        let c = from_data(
+            "s",
+            &data(&[("accessKeyId", b"AK"), ("secretAccessKey", b"SK\n")]),
+        )
+        .unwrap();
         assert_eq!(
             c,
             SecretCredentials::Direct(Credentials::AkSk {
@@ -184,12 +212,39 @@ mod tests {
                 security_token: None
             })
         );
-        let c = from_data("s", &data(&[("accessKeyId", b"AK"), ("secretAccessKey", b"SK"), ("securityToken", b"T")])).unwrap();
-        assert!(matches!(c, SecretCredentials::Direct(Credentials::AkSk { security_token: Some(_), .. })));
+        let c = from_data(
+            "s",
+            &data(&[
+                ("accessKeyId", b"AK"),
+                ("secretAccessKey", b"SK"),
+                ("securityToken", b"T"),
+            ]),
+        )
+        .unwrap();
+        assert!(matches!(
+            c,
+            SecretCredentials::Direct(Credentials::AkSk {
+                security_token: Some(_),
+                ..
+            })
+        ));
         let c = from_data("s", &data(&[("token", b"TOK")])).unwrap();
-        assert_eq!(c, SecretCredentials::Direct(Credentials::Token(Sensitive::new("TOK"))));
-        let c = from_data("s", &data(&[("username", b"u"), ("password", b"p"), ("domainName", b"d")])).unwrap();
-        assert!(matches!(c, SecretCredentials::Password { iam_endpoint: None, .. }));
+        assert_eq!(
+            c,
+            SecretCredentials::Direct(Credentials::Token(Sensitive::new("TOK")))
+        );
+        let c = from_data(
+            "s",
+            &data(&[("username", b"u"), ("password", b"p"), ("domainName", b"d")]),
+        )
+        .unwrap();
+        assert!(matches!(
+            c,
+            SecretCredentials::Password {
+                iam_endpoint: None,
+                ..
+            }
+        ));
         let e = from_data("s", &data(&[("username", b"u"), ("password", b"p")])).unwrap_err();
         assert_eq!(e.to_string(), "Secret s has username but not domainName");
     }
@@ -207,6 +262,9 @@ mod tests {
         let mut secret = Secret::default();
         secret.metadata.name = Some("tls".into());
         secret.type_ = Some("kubernetes.io/tls".into());
-        assert_eq!(from_secret(&secret).unwrap_err().to_string(), "Secret tls has type kubernetes.io/tls; use an Opaque Secret");
+        assert_eq!(
+            from_secret(&secret).unwrap_err().to_string(),
+            "Secret tls has type kubernetes.io/tls; use an Opaque Secret"
+        );
     }
 }

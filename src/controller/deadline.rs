@@ -35,7 +35,13 @@ pub struct MaxDuration {
 impl MaxDuration {
     /// The status note of a capped duration.
     pub fn capped_note(&self) -> Option<String> {
-        self.capped_from.map(|asked| format!("{} asked for; capped to the operator's maximum {}", show(asked), show(self.duration)))
+        self.capped_from.map(|asked| {
+            format!(
+                "{} asked for; capped to the operator's maximum {}",
+                show(asked),
+                show(self.duration)
+            )
+        })
     }
 }
 
@@ -65,9 +71,18 @@ pub fn max_duration(ra: &RemoteAssistance, limits: &Limits) -> Result<Option<Max
     };
     Ok(match (asked, limits.max_duration) {
         (None, None) => None,
-        (None, Some(max)) => Some(MaxDuration { duration: max, capped_from: None }),
-        (Some(asked), Some(max)) if asked > max => Some(MaxDuration { duration: max, capped_from: Some(asked) }),
-        (Some(asked), _) => Some(MaxDuration { duration: asked, capped_from: None }),
+        (None, Some(max)) => Some(MaxDuration {
+            duration: max,
+            capped_from: None,
+        }),
+        (Some(asked), Some(max)) if asked > max => Some(MaxDuration {
+            duration: max,
+            capped_from: Some(asked),
+        }),
+        (Some(asked), _) => Some(MaxDuration {
+            duration: asked,
+            capped_from: None,
+        }),
     })
 }
 
@@ -86,7 +101,12 @@ pub fn validate(ra: &RemoteAssistance) -> Result<(), String> {
 /// when spec.maxDuration does not parse, the operator's maximum alone (an invalid spec never
 /// turns the admin's cap off; it is reported on the resource as well).
 pub fn enforced_max_duration(ra: &RemoteAssistance, limits: &Limits) -> Option<MaxDuration> {
-    max_duration(ra, limits).unwrap_or_else(|_| limits.max_duration.map(|duration| MaxDuration { duration, capped_from: None }))
+    max_duration(ra, limits).unwrap_or_else(|_| {
+        limits.max_duration.map(|duration| MaxDuration {
+            duration,
+            capped_from: None,
+        })
+    })
 }
 
 /// When the session started: the earlier of its creation time as the cloud reports it (a UTC
@@ -96,7 +116,13 @@ pub fn enforced_max_duration(ra: &RemoteAssistance, limits: &Limits) -> Option<M
 pub fn session_start(assistance: &AssistanceStatus, held_since: Option<&Time>) -> Option<Timestamp> {
     let reported = assistance.create_time.as_deref().and_then(|t| {
         let t = t.trim();
-        t.parse::<Timestamp>().ok().or_else(|| t.replace(' ', "T").parse::<jiff::civil::DateTime>().ok().and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok()).map(|z| z.timestamp()))
+        t.parse::<Timestamp>().ok().or_else(|| {
+            t.replace(' ', "T")
+                .parse::<jiff::civil::DateTime>()
+                .ok()
+                .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+                .map(|z| z.timestamp())
+        })
     });
     let held = held_since.or(assistance.held_since.as_ref()).map(|t| t.0);
     match (reported, held) {
@@ -116,13 +142,22 @@ pub fn holds_session(ra: &RemoteAssistance) -> bool {
         && status.deadline_exceeded_at.is_none()
         && !matches!(status.phase, Some(Phase::Cancelled | Phase::Closed))
         && held
-        && status.assistance.as_ref().is_none_or(|a| a.status.as_deref() != Some(STATUS_CLOSE))
+        && status
+            .assistance
+            .as_ref()
+            .is_none_or(|a| a.status.as_deref() != Some(STATUS_CLOSE))
 }
 
 /// When the session `assistance` describes must end under `max`.
-pub fn expires_at(assistance: &AssistanceStatus, held_since: Option<&Time>, max: &MaxDuration) -> Option<Timestamp> {
+pub fn expires_at(
+    assistance: &AssistanceStatus,
+    held_since: Option<&Time>,
+    max: &MaxDuration,
+) -> Option<Timestamp> {
     let start = session_start(assistance, held_since)?;
-    start.checked_add(jiff::SignedDuration::try_from(max.duration).ok()?).ok()
+    start
+        .checked_add(jiff::SignedDuration::try_from(max.duration).ok()?)
+        .ok()
 }
 
 /// When `ra`'s held session must end, if it holds one and has a maximum duration (the
@@ -140,7 +175,13 @@ pub fn admin_deadline(ra: &RemoteAssistance, limits: &Limits) -> Option<Timestam
     if !holds_session(ra) {
         return None;
     }
-    held_deadline(ra, &MaxDuration { duration: limits.max_duration?, capped_from: None })
+    held_deadline(
+        ra,
+        &MaxDuration {
+            duration: limits.max_duration?,
+            capped_from: None,
+        },
+    )
 }
 
 fn held_deadline(ra: &RemoteAssistance, max: &MaxDuration) -> Option<Timestamp> {
@@ -173,8 +214,17 @@ pub fn delete_at(ra: &RemoteAssistance, limits: &Limits) -> Result<Option<Timest
         None => limits.default_ttl_after_finished,
     };
     let Some(ttl) = ttl else { return Ok(None) };
-    let Some(finished_at) = ra.status.as_ref().and_then(|s| s.finished_at.as_ref().or(s.cancelled_at.as_ref())) else { return Ok(None) };
-    Ok(finished_at.0.checked_add(jiff::SignedDuration::try_from(ttl).map_err(|e| e.to_string())?).ok())
+    let Some(finished_at) = ra
+        .status
+        .as_ref()
+        .and_then(|s| s.finished_at.as_ref().or(s.cancelled_at.as_ref()))
+    else {
+        return Ok(None);
+    };
+    Ok(finished_at
+        .0
+        .checked_add(jiff::SignedDuration::try_from(ttl).map_err(|e| e.to_string())?)
+        .ok())
 }
 
 #[cfg(test)]
@@ -209,10 +259,22 @@ mod tests {
         let ra = held(Some("30m"), Some("2026-11-29T09:00:00Z"));
         assert_eq!(deadline(&ra, &none), Some(ts("2026-11-29T09:30:00Z")));
         let ra = held(Some("1h30m"), Some("2026-11-29 09:00:00"));
-        assert_eq!(deadline(&ra, &none), Some(ts("2026-11-29T10:30:00Z")), "a time without Z is UTC");
+        assert_eq!(
+            deadline(&ra, &none),
+            Some(ts("2026-11-29T10:30:00Z")),
+            "a time without Z is UTC"
+        );
         let ra = held(Some("2h"), None);
-        assert_eq!(deadline(&ra, &none), Some(ts("2026-11-29T12:00:00Z")), "from when the operator held it");
-        assert_eq!(deadline(&held(None, None), &none), None, "no maximum: no deadline");
+        assert_eq!(
+            deadline(&ra, &none),
+            Some(ts("2026-11-29T12:00:00Z")),
+            "from when the operator held it"
+        );
+        assert_eq!(
+            deadline(&held(None, None), &none),
+            None,
+            "no maximum: no deadline"
+        );
     }
 
     #[test]
@@ -227,7 +289,10 @@ mod tests {
         let status = ra.status.as_mut().unwrap();
         status.assistance.as_mut().unwrap().share_space_id = None;
         status.assistance.as_mut().unwrap().held_since = None;
-        status.session = Some(SessionBinding { held_since: Some(Time(ts("2026-11-29T08:00:00Z"))), ..SessionBinding::default() });
+        status.session = Some(SessionBinding {
+            held_since: Some(Time(ts("2026-11-29T08:00:00Z"))),
+            ..SessionBinding::default()
+        });
         assert!(holds_session(&ra));
         assert_eq!(deadline(&ra, &none), Some(ts("2026-11-29T08:30:00Z")));
     }
@@ -247,24 +312,58 @@ mod tests {
 
     #[test]
     fn an_invalid_spec_never_turns_the_admins_cap_off() {
-        let limits = Limits { max_duration: Some(Duration::from_secs(3600)), ..Limits::default() };
+        let limits = Limits {
+            max_duration: Some(Duration::from_secs(3600)),
+            ..Limits::default()
+        };
         let ra = held(Some("99999999999h"), None);
         assert!(max_duration(&ra, &limits).is_err());
         assert_eq!(deadline(&ra, &limits), Some(ts("2026-11-29T11:00:00Z")));
-        assert_eq!(admin_deadline(&held(Some("12h"), None), &limits), Some(ts("2026-11-29T11:00:00Z")));
+        assert_eq!(
+            admin_deadline(&held(Some("12h"), None), &limits),
+            Some(ts("2026-11-29T11:00:00Z"))
+        );
         assert_eq!(admin_deadline(&held(Some("12h"), None), &Limits::default()), None);
     }
 
     #[test]
     fn the_operators_maximum_caps_and_its_default_fills_in() {
-        let limits = Limits { default_max_duration: Some(Duration::from_secs(3600)), max_duration: Some(Duration::from_secs(8 * 3600)), ..Limits::default() };
+        let limits = Limits {
+            default_max_duration: Some(Duration::from_secs(3600)),
+            max_duration: Some(Duration::from_secs(8 * 3600)),
+            ..Limits::default()
+        };
         let m = max_duration(&held(Some("12h"), None), &limits).unwrap().unwrap();
         assert_eq!(m.duration, Duration::from_secs(8 * 3600));
-        assert_eq!(m.capped_note().unwrap(), "12h asked for; capped to the operator's maximum 8h");
-        assert_eq!(max_duration(&held(None, None), &limits).unwrap().unwrap().duration, Duration::from_secs(3600));
-        assert_eq!(max_duration(&held(Some("2h"), None), &limits).unwrap().unwrap().capped_from, None);
-        let only_max = Limits { max_duration: Some(Duration::from_secs(60)), ..Limits::default() };
-        assert_eq!(max_duration(&held(None, None), &only_max).unwrap().unwrap().duration, Duration::from_secs(60));
+        assert_eq!(
+            m.capped_note().unwrap(),
+            "12h asked for; capped to the operator's maximum 8h"
+        );
+        assert_eq!(
+            max_duration(&held(None, None), &limits)
+                .unwrap()
+                .unwrap()
+                .duration,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            max_duration(&held(Some("2h"), None), &limits)
+                .unwrap()
+                .unwrap()
+                .capped_from,
+            None
+        );
+        let only_max = Limits {
+            max_duration: Some(Duration::from_secs(60)),
+            ..Limits::default()
+        };
+        assert_eq!(
+            max_duration(&held(None, None), &only_max)
+                .unwrap()
+                .unwrap()
+                .duration,
+            Duration::from_secs(60)
+        );
     }
 
     #[test]
@@ -283,7 +382,10 @@ mod tests {
 
     #[test]
     fn a_finished_object_is_deleted_its_ttl_after_it_finished() {
-        let limits = Limits { default_ttl_after_finished: Some(Duration::from_secs(600)), ..Limits::default() };
+        let limits = Limits {
+            default_ttl_after_finished: Some(Duration::from_secs(600)),
+            ..Limits::default()
+        };
         let mut ra = held(None, None);
         assert_eq!(delete_at(&ra, &limits).unwrap(), None, "not finished");
         ra.spec.cancelled = true;
@@ -292,8 +394,15 @@ mod tests {
         status.finished_at = Some(Time(ts("2026-11-29T11:00:00Z")));
         assert_eq!(delete_at(&ra, &limits).unwrap(), Some(ts("2026-11-29T11:10:00Z")));
         ra.spec.ttl_after_finished = Some("1h".into());
-        assert_eq!(delete_at(&ra, &limits).unwrap(), Some(ts("2026-11-29T12:00:00Z")), "a changed TTL counts from the same finish");
-        assert_eq!(delete_at(&ra, &Limits::default()).unwrap(), Some(ts("2026-11-29T12:00:00Z")));
+        assert_eq!(
+            delete_at(&ra, &limits).unwrap(),
+            Some(ts("2026-11-29T12:00:00Z")),
+            "a changed TTL counts from the same finish"
+        );
+        assert_eq!(
+            delete_at(&ra, &Limits::default()).unwrap(),
+            Some(ts("2026-11-29T12:00:00Z"))
+        );
         ra.spec.ttl_after_finished = None;
         assert_eq!(delete_at(&ra, &Limits::default()).unwrap(), None, "no TTL: stays");
     }

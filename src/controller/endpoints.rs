@@ -26,18 +26,40 @@ pub struct EndpointRule {
 impl EndpointRule {
     /// Parses `scheme://host[:port][/path]`, `*` standing for one label of the host.
     pub fn parse(text: &str) -> Result<EndpointRule, String> {
-        let (scheme, rest) = text.split_once("://").ok_or_else(|| format!("{text:?}: an allowed endpoint starts with http:// or https://"))?;
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| format!("{text:?}: an allowed endpoint starts with http:// or https://"))?;
         if scheme != "http" && scheme != "https" {
             return Err(format!("{text:?}: the scheme must be http or https"));
         }
         // Parsed as a URL with the wildcard replaced, to reuse its host and port rules.
-        let url = Url::parse(&format!("{scheme}://{}", rest.replace('*', "wildcard-label"))).map_err(|e| format!("{text:?}: {e}"))?;
-        let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| format!("{text:?}: no host"))?;
+        let url = Url::parse(&format!("{scheme}://{}", rest.replace('*', "wildcard-label")))
+            .map_err(|e| format!("{text:?}: {e}"))?;
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("{text:?}: no host"))?;
         if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-            return Err(format!("{text:?}: no query, fragment or user in an allowed endpoint"));
+            return Err(format!(
+                "{text:?}: no query, fragment or user in an allowed endpoint"
+            ));
         }
-        let host_labels = host.split('.').map(|l| if l == "wildcard-label" { "*".to_string() } else { l.to_string() }).collect();
-        Ok(EndpointRule { scheme: scheme.into(), host_labels, port: url.port_or_known_default(), path_prefix: url.path().trim_end_matches('/').to_string() })
+        let host_labels = host
+            .split('.')
+            .map(|l| {
+                if l == "wildcard-label" {
+                    "*".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        Ok(EndpointRule {
+            scheme: scheme.into(),
+            host_labels,
+            port: url.port_or_known_default(),
+            path_prefix: url.path().trim_end_matches('/').to_string(),
+        })
     }
 
     /// Whether `url` is this endpoint (or under its path).
@@ -45,17 +67,28 @@ impl EndpointRule {
         let Some(host) = url.host_str() else { return false };
         let labels: Vec<&str> = host.split('.').collect();
         let host_matches = labels.len() == self.host_labels.len()
-            && labels.iter().zip(&self.host_labels).all(|(l, p)| (p == "*" && !l.is_empty()) || l.eq_ignore_ascii_case(p));
+            && labels
+                .iter()
+                .zip(&self.host_labels)
+                .all(|(l, p)| (p == "*" && !l.is_empty()) || l.eq_ignore_ascii_case(p));
         let path = url.path().trim_end_matches('/');
-        let path_matches = self.path_prefix.is_empty() || path == self.path_prefix || path.starts_with(&format!("{}/", self.path_prefix));
-        url.scheme() == self.scheme && host_matches && url.port_or_known_default() == self.port && path_matches
+        let path_matches = self.path_prefix.is_empty()
+            || path == self.path_prefix
+            || path.starts_with(&format!("{}/", self.path_prefix));
+        url.scheme() == self.scheme
+            && host_matches
+            && url.port_or_known_default() == self.port
+            && path_matches
     }
 }
 
 impl fmt::Display for EndpointRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}", self.scheme, self.host_labels.join("."))?;
-        if let Some(p) = self.port.filter(|p| *p != if self.scheme == "https" { 443 } else { 80 }) {
+        if let Some(p) = self
+            .port
+            .filter(|p| *p != if self.scheme == "https" { 443 } else { 80 })
+        {
             write!(f, ":{p}")?;
         }
         write!(f, "{}", self.path_prefix)
@@ -64,10 +97,14 @@ impl fmt::Display for EndpointRule {
 
 /// Huawei Cloud's official Workspace and IAM endpoints.
 pub fn official() -> Vec<EndpointRule> {
-    ["https://workspace.*.myhuaweicloud.com", "https://iam.*.myhuaweicloud.com", "https://iam.myhuaweicloud.com"]
-        .iter()
-        .map(|r| EndpointRule::parse(r).expect("a valid built-in rule"))
-        .collect()
+    [
+        "https://workspace.*.myhuaweicloud.com",
+        "https://iam.*.myhuaweicloud.com",
+        "https://iam.myhuaweicloud.com",
+    ]
+    .iter()
+    .map(|r| EndpointRule::parse(r).expect("a valid built-in rule"))
+    .collect()
 }
 
 /// The endpoints the operator may call: the official ones and the admin's.
@@ -112,15 +149,29 @@ mod tests {
     #[test]
     fn admin_rules_are_exact_or_one_label_patterns() {
         let policy = EndpointPolicy {
-            extra: vec![EndpointRule::parse("http://127.0.0.1:8080").unwrap(), EndpointRule::parse("https://*.ws.example.internal/api").unwrap()],
+            extra: vec![
+                EndpointRule::parse("http://127.0.0.1:8080").unwrap(),
+                EndpointRule::parse("https://*.ws.example.internal/api").unwrap(),
+            ],
         };
         assert!(policy.allows(&url("http://127.0.0.1:8080")));
         assert!(!policy.allows(&url("http://127.0.0.1:8081")), "another port");
         assert!(!policy.allows(&url("https://127.0.0.1:8080")), "another scheme");
         assert!(policy.allows(&url("https://a.ws.example.internal/api/v")));
-        assert!(!policy.allows(&url("https://a.ws.example.internal/apix")), "a path prefix is a whole segment");
-        assert!(!policy.allows(&url("https://a.b.ws.example.internal/api")), "one label per *");
+        assert!(
+            !policy.allows(&url("https://a.ws.example.internal/apix")),
+            "a path prefix is a whole segment"
+        );
+        assert!(
+            !policy.allows(&url("https://a.b.ws.example.internal/api")),
+            "one label per *"
+        );
         assert!(EndpointRule::parse("ftp://x").is_err() && EndpointRule::parse("example.com").is_err());
-        assert_eq!(EndpointRule::parse("https://*.ws.example.internal:443/api/").unwrap().to_string(), "https://*.ws.example.internal/api");
+        assert_eq!(
+            EndpointRule::parse("https://*.ws.example.internal:443/api/")
+                .unwrap()
+                .to_string(),
+            "https://*.ws.example.internal/api"
+        );
     }
 }

@@ -25,11 +25,15 @@ pub enum Error {
     Credentials(#[from] CredentialsError),
     /// The endpoint (of the spec, or a Secret's iamEndpoint) is not one the operator allows:
     /// nothing is sent to it.
-    #[error("{0} is not an endpoint this operator may send credentials to: a cluster admin allows it with --allowed-endpoint")]
+    #[error(
+        "{0} is not an endpoint this operator may send credentials to: a cluster admin allows it with --allowed-endpoint"
+    )]
     EndpointNotAllowed(String),
     /// The resource names no Secret, and its namespace may not use the operator's default
     /// credentials (`--default-credentials-namespaces`): nothing is sent.
-    #[error("spec.credentialsSecretRef is not set, and namespace {0} may not use the operator's default credentials: a cluster admin allows namespaces with --default-credentials-namespaces")]
+    #[error(
+        "spec.credentialsSecretRef is not set, and namespace {0} may not use the operator's default credentials: a cluster admin allows namespaces with --default-credentials-namespaces"
+    )]
     DefaultCredentialsNotAllowed(String),
     /// The operator's own identity gave no credentials (the source is named, never a token):
     /// retried with backoff, and the source itself is asked again only after its own backoff.
@@ -38,11 +42,15 @@ pub enum Error {
     /// A field that says where the held session lives (the endpoint, region or credentials
     /// Secret) changed while the session is held: nothing is sent to the new place; the session
     /// is still observed and cancelled where it was opened (status.session).
-    #[error("{0} changed while this resource holds a session; the session stays where it was opened (status.session) and nothing is sent to the new place: change it back, or cancel (spec.cancelled) and create a new RemoteAssistance")]
+    #[error(
+        "{0} changed while this resource holds a session; the session stays where it was opened (status.session) and nothing is sent to the new place: change it back, or cancel (spec.cancelled) and create a new RemoteAssistance"
+    )]
     SessionBindingChanged(String),
     /// The invitation Secret's name is taken by a Secret this resource does not control: it is
     /// not overwritten.
-    #[error("the Secret {0} exists and is not controlled by this RemoteAssistance: the session's invitation is not written over it; delete or rename that Secret")]
+    #[error(
+        "the Secret {0} exists and is not controlled by this RemoteAssistance: the session's invitation is not written over it; delete or rename that Secret"
+    )]
     InvitationSecretTaken(String),
     /// The resource's spec cannot be acted on (for example an endpoint that is not a URL).
     #[error("{0}")]
@@ -97,7 +105,9 @@ impl Error {
     /// and at once when the Secret, the spec or the retry annotation changes).
     pub fn needs_human(&self) -> bool {
         match self {
-            Error::Cloud { disposition, .. } => matches!(disposition, Disposition::NeedsHuman(_) | Disposition::RenewToken),
+            Error::Cloud { disposition, .. } => {
+                matches!(disposition, Disposition::NeedsHuman(_) | Disposition::RenewToken)
+            }
             Error::DesktopNotFound(_)
             | Error::EndpointNotAllowed(_)
             | Error::DefaultCredentialsNotAllowed(_)
@@ -169,7 +179,17 @@ impl KubernetesFailure {
 
 impl Error {
     /// Wraps a failed Kubernetes API call with what it was for.
-    pub fn kubernetes(verb: &'static str, kind: &'static str, object: impl Into<String>, source: kube::Error) -> Error {
-        Error::Kubernetes(Box::new(KubernetesFailure { verb, kind, object: object.into(), source }))
+    pub fn kubernetes(
+        verb: &'static str,
+        kind: &'static str,
+        object: impl Into<String>,
+        source: kube::Error,
+    ) -> Error {
+        Error::Kubernetes(Box::new(KubernetesFailure {
+            verb,
+            kind,
+            object: object.into(),
+            source,
+        }))
     }
 }

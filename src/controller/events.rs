@@ -79,7 +79,10 @@ impl EventPublisher {
             client,
             controller: controller.into(),
             instance: instance.into(),
-            warnings: Mutex::new(Warnings { published: HashMap::new(), sweep_at: SWEEP_FLOOR }),
+            warnings: Mutex::new(Warnings {
+                published: HashMap::new(),
+                sweep_at: SWEEP_FLOOR,
+            }),
         }
     }
 
@@ -89,22 +92,41 @@ impl EventPublisher {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let now = Instant::now();
         if note.type_ == EventType::Warning {
-            let key = (regarding.uid.clone().unwrap_or_default(), note.reason.to_string(), note.action.to_string());
+            let key = (
+                regarding.uid.clone().unwrap_or_default(),
+                note.reason.to_string(),
+                note.action.to_string(),
+            );
             let repeat = self.warnings.lock().expect("warnings").repeat(&key, now);
             if let Some((name, count)) = repeat {
                 let series = json!({ "series": EventSeries { count, last_observed_time: MicroTime(jiff::Timestamp::now()) } });
                 // The first Event may be gone (expired, deleted): then this one starts anew.
-                match api.patch(&name, &PatchParams::default(), &Patch::Merge(&series)).await {
+                match api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&series))
+                    .await
+                {
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
                     other => return other.map(|_| ()),
                 }
             }
-            let event = api.create(&PostParams::default(), &self.event(note, regarding, &namespace)).await?;
+            let event = api
+                .create(&PostParams::default(), &self.event(note, regarding, &namespace))
+                .await?;
             let name = event.metadata.name.unwrap_or_default();
-            self.warnings.lock().expect("warnings").remember(key, Published { name, count: 1, first: now }, now);
+            self.warnings.lock().expect("warnings").remember(
+                key,
+                Published {
+                    name,
+                    count: 1,
+                    first: now,
+                },
+                now,
+            );
             return Ok(());
         }
-        api.create(&PostParams::default(), &self.event(note, regarding, &namespace)).await.map(|_| ())
+        api.create(&PostParams::default(), &self.event(note, regarding, &namespace))
+            .await
+            .map(|_| ())
     }
 
     fn event(&self, note: &Note<'_>, regarding: &ObjectReference, namespace: &str) -> Event {
@@ -149,7 +171,8 @@ impl Warnings {
     fn remember(&mut self, key: (String, String, String), published: Published, now: Instant) {
         self.published.insert(key, published);
         if self.published.len() >= self.sweep_at {
-            self.published.retain(|_, p| now.duration_since(p.first) < SERIES_WINDOW);
+            self.published
+                .retain(|_, p| now.duration_since(p.first) < SERIES_WINDOW);
             self.sweep_at = (self.published.len() * 2).max(SWEEP_FLOOR);
         }
     }
@@ -164,24 +187,50 @@ mod tests {
     }
 
     fn published(at: Instant) -> Published {
-        Published { name: "ra.1".into(), count: 1, first: at }
+        Published {
+            name: "ra.1".into(),
+            count: 1,
+            first: at,
+        }
     }
 
     #[test]
     fn a_repeat_within_the_window_counts_in_the_series() {
-        let (mut w, start) = (Warnings { sweep_at: SWEEP_FLOOR, ..Warnings::default() }, Instant::now());
+        let (mut w, start) = (
+            Warnings {
+                sweep_at: SWEEP_FLOOR,
+                ..Warnings::default()
+            },
+            Instant::now(),
+        );
         assert_eq!(w.repeat(&key("a"), start), None, "nothing published yet");
         w.remember(key("a"), published(start), start);
-        assert_eq!(w.repeat(&key("a"), start + Duration::from_secs(1)), Some(("ra.1".into(), 2)));
-        assert_eq!(w.repeat(&key("a"), start + Duration::from_secs(2)), Some(("ra.1".into(), 3)));
+        assert_eq!(
+            w.repeat(&key("a"), start + Duration::from_secs(1)),
+            Some(("ra.1".into(), 2))
+        );
+        assert_eq!(
+            w.repeat(&key("a"), start + Duration::from_secs(2)),
+            Some(("ra.1".into(), 3))
+        );
         assert_eq!(w.repeat(&key("b"), start), None, "another object");
-        assert_eq!(w.repeat(&key("a"), start + SERIES_WINDOW), None, "past the window a new Event starts");
+        assert_eq!(
+            w.repeat(&key("a"), start + SERIES_WINDOW),
+            None,
+            "past the window a new Event starts"
+        );
         assert!(w.published.is_empty());
     }
 
     #[test]
     fn expired_warnings_are_swept_as_the_table_grows() {
-        let (mut w, start) = (Warnings { sweep_at: SWEEP_FLOOR, ..Warnings::default() }, Instant::now());
+        let (mut w, start) = (
+            Warnings {
+                sweep_at: SWEEP_FLOOR,
+                ..Warnings::default()
+            },
+            Instant::now(),
+        );
         for i in 0..SWEEP_FLOOR - 1 {
             w.remember(key(&i.to_string()), published(start), start);
         }

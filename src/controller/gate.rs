@@ -109,20 +109,33 @@ impl Gates {
     /// Whether a cloud call may be made now for `uid`; if not, how long until it may.
     pub fn check(&self, uid: &str, trigger: &Trigger, now: Instant) -> Gate {
         let entries = self.entries.lock().expect("gates");
-        let Some(entry) = entries.get(uid) else { return Gate::Open };
+        let Some(entry) = entries.get(uid) else {
+            return Gate::Open;
+        };
         if &entry.trigger != trigger || now >= entry.not_before {
             return Gate::Open;
         }
         let wait = entry.not_before - now;
         if entry.secret_changed {
-            return Gate::SecretChanged { wait, recorded: entry.credentials };
+            return Gate::SecretChanged {
+                wait,
+                recorded: entry.credentials,
+            };
         }
         Gate::Closed(wait)
     }
 
     /// Records a failure and returns how long to wait before the next attempt. `credentials` is
     /// the fingerprint of the credentials Secret's data at the time.
-    pub fn failed(&self, uid: &str, trigger: Trigger, credentials: Option<u64>, needs_human: bool, policy: &BackoffPolicy, now: Instant) -> Duration {
+    pub fn failed(
+        &self,
+        uid: &str,
+        trigger: Trigger,
+        credentials: Option<u64>,
+        needs_human: bool,
+        policy: &BackoffPolicy,
+        now: Instant,
+    ) -> Duration {
         let mut entries = self.entries.lock().expect("gates");
         let failures = entries.get(uid).map_or(0, |e| e.failures) + 1;
         // A Secret change seen while the attempt ran still counts: its reconcile comes after
@@ -133,7 +146,16 @@ impl Gates {
         } else {
             policy.retry_delay(failures, rand::random::<f64>())
         };
-        entries.insert(uid.to_string(), Entry { failures, not_before: now + delay, trigger, credentials, secret_changed });
+        entries.insert(
+            uid.to_string(),
+            Entry {
+                failures,
+                not_before: now + delay,
+                trigger,
+                credentials,
+                secret_changed,
+            },
+        );
         delay
     }
 
@@ -151,7 +173,13 @@ impl Gates {
         match entries.get_mut(uid) {
             Some(e) => e.secret_changed = true,
             None => {
-                let open = Entry { failures: 0, not_before: Instant::now(), trigger: Trigger::default(), credentials: None, secret_changed: true };
+                let open = Entry {
+                    failures: 0,
+                    not_before: Instant::now(),
+                    trigger: Trigger::default(),
+                    credentials: None,
+                    secret_changed: true,
+                };
                 entries.insert(uid.to_string(), open);
             }
         }
@@ -166,7 +194,11 @@ impl Gates {
 
     /// Consecutive failures recorded for `uid`.
     pub fn failures(&self, uid: &str) -> u32 {
-        self.entries.lock().expect("gates").get(uid).map_or(0, |e| e.failures)
+        self.entries
+            .lock()
+            .expect("gates")
+            .get(uid)
+            .map_or(0, |e| e.failures)
     }
 
     /// Drops the entry of an object that is gone.
@@ -200,20 +232,46 @@ mod tests {
         let g = Gates::default();
         let p = BackoffPolicy::default();
         let t0 = Instant::now();
-        let trig = Trigger { generation: Some(1), deleting: true, retry_token: None, paused: false };
+        let trig = Trigger {
+            generation: Some(1),
+            deleting: true,
+            retry_token: None,
+            paused: false,
+        };
         assert_eq!(g.check("u", &trig, t0), Gate::Open, "no failure yet");
         let d = g.failed("u", trig.clone(), Some(7), false, &p, t0);
         assert!(d >= Duration::from_millis(500) && d <= Duration::from_secs(1));
-        assert!(matches!(g.check("u", &trig, t0), Gate::Closed(_)), "held after a failure");
-        assert_eq!(g.check("u", &trig, t0 + d), Gate::Open, "released when the time comes");
-        let changed = Trigger { generation: Some(2), ..trig.clone() };
-        assert_eq!(g.check("u", &changed, t0), Gate::Open, "released by a spec change");
+        assert!(
+            matches!(g.check("u", &trig, t0), Gate::Closed(_)),
+            "held after a failure"
+        );
+        assert_eq!(
+            g.check("u", &trig, t0 + d),
+            Gate::Open,
+            "released when the time comes"
+        );
+        let changed = Trigger {
+            generation: Some(2),
+            ..trig.clone()
+        };
+        assert_eq!(
+            g.check("u", &changed, t0),
+            Gate::Open,
+            "released by a spec change"
+        );
 
         let d = g.failed("u", trig.clone(), Some(7), true, &p, t0);
         assert_eq!(d, p.needs_human_recheck);
         assert_eq!(g.failures("u"), 2);
         g.secret_changed("u");
-        assert_eq!(g.check("u", &trig, t0), Gate::SecretChanged { wait: d, recorded: Some(7) }, "the caller compares the data");
+        assert_eq!(
+            g.check("u", &trig, t0),
+            Gate::SecretChanged {
+                wait: d,
+                recorded: Some(7)
+            },
+            "the caller compares the data"
+        );
         g.secret_unchanged("u");
         assert_eq!(g.check("u", &trig, t0), Gate::Closed(d), "same data: still held");
         g.succeeded("u");
@@ -224,20 +282,43 @@ mod tests {
         g.failed("u", trig.clone(), Some(7), true, &p, t0);
         g.secret_changed("u");
         g.failed("u", trig.clone(), Some(7), true, &p, t0);
-        assert!(matches!(g.check("u", &trig, t0), Gate::SecretChanged { recorded: Some(7), .. }), "the change survives the failure recorded after it");
+        assert!(
+            matches!(
+                g.check("u", &trig, t0),
+                Gate::SecretChanged {
+                    recorded: Some(7),
+                    ..
+                }
+            ),
+            "the change survives the failure recorded after it"
+        );
 
         // A change seen while the first attempt runs (nothing recorded yet) counts too.
         let g = Gates::default();
         g.secret_changed("first");
-        assert_eq!(g.check("first", &trig, t0 + Duration::from_millis(1)), Gate::Open, "nothing to wait for yet");
+        assert_eq!(
+            g.check("first", &trig, t0 + Duration::from_millis(1)),
+            Gate::Open,
+            "nothing to wait for yet"
+        );
         g.failed("first", trig.clone(), Some(7), true, &p, t0);
-        assert!(matches!(g.check("first", &trig, t0), Gate::SecretChanged { recorded: Some(7), .. }));
+        assert!(matches!(
+            g.check("first", &trig, t0),
+            Gate::SecretChanged {
+                recorded: Some(7),
+                ..
+            }
+        ));
         assert_eq!(g.failures("first"), 1);
         g.succeeded("u");
 
         g.failed("gone", trig.clone(), None, true, &p, t0);
         g.failed("here", trig.clone(), None, true, &p, t0);
         g.retain(|uid| uid == "here");
-        assert_eq!((g.failures("gone"), g.failures("here")), (0, 1), "entries of objects that are gone are swept");
+        assert_eq!(
+            (g.failures("gone"), g.failures("here")),
+            (0, 1),
+            "entries of objects that are gone are swept"
+        );
     }
 }

@@ -33,12 +33,18 @@ impl DesktopKey {
             (Some(h), None) => h.to_ascii_lowercase(),
             (None, _) => return None,
         };
-        Some(DesktopKey { host, project_id: project_id.to_string(), desktop_id: desktop_id.to_string() })
+        Some(DesktopKey {
+            host,
+            project_id: project_id.to_string(),
+            desktop_id: desktop_id.to_string(),
+        })
     }
 
     /// The desktop the resource's spec names (where a new session would be opened).
     pub fn of_spec(ra: &RemoteAssistance) -> Option<DesktopKey> {
-        let endpoint = crate::workspace::resolve_endpoint(ra.spec.region.as_deref(), ra.spec.endpoint.as_deref()).ok()?;
+        let endpoint =
+            crate::workspace::resolve_endpoint(ra.spec.region.as_deref(), ra.spec.endpoint.as_deref())
+                .ok()?;
         DesktopKey::new(endpoint.as_str(), &ra.spec.project_id, &ra.spec.desktop_id)
     }
 
@@ -69,7 +75,10 @@ impl Holder {
     /// same namespace (another namespace's objects are never revealed).
     pub fn describe_to(&self, namespace: &str) -> String {
         if self.namespace == namespace {
-            format!("the RemoteAssistance {} holds a session on this desktop", self.name)
+            format!(
+                "the RemoteAssistance {} holds a session on this desktop",
+                self.name
+            )
         } else {
             "a RemoteAssistance in another namespace holds a session on this desktop".to_string()
         }
@@ -97,13 +106,23 @@ struct Inner {
 impl Claims {
     /// Another resource that holds `key` (in the cache, or by a claim of a resource still in
     /// the cache), if any.
-    pub fn holder(&self, key: &DesktopKey, ra: &RemoteAssistance, store: Option<&Store<RemoteAssistance>>) -> Option<Holder> {
+    pub fn holder(
+        &self,
+        key: &DesktopKey,
+        ra: &RemoteAssistance,
+        store: Option<&Store<RemoteAssistance>>,
+    ) -> Option<Holder> {
         let inner = self.inner.lock().expect("claims");
         inner.holder(key, ra, store)
     }
 
     /// Claims `key` for `ra` unless another resource holds it; returns that holder if so.
-    pub fn claim(&self, key: &DesktopKey, ra: &RemoteAssistance, store: Option<&Store<RemoteAssistance>>) -> Result<(), Holder> {
+    pub fn claim(
+        &self,
+        key: &DesktopKey,
+        ra: &RemoteAssistance,
+        store: Option<&Store<RemoteAssistance>>,
+    ) -> Result<(), Holder> {
         let mut inner = self.inner.lock().expect("claims");
         if let Some(holder) = inner.holder(key, ra, store) {
             return Err(holder);
@@ -128,7 +147,9 @@ impl Claims {
         let now = Instant::now();
         let mut inner = self.inner.lock().expect("claims");
         inner.by_desktop.retain(|_, c| c != uid);
-        inner.released.retain(|_, at| now.duration_since(*at) < RELEASED_MEMORY);
+        inner
+            .released
+            .retain(|_, at| now.duration_since(*at) < RELEASED_MEMORY);
         inner.released.insert(uid.to_string(), now);
         key.and_then(|k| inner.waiting.remove(k)).unwrap_or_default()
     }
@@ -145,27 +166,48 @@ impl Claims {
 }
 
 impl Inner {
-    fn holder(&self, key: &DesktopKey, ra: &RemoteAssistance, store: Option<&Store<RemoteAssistance>>) -> Option<Holder> {
+    fn holder(
+        &self,
+        key: &DesktopKey,
+        ra: &RemoteAssistance,
+        store: Option<&Store<RemoteAssistance>>,
+    ) -> Option<Holder> {
         let uid = ra.uid().unwrap_or_default();
         // Only the resources for the same desktop ID (immutable) are looked at closer: a cheap
         // filter under the store's lock, so a claim costs little with many resources.
-        let others = store.map(|s| s.state_filter(|o| o.spec.desktop_id == key.desktop_id)).unwrap_or_default();
+        let others = store
+            .map(|s| s.state_filter(|o| o.spec.desktop_id == key.desktop_id))
+            .unwrap_or_default();
         let live = |o: &&std::sync::Arc<RemoteAssistance>| {
             let other = o.uid().unwrap_or_default();
             other != uid && !self.released.contains_key(&other)
         };
-        let describe = |o: &RemoteAssistance| Holder { namespace: o.namespace().unwrap_or_default(), name: o.name_any() };
-        if let Some(other) = others.iter().filter(live).find(|o| DesktopKey::of_held(o).as_ref() == Some(key)) {
+        let describe = |o: &RemoteAssistance| Holder {
+            namespace: o.namespace().unwrap_or_default(),
+            name: o.name_any(),
+        };
+        if let Some(other) = others
+            .iter()
+            .filter(live)
+            .find(|o| DesktopKey::of_held(o).as_ref() == Some(key))
+        {
             return Some(describe(other));
         }
         let claimant = self.by_desktop.get(key).filter(|c| **c != uid)?;
-        others.iter().filter(live).find(|o| o.uid().as_deref() == Some(claimant.as_str()) && !finished(o)).map(|o| describe(o))
+        others
+            .iter()
+            .filter(live)
+            .find(|o| o.uid().as_deref() == Some(claimant.as_str()) && !finished(o))
+            .map(|o| describe(o))
     }
 }
 
 /// Whether a resource's claim has lapsed: it finished or is being deleted without a session.
 fn finished(ra: &RemoteAssistance) -> bool {
-    matches!(ra.status.as_ref().and_then(|s| s.phase), Some(Phase::Cancelled | Phase::Closed))
+    matches!(
+        ra.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Cancelled | Phase::Closed)
+    )
 }
 
 #[cfg(test)]
@@ -179,7 +221,12 @@ mod tests {
         ra.metadata.namespace = Some("ns".into());
         ra.status = Some(RemoteAssistanceStatus {
             phase: Some(phase),
-            session: Some(SessionBinding { endpoint: endpoint.into(), project_id: "p".into(), desktop_id: "d".into(), ..SessionBinding::default() }),
+            session: Some(SessionBinding {
+                endpoint: endpoint.into(),
+                project_id: "p".into(),
+                desktop_id: "d".into(),
+                ..SessionBinding::default()
+            }),
             ..RemoteAssistanceStatus::default()
         });
         ra
@@ -187,15 +234,29 @@ mod tests {
 
     #[test]
     fn keys_compare_hosts_not_spellings() {
-        assert_eq!(DesktopKey::new("https://Workspace.example.com/", "p", "d"), DesktopKey::new("https://workspace.example.com:443", "p", "d"));
-        assert_ne!(DesktopKey::new("https://a.example.com", "p", "d"), DesktopKey::new("https://b.example.com", "p", "d"));
-        assert_ne!(DesktopKey::new("https://a.example.com", "p", "d"), DesktopKey::new("https://a.example.com", "p", "e"));
+        assert_eq!(
+            DesktopKey::new("https://Workspace.example.com/", "p", "d"),
+            DesktopKey::new("https://workspace.example.com:443", "p", "d")
+        );
+        assert_ne!(
+            DesktopKey::new("https://a.example.com", "p", "d"),
+            DesktopKey::new("https://b.example.com", "p", "d")
+        );
+        assert_ne!(
+            DesktopKey::new("https://a.example.com", "p", "d"),
+            DesktopKey::new("https://a.example.com", "p", "e")
+        );
     }
 
     #[test]
     fn a_desktop_has_one_holder() {
         let (store, mut writer) = kube::runtime::reflector::store();
-        let holder = held("first", "u1", "https://workspace.cn-north-4.myhuaweicloud.com", Phase::Active);
+        let holder = held(
+            "first",
+            "u1",
+            "https://workspace.cn-north-4.myhuaweicloud.com",
+            Phase::Active,
+        );
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(holder));
         let claims = Claims::default();
         let mut second = crate::resource::sample("second");
@@ -203,19 +264,36 @@ mod tests {
         second.metadata.namespace = Some("ns".into());
         let key = DesktopKey::of_spec(&second).unwrap();
         let refused = claims.claim(&key, &second, Some(&store)).unwrap_err();
-        assert_eq!(refused.describe_to("ns"), "the RemoteAssistance first holds a session on this desktop");
-        assert_eq!(refused.describe_to("other"), "a RemoteAssistance in another namespace holds a session on this desktop");
+        assert_eq!(
+            refused.describe_to("ns"),
+            "the RemoteAssistance first holds a session on this desktop"
+        );
+        assert_eq!(
+            refused.describe_to("other"),
+            "a RemoteAssistance in another namespace holds a session on this desktop"
+        );
 
         // Reported closed: free for the next one; two new ones race: the first claim wins.
-        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(held("first", "u1", "https://workspace.cn-north-4.myhuaweicloud.com", Phase::Closed)));
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(held(
+            "first",
+            "u1",
+            "https://workspace.cn-north-4.myhuaweicloud.com",
+            Phase::Closed,
+        )));
         assert!(claims.claim(&key, &second, Some(&store)).is_ok());
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(second.clone()));
         let mut third = crate::resource::sample("third");
         third.metadata.uid = Some("u3".into());
-        assert_eq!(claims.claim(&key, &third, Some(&store)).unwrap_err().name, "second");
+        assert_eq!(
+            claims.claim(&key, &third, Some(&store)).unwrap_err().name,
+            "second"
+        );
         claims.wait_for(key.clone(), ObjectRef::from_obj(&third));
         let woken = claims.let_go("u2", Some(&key));
         assert_eq!(woken, vec![ObjectRef::from_obj(&third)], "the waiter is woken");
-        assert!(claims.claim(&key, &third, Some(&store)).is_ok(), "the cache still shows second; it let go all the same");
+        assert!(
+            claims.claim(&key, &third, Some(&store)).is_ok(),
+            "the cache still shows second; it let go all the same"
+        );
     }
 }

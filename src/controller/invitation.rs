@@ -11,10 +11,10 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use std::collections::HashMap;
-use std::sync::Mutex;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use tracing::{debug, warn};
 
 use crate::resource::RemoteAssistance;
@@ -70,16 +70,28 @@ pub struct Invitations {
 
 impl Invitations {
     fn unchanged(&self, uid: &str, print: u64) -> bool {
-        self.written.lock().expect("invitations").get(uid).map(|(p, _)| *p) == Some(print)
+        self.written
+            .lock()
+            .expect("invitations")
+            .get(uid)
+            .map(|(p, _)| *p)
+            == Some(print)
     }
 
     fn wrote(&self, uid: String, print: u64, secret_uid: Option<String>) {
-        self.written.lock().expect("invitations").insert(uid, (print, secret_uid));
+        self.written
+            .lock()
+            .expect("invitations")
+            .insert(uid, (print, secret_uid));
     }
 
     /// The UID of the Secret this process last wrote for the resource.
     fn secret_uid(&self, uid: &str) -> Option<String> {
-        self.written.lock().expect("invitations").get(uid).and_then(|(_, s)| s.clone())
+        self.written
+            .lock()
+            .expect("invitations")
+            .get(uid)
+            .and_then(|(_, s)| s.clone())
     }
 
     /// Forgets a resource (its Secret is gone, or the resource is).
@@ -89,23 +101,41 @@ impl Invitations {
 
     /// Keeps only the resources for which `exists` holds.
     pub fn retain(&self, exists: impl Fn(&str) -> bool) {
-        self.written.lock().expect("invitations").retain(|uid, _| exists(uid));
+        self.written
+            .lock()
+            .expect("invitations")
+            .retain(|uid, _| exists(uid));
     }
 }
 
 /// Whether the resource with UID `owner_uid` controls the Secret.
 fn controlled_by(secret: &Secret, owner_uid: &str) -> bool {
-    secret.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == owner_uid)
+    secret
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == owner_uid)
 }
 
 impl Context {
     /// Writes the invitation Secret (owned by the resource) when its content changed since this
     /// process last wrote it; `fresh`: the session was just created, so the Secret is new.
     /// Returns its name.
-    pub async fn apply_invitation_secret(&self, ra: &RemoteAssistance, show: &ShowResponse, fresh: bool) -> Result<String, Error> {
+    pub async fn apply_invitation_secret(
+        &self,
+        ra: &RemoteAssistance,
+        show: &ShowResponse,
+        fresh: bool,
+    ) -> Result<String, Error> {
         let name = invitation_secret_name(&ra.name_any());
         let namespace = ra.namespace().unwrap_or_default();
-        let failed = |verb, e| Error::kubernetes(verb, "Secret", format!("{namespace}/{name} (the session's invitation)"), e);
+        let failed = |verb, e| {
+            Error::kubernetes(
+                verb,
+                "Secret",
+                format!("{namespace}/{name} (the session's invitation)"),
+                e,
+            )
+        };
         let data = invitation_data(show);
         let uid = ra.uid().unwrap_or_default();
         let print = fingerprint(&data);
@@ -136,8 +166,17 @@ impl Context {
         // is there already (restart, adoption, a change) is applied.
         let mut written = None;
         if fresh {
-            let params = PostParams { field_manager: Some(MANAGER.into()), ..PostParams::default() };
-            match api.create(&params, &serde_json::from_value(secret.clone()).map_err(kube::Error::SerdeError)?).await {
+            let params = PostParams {
+                field_manager: Some(MANAGER.into()),
+                ..PostParams::default()
+            };
+            match api
+                .create(
+                    &params,
+                    &serde_json::from_value(secret.clone()).map_err(kube::Error::SerdeError)?,
+                )
+                .await
+            {
                 Ok(s) => written = Some(s),
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => return Err(failed("create", e)),
@@ -152,7 +191,15 @@ impl Context {
                     return Err(Error::InvitationSecretTaken(format!("{namespace}/{name}")));
                 }
             }
-            written = Some(api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret)).await.map_err(|e| failed("patch", e))?);
+            written = Some(
+                api.patch(
+                    &name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&secret),
+                )
+                .await
+                .map_err(|e| failed("patch", e))?,
+            );
         }
         self.invitations.wrote(uid, print, written.and_then(|s| s.uid()));
         debug!(secret = %name, "invitation Secret written");
@@ -186,8 +233,14 @@ impl Context {
     }
 
     /// The deletion of the resource's invitation Secret, when it has one.
-    fn invitation_secret_deletion(&self, ra: &RemoteAssistance) -> Option<impl Future<Output = Result<(), Error>> + Send + 'static> {
-        let name = ra.status.as_ref().and_then(|s| s.invitation_secret_name.clone())?;
+    fn invitation_secret_deletion(
+        &self,
+        ra: &RemoteAssistance,
+    ) -> Option<impl Future<Output = Result<(), Error>> + Send + 'static> {
+        let name = ra
+            .status
+            .as_ref()
+            .and_then(|s| s.invitation_secret_name.clone())?;
         let owner_uid = ra.uid().unwrap_or_default();
         let known = self.invitations.secret_uid(&owner_uid);
         self.invitations.forget(&owner_uid);
@@ -205,7 +258,13 @@ impl Context {
                     _ => return Ok(()),
                 },
             };
-            let params = DeleteParams { preconditions: Some(kube::api::Preconditions { uid: Some(secret_uid), resource_version: None }), ..DeleteParams::default() };
+            let params = DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: Some(secret_uid),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
             match api.delete(&name, &params).await {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
@@ -228,7 +287,10 @@ mod tests {
         assert!(!invitations.unchanged("u", 7));
         invitations.wrote("gone".into(), 1, None);
         invitations.retain(|uid| uid != "gone");
-        assert!(invitations.written.lock().unwrap().is_empty(), "nothing is left of a forgotten resource");
+        assert!(
+            invitations.written.lock().unwrap().is_empty(),
+            "nothing is left of a forgotten resource"
+        );
     }
 
     #[test]

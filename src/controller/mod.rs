@@ -11,12 +11,12 @@ pub mod error;
 pub mod events;
 pub mod gate;
 pub mod holders;
+pub mod invitation;
+pub mod pins;
 pub mod polls;
 pub mod recall;
 pub mod reconcile;
 pub mod release;
-pub mod invitation;
-pub mod pins;
 pub mod secret_index;
 pub mod selector;
 pub mod status;
@@ -164,9 +164,14 @@ impl Context {
     pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Result<Context, String> {
         let cloud = WorkspaceClient::new(&config.client)?;
         let observations = Arc::new(polls::Observations::new(config.poll_interval));
-        let credentials = credential_cache::CredentialCache::new(config.unauthenticated_hold, config.ambient.clone());
+        let credentials =
+            credential_cache::CredentialCache::new(config.unauthenticated_hold, config.ambient.clone());
         Ok(Context {
-            events: Arc::new(EventPublisher::new(client.clone(), "workspace-assist", &config.instance)),
+            events: Arc::new(EventPublisher::new(
+                client.clone(),
+                "workspace-assist",
+                &config.instance,
+            )),
             limiter: RateLimiter::direct(cloud_quota(config.cloud_rate_limit)),
             client,
             cloud,
@@ -193,21 +198,38 @@ impl Context {
     /// The namespace's deletion-policy annotation: from the watch of namespace metadata, or
     /// read from the API server when the watch does not hold the namespace (yet).
     pub async fn namespace_deletion_policy(&self, namespace: &str) -> Result<Option<String>, Error> {
-        let meta = self.namespace_metadata(namespace, "its deletion-policy annotation").await?;
-        Ok(meta.and_then(|m| m.annotations.and_then(|mut a| a.remove(DELETION_POLICY_ANNOTATION))))
+        let meta = self
+            .namespace_metadata(namespace, "its deletion-policy annotation")
+            .await?;
+        Ok(meta.and_then(|m| {
+            m.annotations
+                .and_then(|mut a| a.remove(DELETION_POLICY_ANNOTATION))
+        }))
     }
 
     /// Whether the namespace's labels let its resources use the operator's default credentials.
     pub async fn may_use_default_credentials(&self, namespace: &str) -> Result<bool, Error> {
-        let Some(selector) = &self.config.default_credentials_namespaces else { return Ok(false) };
-        let meta = self.namespace_metadata(namespace, "its labels, for the default credentials").await?;
+        let Some(selector) = &self.config.default_credentials_namespaces else {
+            return Ok(false);
+        };
+        let meta = self
+            .namespace_metadata(namespace, "its labels, for the default credentials")
+            .await?;
         Ok(meta.is_some_and(|m| selector.matches(&m.labels.unwrap_or_default())))
     }
 
     /// A namespace's metadata: from the watch of namespace metadata, or read from the API server
     /// when the watch does not hold the namespace (yet). `why` names the purpose in errors.
-    async fn namespace_metadata(&self, namespace: &str, why: &str) -> Result<Option<kube::core::ObjectMeta>, Error> {
-        if let Some(cached) = self.namespaces.get().and_then(|store| store.get(&ObjectRef::new(namespace))) {
+    async fn namespace_metadata(
+        &self,
+        namespace: &str,
+        why: &str,
+    ) -> Result<Option<kube::core::ObjectMeta>, Error> {
+        if let Some(cached) = self
+            .namespaces
+            .get()
+            .and_then(|store| store.get(&ObjectRef::new(namespace)))
+        {
             return Ok(Some(cached.metadata.clone()));
         }
         let ns = Api::<Namespace>::all(self.client.clone())
@@ -234,15 +256,22 @@ impl Context {
     /// The Secret, from the cache when the watch says it has not changed since it was read.
     pub async fn secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>, kube::Error> {
         let key = (namespace.to_string(), name.to_string());
-        if let Some(cached) = self.secret_index.latest(&key).and_then(|latest| self.credentials.at_version(&key, &latest)) {
+        if let Some(cached) = self
+            .secret_index
+            .latest(&key)
+            .and_then(|latest| self.credentials.at_version(&key, &latest))
+        {
             return Ok(Some(cached));
         }
-        let secret = Api::<Secret>::namespaced(self.client.clone(), namespace).get_opt(name).await?;
+        let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await?;
         if let Some(s) = &secret {
             // A Secret in use: the index follows it from here (the watch may not have said
             // anything about it yet).
             let pinned = s.finalizers().iter().any(|f| f == SECRET_FINALIZER);
-            self.secret_index.observe(&key, &s.resource_version().unwrap_or_default(), pinned);
+            self.secret_index
+                .observe(&key, &s.resource_version().unwrap_or_default(), pinned);
         }
         self.credentials.put(key, secret.as_ref());
         Ok(secret)
@@ -251,7 +280,8 @@ impl Context {
     /// Drops the per-object state of objects no longer in the cache (an object can go without a
     /// last reconcile: its finalizer removed by hand, or the operator's own watch missed it).
     pub fn forget_objects_gone(&self, store: &Store<RemoteAssistance>) {
-        let uids: std::collections::HashSet<String> = store.state().iter().filter_map(|ra| ra.uid()).collect();
+        let uids: std::collections::HashSet<String> =
+            store.state().iter().filter_map(|ra| ra.uid()).collect();
         self.gates.retain(|uid| uids.contains(uid));
         self.invitations.retain(|uid| uids.contains(uid));
         self.timers.retain(|uid| uids.contains(uid));
@@ -273,7 +303,12 @@ impl Context {
         let mut in_use: std::collections::HashSet<secret_index::SecretKey> = store
             .state()
             .iter()
-            .filter_map(|ra| Some((ra.namespace()?, ra.spec.credentials_secret_ref.as_ref()?.name.clone())))
+            .filter_map(|ra| {
+                Some((
+                    ra.namespace()?,
+                    ra.spec.credentials_secret_ref.as_ref()?.name.clone(),
+                ))
+            })
             .collect();
         in_use.extend(self.config.default_credentials.clone());
         self.secret_index.retain(|k| in_use.contains(k));
@@ -300,12 +335,30 @@ impl Context {
 
     /// Publishes an Event in the background: a failed publish is logged, never blocks the
     /// reconcile.
-    pub fn publish(&self, ra: &RemoteAssistance, type_: EventType, reason: &'static str, note: &str, action: &'static str) {
+    pub fn publish(
+        &self,
+        ra: &RemoteAssistance,
+        type_: EventType,
+        reason: &'static str,
+        note: &str,
+        action: &'static str,
+    ) {
         let events = self.events.clone();
         let regarding = ra.object_ref(&());
         let note = note.to_string();
         tokio::spawn(async move {
-            if let Err(e) = events.publish(&Note { type_, reason, note: &note, action }, &regarding).await {
+            if let Err(e) = events
+                .publish(
+                    &Note {
+                        type_,
+                        reason,
+                        note: &note,
+                        action,
+                    },
+                    &regarding,
+                )
+                .await
+            {
                 warn!(error = %e, reason, "could not publish an Event");
             }
         });
@@ -313,9 +366,17 @@ impl Context {
 
     /// The resources to reconcile when a Secret changed: those in its namespace that name it,
     /// or that use it as the default credentials. Unchanged versions (re-lists) trigger nothing.
-    fn on_secret(self: &Arc<Self>, secret: &PartialObjectMeta<Secret>, store: &Store<RemoteAssistance>) -> Vec<ObjectRef<RemoteAssistance>> {
-        let (Some(ns), Some(name)) = (secret.namespace(), secret.metadata.name.clone()) else { return vec![] };
-        if secret.metadata.deletion_timestamp.is_some() && secret.finalizers().iter().any(|f| f == SECRET_FINALIZER) {
+    fn on_secret(
+        self: &Arc<Self>,
+        secret: &PartialObjectMeta<Secret>,
+        store: &Store<RemoteAssistance>,
+    ) -> Vec<ObjectRef<RemoteAssistance>> {
+        let (Some(ns), Some(name)) = (secret.namespace(), secret.metadata.name.clone()) else {
+            return vec![];
+        };
+        if secret.metadata.deletion_timestamp.is_some()
+            && secret.finalizers().iter().any(|f| f == SECRET_FINALIZER)
+        {
             // A pinned Secret is being deleted: let it go as soon as no resource needs it.
             let ctx = self.clone();
             let (ns, name) = (ns.clone(), name.clone());
@@ -342,7 +403,10 @@ impl Context {
             return vec![];
         }
         let pinned = secret.finalizers().iter().any(|f| f == SECRET_FINALIZER);
-        if !self.secret_index.observe(&key, &secret.resource_version().unwrap_or_default(), pinned) {
+        if !self
+            .secret_index
+            .observe(&key, &secret.resource_version().unwrap_or_default(), pinned)
+        {
             return vec![];
         }
         users
@@ -404,7 +468,9 @@ fn log_not_found_policy(config: &Config) {
     let extra: Vec<String> = config.endpoints.extra.iter().map(ToString::to_string).collect();
     info!(allowed_endpoints = ?extra, "credentials are sent only to Huawei Cloud's official Workspace and IAM endpoints and to these");
     if config.not_found_codes.is_empty() {
-        info!("\"nothing to cancel\" is a 404 with a Workspace (WKS.*) error body only; no extra not-found codes configured");
+        info!(
+            "\"nothing to cancel\" is a 404 with a Workspace (WKS.*) error body only; no extra not-found codes configured"
+        );
     } else {
         info!(codes = ?config.not_found_codes, "\"nothing to cancel\" is a 404 with a Workspace error body, or one of these configured not-found codes");
     }
@@ -413,20 +479,30 @@ fn log_not_found_policy(config: &Config) {
         (None, Some((ns, name))) => format!("the Secret {ns}/{name}"),
         (None, None) => "none".to_string(),
     };
-    let namespaces = config.default_credentials_namespaces.as_ref().map_or_else(|| "no namespace".to_string(), |s| format!("namespaces matching {s}"));
+    let namespaces = config.default_credentials_namespaces.as_ref().map_or_else(
+        || "no namespace".to_string(),
+        |s| format!("namespaces matching {s}"),
+    );
     info!(default_credentials = %default, allowed = %namespaces, "resources without spec.credentialsSecretRef use the default credentials in the allowed namespaces only");
 }
 
 /// A label selector the API server refuses would leave the watch failing forever: refused at
 /// start instead, with the API server's reason.
 async fn check_label_selector(client: &Client, config: &Config) -> Result<(), String> {
-    let Some(selector) = &config.label_selector else { return Ok(()) };
+    let Some(selector) = &config.label_selector else {
+        return Ok(());
+    };
     let api: Api<RemoteAssistance> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    match api.list_metadata(&kube::api::ListParams::default().labels(selector).limit(1)).await {
-        Err(kube::Error::Api(s)) if s.code == 400 => Err(format!("--watch-label-selector {selector:?}: {}", s.message)),
+    match api
+        .list_metadata(&kube::api::ListParams::default().labels(selector).limit(1))
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 400 => {
+            Err(format!("--watch-label-selector {selector:?}: {}", s.message))
+        }
         _ => {
             info!(selector = %selector, "reconciling only the RemoteAssistances whose labels match");
             Ok(())
@@ -451,7 +527,14 @@ where
 /// The watch of RemoteAssistances feeding the controller's cache, driven by its own task. The
 /// cache keeps only what reconciles read: managed fields and the last-applied annotation (a
 /// copy of the whole object) are dropped as objects arrive.
-fn watch_resources(ctx: &Context, streaming: bool) -> (Relayed<RemoteAssistance>, Store<RemoteAssistance>, tokio::task::JoinHandle<()>) {
+fn watch_resources(
+    ctx: &Context,
+    streaming: bool,
+) -> (
+    Relayed<RemoteAssistance>,
+    Store<RemoteAssistance>,
+    tokio::task::JoinHandle<()>,
+) {
     let api: Api<RemoteAssistance> = scoped(ctx);
     let (store, writer) = reflector::store();
     let mut config = watcher::Config::default().any_semantic();
@@ -461,41 +544,73 @@ fn watch_resources(ctx: &Context, streaming: bool) -> (Relayed<RemoteAssistance>
     let resources = watch_with(api, config, streaming, "RemoteAssistance")
         .modify(|ra: &mut RemoteAssistance| {
             ra.managed_fields_mut().clear();
-            ra.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+            ra.annotations_mut()
+                .remove("kubectl.kubernetes.io/last-applied-configuration");
         })
         .reflect(writer);
-    let (stream, task) = relay(triggers::applied_after_lists(resources, store.clone()), "RemoteAssistance");
+    let (stream, task) = relay(
+        triggers::applied_after_lists(resources, store.clone()),
+        "RemoteAssistance",
+    );
     (stream, store, task)
 }
 
 /// The watch of Secrets, which only triggers reconciles: their metadata (name, resourceVersion,
 /// finalizers) is enough. Invitation Secrets (one per resource, written by the operator) are
 /// left out.
-fn watch_secrets(ctx: &Context, streaming: bool) -> (Relayed<PartialObjectMeta<Secret>>, tokio::task::JoinHandle<()>) {
+fn watch_secrets(
+    ctx: &Context,
+    streaming: bool,
+) -> (Relayed<PartialObjectMeta<Secret>>, tokio::task::JoinHandle<()>) {
     let api: Api<PartialObjectMeta<Secret>> = scoped(ctx);
-    let config = watcher::Config::default().any_semantic().labels(&format!("!{}", invitation::INVITATION_LABEL));
-    relay(watch_with(api, config, streaming, "Secret").touched_objects(), "Secret")
+    let config = watcher::Config::default()
+        .any_semantic()
+        .labels(&format!("!{}", invitation::INVITATION_LABEL));
+    relay(
+        watch_with(api, config, streaming, "Secret").touched_objects(),
+        "Secret",
+    )
 }
 
 /// A watcher with the operator's backoff, starting with a streaming list when `streaming`
 /// (falling back to a plain list if it stalls, see [`streaming_lists::with_stall_fallback`]).
-fn watch_with<K>(api: Api<K>, config: watcher::Config, streaming: bool, what: &'static str) -> futures::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>
+fn watch_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    streaming: bool,
+    what: &'static str,
+) -> futures::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
     streaming_lists::with_stall_fallback(streaming, what, move |streaming| {
-        watcher(api.clone(), streaming_lists::initial_list(config.clone(), streaming)).backoff(watch_backoff()).boxed()
+        watcher(
+            api.clone(),
+            streaming_lists::initial_list(config.clone(), streaming),
+        )
+        .backoff(watch_backoff())
+        .boxed()
     })
 }
 
 /// Logs the outcome of a reconcile: passing cloud failures at info, the rest at warn.
-fn log_reconcile(result: Result<(ObjectRef<RemoteAssistance>, kube::runtime::controller::Action), controller::Error<reconcile::Failure, watcher::Error>>) {
+fn log_reconcile(
+    result: Result<
+        (ObjectRef<RemoteAssistance>, kube::runtime::controller::Action),
+        controller::Error<reconcile::Failure, watcher::Error>,
+    >,
+) {
     match result {
         Ok((object, _)) => debug!(%object, "reconciled"),
         Err(controller::Error::ReconcilerFailed(failure, object)) => {
             let retry_after_ms = failure.retry_after.as_millis() as u64;
             let reason = failure.error.reason();
-            let request_id = failure.error.cloud_error().and_then(|e| e.request_id()).unwrap_or_default().to_string();
+            let request_id = failure
+                .error
+                .cloud_error()
+                .and_then(|e| e.request_id())
+                .unwrap_or_default()
+                .to_string();
             if matches!(failure.error, Error::Cloud { .. }) && !failure.error.needs_human() {
                 info!(%object, error = %failure, reason, request_id, retry_after_ms, "reconcile failed; retrying with backoff")
             } else {
@@ -511,7 +626,9 @@ fn log_reconcile(result: Result<(ObjectRef<RemoteAssistance>, kube::runtime::con
 /// window (as the cloud's gateway counts) ever holds more than `per_second` calls. (A burst the
 /// size of the rate would allow nearly twice the rate in the second after a quiet spell.)
 fn cloud_quota(per_second: NonZeroU32) -> Quota {
-    Quota::with_period(Duration::from_secs(1) / per_second.get()).expect("a non-zero period").allow_burst(NonZeroU32::MIN)
+    Quota::with_period(Duration::from_secs(1) / per_second.get())
+        .expect("a non-zero period")
+        .allow_burst(NonZeroU32::MIN)
 }
 
 /// Runs a watch (with its backoff) in a task of its own and hands its objects on; its errors
@@ -561,7 +678,10 @@ async fn watch_namespaces(ctx: Arc<Context>) {
     };
     let (store, writer) = reflector::store();
     let _ = ctx.namespaces.set(store);
-    let labels = std::sync::Mutex::new(std::collections::HashMap::<String, std::collections::BTreeMap<String, String>>::new());
+    let labels = std::sync::Mutex::new(std::collections::HashMap::<
+        String,
+        std::collections::BTreeMap<String, String>,
+    >::new());
     watcher(api, config.any_semantic())
         .backoff(watch_backoff())
         .modify(|ns: &mut PartialObjectMeta<Namespace>| ns.managed_fields_mut().clear())
@@ -570,7 +690,10 @@ async fn watch_namespaces(ctx: Arc<Context>) {
             match event {
                 Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) => {
                     let now = ns.labels().clone();
-                    let before = labels.lock().expect("namespace labels").insert(ns.name_any(), now.clone());
+                    let before = labels
+                        .lock()
+                        .expect("namespace labels")
+                        .insert(ns.name_any(), now.clone());
                     if before.is_some_and(|b| b != now) {
                         redrive_namespace(&ctx, &ns.name_any());
                     }
@@ -591,9 +714,18 @@ async fn watch_namespaces(ctx: Arc<Context>) {
 /// not at their next slow recheck.
 fn redrive_namespace(ctx: &Context, namespace: &str) {
     let Some(store) = ctx.store() else { return };
-    let objects: Vec<ObjectRef<RemoteAssistance>> = store.state().iter().filter(|ra| ra.namespace().as_deref() == Some(namespace)).map(|ra| ObjectRef::from_obj(&**ra)).collect();
+    let objects: Vec<ObjectRef<RemoteAssistance>> = store
+        .state()
+        .iter()
+        .filter(|ra| ra.namespace().as_deref() == Some(namespace))
+        .map(|ra| ObjectRef::from_obj(&**ra))
+        .collect();
     if !objects.is_empty() {
-        info!(namespace, resources = objects.len(), "the namespace's labels changed: reconciling its resources");
+        info!(
+            namespace,
+            resources = objects.len(),
+            "the namespace's labels changed: reconciling its resources"
+        );
         ctx.wake(objects);
     }
 }
@@ -607,7 +739,10 @@ async fn keep_house(ctx: Arc<Context>, store: Store<RemoteAssistance>, telemetry
     loop {
         match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
             Ok(Ok(())) => {
-                telemetry.health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                telemetry
+                    .health
+                    .ready
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 break;
             }
             Ok(Err(_)) => break,
@@ -636,7 +771,11 @@ fn report_resources(store: &Store<RemoteAssistance>, telemetry: &Telemetry, stuc
     let mut stuck = 0;
     let mut past_deadline = 0;
     for ra in store.state() {
-        let expired = ra.status.as_ref().and_then(|s| s.expires_at.as_ref()).is_some_and(|t| t.0 <= now);
+        let expired = ra
+            .status
+            .as_ref()
+            .and_then(|s| s.expires_at.as_ref())
+            .is_some_and(|t| t.0 <= now);
         if expired && deadline::holds_session(&ra) {
             past_deadline += 1;
         }
@@ -646,7 +785,12 @@ fn report_resources(store: &Store<RemoteAssistance>, telemetry: &Telemetry, stuc
                 c.1 += 1;
             }
         }
-        if ra.metadata.deletion_timestamp.as_ref().is_some_and(|d| now.duration_since(d.0).unsigned_abs() > stuck_after) {
+        if ra
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .is_some_and(|d| now.duration_since(d.0).unsigned_abs() > stuck_after)
+        {
             stuck += 1;
         }
     }
@@ -661,7 +805,8 @@ mod tests {
     fn no_one_second_window_exceeds_the_cloud_rate_limit() {
         use governor::clock::{Clock, FakeRelativeClock};
         let clock = FakeRelativeClock::default();
-        let limiter = RateLimiter::direct_with_clock(cloud_quota(NonZeroU32::new(50).unwrap()), clock.clone());
+        let limiter =
+            RateLimiter::direct_with_clock(cloud_quota(NonZeroU32::new(50).unwrap()), clock.clone());
         // As many calls as the limiter lets through, each as early as it allows, over 3 s.
         let mut admitted = Vec::new();
         while clock.now().as_u64() < 3_000_000_000 {
@@ -671,7 +816,16 @@ mod tests {
                 clock.advance(Duration::from_micros(100));
             }
         }
-        let busiest = admitted.iter().map(|t| admitted.iter().filter(|u| **u >= *t && **u < *t + 1_000_000_000).count()).max().unwrap();
+        let busiest = admitted
+            .iter()
+            .map(|t| {
+                admitted
+                    .iter()
+                    .filter(|u| **u >= *t && **u < *t + 1_000_000_000)
+                    .count()
+            })
+            .max()
+            .unwrap();
         assert_eq!(busiest, 50, "at most the limit in any one-second window");
         assert!(admitted.len() >= 149, "and the limit is used: {}", admitted.len());
     }

@@ -8,7 +8,9 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
-use crate::resource::{DELETION_POLICY_ANNOTATION, DeletionPolicy, Phase, RemoteAssistance, SECRET_FINALIZER};
+use crate::resource::{
+    DELETION_POLICY_ANNOTATION, DeletionPolicy, Phase, RemoteAssistance, SECRET_FINALIZER,
+};
 
 use super::Context;
 use super::error::Error;
@@ -16,30 +18,47 @@ use super::error::Error;
 impl Context {
     /// Puts the pin finalizer on a credentials Secret that a resource may still need.
     pub async fn pin_secret(&self, secret: &Secret) -> Result<(), Error> {
-        let what = format!("{}/{} (pin the credentials)", secret.namespace().unwrap_or_default(), secret.name_any());
-        self.try_pin_secret(secret).await.map_err(|(verb, e)| Error::kubernetes(verb, "Secret", what, e))
+        let what = format!(
+            "{}/{} (pin the credentials)",
+            secret.namespace().unwrap_or_default(),
+            secret.name_any()
+        );
+        self.try_pin_secret(secret)
+            .await
+            .map_err(|(verb, e)| Error::kubernetes(verb, "Secret", what, e))
     }
 
     async fn try_pin_secret(&self, secret: &Secret) -> Result<(), (&'static str, kube::Error)> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &secret.namespace().unwrap_or_default());
         let mut current = secret.clone();
         for _ in 0..5 {
-            if current.finalizers().iter().any(|f| f == SECRET_FINALIZER) || current.metadata.deletion_timestamp.is_some() {
+            if current.finalizers().iter().any(|f| f == SECRET_FINALIZER)
+                || current.metadata.deletion_timestamp.is_some()
+            {
                 return Ok(());
             }
             let mut finalizers = current.finalizers().to_vec();
             finalizers.push(SECRET_FINALIZER.to_string());
             // The resourceVersion makes this a compare-and-swap: other finalizers are kept.
             let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": current.resource_version() } });
-            match api.patch(&current.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match api
+                .patch(
+                    &current.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
                 Ok(_) => {
                     info!(secret = %current.name_any(), "credentials Secret pinned until no RemoteAssistance needs it to cancel");
                     return Ok(());
                 }
-                Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&current.name_any()).await.map_err(|e| ("get", e))? {
-                    Some(fresh) => current = fresh,
-                    None => return Ok(()),
-                },
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    match api.get_opt(&current.name_any()).await.map_err(|e| ("get", e))? {
+                        Some(fresh) => current = fresh,
+                        None => return Ok(()),
+                    }
+                }
                 Err(e) => return Err(("patch", e)),
             }
         }
@@ -48,11 +67,26 @@ impl Context {
 
     /// Removes the pin from Secret `namespace/name` when no resource other than `except_uid`
     /// may still need it to cancel.
-    pub async fn release_secret_if_unused(&self, namespace: &str, name: &str, except_uid: &str) -> Result<(), Error> {
-        let failed = |verb, e| Error::kubernetes(verb, "Secret", format!("{namespace}/{name} (release the credentials pin)"), e);
+    pub async fn release_secret_if_unused(
+        &self,
+        namespace: &str,
+        name: &str,
+        except_uid: &str,
+    ) -> Result<(), Error> {
+        let failed = |verb, e| {
+            Error::kubernetes(
+                verb,
+                "Secret",
+                format!("{namespace}/{name} (release the credentials pin)"),
+                e,
+            )
+        };
         // The watch knows whether the Secret carries a pin at all: if not, there is nothing to
         // release and no need to look through every resource.
-        if self.secret_index.known_unpinned(&(namespace.to_string(), name.to_string())) {
+        if self
+            .secret_index
+            .known_unpinned(&(namespace.to_string(), name.to_string()))
+        {
             return Ok(());
         }
         // `find` stops at the first resource that needs it, without copying the cache.
@@ -61,7 +95,11 @@ impl Context {
                 .find(|ra| {
                     ra.uid().as_deref() != Some(except_uid)
                         && ra.namespace().as_deref() == Some(namespace)
-                        && ra.spec.credentials_secret_ref.as_ref().is_some_and(|r| r.name == name)
+                        && ra
+                            .spec
+                            .credentials_secret_ref
+                            .as_ref()
+                            .is_some_and(|r| r.name == name)
                         && may_need_cancel(ra)
                         && !self.recall.was_cancelled(&ra.uid().unwrap_or_default())
                 })
@@ -72,13 +110,22 @@ impl Context {
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         for _ in 0..5 {
-            let Some(secret) = api.get_opt(name).await.map_err(|e| failed("get", e))? else { return Ok(()) };
+            let Some(secret) = api.get_opt(name).await.map_err(|e| failed("get", e))? else {
+                return Ok(());
+            };
             if !secret.finalizers().iter().any(|f| f == SECRET_FINALIZER) {
                 return Ok(());
             }
-            let finalizers: Vec<&String> = secret.finalizers().iter().filter(|f| *f != SECRET_FINALIZER).collect();
+            let finalizers: Vec<&String> = secret
+                .finalizers()
+                .iter()
+                .filter(|f| *f != SECRET_FINALIZER)
+                .collect();
             let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": secret.resource_version() } });
-            match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
                 Ok(_) => {
                     info!(secret = %name, "credentials Secret released");
                     return Ok(());
@@ -99,7 +146,13 @@ impl Context {
 pub fn may_need_cancel(ra: &RemoteAssistance) -> bool {
     let done = ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled);
     let orphan_on_resource = ra.spec.deletion_policy == Some(DeletionPolicy::Orphan)
-        || ra.annotations().get(DELETION_POLICY_ANNOTATION).map(String::as_str) == Some("Orphan");
-    !done && !orphan_on_resource && (ra.metadata.deletion_timestamp.is_none() || ra.finalizers().iter().any(|f| f == crate::resource::FINALIZER))
+        || ra
+            .annotations()
+            .get(DELETION_POLICY_ANNOTATION)
+            .map(String::as_str)
+            == Some("Orphan");
+    !done
+        && !orphan_on_resource
+        && (ra.metadata.deletion_timestamp.is_none()
+            || ra.finalizers().iter().any(|f| f == crate::resource::FINALIZER))
 }
-

@@ -41,7 +41,10 @@ pub struct Observations {
 impl Observations {
     /// Observations repeated every `interval`.
     pub fn new(interval: Duration) -> Self {
-        Observations { interval, entries: Mutex::default() }
+        Observations {
+            interval,
+            entries: Mutex::default(),
+        }
     }
 
     /// How often due polls are looked for.
@@ -51,8 +54,15 @@ impl Observations {
 
     /// Records an observation now: the next one is due after the interval.
     pub fn observed_now(&self, uid: &str, generation: Option<i64>) {
-        let entry = Observation { at: Instant::now(), generation, requested: false };
-        self.entries.lock().expect("observations").insert(uid.to_string(), entry);
+        let entry = Observation {
+            at: Instant::now(),
+            generation,
+            requested: false,
+        };
+        self.entries
+            .lock()
+            .expect("observations")
+            .insert(uid.to_string(), entry);
     }
 
     /// How long until the next observation is due, when the last one (at the same generation)
@@ -94,12 +104,18 @@ impl Observations {
     fn sweep(&self, store: &Store<RemoteAssistance>) {
         let cached = store.state();
         let uids: HashSet<String> = cached.iter().filter_map(|ra| ra.uid()).collect();
-        self.entries.lock().expect("observations").retain(|uid, _| uids.contains(uid));
+        self.entries
+            .lock()
+            .expect("observations")
+            .retain(|uid, _| uids.contains(uid));
     }
 }
 
 /// The resources whose poll is due, as they fall due (for `Controller::reconcile_on`).
-pub fn due(observations: std::sync::Arc<Observations>, store: Store<RemoteAssistance>) -> impl Stream<Item = ObjectRef<RemoteAssistance>> + Send + 'static {
+pub fn due(
+    observations: std::sync::Arc<Observations>,
+    store: Store<RemoteAssistance>,
+) -> impl Stream<Item = ObjectRef<RemoteAssistance>> + Send + 'static {
     use futures::StreamExt;
     futures::stream::unfold(0u64, move |scan| {
         let (observations, store) = (observations.clone(), store.clone());
@@ -108,7 +124,10 @@ pub fn due(observations: std::sync::Arc<Observations>, store: Store<RemoteAssist
             if scan % SWEEP_EVERY_SCANS == SWEEP_EVERY_SCANS - 1 {
                 observations.sweep(&store);
             }
-            Some((futures::stream::iter(observations.take_due(&store, Instant::now())), scan + 1))
+            Some((
+                futures::stream::iter(observations.take_due(&store, Instant::now())),
+                scan + 1,
+            ))
         }
     })
     .flatten()
@@ -146,14 +165,31 @@ mod tests {
         o.observed_now("uid-a", Some(1));
         let now = Instant::now();
         assert!(o.take_due(&store, now).is_empty(), "not due yet");
-        assert_eq!(o.next_in("uid-a", Some(1)).map(|d| d > Duration::from_secs(290)), Some(true));
-        assert_eq!(o.next_in("uid-a", Some(2)), None, "a new generation is observed at once");
+        assert_eq!(
+            o.next_in("uid-a", Some(1)).map(|d| d > Duration::from_secs(290)),
+            Some(true)
+        );
+        assert_eq!(
+            o.next_in("uid-a", Some(2)),
+            None,
+            "a new generation is observed at once"
+        );
         let later = now + interval;
         let due = o.take_due(&store, later);
-        assert_eq!(due.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a"], "only the polled resource");
-        assert!(o.take_due(&store, later + SCAN_EVERY).is_empty(), "asked for once");
+        assert_eq!(
+            due.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["a"],
+            "only the polled resource"
+        );
+        assert!(
+            o.take_due(&store, later + SCAN_EVERY).is_empty(),
+            "asked for once"
+        );
         o.observed_now("uid-a", Some(1));
-        assert!(o.take_due(&store, Instant::now() + interval).len() == 1, "due again after the next observation");
+        assert!(
+            o.take_due(&store, Instant::now() + interval).len() == 1,
+            "due again after the next observation"
+        );
     }
 
     #[test]

@@ -54,7 +54,9 @@ impl Recall {
 
     /// Records the resourceVersion of a status write of this process.
     pub fn wrote(&self, uid: &str, resource_version: &str) {
-        let Ok(version) = resource_version.parse::<u64>() else { return };
+        let Ok(version) = resource_version.parse::<u64>() else {
+            return;
+        };
         let now = Instant::now();
         let mut writes = self.own_writes.lock().expect("recall");
         writes.retain(|_, (_, at)| now.duration_since(*at) < OWN_WRITE_WAIT);
@@ -66,7 +68,9 @@ impl Recall {
     /// anything else never counts as older. The record goes once the cache has caught up or
     /// the wait is over, so a store restored from backup cannot hold an object back.
     pub fn is_older_than_own_write(&self, ra: &RemoteAssistance) -> bool {
-        let Some(version) = ra.resource_version().and_then(|v| v.parse::<u64>().ok()) else { return false };
+        let Some(version) = ra.resource_version().and_then(|v| v.parse::<u64>().ok()) else {
+            return false;
+        };
         let uid = ra.uid().unwrap_or_default();
         let mut writes = self.own_writes.lock().expect("recall");
         match writes.get(&uid) {
@@ -123,10 +127,16 @@ mod tests {
         r.wrote("u", "10");
         assert!(r.is_older_than_own_write(&object("u", "9")));
         assert!(!r.is_older_than_own_write(&object("u", "10")), "caught up");
-        assert!(!r.is_older_than_own_write(&object("u", "9")), "the record went when the cache caught up");
+        assert!(
+            !r.is_older_than_own_write(&object("u", "9")),
+            "the record went when the cache caught up"
+        );
         r.wrote("u", "12");
         r.age(OWN_WRITE_WAIT);
-        assert!(!r.is_older_than_own_write(&object("u", "11")), "not held back past the wait");
+        assert!(
+            !r.is_older_than_own_write(&object("u", "11")),
+            "not held back past the wait"
+        );
     }
 
     #[test]

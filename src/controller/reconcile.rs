@@ -16,8 +16,8 @@ use crate::resource::{
     RemoteAssistance, RemoteAssistanceStatus, SessionBinding,
 };
 use crate::workspace::{
-    CloudError, Disposition, HumanReason, Operation, PasswordLogin, SessionState, ShowResponse, Target, TransportKind, classify, iam,
-    resolve_endpoint,
+    CloudError, Disposition, HumanReason, Operation, PasswordLogin, SessionState, ShowResponse, Target,
+    TransportKind, classify, iam, resolve_endpoint,
 };
 
 use crate::text::{MAX_MESSAGE_BYTES, MAX_SHORT_BYTES, bounded_opt};
@@ -25,10 +25,10 @@ use crate::text::{MAX_MESSAGE_BYTES, MAX_SHORT_BYTES, bounded_opt};
 use super::Context;
 use super::cloud::CallCredentials;
 use super::credentials::{self, CredentialsError, SecretCredentials};
+use super::deadline;
 use super::error::Error;
 use super::events::EventType;
 use super::gate::{API_RETRY_MAX, BackoffPolicy, Gate, Trigger};
-use super::deadline;
 use super::holders::{DesktopKey, Holder};
 use super::pins::may_need_cancel;
 use super::release::{self, AfterShow, Evidence};
@@ -80,14 +80,22 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
         }
         Err(e) => match finalizer_error(e, &api, &object, &ctx).await {
             Ok(wait) => {
-                ctx.metrics.reconciled("success", "CacheCatchingUp", started.elapsed());
+                ctx.metrics
+                    .reconciled("success", "CacheCatchingUp", started.elapsed());
                 return Ok(Action::requeue(wait));
             }
             Err(error) => error,
         },
     };
     let policy = retry_policy(&error, ctx.config.backoff);
-    let retry_after = ctx.gates.failed(&uid, trigger, credentials, error.needs_human(), &policy, Instant::now());
+    let retry_after = ctx.gates.failed(
+        &uid,
+        trigger,
+        credentials,
+        error.needs_human(),
+        &policy,
+        Instant::now(),
+    );
     ctx.metrics.reconciled("error", error.reason(), started.elapsed());
     if !error.needs_human() {
         ctx.metrics.retry(error.reason());
@@ -97,7 +105,11 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
 
 /// Why not to act on this object now, if so: how long to wait, and the result and reason for
 /// the metrics.
-async fn held_back(ra: &RemoteAssistance, ctx: &Context, trigger: &Trigger) -> Option<(Duration, &'static str, &'static str)> {
+async fn held_back(
+    ra: &RemoteAssistance,
+    ctx: &Context,
+    trigger: &Trigger,
+) -> Option<(Duration, &'static str, &'static str)> {
     if ctx.recall.is_older_than_own_write(ra) {
         // The cache has not caught up with this process's last status write: acting on it
         // would repeat work (the watch event of that write triggers a reconcile soon).
@@ -110,7 +122,9 @@ async fn held_back(ra: &RemoteAssistance, ctx: &Context, trigger: &Trigger) -> O
         Gate::Closed(wait) => wait,
         // Only new credentials can fix the failure: the Secret's own version also moves with
         // metadata writes (the operator's pin among them).
-        Gate::SecretChanged { wait, recorded } if recorded.is_some() && ctx.credentials_fingerprint(ra).await == recorded => {
+        Gate::SecretChanged { wait, recorded }
+            if recorded.is_some() && ctx.credentials_fingerprint(ra).await == recorded =>
+        {
             ctx.gates.secret_unchanged(&uid);
             wait
         }
@@ -124,24 +138,60 @@ async fn held_back(ra: &RemoteAssistance, ctx: &Context, trigger: &Trigger) -> O
 /// finalizer patches test the finalizers they saw, status writes the resourceVersion: a 422 or
 /// [`Error::Stale`]; retried quietly when the cache has the newer version), else the error. A
 /// failed finalizer patch is recorded on the object as the cache has it.
-async fn finalizer_error(e: finalizer::Error<Error>, api: &Api<RemoteAssistance>, object: &RemoteAssistance, ctx: &Context) -> Result<Duration, Error> {
-    let patch = |what: &str, e| Error::kubernetes("patch", "RemoteAssistance", format!("{}/{} ({what})", object.namespace().unwrap_or_default(), object.name_any()), e);
+async fn finalizer_error(
+    e: finalizer::Error<Error>,
+    api: &Api<RemoteAssistance>,
+    object: &RemoteAssistance,
+    ctx: &Context,
+) -> Result<Duration, Error> {
+    let patch = |what: &str, e| {
+        Error::kubernetes(
+            "patch",
+            "RemoteAssistance",
+            format!(
+                "{}/{} ({what})",
+                object.namespace().unwrap_or_default(),
+                object.name_any()
+            ),
+            e,
+        )
+    };
     let error = match e {
         finalizer::Error::ApplyFailed(Error::Stale) | finalizer::Error::CleanupFailed(Error::Stale) => {
             debug!("the object changed since it was read; retrying when the cache has the newer version");
             return Ok(Duration::from_millis(500));
         }
-        finalizer::Error::AddFinalizer(kube::Error::Api(s)) | finalizer::Error::RemoveFinalizer(kube::Error::Api(s)) if s.code == 422 => {
+        finalizer::Error::AddFinalizer(kube::Error::Api(s))
+        | finalizer::Error::RemoveFinalizer(kube::Error::Api(s))
+            if s.code == 422 =>
+        {
             debug!("finalizer patch raced a newer version of the object; retrying when the cache has it");
             return Ok(Duration::from_millis(500));
         }
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        finalizer::Error::AddFinalizer(e) => Step::new(api, object, ctx).report(patch("add the finalizer", e), Operation::CreateRemoteAssistance, 0).await,
-        finalizer::Error::RemoveFinalizer(e) => Step::new(api, object, ctx).report(patch("remove the finalizer", e), Operation::CancelRemoteAssistance, 0).await,
+        finalizer::Error::AddFinalizer(e) => {
+            Step::new(api, object, ctx)
+                .report(
+                    patch("add the finalizer", e),
+                    Operation::CreateRemoteAssistance,
+                    0,
+                )
+                .await
+        }
+        finalizer::Error::RemoveFinalizer(e) => {
+            Step::new(api, object, ctx)
+                .report(
+                    patch("remove the finalizer", e),
+                    Operation::CancelRemoteAssistance,
+                    0,
+                )
+                .await
+        }
         other => Error::Finalizer(other.to_string()),
     };
     if let Error::Kubernetes(failure) = &error {
-        ctx.metrics.kubernetes_error(failure.verb, failure.kind, failure.status());
+        ctx.metrics
+            .kubernetes_error(failure.verb, failure.kind, failure.status());
     }
     Err(error)
 }
@@ -151,7 +201,10 @@ async fn finalizer_error(e: finalizer::Error<Error>, api: &Api<RemoteAssistance>
 /// resumes soon after the API server is back.
 fn retry_policy(error: &Error, configured: BackoffPolicy) -> BackoffPolicy {
     match error {
-        Error::Kube(_) | Error::Kubernetes(_) => BackoffPolicy { max: configured.max.min(API_RETRY_MAX), ..configured },
+        Error::Kube(_) | Error::Kubernetes(_) => BackoffPolicy {
+            max: configured.max.min(API_RETRY_MAX),
+            ..configured
+        },
         _ => configured,
     }
 }
@@ -163,12 +216,18 @@ pub fn error_policy(_ra: Arc<RemoteAssistance>, failure: &Failure, _ctx: Arc<Con
 
 /// Whether the paused annotation is set.
 pub fn is_paused(ra: &RemoteAssistance) -> bool {
-    ra.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    ra.annotations()
+        .get(PAUSED_ANNOTATION)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
 /// The deletion policy in force: the resource (spec, then annotation), then its namespace's
 /// annotation, then the operator's default.
-pub fn deletion_policy(ra: &RemoteAssistance, namespace_annotation: Option<&str>, default: DeletionPolicy) -> DeletionPolicy {
+pub fn deletion_policy(
+    ra: &RemoteAssistance,
+    namespace_annotation: Option<&str>,
+    default: DeletionPolicy,
+) -> DeletionPolicy {
     let parse = |v: &str| match v.trim() {
         "Orphan" => Some(DeletionPolicy::Orphan),
         "Cancel" => Some(DeletionPolicy::Cancel),
@@ -176,7 +235,11 @@ pub fn deletion_policy(ra: &RemoteAssistance, namespace_annotation: Option<&str>
     };
     ra.spec
         .deletion_policy
-        .or_else(|| ra.annotations().get(DELETION_POLICY_ANNOTATION).and_then(|v| parse(v)))
+        .or_else(|| {
+            ra.annotations()
+                .get(DELETION_POLICY_ANNOTATION)
+                .and_then(|v| parse(v))
+        })
         .or_else(|| namespace_annotation.and_then(parse))
         .unwrap_or(default)
 }
@@ -190,11 +253,19 @@ struct StepFailure {
 
 impl StepFailure {
     fn show(error: Error) -> Self {
-        StepFailure { error, operation: Operation::ShowDesktopRemoteAssistanceInfo, cancel_calls: 0 }
+        StepFailure {
+            error,
+            operation: Operation::ShowDesktopRemoteAssistanceInfo,
+            cancel_calls: 0,
+        }
     }
 
     fn cancel(error: Error) -> Self {
-        StepFailure { error, operation: Operation::CancelRemoteAssistance, cancel_calls: 1 }
+        StepFailure {
+            error,
+            operation: Operation::CancelRemoteAssistance,
+            cancel_calls: 1,
+        }
     }
 }
 
@@ -222,7 +293,15 @@ const SOURCE_DEFAULT_SECRET: &str = "DefaultSecret";
 
 impl<'a> Step<'a> {
     fn new(api: &'a Api<RemoteAssistance>, ra: &RemoteAssistance, ctx: &'a Context) -> Self {
-        Step { api, ctx, ra: ra.clone(), pin_problem: None, reported: false, credentials_source: None, stored: ra.status.clone() }
+        Step {
+            api,
+            ctx,
+            ra: ra.clone(),
+            pin_problem: None,
+            reported: false,
+            credentials_source: None,
+            stored: ra.status.clone(),
+        }
     }
 
     fn uid(&self) -> String {
@@ -236,22 +315,32 @@ impl<'a> Step<'a> {
     /// The object exists and holds the finalizer.
     async fn apply(mut self) -> Result<Action, Error> {
         let result = self.apply_steps().await;
-        self.report_kubernetes_failure(result, Operation::ShowDesktopRemoteAssistanceInfo).await
+        self.report_kubernetes_failure(result, Operation::ShowDesktopRemoteAssistanceInfo)
+            .await
     }
 
     /// Deletion was requested: cancel (unless orphaned, paused or already done), then let go.
     async fn cleanup(mut self) -> Result<Action, Error> {
         let result = self.cleanup_steps().await;
-        self.report_kubernetes_failure(result, Operation::CancelRemoteAssistance).await
+        self.report_kubernetes_failure(result, Operation::CancelRemoteAssistance)
+            .await
     }
 
     /// A failure a step returned without recording it (a Kubernetes API call it needed, the
     /// invitation Secret's name taken, an unreadable TTL) shows on the resource (status and an
     /// Event) like a cloud failure, not only in the log. A stale read and a paused deletion
     /// are not failures.
-    async fn report_kubernetes_failure(&mut self, result: Result<Action, Error>, operation: Operation) -> Result<Action, Error> {
+    async fn report_kubernetes_failure(
+        &mut self,
+        result: Result<Action, Error>,
+        operation: Operation,
+    ) -> Result<Action, Error> {
         match result {
-            Err(error) if !self.reported && !matches!(error, Error::Stale | Error::Paused | Error::Kube(_)) => self.fail(error, operation, 0).await,
+            Err(error)
+                if !self.reported && !matches!(error, Error::Stale | Error::Paused | Error::Kube(_)) =>
+            {
+                self.fail(error, operation, 0).await
+            }
             other => other,
         }
     }
@@ -272,13 +361,23 @@ impl<'a> Step<'a> {
         // An invalid spec is reported before any cloud call (a held session's deadline, from
         // the operator's maximum at least, was computed above all the same).
         if let Err(message) = deadline::validate(&self.ra) {
-            let op = if self.ra.spec.cancelled { Operation::CancelRemoteAssistance } else { Operation::ShowDesktopRemoteAssistanceInfo };
+            let op = if self.ra.spec.cancelled {
+                Operation::CancelRemoteAssistance
+            } else {
+                Operation::ShowDesktopRemoteAssistanceInfo
+            };
             return self.fail(Error::InvalidSpec(message), op, 0).await;
         }
         if self.delete_if_expired().await? {
             return Ok(Action::await_change());
         }
-        if self.ra.status.as_ref().is_some_and(|s| s.deadline_exceeded_at.is_some()) && !self.ra.spec.cancelled {
+        if self
+            .ra
+            .status
+            .as_ref()
+            .is_some_and(|s| s.deadline_exceeded_at.is_some())
+            && !self.ra.spec.cancelled
+        {
             // Cancelled at its deadline: finished, no new session.
             return Ok(Action::await_change());
         }
@@ -289,16 +388,30 @@ impl<'a> Step<'a> {
         if self.phase() == Some(Phase::Closed) && !self.ra.spec.cancelled {
             return Ok(Action::await_change());
         }
-        if !self.ra.spec.cancelled && matches!(self.phase(), Some(Phase::Active | Phase::Pending)) && self.binding().is_some() {
+        if !self.ra.spec.cancelled
+            && matches!(self.phase(), Some(Phase::Active | Phase::Pending))
+            && self.binding().is_some()
+        {
             // Our own status writes trigger reconciles too: observe only when a poll is due (the
             // poll scan asks for a reconcile then).
-            if self.ctx.observations.next_in(&self.uid(), self.ra.metadata.generation).is_some() {
+            if self
+                .ctx
+                .observations
+                .next_in(&self.uid(), self.ra.metadata.generation)
+                .is_some()
+            {
                 return Ok(Action::await_change());
             }
         }
         if !self.ra.spec.cancelled {
             if let Some(field) = self.binding_changed() {
-                return self.fail(Error::SessionBindingChanged(field.to_string()), Operation::ShowDesktopRemoteAssistanceInfo, 0).await;
+                return self
+                    .fail(
+                        Error::SessionBindingChanged(field.to_string()),
+                        Operation::ShowDesktopRemoteAssistanceInfo,
+                        0,
+                    )
+                    .await;
             }
             if self.binding().is_none() {
                 // A new session, or adopting one: only if no other resource holds the desktop.
@@ -310,7 +423,11 @@ impl<'a> Step<'a> {
         let (target, creds) = match self.prepare().await {
             Ok(p) => p,
             Err(error) => {
-                let op = if self.ra.spec.cancelled { Operation::CancelRemoteAssistance } else { Operation::ShowDesktopRemoteAssistanceInfo };
+                let op = if self.ra.spec.cancelled {
+                    Operation::CancelRemoteAssistance
+                } else {
+                    Operation::ShowDesktopRemoteAssistanceInfo
+                };
                 return self.fail(error, op, 0).await;
             }
         };
@@ -321,7 +438,10 @@ impl<'a> Step<'a> {
                     self.record_cancelled(calls).await?;
                     Ok(Action::await_change())
                 }
-                Err(failed) => self.fail(failed.error, failed.operation, failed.cancel_calls).await,
+                Err(failed) => {
+                    self.fail(failed.error, failed.operation, failed.cancel_calls)
+                        .await
+                }
             };
         }
         self.observe(&target, &creds).await
@@ -333,8 +453,13 @@ impl<'a> Step<'a> {
             return Err(Error::Paused);
         }
         let namespace_policy = self.namespace_policy().await?;
-        let mut policy = deletion_policy(&self.ra, namespace_policy.as_deref(), self.ctx.config.default_deletion_policy);
-        let time_boxed = self.binding().is_some() && deadline::enforced_max_duration(&self.ra, &self.ctx.config.limits).is_some();
+        let mut policy = deletion_policy(
+            &self.ra,
+            namespace_policy.as_deref(),
+            self.ctx.config.default_deletion_policy,
+        );
+        let time_boxed = self.binding().is_some()
+            && deadline::enforced_max_duration(&self.ra, &self.ctx.config.limits).is_some();
         if policy == DeletionPolicy::Orphan && self.ctx.config.refuse_orphan_time_boxed && time_boxed {
             // The cluster admin's time box outlives the resource: cancelled all the same.
             info!("deletion policy Orphan refused for a time-boxed session: cancelling it");
@@ -343,7 +468,13 @@ impl<'a> Step<'a> {
         }
         if policy == DeletionPolicy::Orphan {
             info!("deletion policy Orphan: leaving the cloud session alone");
-            self.ctx.publish(&self.ra, EventType::Normal, "Orphaned", "Deleted without cancelling the remote assistance (deletion policy Orphan)", "Delete");
+            self.ctx.publish(
+                &self.ra,
+                EventType::Normal,
+                "Orphaned",
+                "Deleted without cancelling the remote assistance (deletion policy Orphan)",
+                "Delete",
+            );
             self.let_go_without_cancel().await?;
             return Ok(Action::await_change());
         }
@@ -353,8 +484,16 @@ impl<'a> Step<'a> {
             return Ok(Action::await_change());
         }
         if self.binding().is_none() && self.desktop_held_by_another() {
-            info!("never held a session, and another resource holds the desktop: nothing of this resource's to cancel");
-            self.ctx.publish(&self.ra, EventType::Normal, "NothingToCancel", "This resource never held a session; another resource holds the desktop's", "Cancel");
+            info!(
+                "never held a session, and another resource holds the desktop: nothing of this resource's to cancel"
+            );
+            self.ctx.publish(
+                &self.ra,
+                EventType::Normal,
+                "NothingToCancel",
+                "This resource never held a session; another resource holds the desktop's",
+                "Cancel",
+            );
             self.let_go_without_cancel().await?;
             return Ok(Action::await_change());
         }
@@ -372,7 +511,10 @@ impl<'a> Step<'a> {
                 self.let_go_of_desktop();
                 Ok(Action::await_change())
             }
-            Err(failed) => self.fail(failed.error, failed.operation, failed.cancel_calls).await,
+            Err(failed) => {
+                self.fail(failed.error, failed.operation, failed.cancel_calls)
+                    .await
+            }
         }
     }
 
@@ -380,19 +522,29 @@ impl<'a> Step<'a> {
     /// ([`release`]): a resource the cloud once reported `Closed` is looked at again first (a
     /// Show whose body has no error shape) and cancelled only if that proves nothing; every
     /// other one is cancelled. Returns how many cancel calls it made and the evidence.
-    async fn end_session(&self, target: &Target, creds: &CallCredentials) -> Result<(u32, Evidence), StepFailure> {
+    async fn end_session(
+        &self,
+        target: &Target,
+        creds: &CallCredentials,
+    ) -> Result<(u32, Evidence), StepFailure> {
         if self.phase() == Some(Phase::Closed) {
             let shown = self.show(target, creds).await.map_err(StepFailure::show)?;
             let held_id = self.binding().and_then(|b| b.share_space_id);
             match release::after_show(&shown, held_id.as_deref(), self.desktop_held_by_another()) {
                 AfterShow::Over(evidence) => {
-                    info!(evidence = evidence.reason(), "the cloud confirms the session is over: nothing to cancel");
+                    info!(
+                        evidence = evidence.reason(),
+                        "the cloud confirms the session is over: nothing to cancel"
+                    );
                     self.ctx.recall.confirm_cancelled(&self.uid());
                     let note = match evidence {
-                        Evidence::AnotherSession => "Another session is in progress on the desktop: the one this resource held is over; it is not cancelled",
+                        Evidence::AnotherSession => {
+                            "Another session is in progress on the desktop: the one this resource held is over; it is not cancelled"
+                        }
                         _ => "The cloud confirms the session is closed",
                     };
-                    self.ctx.publish(&self.ra, EventType::Normal, "NothingToCancel", note, "Cancel");
+                    self.ctx
+                        .publish(&self.ra, EventType::Normal, "NothingToCancel", note, "Cancel");
                     return Ok((0, evidence));
                 }
                 AfterShow::Cancel => info!("a closed session is not confirmed closed: cancelling"),
@@ -407,14 +559,24 @@ impl<'a> Step<'a> {
     async fn observe(&mut self, target: &Target, creds: &CallCredentials) -> Result<Action, Error> {
         let shown = match self.show(target, creds).await {
             Ok(shown) => shown,
-            Err(error) => return self.fail(error, Operation::ShowDesktopRemoteAssistanceInfo, 0).await,
+            Err(error) => {
+                return self
+                    .fail(error, Operation::ShowDesktopRemoteAssistanceInfo, 0)
+                    .await;
+            }
         };
         let held = self.binding().is_some();
         match shown.session_state() {
             SessionState::InProgress => return self.hold(target, &shown, false).await,
             SessionState::Closed if held => {
                 info!("the cloud reports the session closed");
-                self.ctx.publish(&self.ra, EventType::Normal, "ClosedRemotely", "The session was closed in the cloud", "Observe");
+                self.ctx.publish(
+                    &self.ra,
+                    EventType::Normal,
+                    "ClosedRemotely",
+                    "The session was closed in the cloud",
+                    "Observe",
+                );
                 let facts = self.merged_facts(&shown, false);
                 self.record_closed(facts).await?;
                 return Ok(Action::await_change());
@@ -422,7 +584,9 @@ impl<'a> Step<'a> {
             SessionState::Unknown if held => {
                 warn!("the cloud's answer shows no recognisable session; keeping the session as held");
                 self.write(&Conclusion::SessionUnknown, 0, |_| {}).await?;
-                self.ctx.observations.observed_now(&self.uid(), self.ra.metadata.generation);
+                self.ctx
+                    .observations
+                    .observed_now(&self.uid(), self.ra.metadata.generation);
                 return Ok(Action::await_change());
             }
             // Nothing held, and nothing in progress shown: start one, or wait for one.
@@ -430,11 +594,18 @@ impl<'a> Step<'a> {
         }
         if !self.ra.spec.initiate {
             self.write(&Conclusion::NoAssistance, 0, |_| {}).await?;
-            self.ctx.observations.observed_now(&self.uid(), self.ra.metadata.generation);
+            self.ctx
+                .observations
+                .observed_now(&self.uid(), self.ra.metadata.generation);
             return Ok(Action::await_change());
         }
         let ctx = self.ctx;
-        let created = match ctx.call(Operation::CreateRemoteAssistance, creds, |c| async move { ctx.cloud.create(target, &c).await }).await {
+        let created = match ctx
+            .call(Operation::CreateRemoteAssistance, creds, |c| async move {
+                ctx.cloud.create(target, &c).await
+            })
+            .await
+        {
             Ok(answer) => answer,
             Err(error) => {
                 let disposition = classify(&error, &self.ctx.config.not_found_codes);
@@ -443,18 +614,41 @@ impl<'a> Step<'a> {
                     // the Show (the desktop's user asked for help). Look again and adopt it.
                     let shown = match self.show(target, creds).await {
                         Ok(shown) => shown,
-                        Err(error) => return self.fail(error, Operation::ShowDesktopRemoteAssistanceInfo, 0).await,
+                        Err(error) => {
+                            return self
+                                .fail(error, Operation::ShowDesktopRemoteAssistanceInfo, 0)
+                                .await;
+                        }
                     };
                     if shown.in_progress() {
-                        info!(code = error.code().unwrap_or(""), "create refused: a session started meanwhile, adopting it");
+                        info!(
+                            code = error.code().unwrap_or(""),
+                            "create refused: a session started meanwhile, adopting it"
+                        );
                         return self.hold(target, &shown, false).await;
                     }
                 }
-                return self.fail(Error::from_lookup(error, disposition), Operation::CreateRemoteAssistance, 0).await;
+                return self
+                    .fail(
+                        Error::from_lookup(error, disposition),
+                        Operation::CreateRemoteAssistance,
+                        0,
+                    )
+                    .await;
             }
         };
-        info!(request_id = created.request_id.as_deref().unwrap_or(""), share_space_id = created.value.share_space_id.as_deref().unwrap_or(""), "remote assistance created");
-        self.ctx.publish(&self.ra, EventType::Normal, "Created", "Started a remote assistance for the desktop", "Create");
+        info!(
+            request_id = created.request_id.as_deref().unwrap_or(""),
+            share_space_id = created.value.share_space_id.as_deref().unwrap_or(""),
+            "remote assistance created"
+        );
+        self.ctx.publish(
+            &self.ra,
+            EventType::Normal,
+            "Created",
+            "Started a remote assistance for the desktop",
+            "Create",
+        );
         // What the cloud said about the new session, and where it lives, go into the step's
         // next status write, whether the show below succeeds (Active) or fails (the failure is
         // recorded with them): from here on the resource holds a session.
@@ -471,7 +665,11 @@ impl<'a> Step<'a> {
         status.session = Some(binding);
         let shown = match self.show(target, creds).await {
             Ok(shown) => shown,
-            Err(error) => return self.fail(error, Operation::ShowDesktopRemoteAssistanceInfo, 0).await,
+            Err(error) => {
+                return self
+                    .fail(error, Operation::ShowDesktopRemoteAssistanceInfo, 0)
+                    .await;
+            }
         };
         self.hold(target, &shown, true).await
     }
@@ -480,22 +678,43 @@ impl<'a> Step<'a> {
     /// poll again later. The record of holding it (status.session, with when it was first
     /// seen) is written even when its invitation Secret cannot be, so its deadline counts from
     /// first sight whatever happens next.
-    async fn hold(&mut self, target: &Target, shown: &ShowResponse, just_created: bool) -> Result<Action, Error> {
-        let was_active = self.phase() == Some(Phase::Active) && self.ra.status.as_ref().is_some_and(|s| s.invitation_secret_name.is_some());
+    async fn hold(
+        &mut self,
+        target: &Target,
+        shown: &ShowResponse,
+        just_created: bool,
+    ) -> Result<Action, Error> {
+        let was_active = self.phase() == Some(Phase::Active)
+            && self
+                .ra
+                .status
+                .as_ref()
+                .is_some_and(|s| s.invitation_secret_name.is_some());
         let facts = self.merged_facts(shown, just_created);
         let mut binding = self.binding().unwrap_or_else(|| self.new_binding(target, None));
-        if binding.share_space_id.is_some() && facts.share_space_id.is_some() && binding.share_space_id != facts.share_space_id {
+        if binding.share_space_id.is_some()
+            && facts.share_space_id.is_some()
+            && binding.share_space_id != facts.share_space_id
+        {
             // Another session than the one held (the held one ended and the desktop's user
             // started a new one): held from now.
             binding.held_since = Some(Time(jiff::Timestamp::now()));
         }
         binding.share_space_id = facts.share_space_id.clone().or(binding.share_space_id);
-        binding.held_since.get_or_insert_with(|| Time(jiff::Timestamp::now()));
+        binding
+            .held_since
+            .get_or_insert_with(|| Time(jiff::Timestamp::now()));
         let max = deadline::enforced_max_duration(&self.ra, &self.ctx.config.limits);
-        let expires_at = max.as_ref().and_then(|m| deadline::expires_at(&facts, binding.held_since.as_ref(), m));
+        let expires_at = max
+            .as_ref()
+            .and_then(|m| deadline::expires_at(&facts, binding.held_since.as_ref(), m));
         let capped = max.as_ref().and_then(deadline::MaxDuration::capped_note);
         match expires_at {
-            Some(at) => self.ctx.timers.set(&self.uid(), kube::runtime::reflector::ObjectRef::from_obj(&self.ra), at),
+            Some(at) => self.ctx.timers.set(
+                &self.uid(),
+                kube::runtime::reflector::ObjectRef::from_obj(&self.ra),
+                at,
+            ),
             None => self.ctx.timers.clear(&self.uid()),
         }
         {
@@ -504,29 +723,57 @@ impl<'a> Step<'a> {
             status.session = Some(binding);
             status.expires_at = expires_at.map(Time);
         }
-        let secret_name = self.ctx.apply_invitation_secret(&self.ra, shown, just_created).await?;
+        let secret_name = self
+            .ctx
+            .apply_invitation_secret(&self.ra, shown, just_created)
+            .await?;
         if !was_active && !just_created {
-            self.ctx.publish(&self.ra, EventType::Normal, "Adopted", "A remote assistance already in progress for the desktop is now held by this resource", "Observe");
+            self.ctx.publish(
+                &self.ra,
+                EventType::Normal,
+                "Adopted",
+                "A remote assistance already in progress for the desktop is now held by this resource",
+                "Observe",
+            );
         }
-        let was_capped = self.ra.status.as_ref().and_then(|s| s.max_duration_capped.clone());
+        let was_capped = self
+            .ra
+            .status
+            .as_ref()
+            .and_then(|s| s.max_duration_capped.clone());
         if let Some(note) = capped.as_ref().filter(|n| Some(*n) != was_capped.as_ref()) {
-            self.ctx.publish(&self.ra, EventType::Warning, "MaxDurationCapped", &format!("spec.maxDuration: {note}"), "Observe");
+            self.ctx.publish(
+                &self.ra,
+                EventType::Warning,
+                "MaxDurationCapped",
+                &format!("spec.maxDuration: {note}"),
+                "Observe",
+            );
         }
         self.write(&Conclusion::Active, 0, |s| {
             s.invitation_secret_name = Some(secret_name);
             s.max_duration_capped = capped;
         })
         .await?;
-        self.ctx.observations.observed_now(&self.uid(), self.ra.metadata.generation);
+        self.ctx
+            .observations
+            .observed_now(&self.uid(), self.ra.metadata.generation);
         Ok(Action::await_change())
     }
 
     /// The facts of a Show answer, keeping what earlier answers said of the same session where
     /// this one leaves it out (every field is optional): an id once known is kept.
     fn merged_facts(&self, shown: &ShowResponse, just_created: bool) -> AssistanceStatus {
-        let old = self.ra.status.as_ref().and_then(|s| s.assistance.clone()).unwrap_or_default();
+        let old = self
+            .ra
+            .status
+            .as_ref()
+            .and_then(|s| s.assistance.clone())
+            .unwrap_or_default();
         let mut facts = assistance_from_show(shown, just_created || self.created_by_operator(shown));
-        let same_session = facts.share_space_id.is_none() || old.share_space_id.is_none() || facts.share_space_id == old.share_space_id;
+        let same_session = facts.share_space_id.is_none()
+            || old.share_space_id.is_none()
+            || facts.share_space_id == old.share_space_id;
         if same_session {
             facts.share_space_id = facts.share_space_id.or(old.share_space_id);
             facts.share_space_name = facts.share_space_name.or(old.share_space_name);
@@ -545,7 +792,12 @@ impl<'a> Step<'a> {
             project_id: target.project_id.clone(),
             desktop_id: target.desktop_id.clone(),
             share_space_id,
-            credentials_secret_name: self.ra.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
+            credentials_secret_name: self
+                .ra
+                .spec
+                .credentials_secret_ref
+                .as_ref()
+                .map(|r| r.name.clone()),
             held_since: Some(Time(jiff::Timestamp::now())),
         }
     }
@@ -562,13 +814,19 @@ impl<'a> Step<'a> {
             return None;
         }
         let a = status.assistance.as_ref()?;
-        let endpoint = resolve_endpoint(self.ra.spec.region.as_deref(), self.ra.spec.endpoint.as_deref()).ok()?;
+        let endpoint =
+            resolve_endpoint(self.ra.spec.region.as_deref(), self.ra.spec.endpoint.as_deref()).ok()?;
         Some(SessionBinding {
             endpoint: endpoint.to_string(),
             project_id: self.ra.spec.project_id.clone(),
             desktop_id: self.ra.spec.desktop_id.clone(),
             share_space_id: a.share_space_id.clone(),
-            credentials_secret_name: self.ra.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
+            credentials_secret_name: self
+                .ra
+                .spec
+                .credentials_secret_ref
+                .as_ref()
+                .map(|r| r.name.clone()),
             held_since: a.held_since.clone(),
         })
     }
@@ -579,9 +837,15 @@ impl<'a> Step<'a> {
         let spec = &self.ra.spec;
         let endpoint = resolve_endpoint(spec.region.as_deref(), spec.endpoint.as_deref()).ok();
         if endpoint.as_ref().map(url::Url::as_str) != Some(b.endpoint.as_str()) {
-            return Some(if spec.endpoint.is_some() { "spec.endpoint" } else { "spec.region" });
+            return Some(if spec.endpoint.is_some() {
+                "spec.endpoint"
+            } else {
+                "spec.region"
+            });
         }
-        if spec.credentials_secret_ref.as_ref().map(|r| r.name.as_str()) != b.credentials_secret_name.as_deref() {
+        if spec.credentials_secret_ref.as_ref().map(|r| r.name.as_str())
+            != b.credentials_secret_name.as_deref()
+        {
             return Some("spec.credentialsSecretRef");
         }
         None
@@ -603,7 +867,8 @@ impl<'a> Step<'a> {
 
     /// Whether another resource holds this resource's desktop.
     fn desktop_held_by_another(&self) -> bool {
-        self.desktop().is_some_and(|key| self.ctx.claims.holder(&key, &self.ra, self.ctx.store()).is_some())
+        self.desktop()
+            .is_some_and(|key| self.ctx.claims.holder(&key, &self.ra, self.ctx.store()).is_some())
     }
 
     /// This resource's session is over (or it never held one): another resource may hold the
@@ -618,11 +883,25 @@ impl<'a> Step<'a> {
     async fn desktop_in_use(&mut self, holder: &Holder) -> Result<Action, Error> {
         let namespace = self.ra.namespace().unwrap_or_default();
         let told = holder.describe_to(&namespace);
-        if self.ra.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == status::STALLED)).is_none_or(|c| c.reason != "DesktopInUse") {
-            self.ctx.publish(&self.ra, EventType::Warning, "DesktopInUse", &format!("Waiting: {told}"), "Observe");
+        if self
+            .ra
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == status::STALLED))
+            .is_none_or(|c| c.reason != "DesktopInUse")
+        {
+            self.ctx.publish(
+                &self.ra,
+                EventType::Warning,
+                "DesktopInUse",
+                &format!("Waiting: {told}"),
+                "Observe",
+            );
         }
         if let Some(key) = self.desktop() {
-            self.ctx.claims.wait_for(key, kube::runtime::reflector::ObjectRef::from_obj(&self.ra));
+            self.ctx
+                .claims
+                .wait_for(key, kube::runtime::reflector::ObjectRef::from_obj(&self.ra));
         }
         self.write(&Conclusion::DesktopInUse { holder: told }, 0, |s| {
             s.assistance = None;
@@ -650,7 +929,11 @@ impl<'a> Step<'a> {
         if at <= jiff::Timestamp::now() {
             return true;
         }
-        self.ctx.timers.set(&self.uid(), kube::runtime::reflector::ObjectRef::from_obj(&self.ra), at);
+        self.ctx.timers.set(
+            &self.uid(),
+            kube::runtime::reflector::ObjectRef::from_obj(&self.ra),
+            at,
+        );
         false
     }
 
@@ -663,11 +946,23 @@ impl<'a> Step<'a> {
         };
         let calls = match self.end_session(&target, &creds).await {
             Ok((calls, _)) => calls,
-            Err(failed) => return self.fail(failed.error, failed.operation, failed.cancel_calls).await,
+            Err(failed) => {
+                return self
+                    .fail(failed.error, failed.operation, failed.cancel_calls)
+                    .await;
+            }
         };
         self.ctx.metrics.cancelled("deadline");
-        let max = deadline::enforced_max_duration(&self.ra, &self.ctx.config.limits).map(|m| deadline::show(m.duration)).unwrap_or_default();
-        self.ctx.publish(&self.ra, EventType::Normal, "DeadlineExceeded", &format!("The remote assistance reached its maximum duration ({max}) and was cancelled"), "Cancel");
+        let max = deadline::enforced_max_duration(&self.ra, &self.ctx.config.limits)
+            .map(|m| deadline::show(m.duration))
+            .unwrap_or_default();
+        self.ctx.publish(
+            &self.ra,
+            EventType::Normal,
+            "DeadlineExceeded",
+            &format!("The remote assistance reached its maximum duration ({max}) and was cancelled"),
+            "Cancel",
+        );
         self.ctx.observations.forget(&self.uid());
         self.ctx.timers.clear(&self.uid());
         self.ctx.delete_invitation_secret(&self.ra).await?;
@@ -690,7 +985,8 @@ impl<'a> Step<'a> {
     /// changed TTL perhaps, is looked at again); one whose TTL is ahead is queued. Returns
     /// whether it was deleted.
     async fn delete_if_expired(&mut self) -> Result<bool, Error> {
-        let Some(at) = deadline::delete_at(&self.ra, &self.ctx.config.limits).map_err(Error::InvalidSpec)? else {
+        let Some(at) = deadline::delete_at(&self.ra, &self.ctx.config.limits).map_err(Error::InvalidSpec)?
+        else {
             return Ok(false);
         };
         let object = kube::runtime::reflector::ObjectRef::from_obj(&self.ra);
@@ -698,17 +994,33 @@ impl<'a> Step<'a> {
             self.ctx.timers.set(&self.uid(), object, at);
             return Ok(false);
         }
-        let preconditions = kube::api::Preconditions { uid: self.ra.uid(), resource_version: self.ra.resource_version() };
-        let params = kube::api::DeleteParams { preconditions: Some(preconditions), ..kube::api::DeleteParams::default() };
+        let preconditions = kube::api::Preconditions {
+            uid: self.ra.uid(),
+            resource_version: self.ra.resource_version(),
+        };
+        let params = kube::api::DeleteParams {
+            preconditions: Some(preconditions),
+            ..kube::api::DeleteParams::default()
+        };
         match self.api.delete(&self.ra.name_any(), &params).await {
             Ok(_) => {
                 info!("finished longer than its ttlAfterFinished: deleted");
-                self.ctx.publish(&self.ra, EventType::Normal, "Expired", "Deleted: finished longer ago than its ttlAfterFinished", "Delete");
+                self.ctx.publish(
+                    &self.ra,
+                    EventType::Normal,
+                    "Expired",
+                    "Deleted: finished longer ago than its ttlAfterFinished",
+                    "Delete",
+                );
                 Ok(true)
             }
             Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Err(Error::Stale),
             Err(e) => {
-                let object = format!("{}/{} (its ttlAfterFinished passed)", self.ra.namespace().unwrap_or_default(), self.ra.name_any());
+                let object = format!(
+                    "{}/{} (its ttlAfterFinished passed)",
+                    self.ra.namespace().unwrap_or_default(),
+                    self.ra.name_any()
+                );
                 Err(Error::kubernetes("delete", "RemoteAssistance", object, e))
             }
         }
@@ -720,12 +1032,23 @@ impl<'a> Step<'a> {
             .status
             .as_ref()
             .and_then(|s| s.assistance.as_ref())
-            .is_some_and(|a| a.created_by_operator && a.share_space_id.is_some() && a.share_space_id == shown.share_space_id)
+            .is_some_and(|a| {
+                a.created_by_operator
+                    && a.share_space_id.is_some()
+                    && a.share_space_id == shown.share_space_id
+            })
     }
 
     async fn show(&self, target: &Target, creds: &CallCredentials) -> Result<ShowResponse, Error> {
         let ctx = self.ctx;
-        match ctx.call(Operation::ShowDesktopRemoteAssistanceInfo, creds, |c| async move { ctx.cloud.show(target, &c).await }).await {
+        match ctx
+            .call(
+                Operation::ShowDesktopRemoteAssistanceInfo,
+                creds,
+                |c| async move { ctx.cloud.show(target, &c).await },
+            )
+            .await
+        {
             Ok(answer) => Ok(answer.value),
             // Only a body without an error shape says anything about the session; "not found"
             // here means the desktop is missing.
@@ -741,9 +1064,19 @@ impl<'a> Step<'a> {
     /// configured): [`release::after_cancel`].
     async fn cancel(&self, target: &Target, creds: &CallCredentials) -> Result<Evidence, Error> {
         let ctx = self.ctx;
-        let result = ctx.call(Operation::CancelRemoteAssistance, creds, |c| async move { ctx.cloud.cancel(target, &c).await }).await;
+        let result = ctx
+            .call(Operation::CancelRemoteAssistance, creds, |c| async move {
+                ctx.cloud.cancel(target, &c).await
+            })
+            .await;
         let error = match result {
-            Ok(answer) => return Ok(self.cancel_confirmed(Evidence::CancelConfirmed, answer.request_id.as_deref(), "")),
+            Ok(answer) => {
+                return Ok(self.cancel_confirmed(
+                    Evidence::CancelConfirmed,
+                    answer.request_id.as_deref(),
+                    "",
+                ));
+            }
             Err(error) => error,
         };
         if let Some(evidence) = release::after_cancel(Err(&error), &ctx.config.not_found_codes) {
@@ -764,16 +1097,23 @@ impl<'a> Step<'a> {
     fn cancel_confirmed(&self, evidence: Evidence, request_id: Option<&str>, code: &str) -> Evidence {
         let note = match evidence {
             Evidence::NothingToCancel => {
-                info!(request_id = request_id.unwrap_or(""), code, "nothing to cancel: the cloud has no remote assistance for this desktop");
+                info!(
+                    request_id = request_id.unwrap_or(""),
+                    code, "nothing to cancel: the cloud has no remote assistance for this desktop"
+                );
                 "The cloud has no remote assistance in progress for this desktop"
             }
             _ => {
-                info!(request_id = request_id.unwrap_or(""), "remote assistance cancelled");
+                info!(
+                    request_id = request_id.unwrap_or(""),
+                    "remote assistance cancelled"
+                );
                 "The cloud confirmed the cancel"
             }
         };
         self.ctx.recall.confirm_cancelled(&self.uid());
-        self.ctx.publish(&self.ra, EventType::Normal, evidence.reason(), note, "Cancel");
+        self.ctx
+            .publish(&self.ra, EventType::Normal, evidence.reason(), note, "Cancel");
         evidence
     }
 
@@ -785,21 +1125,42 @@ impl<'a> Step<'a> {
     /// Records a failure in status (when it can) and an Event, and returns it.
     async fn report(&mut self, error: Error, operation: Operation, cancel_calls: u32) -> Error {
         self.reported = true;
-        let not_leader = matches!(error.cloud_error(), Some(CloudError::Transport { kind: TransportKind::NotLeader, .. }));
+        let not_leader = matches!(
+            error.cloud_error(),
+            Some(CloudError::Transport {
+                kind: TransportKind::NotLeader,
+                ..
+            })
+        );
         if not_leader || matches!(error, Error::Stale) {
             // Another leader is in charge, or a newer version of the object is on its way:
             // nothing to record from here.
             return error;
         }
         // A cancel that never reached the cloud (bad Secret, bad endpoint) is not an attempt.
-        let calls = if error.cloud_error().is_some() { cancel_calls } else { 0 };
+        let calls = if error.cloud_error().is_some() {
+            cancel_calls
+        } else {
+            0
+        };
         let reason = error.reason();
         let (note, action) = match &error {
             Error::Kubernetes(failure) => (error.to_string(), failure.verb),
             _ => (format!("{operation} failed: {error}"), operation.as_str()),
         };
-        self.ctx.publish(&self.ra, EventType::Warning, reason, &note, action);
-        if let Err(e) = self.write(&Conclusion::Failed { error: &error, operation }, calls, |_| {}).await {
+        self.ctx
+            .publish(&self.ra, EventType::Warning, reason, &note, action);
+        if let Err(e) = self
+            .write(
+                &Conclusion::Failed {
+                    error: &error,
+                    operation,
+                },
+                calls,
+                |_| {},
+            )
+            .await
+        {
             warn!(error = %e, "could not record the failure in status");
         }
         error
@@ -807,7 +1168,12 @@ impl<'a> Step<'a> {
 
     /// Writes the status the step concluded (when it changed) and keeps it for later writes of
     /// the same step.
-    async fn write(&mut self, conclusion: &Conclusion<'_>, cancel_calls: u32, edit: impl FnOnce(&mut RemoteAssistanceStatus)) -> Result<(), Error> {
+    async fn write(
+        &mut self,
+        conclusion: &Conclusion<'_>,
+        cancel_calls: u32,
+        edit: impl FnOnce(&mut RemoteAssistanceStatus),
+    ) -> Result<(), Error> {
         let now = Time(jiff::Timestamp::now());
         let mut next = status::next_status(&self.ra, conclusion, cancel_calls, now.clone());
         edit(&mut next);
@@ -815,16 +1181,27 @@ impl<'a> Step<'a> {
             next.credentials_source = Some(source.to_string());
         }
         if let Some((reason, message)) = &self.pin_problem {
-            let old = self.ra.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+            let old = self
+                .ra
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default();
             status::pin_failed(&mut next, old, reason, message, self.ra.metadata.generation, &now);
         }
-        let written = status::write(self.api, &self.ra, self.stored.as_ref(), &next).await.map_err(|e| {
-            if status::is_stale(&e) {
-                return Error::Stale;
-            }
-            let object = format!("{}/{} (write its status)", self.ra.namespace().unwrap_or_default(), self.ra.name_any());
-            Error::kubernetes("patch", "RemoteAssistance", object, e)
-        })?;
+        let written = status::write(self.api, &self.ra, self.stored.as_ref(), &next)
+            .await
+            .map_err(|e| {
+                if status::is_stale(&e) {
+                    return Error::Stale;
+                }
+                let object = format!(
+                    "{}/{} (write its status)",
+                    self.ra.namespace().unwrap_or_default(),
+                    self.ra.name_any()
+                );
+                Error::kubernetes("patch", "RemoteAssistance", object, e)
+            })?;
         if let Some(version) = written {
             self.ctx.recall.wrote(&self.uid(), &version);
             // The next write of this step tests against the version just written.
@@ -886,7 +1263,9 @@ impl<'a> Step<'a> {
     /// Drops the credentials pin when no other resource needs the Secret.
     async fn unpin_credentials(&self) -> Result<(), Error> {
         if let Some(r) = &self.ra.spec.credentials_secret_ref {
-            self.ctx.release_secret_if_unused(&self.ra.namespace().unwrap_or_default(), &r.name, &self.uid()).await?;
+            self.ctx
+                .release_secret_if_unused(&self.ra.namespace().unwrap_or_default(), &r.name, &self.uid())
+                .await?;
         }
         Ok(())
     }
@@ -903,10 +1282,15 @@ impl<'a> Step<'a> {
     }
 
     async fn namespace_policy(&self) -> Result<Option<String>, Error> {
-        if self.ra.spec.deletion_policy.is_some() || self.ra.annotations().contains_key(DELETION_POLICY_ANNOTATION) {
+        if self.ra.spec.deletion_policy.is_some()
+            || self.ra.annotations().contains_key(DELETION_POLICY_ANNOTATION)
+        {
             return Ok(None);
         }
-        Ok(self.ctx.namespace_deletion_policy(&self.ra.namespace().unwrap_or_default()).await?)
+        Ok(self
+            .ctx
+            .namespace_deletion_policy(&self.ra.namespace().unwrap_or_default())
+            .await?)
     }
 
     /// The cloud target and credentials; pins the credentials Secret while a cancel may need it.
@@ -919,12 +1303,32 @@ impl<'a> Step<'a> {
         let spec = &self.ra.spec;
         let (target, secret_name) = match &binding {
             Some(b) => {
-                let endpoint = url::Url::parse(&b.endpoint).map_err(|e| Error::InvalidSpec(format!("status.session.endpoint {:?} is not a URL: {e}", b.endpoint)))?;
-                (Target { endpoint, project_id: b.project_id.clone(), desktop_id: b.desktop_id.clone() }, b.credentials_secret_name.clone())
+                let endpoint = url::Url::parse(&b.endpoint).map_err(|e| {
+                    Error::InvalidSpec(format!(
+                        "status.session.endpoint {:?} is not a URL: {e}",
+                        b.endpoint
+                    ))
+                })?;
+                (
+                    Target {
+                        endpoint,
+                        project_id: b.project_id.clone(),
+                        desktop_id: b.desktop_id.clone(),
+                    },
+                    b.credentials_secret_name.clone(),
+                )
             }
             None => {
-                let endpoint = resolve_endpoint(spec.region.as_deref(), spec.endpoint.as_deref()).map_err(Error::InvalidSpec)?;
-                (Target { endpoint, project_id: spec.project_id.clone(), desktop_id: spec.desktop_id.clone() }, spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()))
+                let endpoint = resolve_endpoint(spec.region.as_deref(), spec.endpoint.as_deref())
+                    .map_err(Error::InvalidSpec)?;
+                (
+                    Target {
+                        endpoint,
+                        project_id: spec.project_id.clone(),
+                        desktop_id: spec.desktop_id.clone(),
+                    },
+                    spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
+                )
             }
         };
         if !self.ctx.config.endpoints.allows(&target.endpoint) {
@@ -946,7 +1350,10 @@ impl<'a> Step<'a> {
                 }
                 if let Some(ambient) = ambient {
                     self.credentials_source = Some(ambient.kind().as_str());
-                    let creds = ambient.credentials(self.ctx.cloud.http()).await.map_err(Error::CredentialsSource)?;
+                    let creds = ambient
+                        .credentials(self.ctx.cloud.http())
+                        .await
+                        .map_err(Error::CredentialsSource)?;
                     return Ok((target, CallCredentials::Ambient(creds)));
                 }
                 self.credentials_source = Some(SOURCE_DEFAULT_SECRET);
@@ -960,7 +1367,14 @@ impl<'a> Step<'a> {
             .ctx
             .secret(&namespace, &name)
             .await
-            .map_err(|e| Error::kubernetes("get", "Secret", format!("{namespace}/{name} (the credentials)"), e))?
+            .map_err(|e| {
+                Error::kubernetes(
+                    "get",
+                    "Secret",
+                    format!("{namespace}/{name} (the credentials)"),
+                    e,
+                )
+            })?
             .ok_or_else(|| CredentialsError::SecretNotFound(name.clone()))?;
         // Only a Secret that holds credentials is pinned: naming a TLS or ServiceAccount-token
         // Secret must not let anyone block its deletion.
@@ -976,20 +1390,39 @@ impl<'a> Step<'a> {
         let spec = &self.ra.spec;
         Ok(match credentials::from_secret(secret)? {
             SecretCredentials::Direct(c) => CallCredentials::Direct(c),
-            SecretCredentials::Password { domain_name, username, password, iam_endpoint } => {
+            SecretCredentials::Password {
+                domain_name,
+                username,
+                password,
+                iam_endpoint,
+            } => {
                 let iam_endpoint = match (iam_endpoint, &self.ctx.config.iam_endpoint, &spec.region) {
                     (Some(e), _, _) => {
-                        let url = url::Url::parse(&e).map_err(|err| Error::InvalidSpec(format!("iamEndpoint of Secret {name} is not a URL: {err}")))?;
+                        let url = url::Url::parse(&e).map_err(|err| {
+                            Error::InvalidSpec(format!("iamEndpoint of Secret {name} is not a URL: {err}"))
+                        })?;
                         if !self.ctx.config.endpoints.allows(&url) {
-                            return Err(Error::EndpointNotAllowed(format!("iamEndpoint {url} of Secret {name}")));
+                            return Err(Error::EndpointNotAllowed(format!(
+                                "iamEndpoint {url} of Secret {name}"
+                            )));
                         }
                         url
                     }
                     (None, Some(e), _) => e.clone(),
-                    (None, None, Some(region)) => iam::iam_endpoint_for_region(region).map_err(Error::InvalidSpec)?,
-                    (None, None, None) => return Err(CredentialsError::NoIamEndpoint(name.to_string()).into()),
+                    (None, None, Some(region)) => {
+                        iam::iam_endpoint_for_region(region).map_err(Error::InvalidSpec)?
+                    }
+                    (None, None, None) => {
+                        return Err(CredentialsError::NoIamEndpoint(name.to_string()).into());
+                    }
                 };
-                CallCredentials::Login(PasswordLogin { iam_endpoint, domain_name, username, password, project_id: spec.project_id.clone() })
+                CallCredentials::Login(PasswordLogin {
+                    iam_endpoint,
+                    domain_name,
+                    username,
+                    password,
+                    project_id: spec.project_id.clone(),
+                })
             }
         })
     }
@@ -1002,8 +1435,16 @@ impl<'a> Step<'a> {
             if let Error::Kubernetes(f) = &error {
                 self.ctx.metrics.kubernetes_error(f.verb, f.kind, f.status());
             }
-            let message = format!("{error}; deleting the namespace may delete the Secret before the cancel that needs it");
-            self.ctx.publish(&self.ra, EventType::Warning, "CredentialsPinFailed", &message, "Pin");
+            let message = format!(
+                "{error}; deleting the namespace may delete the Secret before the cancel that needs it"
+            );
+            self.ctx.publish(
+                &self.ra,
+                EventType::Warning,
+                "CredentialsPinFailed",
+                &message,
+                "Pin",
+            );
             self.pin_problem = Some((error.reason(), message));
         }
     }
@@ -1031,7 +1472,8 @@ mod tests {
         let mut ra = crate::resource::sample("x");
         ra.spec.deletion_policy = policy;
         if let Some(a) = annotation {
-            ra.annotations_mut().insert(DELETION_POLICY_ANNOTATION.into(), a.into());
+            ra.annotations_mut()
+                .insert(DELETION_POLICY_ANNOTATION.into(), a.into());
         }
         ra
     }
@@ -1039,9 +1481,16 @@ mod tests {
     #[test]
     fn api_server_failures_back_off_briefly_others_as_configured() {
         let configured = BackoffPolicy::default();
-        let outage = Error::Kube(kube::Error::Api(kube::core::Status::failure("unavailable", "ServiceUnavailable").with_code(503).boxed()));
+        let outage = Error::Kube(kube::Error::Api(
+            kube::core::Status::failure("unavailable", "ServiceUnavailable")
+                .with_code(503)
+                .boxed(),
+        ));
         assert_eq!(retry_policy(&outage, configured).max, API_RETRY_MAX);
-        assert_eq!(retry_policy(&Error::InvalidSpec("x".into()), configured), configured);
+        assert_eq!(
+            retry_policy(&Error::InvalidSpec("x".into()), configured),
+            configured
+        );
     }
 
     #[test]
@@ -1049,10 +1498,30 @@ mod tests {
         use DeletionPolicy::*;
         let d = Cancel;
         assert_eq!(deletion_policy(&ra(None, None), None, d), Cancel);
-        assert_eq!(deletion_policy(&ra(None, None), None, Orphan), Orphan, "operator flag");
-        assert_eq!(deletion_policy(&ra(None, None), Some("Orphan"), d), Orphan, "namespace over flag");
-        assert_eq!(deletion_policy(&ra(None, Some("Cancel")), Some("Orphan"), Orphan), Cancel, "resource annotation over namespace");
-        assert_eq!(deletion_policy(&ra(Some(Orphan), Some("Cancel")), Some("Cancel"), d), Orphan, "spec over all");
-        assert_eq!(deletion_policy(&ra(None, Some("bogus")), Some("Orphan"), d), Orphan, "an unknown value is ignored");
+        assert_eq!(
+            deletion_policy(&ra(None, None), None, Orphan),
+            Orphan,
+            "operator flag"
+        );
+        assert_eq!(
+            deletion_policy(&ra(None, None), Some("Orphan"), d),
+            Orphan,
+            "namespace over flag"
+        );
+        assert_eq!(
+            deletion_policy(&ra(None, Some("Cancel")), Some("Orphan"), Orphan),
+            Cancel,
+            "resource annotation over namespace"
+        );
+        assert_eq!(
+            deletion_policy(&ra(Some(Orphan), Some("Cancel")), Some("Cancel"), d),
+            Orphan,
+            "spec over all"
+        );
+        assert_eq!(
+            deletion_policy(&ra(None, Some("bogus")), Some("Orphan"), d),
+            Orphan,
+            "an unknown value is ignored"
+        );
     }
 }

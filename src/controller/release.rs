@@ -70,7 +70,11 @@ pub fn after_show(shown: &ShowResponse, held_share_space: Option<&str>, held_by_
         SessionState::Closed => AfterShow::Over(Evidence::ShownClosed),
         SessionState::InProgress => {
             let other_id = matches!((held_share_space, shown.share_space_id.as_deref()), (Some(held), Some(now)) if held != now);
-            if other_id || held_by_another { AfterShow::Over(Evidence::AnotherSession) } else { AfterShow::Cancel }
+            if other_id || held_by_another {
+                AfterShow::Over(Evidence::AnotherSession)
+            } else {
+                AfterShow::Cancel
+            }
         }
         SessionState::Unknown => AfterShow::Cancel,
     }
@@ -81,7 +85,9 @@ pub fn after_show(shown: &ShowResponse, held_share_space: Option<&str>, held_by_
 pub fn after_cancel(answer: Result<(), &CloudError>, not_found_codes: &[String]) -> Option<Evidence> {
     match answer {
         Ok(()) => Some(Evidence::CancelConfirmed),
-        Err(error) if classify(error, not_found_codes) == Disposition::NotFound => Some(Evidence::NothingToCancel),
+        Err(error) if classify(error, not_found_codes) == Disposition::NotFound => {
+            Some(Evidence::NothingToCancel)
+        }
         Err(_) => None,
     }
 }
@@ -92,22 +98,56 @@ mod tests {
     use crate::workspace::{ApiError, Operation, TransportKind, error::parse_error_body};
 
     fn show(status: Option<&str>, id: Option<&str>) -> ShowResponse {
-        ShowResponse { status: status.map(Into::into), share_space_id: id.map(Into::into), ..ShowResponse::default() }
+        ShowResponse {
+            status: status.map(Into::into),
+            share_space_id: id.map(Into::into),
+            ..ShowResponse::default()
+        }
     }
 
     fn api(status: u16, body: &str) -> CloudError {
-        CloudError::Api(ApiError { operation: Operation::CancelRemoteAssistance, http_status: status, body: parse_error_body(body.as_bytes()), request_id: None })
+        CloudError::Api(ApiError {
+            operation: Operation::CancelRemoteAssistance,
+            http_status: status,
+            body: parse_error_body(body.as_bytes()),
+            request_id: None,
+        })
     }
 
     #[test]
     fn a_clean_show_releases_only_on_close_or_another_session() {
         use AfterShow::*;
         let cases = [
-            (show(Some("CLOSE"), Some("s1")), Some("s1"), false, Over(Evidence::ShownClosed)),
-            (show(Some("CLOSE"), None), Some("s1"), false, Over(Evidence::ShownClosed)),
-            (show(Some("CLOSE"), None), None, false, Over(Evidence::ShownClosed)),
-            (show(Some("OPEN"), Some("s2")), Some("s1"), false, Over(Evidence::AnotherSession)),
-            (show(Some("WAIT_USER_CONFIRM"), None), None, true, Over(Evidence::AnotherSession)),
+            (
+                show(Some("CLOSE"), Some("s1")),
+                Some("s1"),
+                false,
+                Over(Evidence::ShownClosed),
+            ),
+            (
+                show(Some("CLOSE"), None),
+                Some("s1"),
+                false,
+                Over(Evidence::ShownClosed),
+            ),
+            (
+                show(Some("CLOSE"), None),
+                None,
+                false,
+                Over(Evidence::ShownClosed),
+            ),
+            (
+                show(Some("OPEN"), Some("s2")),
+                Some("s1"),
+                false,
+                Over(Evidence::AnotherSession),
+            ),
+            (
+                show(Some("WAIT_USER_CONFIRM"), None),
+                None,
+                true,
+                Over(Evidence::AnotherSession),
+            ),
             (show(Some("OPEN"), Some("s1")), Some("s1"), false, Cancel),
             (show(Some("OPEN"), None), Some("s1"), false, Cancel),
             (show(Some("OPEN"), Some("s2")), None, false, Cancel),
@@ -118,31 +158,66 @@ mod tests {
             (show(Some(""), None), None, false, Cancel),
         ];
         for (shown, held, another, expected) in cases {
-            assert_eq!(after_show(&shown, held, another), expected, "{shown:?} held {held:?} another {another}");
+            assert_eq!(
+                after_show(&shown, held, another),
+                expected,
+                "{shown:?} held {held:?} another {another}"
+            );
         }
     }
 
     #[test]
     fn only_a_204_or_a_workspace_not_found_confirms_a_cancel() {
         let none: &[String] = &[];
-        let transport = CloudError::Transport { operation: Operation::CancelRemoteAssistance, kind: TransportKind::Body, message: String::new(), http_status: Some(200), request_id: None };
+        let transport = CloudError::Transport {
+            operation: Operation::CancelRemoteAssistance,
+            kind: TransportKind::Body,
+            message: String::new(),
+            http_status: Some(200),
+            request_id: None,
+        };
         let cases: Vec<(Result<(), CloudError>, Option<Evidence>)> = vec![
             (Ok(()), Some(Evidence::CancelConfirmed)),
-            (Err(api(404, r#"{"error_code":"WKS.00010032","error_msg":"none"}"#)), Some(Evidence::NothingToCancel)),
-            (Err(api(404, r#"{"error_code":"WKS.00010032"}"#)), Some(Evidence::NothingToCancel)),
-            (Err(api(404, r#"{"error_code":"APIGW.0101","error_msg":"no api"}"#)), None),
+            (
+                Err(api(404, r#"{"error_code":"WKS.00010032","error_msg":"none"}"#)),
+                Some(Evidence::NothingToCancel),
+            ),
+            (
+                Err(api(404, r#"{"error_code":"WKS.00010032"}"#)),
+                Some(Evidence::NothingToCancel),
+            ),
+            (
+                Err(api(404, r#"{"error_code":"APIGW.0101","error_msg":"no api"}"#)),
+                None,
+            ),
             (Err(api(404, r#"{"code":404,"message":"Not Found"}"#)), None),
             (Err(api(404, "<html>404</html>")), None),
             (Err(api(404, "")), None),
             (Err(api(200, r#"{"error_code":"WKS.00010109"}"#)), None),
-            (Err(api(400, r#"{"error_code":"WKS.0001","error_msg":"empty"}"#)), None),
-            (Err(api(500, r#"{"error_code":"WKS.00000001","error_msg":"x"}"#)), None),
+            (
+                Err(api(400, r#"{"error_code":"WKS.0001","error_msg":"empty"}"#)),
+                None,
+            ),
+            (
+                Err(api(500, r#"{"error_code":"WKS.00000001","error_msg":"x"}"#)),
+                None,
+            ),
             (Err(transport), None),
         ];
         for (answer, expected) in &cases {
-            assert_eq!(after_cancel(answer.as_ref().map(|_| ()), none), *expected, "{answer:?}");
+            assert_eq!(
+                after_cancel(answer.as_ref().map(|_| ()), none),
+                *expected,
+                "{answer:?}"
+            );
         }
         let configured = vec!["WKS.00010109".to_string()];
-        assert_eq!(after_cancel(Err(&api(400, r#"{"error_code":"WKS.00010109","error_msg":"x"}"#)), &configured), Some(Evidence::NothingToCancel));
+        assert_eq!(
+            after_cancel(
+                Err(&api(400, r#"{"error_code":"WKS.00010109","error_msg":"x"}"#)),
+                &configured
+            ),
+            Some(Evidence::NothingToCancel)
+        );
     }
 }

@@ -28,8 +28,15 @@ pub struct SecretIndex {
 impl SecretIndex {
     /// Records a version of a Secret in use; returns whether it differs from the one recorded.
     pub fn observe(&self, key: &SecretKey, version: &str, pinned: bool) -> bool {
-        let seen = Seen { version: version.to_string(), pinned };
-        self.seen.lock().expect("secret index").insert(key.clone(), seen).is_none_or(|old| old.version != version)
+        let seen = Seen {
+            version: version.to_string(),
+            pinned,
+        };
+        self.seen
+            .lock()
+            .expect("secret index")
+            .insert(key.clone(), seen)
+            .is_none_or(|old| old.version != version)
     }
 
     /// Forgets a Secret (no resource uses it, or it is gone).
@@ -39,13 +46,21 @@ impl SecretIndex {
 
     /// The latest version the watch reported.
     pub fn latest(&self, key: &SecretKey) -> Option<String> {
-        self.seen.lock().expect("secret index").get(key).map(|s| s.version.clone())
+        self.seen
+            .lock()
+            .expect("secret index")
+            .get(key)
+            .map(|s| s.version.clone())
     }
 
     /// Whether the watch says the Secret carries no pin (so releasing it needs no API call).
     /// Unknown Secrets count as possibly pinned.
     pub fn known_unpinned(&self, key: &SecretKey) -> bool {
-        self.seen.lock().expect("secret index").get(key).is_some_and(|s| !s.pinned)
+        self.seen
+            .lock()
+            .expect("secret index")
+            .get(key)
+            .is_some_and(|s| !s.pinned)
     }
 
     /// Keeps only the Secrets for which `in_use` holds.
@@ -76,7 +91,10 @@ mod tests {
     fn versions_pins_and_pruning() {
         let index = SecretIndex::default();
         assert!(index.observe(&key("a"), "1", false), "new");
-        assert!(!index.observe(&key("a"), "1", false), "a re-list of the same version changes nothing");
+        assert!(
+            !index.observe(&key("a"), "1", false),
+            "a re-list of the same version changes nothing"
+        );
         assert!(index.known_unpinned(&key("a")));
         assert!(index.observe(&key("a"), "2", true));
         assert!(!index.known_unpinned(&key("a")) && !index.known_unpinned(&key("unknown")));

@@ -24,7 +24,8 @@ pub struct LabelSelector {
 impl LabelSelector {
     /// Parses `key=value,key!=value,key,!key` (`==` is `=`).
     pub fn parse(text: &str) -> Result<LabelSelector, String> {
-        let valid = |k: &str| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        let valid =
+            |k: &str| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
         let mut requirements = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let requirement = if let Some((k, v)) = part.split_once("!=") {
@@ -37,7 +38,10 @@ impl LabelSelector {
                 Requirement::Exists(part.into())
             };
             let key = match &requirement {
-                Requirement::Equals(k, _) | Requirement::NotEquals(k, _) | Requirement::Exists(k) | Requirement::Absent(k) => k,
+                Requirement::Equals(k, _)
+                | Requirement::NotEquals(k, _)
+                | Requirement::Exists(k)
+                | Requirement::Absent(k) => k,
             };
             if !valid(key) {
                 return Err(format!("{part:?} in label selector {text:?}: not a label key"));
@@ -47,7 +51,10 @@ impl LabelSelector {
         if requirements.is_empty() {
             return Err(format!("label selector {text:?} has no requirement"));
         }
-        Ok(LabelSelector { text: text.to_string(), requirements })
+        Ok(LabelSelector {
+            text: text.to_string(),
+            requirements,
+        })
     }
 
     /// Whether `labels` satisfy every requirement.
@@ -72,17 +79,39 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn every_requirement_must_hold() {
-        let s = LabelSelector::parse("team=helpdesk, workspace.assist.dev/default-credentials, env!=prod, !frozen").unwrap();
-        assert!(s.matches(&labels(&[("team", "helpdesk"), ("workspace.assist.dev/default-credentials", ""), ("env", "dev")])));
+        let s = LabelSelector::parse(
+            "team=helpdesk, workspace.assist.dev/default-credentials, env!=prod, !frozen",
+        )
+        .unwrap();
+        assert!(s.matches(&labels(&[
+            ("team", "helpdesk"),
+            ("workspace.assist.dev/default-credentials", ""),
+            ("env", "dev")
+        ])));
         assert!(!s.matches(&labels(&[("team", "helpdesk")])), "a missing label");
-        assert!(!s.matches(&labels(&[("team", "helpdesk"), ("workspace.assist.dev/default-credentials", ""), ("env", "prod")])));
-        assert!(!s.matches(&labels(&[("team", "helpdesk"), ("workspace.assist.dev/default-credentials", ""), ("frozen", "1")])));
+        assert!(!s.matches(&labels(&[
+            ("team", "helpdesk"),
+            ("workspace.assist.dev/default-credentials", ""),
+            ("env", "prod")
+        ])));
+        assert!(!s.matches(&labels(&[
+            ("team", "helpdesk"),
+            ("workspace.assist.dev/default-credentials", ""),
+            ("frozen", "1")
+        ])));
         assert!(LabelSelector::parse("").is_err() && LabelSelector::parse("a b=c").is_err());
-        assert!(LabelSelector::parse("k==v").unwrap().matches(&labels(&[("k", "v")])));
+        assert!(
+            LabelSelector::parse("k==v")
+                .unwrap()
+                .matches(&labels(&[("k", "v")]))
+        );
     }
 }

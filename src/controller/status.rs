@@ -81,25 +81,64 @@ fn value(status: bool, reason: &str, message: &str) -> Value {
 
 /// A settled state: Synced, nothing in progress, the last error cleared.
 fn settled(phase: Phase, ready: bool, reason: &str, message: &str) -> Rules {
-    Rules { phase, ready: value(ready, reason, message), synced: value(true, "Synced", ""), reconciling: None, stalled: None, clears_error: true }
+    Rules {
+        phase,
+        ready: value(ready, reason, message),
+        synced: value(true, "Synced", ""),
+        reconciling: None,
+        stalled: None,
+        clears_error: true,
+    }
 }
 
 /// The rules of each conclusion. `current`: the status before; `wants_cancel`: the spec or a
 /// deletion asks for the cancel.
 fn rules(conclusion: &Conclusion<'_>, current: &RemoteAssistanceStatus, wants_cancel: bool) -> Rules {
     match conclusion {
-        Conclusion::Active => settled(Phase::Active, true, "Active", "The remote assistance is in progress"),
-        Conclusion::Cancelled => settled(Phase::Cancelled, true, "Cancelled", "The remote assistance is cancelled"),
-        Conclusion::DeadlineExceeded => settled(Phase::Cancelled, true, "DeadlineExceeded", "The remote assistance reached its maximum duration and was cancelled"),
-        Conclusion::Closed => settled(Phase::Closed, true, "ClosedRemotely", "The session was closed in the cloud; nothing is left to cancel"),
+        Conclusion::Active => settled(
+            Phase::Active,
+            true,
+            "Active",
+            "The remote assistance is in progress",
+        ),
+        Conclusion::Cancelled => settled(
+            Phase::Cancelled,
+            true,
+            "Cancelled",
+            "The remote assistance is cancelled",
+        ),
+        Conclusion::DeadlineExceeded => settled(
+            Phase::Cancelled,
+            true,
+            "DeadlineExceeded",
+            "The remote assistance reached its maximum duration and was cancelled",
+        ),
+        Conclusion::Closed => settled(
+            Phase::Closed,
+            true,
+            "ClosedRemotely",
+            "The session was closed in the cloud; nothing is left to cancel",
+        ),
         Conclusion::NoAssistance => Rules {
-            reconciling: Some(value(true, "NoAssistance", "Waiting for a remote assistance to start")),
-            ..settled(Phase::Pending, false, "NoAssistance", "The cloud shows no remote assistance in progress for this desktop")
+            reconciling: Some(value(
+                true,
+                "NoAssistance",
+                "Waiting for a remote assistance to start",
+            )),
+            ..settled(
+                Phase::Pending,
+                false,
+                "NoAssistance",
+                "The cloud shows no remote assistance in progress for this desktop",
+            )
         },
         Conclusion::SessionUnknown => {
             let message = "The cloud's answer shows no recognisable session (no status); the session is kept as held, with its deadline, and observed again";
             let old_ready = current.conditions.iter().find(|c| c.type_ == READY);
-            let ready = old_ready.map_or_else(|| value(false, "SessionUnknown", message), |c| (c.status == "True", c.reason.clone(), c.message.clone()));
+            let ready = old_ready.map_or_else(
+                || value(false, "SessionUnknown", message),
+                |c| (c.status == "True", c.reason.clone(), c.message.clone()),
+            );
             Rules {
                 phase: current.phase.unwrap_or(Phase::Pending),
                 ready,
@@ -123,9 +162,23 @@ fn rules(conclusion: &Conclusion<'_>, current: &RemoteAssistanceStatus, wants_ca
         Conclusion::Paused => {
             // Ready stays as it was; only Synced says why nothing happens.
             let old_ready = current.conditions.iter().find(|c| c.type_ == READY);
-            let ready = old_ready.map_or_else(|| value(false, "Paused", ""), |c| (c.status == "True", c.reason.clone(), c.message.clone()));
-            let synced = value(false, "Paused", "Paused: the annotation workspace.assist.dev/paused stops all cloud calls");
-            Rules { phase: current.phase.unwrap_or(Phase::Pending), ready, synced, reconciling: None, stalled: None, clears_error: false }
+            let ready = old_ready.map_or_else(
+                || value(false, "Paused", ""),
+                |c| (c.status == "True", c.reason.clone(), c.message.clone()),
+            );
+            let synced = value(
+                false,
+                "Paused",
+                "Paused: the annotation workspace.assist.dev/paused stops all cloud calls",
+            );
+            Rules {
+                phase: current.phase.unwrap_or(Phase::Pending),
+                ready,
+                synced,
+                reconciling: None,
+                stalled: None,
+                clears_error: false,
+            }
         }
         Conclusion::Failed { error, operation } => {
             let reason = error.reason();
@@ -138,17 +191,37 @@ fn rules(conclusion: &Conclusion<'_>, current: &RemoteAssistanceStatus, wants_ca
             let (phase, reconciling, stalled) = if error.stalls() {
                 (Phase::Failed, None, Some(value(true, reason, &message)))
             } else {
-                let phase = if wants_cancel { Phase::Cancelling } else { Phase::Pending };
-                (phase, Some(value(true, reason, &format!("Retrying with backoff: {message}"))), None)
+                let phase = if wants_cancel {
+                    Phase::Cancelling
+                } else {
+                    Phase::Pending
+                };
+                (
+                    phase,
+                    Some(value(true, reason, &format!("Retrying with backoff: {message}"))),
+                    None,
+                )
             };
-            Rules { phase, ready: value(false, reason, &message), synced: value(false, reason, &message), reconciling, stalled, clears_error: false }
+            Rules {
+                phase,
+                ready: value(false, reason, &message),
+                synced: value(false, reason, &message),
+                reconciling,
+                stalled,
+                clears_error: false,
+            }
         }
     }
 }
 
 /// The status after a reconcile that concluded `conclusion`, starting from the current one.
 /// `cancel_calls` is how many cancel calls this reconcile made.
-pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_calls: u32, now: Time) -> RemoteAssistanceStatus {
+pub fn next_status(
+    ra: &RemoteAssistance,
+    conclusion: &Conclusion<'_>,
+    cancel_calls: u32,
+    now: Time,
+) -> RemoteAssistanceStatus {
     let current = ra.status.clone().unwrap_or_default();
     let generation = ra.metadata.generation;
     let wants_cancel = ra.spec.cancelled || ra.metadata.deletion_timestamp.is_some();
@@ -158,7 +231,11 @@ pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_ca
         observed_generation: generation,
         cancel_attempts: current.cancel_attempts.saturating_add(cancel_calls),
         cancelled_at: current.cancelled_at.clone(),
-        last_error: if rules.clears_error { None } else { current.last_error.clone() },
+        last_error: if rules.clears_error {
+            None
+        } else {
+            current.last_error.clone()
+        },
         assistance: current.assistance.clone(),
         invitation_secret_name: current.invitation_secret_name.clone(),
         credentials_source: current.credentials_source.clone(),
@@ -170,7 +247,14 @@ pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_ca
         ..RemoteAssistanceStatus::default()
     };
     // A session that ended has no deadline; the object finished then (ttlAfterFinished).
-    if matches!(conclusion, Conclusion::Cancelled | Conclusion::DeadlineExceeded | Conclusion::Closed | Conclusion::NoAssistance | Conclusion::DesktopInUse { .. }) {
+    if matches!(
+        conclusion,
+        Conclusion::Cancelled
+            | Conclusion::DeadlineExceeded
+            | Conclusion::Closed
+            | Conclusion::NoAssistance
+            | Conclusion::DesktopInUse { .. }
+    ) {
         next.expires_at = None;
         next.max_duration_capped = None;
     }
@@ -178,11 +262,17 @@ pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_ca
     if matches!(conclusion, Conclusion::Cancelled | Conclusion::DeadlineExceeded) {
         next.session = None;
     }
-    if matches!(conclusion, Conclusion::Cancelled | Conclusion::DeadlineExceeded | Conclusion::Closed) && next.finished_at.is_none() {
+    if matches!(
+        conclusion,
+        Conclusion::Cancelled | Conclusion::DeadlineExceeded | Conclusion::Closed
+    ) && next.finished_at.is_none()
+    {
         next.finished_at = Some(now.clone());
     }
     match conclusion {
-        Conclusion::Cancelled | Conclusion::DeadlineExceeded if next.cancelled_at.is_none() => next.cancelled_at = Some(now.clone()),
+        Conclusion::Cancelled | Conclusion::DeadlineExceeded if next.cancelled_at.is_none() => {
+            next.cancelled_at = Some(now.clone())
+        }
         Conclusion::Failed { error, operation } => {
             if let Some(e) = last_error(error, *operation, now.clone()) {
                 next.last_error = Some(Box::new(e));
@@ -191,12 +281,16 @@ pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_ca
         _ => {}
     }
     let old = &current.conditions;
-    next.conditions = vec![condition(old, READY, rules.ready, generation, &now), condition(old, SYNCED, rules.synced, generation, &now)];
+    next.conditions = vec![
+        condition(old, READY, rules.ready, generation, &now),
+        condition(old, SYNCED, rules.synced, generation, &now),
+    ];
     // (Two conditions fewer on every healthy object is less for the API server to store, send
     // and diff, and for the cache to hold.)
     for (type_, value) in [(RECONCILING, rules.reconciling), (STALLED, rules.stalled)] {
         if let Some(value) = value {
-            next.conditions.push(condition(old, type_, value, generation, &now));
+            next.conditions
+                .push(condition(old, type_, value, generation, &now));
         }
     }
     next
@@ -207,24 +301,54 @@ pub fn next_status(ra: &RemoteAssistance, conclusion: &Conclusion<'_>, cancel_ca
 pub const CREDENTIALS_PINNED: &str = "CredentialsPinned";
 
 /// Adds the [`CREDENTIALS_PINNED`] condition (False) to `next`, keeping its transition time.
-pub fn pin_failed(next: &mut RemoteAssistanceStatus, old: &[Condition], reason: &str, message: &str, generation: Option<i64>, now: &Time) {
+pub fn pin_failed(
+    next: &mut RemoteAssistanceStatus,
+    old: &[Condition],
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) {
     let message = bounded(message, MAX_MESSAGE_BYTES).into_owned();
-    next.conditions.push(condition(old, CREDENTIALS_PINNED, (false, reason.to_string(), message), generation, now));
+    next.conditions.push(condition(
+        old,
+        CREDENTIALS_PINNED,
+        (false, reason.to_string(), message),
+        generation,
+        now,
+    ));
 }
 
 /// A condition, keeping the old transition time when its status did not change.
-fn condition(old: &[Condition], type_: &str, (status, reason, message): Value, generation: Option<i64>, now: &Time) -> Condition {
+fn condition(
+    old: &[Condition],
+    type_: &str,
+    (status, reason, message): Value,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
     let status = if status { "True" } else { "False" }.to_string();
     let last_transition_time = old
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
         .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-    Condition { type_: type_.into(), status, reason, message, observed_generation: generation, last_transition_time }
+    Condition {
+        type_: type_.into(),
+        status,
+        reason,
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
 }
 
 /// The lastError for a failure; None for failures that are not about the cloud call.
 fn last_error(error: &Error, operation: Operation, now: Time) -> Option<LastError> {
-    let mut e = LastError { operation: operation.as_str().into(), time: Some(now), ..LastError::default() };
+    let mut e = LastError {
+        operation: operation.as_str().into(),
+        time: Some(now),
+        ..LastError::default()
+    };
     match error {
         Error::Cloud { error: cloud, .. } | Error::DesktopNotFound(cloud) => {
             // Everything here may come from the cloud, a gateway or a proxy: bounded.
@@ -235,24 +359,37 @@ fn last_error(error: &Error, operation: Operation, now: Time) -> Option<LastErro
                 CloudError::Api(api) => {
                     e.error_message = bounded_opt(api.body.message.as_deref(), MAX_MESSAGE_BYTES);
                     e.error_detail = bounded_opt(api.body.detail.as_deref(), MAX_MESSAGE_BYTES);
-                    e.encoded_authorization_message = bounded_opt(api.body.encoded_authorization_message.as_deref(), MAX_ENCODED_MESSAGE_BYTES);
+                    e.encoded_authorization_message = bounded_opt(
+                        api.body.encoded_authorization_message.as_deref(),
+                        MAX_ENCODED_MESSAGE_BYTES,
+                    );
                 }
                 CloudError::Transport { message, .. } | CloudError::Request { message, .. } => {
                     e.error_message = bounded_opt(Some(message), MAX_MESSAGE_BYTES);
                 }
-                CloudError::Withheld { .. } | CloudError::Source { .. } => e.error_message = bounded_opt(Some(&cloud.to_string()), MAX_MESSAGE_BYTES),
+                CloudError::Withheld { .. } | CloudError::Source { .. } => {
+                    e.error_message = bounded_opt(Some(&cloud.to_string()), MAX_MESSAGE_BYTES)
+                }
             }
         }
-        Error::Credentials(_) | Error::InvalidSpec(_) | Error::EndpointNotAllowed(_) | Error::DefaultCredentialsNotAllowed(_) | Error::SessionBindingChanged(_) | Error::InvitationSecretTaken(_) => {
+        Error::Credentials(_)
+        | Error::InvalidSpec(_)
+        | Error::EndpointNotAllowed(_)
+        | Error::DefaultCredentialsNotAllowed(_)
+        | Error::SessionBindingChanged(_)
+        | Error::InvitationSecretTaken(_) => {
             e.error_code = Some(error.reason().into());
             e.error_message = bounded_opt(Some(&error.to_string()), MAX_MESSAGE_BYTES);
         }
         Error::CredentialsSource(source) => {
             e.http_status = source.http_status;
-            e.error_code = bounded_opt(source.code.as_deref(), MAX_SHORT_BYTES).or_else(|| Some(error.reason().into()));
+            e.error_code =
+                bounded_opt(source.code.as_deref(), MAX_SHORT_BYTES).or_else(|| Some(error.reason().into()));
             e.error_message = bounded_opt(Some(&error.to_string()), MAX_MESSAGE_BYTES);
         }
-        Error::Kube(_) | Error::Kubernetes(_) | Error::Finalizer(_) | Error::Stale | Error::Paused => return None,
+        Error::Kube(_) | Error::Kubernetes(_) | Error::Finalizer(_) | Error::Stale | Error::Paused => {
+            return None;
+        }
     }
     Some(e)
 }
@@ -271,7 +408,12 @@ pub fn changed(current: Option<&RemoteAssistanceStatus>, next: &RemoteAssistance
 /// costs it (profiled at 10,000 resources, apply patches took four times the CPU of JSON patches).
 /// `stored` is the status as the API server has it (a step may have changed its working copy
 /// in `ra` already).
-pub async fn write(api: &Api<RemoteAssistance>, ra: &RemoteAssistance, stored: Option<&RemoteAssistanceStatus>, next: &RemoteAssistanceStatus) -> Result<Option<String>, kube::Error> {
+pub async fn write(
+    api: &Api<RemoteAssistance>,
+    ra: &RemoteAssistance,
+    stored: Option<&RemoteAssistanceStatus>,
+    next: &RemoteAssistanceStatus,
+) -> Result<Option<String>, kube::Error> {
     if !changed(stored, next) {
         return Ok(None);
     }
@@ -283,9 +425,15 @@ pub async fn write(api: &Api<RemoteAssistance>, ra: &RemoteAssistance, stored: O
         ops.push(json!({ "op": "test", "path": "/metadata/resourceVersion", "value": version }));
     }
     ops.push(json!({ "op": "add", "path": "/status", "value": next }));
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops)).map_err(kube::Error::SerdeError)?;
-    let params = PatchParams { field_manager: Some(MANAGER.into()), ..PatchParams::default() };
-    let written = api.patch_status(&ra.name_any(), &params, &Patch::<()>::Json(patch)).await?;
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).map_err(kube::Error::SerdeError)?;
+    let params = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    };
+    let written = api
+        .patch_status(&ra.name_any(), &params, &Patch::<()>::Json(patch))
+        .await?;
     Ok(written.resource_version())
 }
 
@@ -334,12 +482,26 @@ mod tests {
         let mut ra = ra();
         ra.spec.cancelled = true;
         let err = forbidden();
-        let s = next_status(&ra, &Conclusion::Failed { error: &err, operation: Operation::CancelRemoteAssistance }, 1, t("2026-01-01T00:00:00Z"));
+        let s = next_status(
+            &ra,
+            &Conclusion::Failed {
+                error: &err,
+                operation: Operation::CancelRemoteAssistance,
+            },
+            1,
+            t("2026-01-01T00:00:00Z"),
+        );
         assert_eq!(s.phase, Some(Phase::Failed));
         assert_eq!(s.observed_generation, Some(3));
         let stalled = s.conditions.iter().find(|c| c.type_ == STALLED).unwrap();
-        assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "Forbidden"));
-        assert!(!stalled.message.contains("req-1"), "no request ID in condition messages");
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "Forbidden")
+        );
+        assert!(
+            !stalled.message.contains("req-1"),
+            "no request ID in condition messages"
+        );
         assert!(s.conditions.iter().all(|c| c.observed_generation == Some(3)));
         let e = s.last_error.unwrap();
         assert_eq!(e.http_status, Some(403));
@@ -362,7 +524,15 @@ mod tests {
 
         let err = forbidden();
         let mut failed = ra1.clone();
-        failed.status = Some(next_status(&ra1, &Conclusion::Failed { error: &err, operation: Operation::ShowDesktopRemoteAssistanceInfo }, 0, t("2026-01-01T02:00:00Z")));
+        failed.status = Some(next_status(
+            &ra1,
+            &Conclusion::Failed {
+                error: &err,
+                operation: Operation::ShowDesktopRemoteAssistanceInfo,
+            },
+            0,
+            t("2026-01-01T02:00:00Z"),
+        ));
         assert!(failed.status.as_ref().unwrap().last_error.is_some());
         let cleared = next_status(&failed, &Conclusion::Active, 0, t("2026-01-01T03:00:00Z"));
         assert_eq!(cleared.last_error, None);
@@ -372,11 +542,20 @@ mod tests {
 
     #[test]
     fn reconciling_and_stalled_are_present_only_while_true() {
-        let types = |s: &RemoteAssistanceStatus| s.conditions.iter().map(|c| c.type_.clone()).collect::<Vec<_>>();
+        let types =
+            |s: &RemoteAssistanceStatus| s.conditions.iter().map(|c| c.type_.clone()).collect::<Vec<_>>();
         let active = next_status(&ra(), &Conclusion::Active, 0, t("2026-01-01T00:00:00Z"));
         assert_eq!(types(&active), [READY, SYNCED]);
         let err = forbidden();
-        let stalled = next_status(&ra(), &Conclusion::Failed { error: &err, operation: Operation::CancelRemoteAssistance }, 1, t("2026-01-01T00:00:00Z"));
+        let stalled = next_status(
+            &ra(),
+            &Conclusion::Failed {
+                error: &err,
+                operation: Operation::CancelRemoteAssistance,
+            },
+            1,
+            t("2026-01-01T00:00:00Z"),
+        );
         assert_eq!(types(&stalled), [READY, SYNCED, STALLED]);
         let waiting = next_status(&ra(), &Conclusion::NoAssistance, 0, t("2026-01-01T00:00:00Z"));
         assert_eq!(types(&waiting), [READY, SYNCED, RECONCILING]);

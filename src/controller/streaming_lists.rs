@@ -37,13 +37,20 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Asks the API server once whether it streams initial lists, for RemoteAssistances in the
 /// watched scope; logs the answer.
 pub async fn supported(api: &Api<RemoteAssistance>) -> bool {
-    let params = WatchParams::streaming_lists().labels(NO_OBJECT).timeout(PROBE_TIMEOUT.as_secs() as u32);
+    let params = WatchParams::streaming_lists()
+        .labels(NO_OBJECT)
+        .timeout(PROBE_TIMEOUT.as_secs() as u32);
     let answer = tokio::time::timeout(PROBE_TIMEOUT, async {
         let events = api.watch(&params, "0").await?;
         let mut events = std::pin::pin!(events);
         while let Some(event) = events.try_next().await? {
             if let WatchEvent::Bookmark(bookmark) = event {
-                if bookmark.metadata.annotations.get(INITIAL_EVENTS_END).is_some_and(|v| v == "true") {
+                if bookmark
+                    .metadata
+                    .annotations
+                    .get(INITIAL_EVENTS_END)
+                    .is_some_and(|v| v == "true")
+                {
                     return Ok::<bool, kube::Error>(true);
                 }
             }
@@ -56,15 +63,23 @@ pub async fn supported(api: &Api<RemoteAssistance>) -> bool {
             info!("the API server streams initial lists: the watches start with a streaming list");
             return true;
         }
-        Ok(Err(e)) => info!(answer = %e, "the API server does not stream initial lists: the watches start with a list"),
-        Ok(Ok(false)) | Err(_) => info!("the API server does not stream initial lists: the watches start with a list"),
+        Ok(Err(e)) => {
+            info!(answer = %e, "the API server does not stream initial lists: the watches start with a list")
+        }
+        Ok(Ok(false)) | Err(_) => {
+            info!("the API server does not stream initial lists: the watches start with a list")
+        }
     }
     false
 }
 
 /// The watcher configuration with the initial list strategy the server supports.
 pub fn initial_list(config: watcher::Config, streaming: bool) -> watcher::Config {
-    if streaming { config.streaming_lists() } else { config }
+    if streaming {
+        config.streaming_lists()
+    } else {
+        config
+    }
 }
 
 /// How long a streaming initial list may send nothing before it is given up for a plain list.
@@ -74,7 +89,11 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(10);
 /// way (from `Init` to `InitDone`), an item is due every [`STALL_LIMIT`]; when none comes, the
 /// watch is started again with a plain list, and keeps plain lists from then on. An error ends
 /// the wait (the watcher's backoff may sleep longer; its retry begins with a new `Init`).
-pub fn with_stall_fallback<K, F>(streaming: bool, what: &'static str, start: F) -> BoxStream<'static, watcher::Result<watcher::Event<K>>>
+pub fn with_stall_fallback<K, F>(
+    streaming: bool,
+    what: &'static str,
+    start: F,
+) -> BoxStream<'static, watcher::Result<watcher::Event<K>>>
 where
     K: Send + 'static,
     F: Fn(bool) -> BoxStream<'static, watcher::Result<watcher::Event<K>>> + Send + 'static,
@@ -85,14 +104,23 @@ where
         listing: bool,
         start: F,
     }
-    let first = Watch { events: start(streaming), streaming, listing: false, start };
+    let first = Watch {
+        events: start(streaming),
+        streaming,
+        listing: false,
+        start,
+    };
     futures::stream::unfold(first, move |mut watch| async move {
         loop {
             let item = if watch.streaming && watch.listing {
                 match tokio::time::timeout(STALL_LIMIT, watch.events.next()).await {
                     Ok(item) => item,
                     Err(_) => {
-                        warn!(watch = what, stalled_for_s = STALL_LIMIT.as_secs(), "the streaming list stalled; listing plainly from now on");
+                        warn!(
+                            watch = what,
+                            stalled_for_s = STALL_LIMIT.as_secs(),
+                            "the streaming list stalled; listing plainly from now on"
+                        );
                         watch.events = (watch.start)(false);
                         watch.streaming = false;
                         watch.listing = false;
@@ -130,19 +158,42 @@ mod tests {
     }
 
     fn kinds(events: &[watcher::Result<Event<u32>>]) -> Vec<String> {
-        events.iter().map(|e| format!("{:?}", e.as_ref().unwrap())).collect()
+        events
+            .iter()
+            .map(|e| format!("{:?}", e.as_ref().unwrap()))
+            .collect()
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_streaming_list_that_stalls_is_replaced_by_a_plain_list() {
         // The objects come, the end-of-list bookmark never does.
         let start = |streaming: bool| -> Events {
-            if streaming { stream::iter([Event::Init, Event::InitApply(1)].map(Ok)).chain(stream::pending()).boxed() } else { plain() }
+            if streaming {
+                stream::iter([Event::Init, Event::InitApply(1)].map(Ok))
+                    .chain(stream::pending())
+                    .boxed()
+            } else {
+                plain()
+            }
         };
         let started = tokio::time::Instant::now();
-        let events = tokio::time::timeout(STALL_LIMIT * 3, with_stall_fallback(true, "test", start).take(5).collect::<Vec<_>>()).await.expect("the stalled list was given up");
-        assert_eq!(kinds(&events), ["Init", "InitApply(1)", "Init", "InitApply(1)", "InitDone"]);
-        assert_eq!(started.elapsed(), STALL_LIMIT, "given up after the stall limit, not sooner");
+        let events = tokio::time::timeout(
+            STALL_LIMIT * 3,
+            with_stall_fallback(true, "test", start)
+                .take(5)
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("the stalled list was given up");
+        assert_eq!(
+            kinds(&events),
+            ["Init", "InitApply(1)", "Init", "InitApply(1)", "InitDone"]
+        );
+        assert_eq!(
+            started.elapsed(),
+            STALL_LIMIT,
+            "given up after the stall limit, not sooner"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -153,10 +204,17 @@ mod tests {
                 tokio::time::sleep(STALL_LIMIT - Duration::from_secs(1)).await;
                 Ok(Event::InitApply(i))
             });
-            stream::once(async { Ok(Event::Init) }).chain(slow).chain(stream::once(async { Ok(Event::InitDone) })).chain(stream::pending()).boxed()
+            stream::once(async { Ok(Event::Init) })
+                .chain(slow)
+                .chain(stream::once(async { Ok(Event::InitDone) }))
+                .chain(stream::pending())
+                .boxed()
         };
         let events: Vec<_> = with_stall_fallback(true, "test", start).take(5).collect().await;
-        assert_eq!(kinds(&events), ["Init", "InitApply(1)", "InitApply(2)", "InitApply(3)", "InitDone"]);
+        assert_eq!(
+            kinds(&events),
+            ["Init", "InitApply(1)", "InitApply(2)", "InitApply(3)", "InitDone"]
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -166,9 +224,23 @@ mod tests {
         for _ in 0..3 {
             events.next().await;
         }
-        assert!(tokio::time::timeout(STALL_LIMIT * 10, events.next()).await.is_err(), "after the list, silence is a quiet watch");
-        let mut plain_only = with_stall_fallback(false, "test", |_: bool| -> Events { stream::once(async { Ok(Event::Init) }).chain(stream::pending()).boxed() });
+        assert!(
+            tokio::time::timeout(STALL_LIMIT * 10, events.next())
+                .await
+                .is_err(),
+            "after the list, silence is a quiet watch"
+        );
+        let mut plain_only = with_stall_fallback(false, "test", |_: bool| -> Events {
+            stream::once(async { Ok(Event::Init) })
+                .chain(stream::pending())
+                .boxed()
+        });
         plain_only.next().await;
-        assert!(tokio::time::timeout(STALL_LIMIT * 10, plain_only.next()).await.is_err(), "a plain list is not cut");
+        assert!(
+            tokio::time::timeout(STALL_LIMIT * 10, plain_only.next())
+                .await
+                .is_err(),
+            "a plain list is not cut"
+        );
     }
 }

@@ -85,7 +85,9 @@ impl Timers {
 }
 
 /// The objects whose time has come, as it comes (for `Controller::reconcile_on`).
-pub fn due(timers: std::sync::Arc<Timers>) -> impl Stream<Item = ObjectRef<RemoteAssistance>> + Send + 'static {
+pub fn due(
+    timers: std::sync::Arc<Timers>,
+) -> impl Stream<Item = ObjectRef<RemoteAssistance>> + Send + 'static {
     use futures::StreamExt;
     futures::stream::unfold(timers, |timers| async move {
         tokio::time::sleep(SCAN_EVERY).await;
@@ -116,14 +118,25 @@ mod tests {
         t.set("c", object("c"), ts("2026-11-29T09:30:00Z"));
         assert_eq!(t.len(), 3, "one entry per resource");
         let names = |v: Vec<ObjectRef<RemoteAssistance>>| v.into_iter().map(|o| o.name).collect::<Vec<_>>();
-        assert_eq!(names(t.take_due(ts("2026-11-29T08:00:00Z"))), Vec::<String>::new());
+        assert_eq!(
+            names(t.take_due(ts("2026-11-29T08:00:00Z"))),
+            Vec::<String>::new()
+        );
         assert_eq!(names(t.take_due(ts("2026-11-29T09:45:00Z"))), vec!["b", "c"]);
-        assert_eq!(names(t.take_due(ts("2026-11-29T09:45:00Z"))), Vec::<String>::new(), "fired once");
+        assert_eq!(
+            names(t.take_due(ts("2026-11-29T09:45:00Z"))),
+            Vec::<String>::new(),
+            "fired once"
+        );
         t.clear("a");
         assert!(t.is_empty());
         t.set("gone", object("gone"), ts("2026-11-29T10:00:00Z"));
         t.set("here", object("here"), ts("2026-11-29T10:00:00Z"));
         t.retain(|uid| uid == "here");
-        assert_eq!(names(t.take_due(ts("2026-11-29T12:00:00Z"))), vec!["here"], "entries of objects gone are dropped");
+        assert_eq!(
+            names(t.take_due(ts("2026-11-29T12:00:00Z"))),
+            vec!["here"],
+            "entries of objects gone are dropped"
+        );
     }
 }

@@ -15,7 +15,10 @@ use kube::runtime::watcher;
 
 /// The objects to reconcile: each object the watch applies, and every object in the store when
 /// a list ends. Deletions trigger nothing (the finalizer keeps a resource until its cleanup).
-pub fn applied_after_lists<K>(events: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static, store: Store<K>) -> impl Stream<Item = watcher::Result<K>> + Send + 'static
+pub fn applied_after_lists<K>(
+    events: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+    store: Store<K>,
+) -> impl Stream<Item = watcher::Result<K>> + Send + 'static
 where
     K: Resource + Clone + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
@@ -24,8 +27,12 @@ where
         let objects: Box<dyn Iterator<Item = watcher::Result<K>> + Send> = match event {
             Ok(watcher::Event::Apply(object)) => Box::new(std::iter::once(Ok(object))),
             // Cloned one at a time as the controller takes them, not all at once.
-            Ok(watcher::Event::InitDone) => Box::new(store.state().into_iter().map(|object| Ok(K::clone(&object)))),
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::Delete(_)) => Box::new(std::iter::empty()),
+            Ok(watcher::Event::InitDone) => {
+                Box::new(store.state().into_iter().map(|object| Ok(K::clone(&object))))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::Delete(_)) => {
+                Box::new(std::iter::empty())
+            }
             Err(e) => Box::new(std::iter::once(Err(e))),
         };
         futures::stream::iter(objects)
@@ -50,7 +57,17 @@ mod tests {
     }
 
     fn versions(objects: &[watcher::Result<ConfigMap>]) -> Vec<String> {
-        objects.iter().map(|o| o.as_ref().unwrap()).map(|c| format!("{}@{}", c.metadata.name.as_deref().unwrap(), c.metadata.resource_version.as_deref().unwrap())).collect()
+        objects
+            .iter()
+            .map(|o| o.as_ref().unwrap())
+            .map(|c| {
+                format!(
+                    "{}@{}",
+                    c.metadata.name.as_deref().unwrap(),
+                    c.metadata.resource_version.as_deref().unwrap()
+                )
+            })
+            .collect()
     }
 
     #[tokio::test]
@@ -69,12 +86,17 @@ mod tests {
             Event::InitDone,
         ];
         let seen_in_store = store.clone();
-        let triggers = applied_after_lists(futures::stream::iter(events.into_iter().map(Ok)).reflect(writer), store);
+        let triggers = applied_after_lists(
+            futures::stream::iter(events.into_iter().map(Ok)).reflect(writer),
+            store,
+        );
         let triggered: Vec<_> = triggers
             .inspect(|o| {
                 // What a reconcile of it reads is the version passed on.
                 let o = o.as_ref().unwrap();
-                let stored = seen_in_store.get(&reflector::ObjectRef::from_obj(o)).expect("in the store");
+                let stored = seen_in_store
+                    .get(&reflector::ObjectRef::from_obj(o))
+                    .expect("in the store");
                 assert_eq!(stored.metadata.resource_version, o.metadata.resource_version);
             })
             .collect()

@@ -19,7 +19,9 @@ use super::control_plane::{ControlPlane, Harness};
 use crate::controller::events::{EventPublisher, EventType, Note};
 use crate::resource::{Phase, RemoteAssistance};
 use crate::simulator::Simulator;
-use crate::workspace::{ClientOptions, Credentials, Operation, Sensitive, Target, WorkspaceClient, resolve_endpoint};
+use crate::workspace::{
+    ClientOptions, Credentials, Operation, Sensitive, Target, WorkspaceClient, resolve_endpoint,
+};
 
 const PROJECT: &str = "0bec5db98280d2d02fd6c00c2de791ce";
 const AK: &str = "AKBENCH0000000000001";
@@ -104,12 +106,25 @@ impl Measured {
     }
 
     fn create_figures(&self, n: usize) -> String {
-        let (took, calls, api) = (self.took.as_secs_f64(), self.calls as f64 / n as f64, self.api_requests);
-        format!("{:.0}/s ({took:.1}s; per resource {calls:.1} cloud calls, {api:.1} API requests)", self.rate(n))
+        let (took, calls, api) = (
+            self.took.as_secs_f64(),
+            self.calls as f64 / n as f64,
+            self.api_requests,
+        );
+        format!(
+            "{:.0}/s ({took:.1}s; per resource {calls:.1} cloud calls, {api:.1} API requests)",
+            self.rate(n)
+        )
     }
 
     fn drain_figures(&self, n: usize) -> String {
-        format!("{:.0}/s ({:.1}s, {} DELETEs, {:.1} API requests each)", self.rate(n), self.took.as_secs_f64(), self.calls, self.api_requests)
+        format!(
+            "{:.0}/s ({:.1}s, {} DELETEs, {:.1} API requests each)",
+            self.rate(n),
+            self.took.as_secs_f64(),
+            self.calls,
+            self.api_requests
+        )
     }
 
     /// The API requests per resource by verb and resource, largest first, the bench's own
@@ -122,15 +137,30 @@ impl Measured {
 /// The API server's requests so far by "VERB resource[/subresource]", from its own
 /// `apiserver_request_total`.
 pub async fn apiserver_requests(client: &Client) -> Result<Requests, String> {
-    let request = http::Request::get("/metrics").body(Vec::new()).map_err(|err| err.to_string())?;
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .map_err(|err| err.to_string())?;
     let text = client.request_text(request).await.map_err(e)?;
     let mut by_kind = Requests::new();
     for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-        let Some((labels, value)) = line.rsplit_once(' ') else { continue };
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         let Ok(value) = value.parse::<f64>() else { continue };
-        let label = |name: &str| labels.split(&format!("{name}=\"")).nth(1).and_then(|v| v.split('"').next()).unwrap_or("").to_string();
+        let label = |name: &str| {
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .unwrap_or("")
+                .to_string()
+        };
         let (resource, subresource) = (label("resource"), label("subresource"));
-        let what = if subresource.is_empty() { resource } else { format!("{resource}/{subresource}") };
+        let what = if subresource.is_empty() {
+            resource
+        } else {
+            format!("{resource}/{subresource}")
+        };
         *by_kind.entry(format!("{} {what}", label("verb"))).or_default() += value;
     }
     Ok(by_kind)
@@ -140,7 +170,11 @@ pub async fn apiserver_requests(client: &Client) -> Result<Requests, String> {
 fn by_kind_text(requests: &Requests) -> String {
     let mut kinds: Vec<(&String, &f64)> = requests.iter().collect();
     kinds.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
-    kinds.iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ")
+    kinds
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A row of the requests each side made per resource, by verb and resource.
@@ -156,8 +190,18 @@ const BASELINE: &str = ", controller-runtime baseline";
 
 /// A throughput row: the operator's figures, the other's, and the other's time over the
 /// operator's (above 1 the operator is faster).
-fn ratio_row(what: String, operator: &Measured, other: &Measured, figures: impl Fn(&Measured) -> String) -> Row {
-    row(what, figures(operator), figures(other), format!("{:.2}×", other.took.as_secs_f64() / operator.took.as_secs_f64()))
+fn ratio_row(
+    what: String,
+    operator: &Measured,
+    other: &Measured,
+    figures: impl Fn(&Measured) -> String,
+) -> Row {
+    row(
+        what,
+        figures(operator),
+        figures(other),
+        format!("{:.2}×", other.took.as_secs_f64() / operator.took.as_secs_f64()),
+    )
 }
 
 /// Rounds of scenario 1.
@@ -171,13 +215,31 @@ fn percentile_row(what: &str, operator: &[Duration], floor: &[Duration], q: f64)
         sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
     };
     let (a, b) = (quantile(operator), quantile(floor));
-    row(what, ms(a), ms(b), format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64()))
+    row(
+        what,
+        ms(a),
+        ms(b),
+        format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64()),
+    )
 }
 
 /// Makes a row and prints it at once (a long run shows its figures as they come).
-fn row(what: impl Into<String>, operator: impl Into<String>, floor: impl Into<String>, ratio: impl Into<String>) -> Row {
-    let r = Row { what: what.into(), operator: operator.into(), floor: floor.into(), ratio: ratio.into() };
-    eprintln!("bench: | {} | {} | {} | {} |", r.what, r.operator, r.floor, r.ratio);
+fn row(
+    what: impl Into<String>,
+    operator: impl Into<String>,
+    floor: impl Into<String>,
+    ratio: impl Into<String>,
+) -> Row {
+    let r = Row {
+        what: what.into(),
+        operator: operator.into(),
+        floor: floor.into(),
+        ratio: ratio.into(),
+    };
+    eprintln!(
+        "bench: | {} | {} | {} | {} |",
+        r.what, r.operator, r.floor, r.ratio
+    );
     r
 }
 
@@ -193,7 +255,9 @@ struct Bench {
 /// Runs the benchmark and returns its table (also printed as it goes).
 pub async fn run(options: BenchOptions) -> Result<Vec<Row>, String> {
     let harness = Harness::new(options.build_dir.clone());
-    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&harness)).await.map_err(|e| e.to_string())??;
+    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&harness))
+        .await
+        .map_err(|e| e.to_string())??;
     let result = async { Bench::on(&cp, &options).await?.all().await }.await;
     let _ = tokio::task::spawn_blocking(move || cp.stop()).await;
     let mut rows = result?;
@@ -215,14 +279,30 @@ const OUTAGE_RESOURCES: usize = 100;
 /// this says how fast).
 async fn outage_recovery(options: &BenchOptions) -> Result<Row, String> {
     let harness = Harness::new(options.build_dir.clone());
-    let dir = options.build_dir.join(format!("outage-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    let dir = options.build_dir.join(format!(
+        "outage-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::create_dir_all(&dir).map_err(|err| format!("creating {}: {err}", dir.display()))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|err| err.to_string())?.port().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|err| err.to_string())?
+        .port()
+        .to_string();
     let args = ["-port".to_string(), port, "-keep-data".to_string()];
     let start = |harness: Harness, dir: PathBuf, args: [String; 3]| {
-        tokio::task::spawn_blocking(move || ControlPlane::start_in(&harness, &dir, &args.iter().map(String::as_str).collect::<Vec<_>>()))
+        tokio::task::spawn_blocking(move || {
+            ControlPlane::start_in(
+                &harness,
+                &dir,
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+        })
     };
-    let cp = start(harness.clone(), dir.clone(), args.clone()).await.map_err(|err| err.to_string())??;
+    let cp = start(harness.clone(), dir.clone(), args.clone())
+        .await
+        .map_err(|err| err.to_string())??;
     let result = async {
         let bench = Bench::on(&cp, options).await?;
         let ns = bench.namespace("outage").await?;
@@ -253,7 +333,9 @@ async fn outage_recovery(options: &BenchOptions) -> Result<Row, String> {
     let (bench, ns, _operator) = result?;
     tokio::time::sleep(options.outage).await;
     bench.sim.set_latency(Duration::ZERO);
-    let cp = start(harness, dir.clone(), args).await.map_err(|err| err.to_string())??;
+    let cp = start(harness, dir.clone(), args)
+        .await
+        .map_err(|err| err.to_string())??;
     let returned = Instant::now();
     drop(stopped);
     let recovered = async {
@@ -266,7 +348,9 @@ async fn outage_recovery(options: &BenchOptions) -> Result<Row, String> {
                 }
             }
             if returned.elapsed() > Duration::from_secs(600) {
-                return Err("the deletions did not complete within 10 minutes of the API server's return".to_string());
+                return Err(
+                    "the deletions did not complete within 10 minutes of the API server's return".to_string(),
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -275,9 +359,18 @@ async fn outage_recovery(options: &BenchOptions) -> Result<Row, String> {
     let _ = tokio::task::spawn_blocking(move || cp.stop()).await;
     let _ = std::fs::remove_dir_all(&dir);
     let recovered: Duration = recovered?;
-    let cancels: usize = (0..OUTAGE_RESOURCES).map(|i| bench.sim.count(Operation::CancelRemoteAssistance, &format!("{ns}-ra-{i}"))).sum();
+    let cancels: usize = (0..OUTAGE_RESOURCES)
+        .map(|i| {
+            bench
+                .sim
+                .count(Operation::CancelRemoteAssistance, &format!("{ns}-ra-{i}"))
+        })
+        .sum();
     Ok(row(
-        format!("8. after a {:?} API server outage, {OUTAGE_RESOURCES} deletions in flight: the last done after the API server's return", options.outage),
+        format!(
+            "8. after a {:?} API server outage, {OUTAGE_RESOURCES} deletions in flight: the last done after the API server's return",
+            options.outage
+        ),
         format!("{} ({cancels} cloud DELETEs)", ms(recovered)),
         "",
         "",
@@ -300,7 +393,13 @@ impl Bench {
         let sim = Simulator::start().await.map_err(|e| e.to_string())?;
         sim.add_access_key(AK, SK);
         let cloud = WorkspaceClient::new(&ClientOptions::default())?;
-        Ok(Bench { client, sim, cloud, options: options.clone(), kubeconfig: cp.kubeconfig.clone() })
+        Ok(Bench {
+            client,
+            sim,
+            cloud,
+            options: options.clone(),
+            kubeconfig: cp.kubeconfig.clone(),
+        })
     }
 
     async fn all(&self) -> Result<Vec<Row>, String> {
@@ -326,14 +425,21 @@ impl Bench {
 
     async fn namespace(&self, prefix: &str) -> Result<String, String> {
         let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xffffff);
-        let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } })).expect("namespace");
-        Api::<Namespace>::all(self.client.clone()).create(&PostParams::default(), &ns).await.map_err(e)?;
+        let ns: Namespace =
+            serde_json::from_value(json!({ "metadata": { "name": name } })).expect("namespace");
+        Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .map_err(e)?;
         let secret: Secret = serde_json::from_value(json!({
             "metadata": { "name": "creds" }, "type": "Opaque",
             "stringData": { "accessKeyId": AK, "secretAccessKey": SK }
         }))
         .expect("secret");
-        Api::<Secret>::namespaced(self.client.clone(), &name).create(&PostParams::default(), &secret).await.map_err(e)?;
+        Api::<Secret>::namespaced(self.client.clone(), &name)
+            .create(&PostParams::default(), &secret)
+            .await
+            .map_err(e)?;
         Ok(name)
     }
 
@@ -350,13 +456,24 @@ impl Bench {
     }
 
     /// Creates `count` resources (names `{prefix}-{i}`), `parallel` at a time.
-    async fn create_many(&self, ns: &str, prefix: &str, count: usize, finalizer: Option<&str>) -> Result<(), String> {
+    async fn create_many(
+        &self,
+        ns: &str,
+        prefix: &str,
+        count: usize,
+        finalizer: Option<&str>,
+    ) -> Result<(), String> {
         let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), ns);
         futures::stream::iter(0..count)
             .map(|i| {
                 let api = api.clone();
                 let ra = self.manifest(&format!("{prefix}-{i}"), &format!("{ns}-{prefix}-{i}"), finalizer);
-                async move { api.create(&PostParams::default(), &ra).await.map(|_| ()).map_err(e) }
+                async move {
+                    api.create(&PostParams::default(), &ra)
+                        .await
+                        .map(|_| ())
+                        .map_err(e)
+                }
             })
             .buffer_unordered(64)
             .try_collect::<Vec<_>>()
@@ -370,13 +487,28 @@ impl Bench {
 
     fn operator_with(&self, ns: &str, concurrency: u16, rate_limit: u32) -> Result<OperatorProcess, String> {
         let (concurrency, rate_limit) = (concurrency.to_string(), rate_limit.to_string());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|err| err.to_string())?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|err| err.to_string())?
+            .port();
         let metrics = format!("127.0.0.1:{port}");
         let endpoint = self.sim.endpoint();
         let args = vec![
-            "run", "--namespace", ns, "--leader-elect", "false", "--metrics-address", &metrics,
-            "--concurrency", &concurrency, "--cloud-rate-limit", &rate_limit, "--log-level", "warn",
-            "--allowed-endpoint", &endpoint,
+            "run",
+            "--namespace",
+            ns,
+            "--leader-elect",
+            "false",
+            "--metrics-address",
+            &metrics,
+            "--concurrency",
+            &concurrency,
+            "--cloud-rate-limit",
+            &rate_limit,
+            "--log-level",
+            "warn",
+            "--allowed-endpoint",
+            &endpoint,
         ];
         OperatorProcess::start(&self.options.operator, &self.kubeconfig, &args, metrics.clone())
     }
@@ -387,7 +519,12 @@ impl Bench {
     async fn watch(&self, ns: &str) -> Result<Watched, String> {
         let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), ns);
         let (store, writer) = kube::runtime::reflector::store();
-        let task = tokio::spawn(watcher(api, watcher::Config::default()).default_backoff().reflect(writer).for_each(|_| async {}));
+        let task = tokio::spawn(
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .reflect(writer)
+                .for_each(|_| async {}),
+        );
         store.wait_until_ready().await.map_err(|err| err.to_string())?;
         Ok(Watched { store, task })
     }
@@ -396,7 +533,12 @@ impl Bench {
         let start = Instant::now();
         let watched = self.watch(ns).await?;
         let active = |ra: &RemoteAssistance| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active);
-        watched.wait(|store| store.state().iter().filter(|ra| active(ra)).count() >= count, timeout).await?;
+        watched
+            .wait(
+                |store| store.state().iter().filter(|ra| active(ra)).count() >= count,
+                timeout,
+            )
+            .await?;
         Ok(start.elapsed())
     }
 
@@ -408,17 +550,28 @@ impl Bench {
         futures::stream::iter(0..n)
             .map(|i| {
                 let api = api.clone();
-                async move { api.delete(&format!("ra-{i}"), &DeleteParams::default()).await.map(|_| ()).map_err(e) }
+                async move {
+                    api.delete(&format!("ra-{i}"), &DeleteParams::default())
+                        .await
+                        .map(|_| ())
+                        .map_err(e)
+                }
             })
             .buffer_unordered(64)
             .try_collect::<Vec<_>>()
             .await?;
-        watched.wait(|store| store.is_empty(), Duration::from_secs(3600)).await?;
+        watched
+            .wait(|store| store.is_empty(), Duration::from_secs(3600))
+            .await?;
         Ok((start.elapsed(), start))
     }
 
     fn cancels_since(&self, since: Instant) -> usize {
-        self.sim.requests().iter().filter(|r| r.operation == Some(Operation::CancelRemoteAssistance) && r.at >= since).count()
+        self.sim
+            .requests()
+            .iter()
+            .filter(|r| r.operation == Some(Operation::CancelRemoteAssistance) && r.at >= since)
+            .count()
     }
 
     /// Scenario 1, three rounds (the p99 of a few hundred samples moves from run to run): the
@@ -428,14 +581,26 @@ impl Bench {
         let (mut operator, mut floor, mut rounds) = (Vec::new(), Vec::new(), Vec::new());
         for round in 1..=LATENCY_ROUNDS {
             let (o, f) = self.latency_round(round).await?;
-            rounds.push(percentile_row(&format!("1. delete → gone, p99 ({n} sequential), round {round} of {LATENCY_ROUNDS}"), &o, &f, 0.99));
+            rounds.push(percentile_row(
+                &format!("1. delete → gone, p99 ({n} sequential), round {round} of {LATENCY_ROUNDS}"),
+                &o,
+                &f,
+                0.99,
+            ));
             operator.extend(o);
             floor.extend(f);
         }
         let total = n * LATENCY_ROUNDS;
         let mut rows: Vec<Row> = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)]
             .into_iter()
-            .map(|(label, q)| percentile_row(&format!("1. delete → gone, {label} ({total} sequential, {LATENCY_ROUNDS} rounds)"), &operator, &floor, q))
+            .map(|(label, q)| {
+                percentile_row(
+                    &format!("1. delete → gone, {label} ({total} sequential, {LATENCY_ROUNDS} rounds)"),
+                    &operator,
+                    &floor,
+                    q,
+                )
+            })
             .collect();
         rows.extend(rounds);
         Ok(rows)
@@ -445,7 +610,9 @@ impl Bench {
     /// minimal floor, each on a fresh namespace; the sorted latencies.
     async fn latency_round(&self, round: usize) -> Result<(Vec<Duration>, Vec<Duration>), String> {
         let n = self.options.latency_samples;
-        progress(&format!("1. deletion latency, round {round}: {n} sequential deletions"));
+        progress(&format!(
+            "1. deletion latency, round {round}: {n} sequential deletions"
+        ));
         let ns = self.namespace(&format!("latency-{round}")).await?;
         let op = self.operator(&ns)?;
         self.create_many(&ns, "ra", n, None).await?;
@@ -458,8 +625,17 @@ impl Bench {
         for i in 0..n {
             self.sim.open_session(PROJECT, &format!("{floor_ns}-ra-{i}"));
         }
-        let floor = FloorClient::start(self.client.clone(), &floor_ns, self.cloud.clone(), self.sim.endpoint(), self.options.concurrency, minimal_status(), None);
-        self.create_many(&floor_ns, "ra", n, Some(FLOOR_FINALIZER)).await?;
+        let floor = FloorClient::start(
+            self.client.clone(),
+            &floor_ns,
+            self.cloud.clone(),
+            self.sim.endpoint(),
+            self.options.concurrency,
+            minimal_status(),
+            None,
+        );
+        self.create_many(&floor_ns, "ra", n, Some(FLOOR_FINALIZER))
+            .await?;
         progress("   floor: deleting one at a time");
         let floor_lat = self.sequential_deletions(&floor_ns, n).await?;
         floor.stop();
@@ -471,7 +647,8 @@ impl Bench {
         let gone: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let seen = gone.clone();
         let watch = tokio::spawn(async move {
-            let mut events = std::pin::pin!(watcher(api.clone(), watcher::Config::default()).default_backoff());
+            let mut events =
+                std::pin::pin!(watcher(api.clone(), watcher::Config::default()).default_backoff());
             while let Some(Ok(event)) = events.next().await {
                 if let watcher::Event::Delete(ra) = event {
                     seen.lock().unwrap().insert(ra.name_any(), Instant::now());
@@ -507,7 +684,9 @@ impl Bench {
     /// costs the API server on every later request).
     async fn create_hold_drain(&self) -> Result<Vec<Row>, String> {
         let n = self.options.resources;
-        progress(&format!("3. create to Active, 4. memory, 6. idle, 2. drain: {n} resources"));
+        progress(&format!(
+            "3. create to Active, 4. memory, 6. idle, 2. drain: {n} resources"
+        ));
         let ns = self.namespace("drain").await?;
         let op = self.operator(&ns)?;
         let created = self.create_and_wait(&ns, n).await?;
@@ -515,7 +694,12 @@ impl Bench {
         rows.extend(self.idle_row(&op, n).await);
         // Steady: after the idle window, or after the operator's periodic return of free memory.
         tokio::time::sleep(STEADY_AFTER.saturating_sub(self.options.idle_window)).await;
-        rows.push(row(format!("4. memory holding {n} (steady RSS / peak)"), op.memory(), "", ""));
+        rows.push(row(
+            format!("4. memory holding {n} (steady RSS / peak)"),
+            op.memory(),
+            "",
+            "",
+        ));
         let operator_rss = rss_bytes(op.child.id());
 
         // Scenario 2: delete them all at once.
@@ -525,11 +709,23 @@ impl Bench {
         for (label, floor_ns, floor) in floors {
             let floor_drained = self.drain(&floor_ns, n).await?;
             floor.stop();
-            rows.push(ratio_row(format!("2. drain {n} deleted at once (deletions per second){label}"), &drained, &floor_drained, |m| m.drain_figures(n)));
-            rows.push(breakdown_row(format!("2. drain, API requests per deletion by verb and resource{label}"), &drained, &floor_drained));
+            rows.push(ratio_row(
+                format!("2. drain {n} deleted at once (deletions per second){label}"),
+                &drained,
+                &floor_drained,
+                |m| m.drain_figures(n),
+            ));
+            rows.push(breakdown_row(
+                format!("2. drain, API requests per deletion by verb and resource{label}"),
+                &drained,
+                &floor_drained,
+            ));
         }
         if drained.calls != n {
-            return Err(format!("the operator sent {} DELETEs for {n} resources", drained.calls));
+            return Err(format!(
+                "the operator sent {} DELETEs for {n} resources",
+                drained.calls
+            ));
         }
         Ok(rows)
     }
@@ -539,18 +735,50 @@ impl Bench {
     /// The minimal floor writes `phase: Active`; the other does the operator's duties, so that
     /// it makes the same API requests: the status the operator wrote and an Event per creation
     /// and per cancel.
-    async fn floors_created(&self, ns: &str, created: &Measured) -> Result<(Vec<Row>, Vec<(&'static str, String, FloorClient)>), String> {
+    async fn floors_created(
+        &self,
+        ns: &str,
+        created: &Measured,
+    ) -> Result<(Vec<Row>, Vec<(&'static str, String, FloorClient)>), String> {
         let n = self.options.resources;
-        let operator_status = Api::<RemoteAssistance>::namespaced(self.client.clone(), ns).get("ra-0").await.map_err(e)?.status;
+        let operator_status = Api::<RemoteAssistance>::namespaced(self.client.clone(), ns)
+            .get("ra-0")
+            .await
+            .map_err(e)?
+            .status;
         let operator_status = serde_json::to_value(operator_status).map_err(|err| err.to_string())?;
-        let events = Arc::new(EventPublisher::new(self.client.clone(), "bench-floor", "bench-floor"));
+        let events = Arc::new(EventPublisher::new(
+            self.client.clone(),
+            "bench-floor",
+            "bench-floor",
+        ));
         let (mut rows, mut floors) = (Vec::new(), Vec::new());
-        for (label, suffix, status, events) in [("", "drain-floor", minimal_status(), None), (DUTIES, "drain-floor-duties", operator_status, Some(events))] {
+        for (label, suffix, status, events) in [
+            ("", "drain-floor", minimal_status(), None),
+            (DUTIES, "drain-floor-duties", operator_status, Some(events)),
+        ] {
             let floor_ns = self.namespace(suffix).await?;
-            let floor = FloorClient::start(self.client.clone(), &floor_ns, self.cloud.clone(), self.sim.endpoint(), self.options.concurrency, status, events);
+            let floor = FloorClient::start(
+                self.client.clone(),
+                &floor_ns,
+                self.cloud.clone(),
+                self.sim.endpoint(),
+                self.options.concurrency,
+                status,
+                events,
+            );
             let floor_created = self.create_and_wait(&floor_ns, n).await?;
-            rows.push(ratio_row(format!("3. create → Active, {n} resources (per second){label}"), created, &floor_created, |m| m.create_figures(n)));
-            rows.push(breakdown_row(format!("3. create, API requests per resource by verb and resource{label}"), created, &floor_created));
+            rows.push(ratio_row(
+                format!("3. create → Active, {n} resources (per second){label}"),
+                created,
+                &floor_created,
+                |m| m.create_figures(n),
+            ));
+            rows.push(breakdown_row(
+                format!("3. create, API requests per resource by verb and resource{label}"),
+                created,
+                &floor_created,
+            ));
             floors.push((label, floor_ns, floor));
         }
         Ok((rows, floors))
@@ -558,17 +786,40 @@ impl Bench {
 
     /// The controller-runtime baseline's requests and memory while holding, and its drain,
     /// against the operator's (`created`, `drained`, `operator_rss` while holding).
-    async fn baseline_rows(&self, created: &Measured, drained: &Measured, operator_rss: u64) -> Result<Vec<Row>, String> {
+    async fn baseline_rows(
+        &self,
+        created: &Measured,
+        drained: &Measured,
+        operator_rss: u64,
+    ) -> Result<Vec<Row>, String> {
         let n = self.options.resources;
-        let BaselineRun { drained: baseline_drained, holding, rss: baseline_rss } = self.baseline_drain(n).await?;
+        let BaselineRun {
+            drained: baseline_drained,
+            holding,
+            rss: baseline_rss,
+        } = self.baseline_drain(n).await?;
         if baseline_drained.calls != n {
-            return Err(format!("the baseline sent {} DELETEs for {n} resources", baseline_drained.calls));
+            return Err(format!(
+                "the baseline sent {} DELETEs for {n} resources",
+                baseline_drained.calls
+            ));
         }
         Ok(vec![
-            ratio_row(format!("2. drain {n} deleted at once (deletions per second){BASELINE}"), drained, &baseline_drained, |m| m.drain_figures(n)),
-            breakdown_row(format!("2. drain, API requests per deletion by verb and resource{BASELINE}"), drained, &baseline_drained),
+            ratio_row(
+                format!("2. drain {n} deleted at once (deletions per second){BASELINE}"),
+                drained,
+                &baseline_drained,
+                |m| m.drain_figures(n),
+            ),
+            breakdown_row(
+                format!("2. drain, API requests per deletion by verb and resource{BASELINE}"),
+                drained,
+                &baseline_drained,
+            ),
             row(
-                format!("3. create, API requests per resource by verb and resource{BASELINE} (it adds its finalizer; it opens no session)"),
+                format!(
+                    "3. create, API requests per resource by verb and resource{BASELINE} (it adds its finalizer; it opens no session)"
+                ),
                 by_kind_text(&created.by_kind),
                 by_kind_text(&holding),
                 "",
@@ -577,7 +828,10 @@ impl Bench {
                 format!("4. memory holding {n}, against the controller-runtime baseline (steady RSS)"),
                 mib(operator_rss),
                 mib(baseline_rss),
-                format!("{:.2}× (operator / baseline)", operator_rss as f64 / baseline_rss.max(1) as f64),
+                format!(
+                    "{:.2}× (operator / baseline)",
+                    operator_rss as f64 / baseline_rss.max(1) as f64
+                ),
             ),
         ])
     }
@@ -589,14 +843,24 @@ impl Bench {
         progress(&format!("2. drain {n}: the controller-runtime baseline"));
         let ns = self.namespace("drain-baseline").await?;
         let harness = Harness::new(self.options.build_dir.clone());
-        let binary = tokio::task::spawn_blocking(move || super::control_plane::build_tool(&harness, "./cmd/baseline", "baseline"))
-            .await
-            .map_err(|err| err.to_string())??;
-        let log = std::fs::File::create(self.options.build_dir.join("baseline.log")).map_err(|err| err.to_string())?;
+        let binary = tokio::task::spawn_blocking(move || {
+            super::control_plane::build_tool(&harness, "./cmd/baseline", "baseline")
+        })
+        .await
+        .map_err(|err| err.to_string())??;
+        let log = std::fs::File::create(self.options.build_dir.join("baseline.log"))
+            .map_err(|err| err.to_string())?;
         let child = std::process::Command::new(&binary)
             .arg("-kubeconfig")
             .arg(&self.kubeconfig)
-            .args(["-namespace", &ns, "-endpoint", &self.sim.endpoint(), "-concurrency", &self.options.concurrency.to_string()])
+            .args([
+                "-namespace",
+                &ns,
+                "-endpoint",
+                &self.sim.endpoint(),
+                "-concurrency",
+                &self.options.concurrency.to_string(),
+            ])
             .env("BASELINE_AK", AK)
             .env("BASELINE_SK", SK)
             .stdout(std::process::Stdio::null())
@@ -610,11 +874,20 @@ impl Bench {
         let before = apiserver_requests(&self.client).await?;
         self.create_many(&ns, "ra", n, None).await?;
         let watched = self.watch(&ns).await?;
-        let held = |ra: &std::sync::Arc<RemoteAssistance>| ra.finalizers().iter().any(|f| f == BASELINE_FINALIZER);
+        let held =
+            |ra: &std::sync::Arc<RemoteAssistance>| ra.finalizers().iter().any(|f| f == BASELINE_FINALIZER);
         let started = Instant::now();
-        while watched.wait(|store| store.state().iter().filter(|ra| held(ra)).count() >= n, Duration::from_secs(5)).await.is_err() {
+        while watched
+            .wait(
+                |store| store.state().iter().filter(|ra| held(ra)).count() >= n,
+                Duration::from_secs(5),
+            )
+            .await
+            .is_err()
+        {
             if let Ok(Some(status)) = baseline.0.try_wait() {
-                let log = std::fs::read_to_string(self.options.build_dir.join("baseline.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.options.build_dir.join("baseline.log")).unwrap_or_default();
                 return Err(format!("the baseline exited ({status}):\n{log}"));
             }
             if started.elapsed() > Duration::from_secs(3600) {
@@ -627,7 +900,11 @@ impl Bench {
         let rss = rss_bytes(baseline.0.id());
         let drained = self.drain(&ns, n).await?;
         drop(baseline);
-        Ok(BaselineRun { drained, holding, rss })
+        Ok(BaselineRun {
+            drained,
+            holding,
+            rss,
+        })
     }
 
     /// Creates `n` resources in `ns` and waits until all are Active.
@@ -637,8 +914,18 @@ impl Bench {
         self.wait_active(ns, n, Duration::from_secs(3600)).await?;
         let took = started.elapsed();
         let by_kind = per_resource(&before, &apiserver_requests(&self.client).await?, n);
-        let calls = self.sim.requests().iter().filter(|r| r.at >= started && r.operation.is_some()).count();
-        Ok(Measured { took, calls, api_requests: by_kind.values().sum(), by_kind })
+        let calls = self
+            .sim
+            .requests()
+            .iter()
+            .filter(|r| r.at >= started && r.operation.is_some())
+            .count();
+        Ok(Measured {
+            took,
+            calls,
+            api_requests: by_kind.values().sum(),
+            by_kind,
+        })
     }
 
     /// Deletes the `n` resources of `ns` at once and waits until they are gone (calls: the
@@ -647,7 +934,12 @@ impl Bench {
         let before = apiserver_requests(&self.client).await?;
         let (took, start) = self.delete_all_and_wait(ns, n).await?;
         let by_kind = per_resource(&before, &apiserver_requests(&self.client).await?, n);
-        Ok(Measured { took, calls: self.cancels_since(start), api_requests: by_kind.values().sum(), by_kind })
+        Ok(Measured {
+            took,
+            calls: self.cancels_since(start),
+            api_requests: by_kind.values().sum(),
+            by_kind,
+        })
     }
 
     /// Scenario 6: the operator's CPU and cloud calls over the idle window, per hour.
@@ -659,11 +951,23 @@ impl Bench {
         let (cpu0, since) = (op.cpu_seconds(), Instant::now());
         tokio::time::sleep(window).await;
         let cpu = op.cpu_seconds() - cpu0;
-        let idle_calls = self.sim.requests().iter().filter(|r| r.at >= since && r.operation.is_some()).count();
+        let idle_calls = self
+            .sim
+            .requests()
+            .iter()
+            .filter(|r| r.at >= since && r.operation.is_some())
+            .count();
         let per_hour = 3600.0 / window.as_secs_f64();
         Some(row(
-            format!("6. idle, {n} Active, poll 5m (per hour, from {}s)", window.as_secs()),
-            format!("{:.1} CPU-s, {:.0} cloud calls", cpu * per_hour, idle_calls as f64 * per_hour),
+            format!(
+                "6. idle, {n} Active, poll 5m (per hour, from {}s)",
+                window.as_secs()
+            ),
+            format!(
+                "{:.1} CPU-s, {:.0} cloud calls",
+                cpu * per_hour,
+                idle_calls as f64 * per_hour
+            ),
             "",
             "",
         ))
@@ -679,12 +983,22 @@ impl Bench {
         futures::stream::iter(0..n)
             .map(|i| {
                 let api = api.clone();
-                let mut ra = self.manifest(&format!("ra-{i}"), &format!("large-{i}"), Some(crate::resource::FINALIZER));
+                let mut ra = self.manifest(
+                    &format!("ra-{i}"),
+                    &format!("large-{i}"),
+                    Some(crate::resource::FINALIZER),
+                );
                 ra.spec.cancelled = true;
                 async move {
                     api.create(&PostParams::default(), &ra).await.map_err(e)?;
                     let status = json!({ "status": { "phase": "Cancelled", "observedGeneration": 1 } });
-                    api.patch_status(&format!("ra-{i}"), &PatchParams::default(), &Patch::Merge(&status)).await.map_err(e)?;
+                    api.patch_status(
+                        &format!("ra-{i}"),
+                        &PatchParams::default(),
+                        &Patch::Merge(&status),
+                    )
+                    .await
+                    .map_err(e)?;
                     Ok::<_, String>(())
                 }
             })
@@ -698,8 +1012,18 @@ impl Bench {
         op.wait_reconciles(n as u64, Duration::from_secs(1800)).await?;
         tokio::time::sleep(STEADY_AFTER).await;
         Ok(vec![
-            row(format!("4. memory holding {n} (steady RSS / peak)"), op.memory(), "", ""),
-            row(format!("4. start-up to first reconcile with {n} existing"), ms(first_reconcile), "", ""),
+            row(
+                format!("4. memory holding {n} (steady RSS / peak)"),
+                op.memory(),
+                "",
+                "",
+            ),
+            row(
+                format!("4. start-up to first reconcile with {n} existing"),
+                ms(first_reconcile),
+                "",
+                "",
+            ),
         ])
     }
 
@@ -718,14 +1042,42 @@ impl Bench {
             self.sim.set_latency(Duration::ZERO);
             drop(op);
             // Highest number of DELETEs the simulator received in any one-second window.
-            let times: Vec<Instant> = self.sim.requests().iter().filter(|r| r.operation == Some(Operation::CancelRemoteAssistance) && r.at >= start).map(|r| r.at).collect();
-            let peak = times.iter().map(|t| times.iter().filter(|u| **u >= *t && **u < *t + Duration::from_secs(1)).count()).max().unwrap_or(0);
-            let limit_text = if limit >= 100000 { "none".to_string() } else { format!("{limit}/s") };
+            let times: Vec<Instant> = self
+                .sim
+                .requests()
+                .iter()
+                .filter(|r| r.operation == Some(Operation::CancelRemoteAssistance) && r.at >= start)
+                .map(|r| r.at)
+                .collect();
+            let peak = times
+                .iter()
+                .map(|t| {
+                    times
+                        .iter()
+                        .filter(|u| **u >= *t && **u < *t + Duration::from_secs(1))
+                        .count()
+                })
+                .max()
+                .unwrap_or(0);
+            let limit_text = if limit >= 100000 {
+                "none".to_string()
+            } else {
+                format!("{limit}/s")
+            };
             rows.push(row(
-                format!("5. drain {n}, 50 ms cloud latency, concurrency {concurrency}, rate limit {limit_text}"),
-                format!("{:.0}/s (peak {peak} DELETEs in 1 s)", n as f64 / took.as_secs_f64()),
+                format!(
+                    "5. drain {n}, 50 ms cloud latency, concurrency {concurrency}, rate limit {limit_text}"
+                ),
+                format!(
+                    "{:.0}/s (peak {peak} DELETEs in 1 s)",
+                    n as f64 / took.as_secs_f64()
+                ),
                 "",
-                if limit < 100000 { format!("limit {}", if peak as u32 <= limit { "held" } else { "EXCEEDED" }) } else { String::new() },
+                if limit < 100000 {
+                    format!("limit {}", if peak as u32 <= limit { "held" } else { "EXCEEDED" })
+                } else {
+                    String::new()
+                },
             ));
         }
         Ok(rows)
@@ -744,7 +1096,15 @@ impl FloorClient {
     /// `status`: what the floor writes as status once the session is handed over; `events`:
     /// where it publishes an Event per creation and per cancel, as the operator does (none for
     /// the minimal floor).
-    fn start(client: Client, ns: &str, cloud: WorkspaceClient, endpoint: String, concurrency: u16, status: serde_json::Value, events: Option<Arc<EventPublisher>>) -> FloorClient {
+    fn start(
+        client: Client,
+        ns: &str,
+        cloud: WorkspaceClient,
+        endpoint: String,
+        concurrency: u16,
+        status: serde_json::Value,
+        events: Option<Arc<EventPublisher>>,
+    ) -> FloorClient {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
         let api: Api<RemoteAssistance> = Api::namespaced(client, ns);
         let target_for = move |ra: &RemoteAssistance| Target {
@@ -752,12 +1112,27 @@ impl FloorClient {
             project_id: ra.spec.project_id.clone(),
             desktop_id: ra.spec.desktop_id.clone(),
         };
-        let creds = Credentials::AkSk { access_key_id: AK.into(), secret_access_key: Sensitive::new(SK), security_token: None };
+        let creds = Credentials::AkSk {
+            access_key_id: AK.into(),
+            secret_access_key: Sensitive::new(SK),
+            security_token: None,
+        };
         let permits = Arc::new(Semaphore::new(concurrency as usize));
         let task = tokio::spawn(async move {
-            let mut watch = std::pin::pin!(watcher(api.clone(), watcher::Config::default()).default_backoff().applied_objects());
+            let mut watch = std::pin::pin!(
+                watcher(api.clone(), watcher::Config::default())
+                    .default_backoff()
+                    .applied_objects()
+            );
             while let Some(Ok(ra)) = watch.next().await {
-                let (api, secrets, cloud, creds, target, permits) = (api.clone(), secrets.clone(), cloud.clone(), creds.clone(), target_for(&ra), permits.clone());
+                let (api, secrets, cloud, creds, target, permits) = (
+                    api.clone(),
+                    secrets.clone(),
+                    cloud.clone(),
+                    creds.clone(),
+                    target_for(&ra),
+                    permits.clone(),
+                );
                 let (events, regarding) = (events.clone(), ra.object_ref(&()));
                 let has_finalizer = ra.finalizers().iter().any(|f| f == FLOOR_FINALIZER);
                 let name = ra.name_any();
@@ -765,24 +1140,40 @@ impl FloorClient {
                     tokio::spawn(async move {
                         let _permit = permits.acquire().await;
                         let _ = cloud.cancel(&target, &creds).await;
-                        publish(events.as_ref(), &regarding, "Cancelled", "The remote assistance is cancelled", "Cancel");
+                        publish(
+                            events.as_ref(),
+                            &regarding,
+                            "Cancelled",
+                            "The remote assistance is cancelled",
+                            "Cancel",
+                        );
                         // What it handed over goes with the session.
-                        let _ = secrets.delete(&format!("{name}-invitation"), &DeleteParams::default()).await;
+                        let _ = secrets
+                            .delete(&format!("{name}-invitation"), &DeleteParams::default())
+                            .await;
                         let remove = json!({ "metadata": { "finalizers": null } });
-                        let _ = api.patch(&name, &PatchParams::default(), &Patch::Merge(&remove)).await;
+                        let _ = api
+                            .patch(&name, &PatchParams::default(), &Patch::Merge(&remove))
+                            .await;
                     });
                 } else if ra.metadata.deletion_timestamp.is_none() && !has_finalizer {
                     let status = status.clone();
                     tokio::spawn(async move {
                         let _permit = permits.acquire().await;
                         let add = json!({ "metadata": { "finalizers": [FLOOR_FINALIZER] } });
-                        if api.patch(&name, &PatchParams::default(), &Patch::Merge(&add)).await.is_err() {
+                        if api
+                            .patch(&name, &PatchParams::default(), &Patch::Merge(&add))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                         if cloud.create(&target, &creds).await.is_err() {
                             return;
                         }
-                        let Ok(shown) = cloud.show(&target, &creds).await else { return };
+                        let Ok(shown) = cloud.show(&target, &creds).await else {
+                            return;
+                        };
                         // The session's access (invitation code) is handed over in a Secret, as
                         // it may not go in status.
                         let secret: Secret = serde_json::from_value(json!({
@@ -792,8 +1183,16 @@ impl FloorClient {
                         .expect("a Secret");
                         if secrets.create(&PostParams::default(), &secret).await.is_ok() {
                             let status = json!({ "status": status });
-                            let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
-                            publish(events.as_ref(), &regarding, "Active", "The remote assistance is in progress", "Create");
+                            let _ = api
+                                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                                .await;
+                            publish(
+                                events.as_ref(),
+                                &regarding,
+                                "Active",
+                                "The remote assistance is in progress",
+                                "Create",
+                            );
                         }
                     });
                 }
@@ -808,11 +1207,27 @@ impl FloorClient {
 }
 
 /// The floor's Event, in the background as the operator publishes its own.
-fn publish(events: Option<&Arc<EventPublisher>>, regarding: &ObjectReference, reason: &'static str, note: &'static str, action: &'static str) {
+fn publish(
+    events: Option<&Arc<EventPublisher>>,
+    regarding: &ObjectReference,
+    reason: &'static str,
+    note: &'static str,
+    action: &'static str,
+) {
     let Some(events) = events else { return };
     let (events, regarding) = (events.clone(), regarding.clone());
     tokio::spawn(async move {
-        let _ = events.publish(&Note { type_: EventType::Normal, reason, note, action }, &regarding).await;
+        let _ = events
+            .publish(
+                &Note {
+                    type_: EventType::Normal,
+                    reason,
+                    note,
+                    action,
+                },
+                &regarding,
+            )
+            .await;
     });
 }
 
@@ -829,7 +1244,11 @@ struct Watched {
 
 impl Watched {
     /// Waits until `done` holds for the watched objects (checked every 50 ms, locally).
-    async fn wait(&self, done: impl Fn(&kube::runtime::reflector::Store<RemoteAssistance>) -> bool, timeout: Duration) -> Result<(), String> {
+    async fn wait(
+        &self,
+        done: impl Fn(&kube::runtime::reflector::Store<RemoteAssistance>) -> bool,
+        timeout: Duration,
+    ) -> Result<(), String> {
         let start = Instant::now();
         while !done(&self.store) {
             if start.elapsed() > timeout {
@@ -854,7 +1273,12 @@ struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    fn start(binary: &std::path::Path, kubeconfig: &std::path::Path, args: &[&str], metrics: String) -> Result<OperatorProcess, String> {
+    fn start(
+        binary: &std::path::Path,
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+        metrics: String,
+    ) -> Result<OperatorProcess, String> {
         let child = std::process::Command::new(binary)
             .args(args)
             .env("KUBECONFIG", kubeconfig)
@@ -869,14 +1293,20 @@ impl OperatorProcess {
     /// program's own file pages)".
     fn memory(&self) -> String {
         let field = |name: &str| proc_status_bytes(self.child.id(), name);
-        format!("{} / {} ({} anonymous)", mib(field("VmRSS:")), mib(field("VmHWM:")), mib(field("RssAnon:")))
+        format!(
+            "{} / {} ({} anonymous)",
+            mib(field("VmRSS:")),
+            mib(field("VmHWM:")),
+            mib(field("RssAnon:"))
+        )
     }
 
     /// User plus system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
         let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         ticks / 100.0
     }
 
@@ -922,18 +1352,32 @@ pub fn deadline_queue_idle(n: usize) -> Row {
     let now = jiff::Timestamp::now();
     for i in 0..n {
         let at = now + jiff::SignedDuration::from_secs(3600 + i as i64);
-        timers.set(&format!("uid-{i}"), ObjectRef::new(&format!("ra-{i}")).within("bench"), at);
+        timers.set(
+            &format!("uid-{i}"),
+            ObjectRef::new(&format!("ra-{i}")).within("bench"),
+            at,
+        );
     }
     let scans = 100_000u32;
     let started = Instant::now();
     let mut fired = 0;
     for _ in 0..scans {
-        fired += timers.take_due(std::hint::black_box(jiff::Timestamp::now())).len();
+        fired += timers
+            .take_due(std::hint::black_box(jiff::Timestamp::now()))
+            .len();
     }
     let per_scan = started.elapsed() / scans;
     assert_eq!(fired, 0, "nothing was due");
     let per_hour = per_scan.as_secs_f64() * 3600.0 / crate::controller::timers::SCAN_EVERY.as_secs_f64();
-    row(format!("7. deadline queue idle, {n} deadlines queued (one scan a second)"), format!("{} ns per scan, {per_hour:.4} CPU-s per hour", per_scan.as_nanos()), "", "")
+    row(
+        format!("7. deadline queue idle, {n} deadlines queued (one scan a second)"),
+        format!(
+            "{} ns per scan, {per_hour:.4} CPU-s per hour",
+            per_scan.as_nanos()
+        ),
+        "",
+        "",
+    )
 }
 
 /// A child process killed when dropped.
@@ -954,7 +1398,13 @@ fn rss_bytes(pid: u32) -> u64 {
 /// A size field (in kB) of a process's /proc status, in bytes; 0 when it cannot be read.
 fn proc_status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
 }
 
 fn progress(what: &str) {

@@ -22,7 +22,9 @@ pub async fn demo(args: DemoArgs) -> Result<(), String> {
 pub async fn bench(args: BenchArgs) -> Result<(), String> {
     crate::install_crypto_provider();
     if cfg!(debug_assertions) {
-        eprintln!("note: this is a debug build; run `cargo run --release -- bench` for figures worth comparing");
+        eprintln!(
+            "note: this is a debug build; run `cargo run --release -- bench` for figures worth comparing"
+        );
     }
     let options = crate::devenv::bench::BenchOptions {
         build_dir: args.build_dir.unwrap_or_else(default_build_dir),
@@ -40,4 +42,3 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     };
     crate::devenv::bench::run(options).await.map(|_| ())
 }
-

@@ -54,7 +54,9 @@ impl Harness {
     /// The harness of this source tree, built into `build_dir`.
     pub fn new(build_dir: impl Into<PathBuf>) -> Harness {
         Harness {
-            source_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("control-plane"),
+            source_dir: Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join("control-plane"),
             build_dir: build_dir.into(),
             tags: Vec::new(),
         }
@@ -65,7 +67,9 @@ impl Harness {
     /// and unit tests need none, and they are most of its build).
     pub fn promtool(build_dir: impl Into<PathBuf>) -> Harness {
         Harness {
-            source_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("promtool"),
+            source_dir: Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join("promtool"),
             build_dir: build_dir.into(),
             tags: vec![PROMTOOL_TAGS.to_string()],
         }
@@ -107,7 +111,10 @@ impl ControlPlane {
 
         let readiness = read_readiness(stdout);
         let stderr_text = collect(stderr);
-        let log = dir.map_or_else(|| "control-plane.log in its temporary directory".to_string(), |d| d.join("control-plane.log").display().to_string());
+        let log = dir.map_or_else(
+            || "control-plane.log in its temporary directory".to_string(),
+            |d| d.join("control-plane.log").display().to_string(),
+        );
         let ready = wait_ready(&mut child, &readiness, &stderr_text, &log)?;
         Ok(ControlPlane {
             kubeconfig: ready.kubeconfig,
@@ -122,7 +129,11 @@ impl ControlPlane {
     /// Closes the harness's standard input (its shutdown signal) and waits for it to exit.
     pub fn stop(&self) -> std::process::ExitStatus {
         self.stdin.lock().unwrap().take();
-        self.child.lock().unwrap().wait().expect("waiting for the control plane")
+        self.child
+            .lock()
+            .unwrap()
+            .wait()
+            .expect("waiting for the control plane")
     }
 }
 
@@ -154,7 +165,12 @@ fn collect(stderr: std::process::ChildStderr) -> std::sync::Arc<Mutex<String>> {
 
 /// Waits for the readiness line, or says why it will not come (the harness exited, closed its
 /// output, or took longer than [`READY_TIMEOUT`]).
-fn wait_ready(child: &mut Child, readiness: &mpsc::Receiver<Result<ReadyLine, String>>, stderr: &Mutex<String>, log: &str) -> Result<ReadyLine, String> {
+fn wait_ready(
+    child: &mut Child,
+    readiness: &mpsc::Receiver<Result<ReadyLine, String>>,
+    stderr: &Mutex<String>,
+    log: &str,
+) -> Result<ReadyLine, String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         match readiness.recv_timeout(Duration::from_millis(200)) {
@@ -163,17 +179,25 @@ fn wait_ready(child: &mut Child, readiness: &mpsc::Receiver<Result<ReadyLine, St
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if let Ok(Some(status)) = child.try_wait() {
                     std::thread::sleep(Duration::from_millis(200));
-                    return Err(format!("the control plane exited ({status}) before it was ready; stderr:\n{}\nlog: {log}", stderr.lock().unwrap()));
+                    return Err(format!(
+                        "the control plane exited ({status}) before it was ready; stderr:\n{}\nlog: {log}",
+                        stderr.lock().unwrap()
+                    ));
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
-                    return Err(format!("the control plane was not ready within {READY_TIMEOUT:?}"));
+                    return Err(format!(
+                        "the control plane was not ready within {READY_TIMEOUT:?}"
+                    ));
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let _ = child.wait();
                 std::thread::sleep(Duration::from_millis(200));
-                return Err(format!("the control plane closed its output before it was ready; stderr:\n{}", stderr.lock().unwrap()));
+                return Err(format!(
+                    "the control plane closed its output before it was ready; stderr:\n{}",
+                    stderr.lock().unwrap()
+                ));
             }
         }
     }
@@ -200,7 +224,11 @@ pub fn build_tool(harness: &Harness, package: &str, name: &str) -> Result<PathBu
     std::fs::create_dir_all(out_dir).map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
     let binary = out_dir.join(name);
     let stamp = out_dir.join(format!("{name}.fingerprint"));
-    let fingerprint = format!("{}{}", source_fingerprint(src, &src.join(package))?, harness.tags.join(","));
+    let fingerprint = format!(
+        "{}{}",
+        source_fingerprint(src, &src.join(package))?,
+        harness.tags.join(",")
+    );
     if binary.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(fingerprint.as_str()) {
         return Ok(binary);
     }
@@ -216,7 +244,11 @@ pub fn build_tool(harness: &Harness, package: &str, name: &str) -> Result<PathBu
     }
     eprintln!("building {name} with go build (a cold build takes several minutes)...");
     let started = Instant::now();
-    let tmp = out_dir.join(format!("{name}.tmp-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+    let tmp = out_dir.join(format!(
+        "{name}.tmp-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     // No -trimpath: the upstream test server finds its certificate fixtures through its source path.
     let output = Command::new(&go)
         .current_dir(src)
@@ -229,7 +261,10 @@ pub fn build_tool(harness: &Harness, package: &str, name: &str) -> Result<PathBu
         .output()
         .map_err(|e| format!("running go build: {e}"))?;
     if !output.status.success() {
-        return Err(format!("go build of {name} failed:\n{}", String::from_utf8_lossy(&output.stderr)));
+        return Err(format!(
+            "go build of {name} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
     std::fs::rename(&tmp, &binary).map_err(|e| format!("installing {name}: {e}"))?;
     std::fs::write(&stamp, &fingerprint).map_err(|e| format!("writing {}: {e}", stamp.display()))?;
@@ -243,7 +278,10 @@ pub fn build_tool(harness: &Harness, package: &str, name: &str) -> Result<PathBu
 /// go.mod and go.sum.
 fn source_fingerprint(module: &Path, package: &Path) -> Result<String, String> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(package) {
-        Ok(dir) => dir.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "go")).collect(),
+        Ok(dir) => dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "go"))
+            .collect(),
         Err(_) if !package.starts_with(module) || !package.exists() => Vec::new(),
         Err(e) => return Err(format!("reading {}: {e}", package.display())),
     };

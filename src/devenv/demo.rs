@@ -46,23 +46,33 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&harness))
         .await
         .map_err(|e| e.to_string())??;
-    say(&format!("control plane ready at {} (harness pid {})", cp.server, cp.pid));
+    say(&format!(
+        "control plane ready at {} (harness pid {})",
+        cp.server, cp.pid
+    ));
 
     let result = lifecycle(&cp, &say, started).await;
 
     say("stopping the control plane");
-    let status = tokio::task::spawn_blocking(move || cp.stop()).await.map_err(|e| e.to_string())?;
+    let status = tokio::task::spawn_blocking(move || cp.stop())
+        .await
+        .map_err(|e| e.to_string())?;
     if !status.success() {
         return Err(format!("the control plane exited with {status}"));
     }
     result?;
-    say(&format!("done in {:.1}s; nothing left running", started.elapsed().as_secs_f64()));
+    say(&format!(
+        "done in {:.1}s; nothing left running",
+        started.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
 async fn lifecycle(cp: &ControlPlane, say: &impl Fn(&str), started: Instant) -> Result<(), String> {
     let client = client_for(cp).await?;
-    let sim = Simulator::start().await.map_err(|e| format!("starting the simulator: {e}"))?;
+    let sim = Simulator::start()
+        .await
+        .map_err(|e| format!("starting the simulator: {e}"))?;
     sim.add_access_key(AK, SK);
     say(&format!("Workspace simulator listening at {}", sim.endpoint()));
     sim.open_session(PROJECT, "desktop-bob");
@@ -74,12 +84,19 @@ async fn lifecycle(cp: &ControlPlane, say: &impl Fn(&str), started: Instant) -> 
         namespace: Some(NAMESPACE.into()),
         poll_interval: Duration::from_secs(1),
         instance: "demo".into(),
-        endpoints: controller::endpoints::EndpointPolicy { extra: vec![controller::endpoints::EndpointRule::parse(&sim.endpoint())?] },
+        endpoints: controller::endpoints::EndpointPolicy {
+            extra: vec![controller::endpoints::EndpointRule::parse(&sim.endpoint())?],
+        },
         ..controller::Config::default()
     };
-    let operator = tokio::spawn(controller::run(client.clone(), config, Default::default(), async move {
-        let _ = stopped.await;
-    }));
+    let operator = tokio::spawn(controller::run(
+        client.clone(),
+        config,
+        Default::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     say("operator running (watching namespace demo)");
     let (stop_watch, watch_stopped) = oneshot::channel::<()>();
     let watcher = tokio::spawn(print_transitions(client.clone(), watch_stopped, started));
@@ -99,22 +116,33 @@ async fn lifecycle(cp: &ControlPlane, say: &impl Fn(&str), started: Instant) -> 
 async fn prepare_cluster(client: &Client, say: &impl Fn(&str)) -> Result<(), String> {
     install_crds(client).await?;
     say("CRD remoteassistances.workspace.assist.dev installed and Established");
-    let namespace: Namespace = serde_json::from_value(json!({ "metadata": { "name": NAMESPACE } })).expect("a namespace");
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.map_err(kube_err)?;
+    let namespace: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": NAMESPACE } })).expect("a namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .map_err(kube_err)?;
     let secret: Secret = serde_json::from_value(json!({
         "metadata": { "name": "workspace-credentials" },
         "type": "Opaque",
         "stringData": { "accessKeyId": AK, "secretAccessKey": SK },
     }))
     .expect("a secret");
-    Api::<Secret>::namespaced(client.clone(), NAMESPACE).create(&PostParams::default(), &secret).await.map_err(kube_err)?;
+    Api::<Secret>::namespaced(client.clone(), NAMESPACE)
+        .create(&PostParams::default(), &secret)
+        .await
+        .map_err(kube_err)?;
     say("namespace demo and Secret workspace-credentials created");
     Ok(())
 }
 
 /// What a help desk does: two RemoteAssistances (one starts a session, one adopts the one the
 /// user started), one cancelled through its spec, both deleted.
-async fn create_start_cancel_delete(api: &Api<RemoteAssistance>, sim: &Simulator, say: &impl Fn(&str)) -> Result<(), String> {
+async fn create_start_cancel_delete(
+    api: &Api<RemoteAssistance>,
+    sim: &Simulator,
+    say: &impl Fn(&str),
+) -> Result<(), String> {
     for (name, desktop) in [("alice", "desktop-alice"), ("bob", "desktop-bob")] {
         let ra: RemoteAssistance = serde_json::from_value(json!({
             "apiVersion": "workspace.assist.dev/v1alpha1",
@@ -132,18 +160,36 @@ async fn create_start_cancel_delete(api: &Api<RemoteAssistance>, sim: &Simulator
         say(&format!("kubectl apply: RemoteAssistance {name} for {desktop}"));
     }
     for name in ["alice", "bob"] {
-        wait(api, name, "Active", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)).await?;
+        wait(api, name, "Active", |ra| {
+            ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)
+        })
+        .await?;
     }
-    say("both Active: alice's session was created by the operator, bob's was adopted; invitations are in Secrets alice-invitation and bob-invitation");
+    say(
+        "both Active: alice's session was created by the operator, bob's was adopted; invitations are in Secrets alice-invitation and bob-invitation",
+    );
 
-    api.patch("alice", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "cancelled": true } }))).await.map_err(kube_err)?;
+    api.patch(
+        "alice",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "cancelled": true } })),
+    )
+    .await
+    .map_err(kube_err)?;
     say("kubectl patch: alice spec.cancelled=true");
-    wait(api, "alice", "Cancelled", |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled)).await?;
+    wait(api, "alice", "Cancelled", |ra| {
+        ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled)
+    })
+    .await?;
 
-    api.delete("bob", &DeleteParams::default()).await.map_err(kube_err)?;
+    api.delete("bob", &DeleteParams::default())
+        .await
+        .map_err(kube_err)?;
     say("kubectl delete: bob (the finalizer holds it until the cloud confirms the cancel)");
     wait_gone(api, "bob").await?;
-    api.delete("alice", &DeleteParams::default()).await.map_err(kube_err)?;
+    api.delete("alice", &DeleteParams::default())
+        .await
+        .map_err(kube_err)?;
     say("kubectl delete: alice (already cancelled: no second cloud call)");
     wait_gone(api, "alice").await?;
     time_boxed(api, sim, say).await
@@ -154,18 +200,30 @@ async fn create_start_cancel_delete(api: &Api<RemoteAssistance>, sim: &Simulator
 /// then deleted by its TTL.
 async fn time_boxed(api: &Api<RemoteAssistance>, sim: &Simulator, say: &impl Fn(&str)) -> Result<(), String> {
     const EXAMPLE: &str = include_str!("../../deploy/examples/remoteassistance-time-boxed.yaml");
-    let mut ra: RemoteAssistance = serde_yaml::from_str(EXAMPLE).map_err(|e| format!("the time-boxed example: {e}"))?;
+    let mut ra: RemoteAssistance =
+        serde_yaml::from_str(EXAMPLE).map_err(|e| format!("the time-boxed example: {e}"))?;
     let name = ra.name_any();
     ra.spec.region = None;
     ra.spec.endpoint = Some(sim.endpoint());
     ra.spec.max_duration = Some("3s".into());
     ra.spec.ttl_after_finished = Some("2s".into());
     api.create(&PostParams::default(), &ra).await.map_err(kube_err)?;
-    say(&format!("kubectl apply: deploy/examples/remoteassistance-time-boxed.yaml as {name}, with maxDuration 3s and ttlAfterFinished 2s"));
-    wait(api, &name, "Cancelled at its deadline", |ra| ra.status.as_ref().is_some_and(|s| s.deadline_exceeded_at.is_some())).await?;
-    say(&format!("{name}: its maximum duration passed, the operator cancelled the session (reason DeadlineExceeded)"));
+    say(&format!(
+        "kubectl apply: deploy/examples/remoteassistance-time-boxed.yaml as {name}, with maxDuration 3s and ttlAfterFinished 2s"
+    ));
+    wait(api, &name, "Cancelled at its deadline", |ra| {
+        ra.status
+            .as_ref()
+            .is_some_and(|s| s.deadline_exceeded_at.is_some())
+    })
+    .await?;
+    say(&format!(
+        "{name}: its maximum duration passed, the operator cancelled the session (reason DeadlineExceeded)"
+    ));
     wait_gone(api, &name).await?;
-    say(&format!("{name}: deleted by the operator 2s after it finished (ttlAfterFinished)"));
+    say(&format!(
+        "{name}: deleted by the operator 2s after it finished (ttlAfterFinished)"
+    ));
     Ok(())
 }
 
@@ -178,7 +236,11 @@ fn report_cloud_calls(sim: &Simulator, say: &impl Fn(&str)) -> Result<(), String
         count(Operation::ShowDesktopRemoteAssistanceInfo),
         count(Operation::CancelRemoteAssistance)
     ));
-    for desktop in ["desktop-alice", "desktop-bob", "5b1c8d2e-0f3a-4c6b-9e7d-2a4f6b8c0d1e"] {
+    for desktop in [
+        "desktop-alice",
+        "desktop-bob",
+        "5b1c8d2e-0f3a-4c6b-9e7d-2a4f6b8c0d1e",
+    ] {
         if sim.session(PROJECT, desktop).is_some_and(|s| s.in_progress()) {
             return Err(format!("the session of {desktop} is still open in the cloud"));
         }
@@ -193,7 +255,10 @@ async fn print_transitions(client: Client, mut stop: oneshot::Receiver<()>, star
     use kube::runtime::{WatchStreamExt, watcher};
     let api: Api<RemoteAssistance> = Api::namespaced(client, NAMESPACE);
     let mut last: HashMap<String, String> = HashMap::new();
-    println!("{:>8}  {:<8} {:<11} {:<6} {:<18} {}", "", "RESOURCE", "PHASE", "READY", "CLOUD STATUS", "NOTE");
+    println!(
+        "{:>8}  {:<8} {:<11} {:<6} {:<18} {}",
+        "", "RESOURCE", "PHASE", "READY", "CLOUD STATUS", "NOTE"
+    );
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     loop {
         let event = tokio::select! {
@@ -223,9 +288,20 @@ async fn print_transitions(client: Client, mut stop: oneshot::Receiver<()>, star
 /// One row of the transitions table.
 fn describe(ra: &RemoteAssistance) -> String {
     let status = ra.status.clone().unwrap_or_default();
-    let phase = status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "-".into());
-    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").map_or("-".to_string(), |c| c.status.clone());
-    let cloud = status.assistance.as_ref().and_then(|a| a.status.clone()).unwrap_or_else(|| "-".into());
+    let phase = status
+        .phase
+        .map(|p| format!("{p:?}"))
+        .unwrap_or_else(|| "-".into());
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map_or("-".to_string(), |c| c.status.clone());
+    let cloud = status
+        .assistance
+        .as_ref()
+        .and_then(|a| a.status.clone())
+        .unwrap_or_else(|| "-".into());
     let mut note = Vec::new();
     if ra.finalizers().iter().any(|f| f == crate::resource::FINALIZER) {
         note.push("finalizer held".to_string());
@@ -237,15 +313,36 @@ fn describe(ra: &RemoteAssistance) -> String {
         note.push(format!("cancel calls: {}", status.cancel_attempts));
     }
     if let Some(e) = &status.last_error {
-        note.push(format!("last error: {}", e.error_code.clone().unwrap_or_default()));
+        note.push(format!(
+            "last error: {}",
+            e.error_code.clone().unwrap_or_default()
+        ));
     }
-    format!("{:<8} {:<11} {:<6} {:<18} {}", ra.name_any(), phase, ready, cloud, note.join(", "))
+    format!(
+        "{:<8} {:<11} {:<6} {:<18} {}",
+        ra.name_any(),
+        phase,
+        ready,
+        cloud,
+        note.join(", ")
+    )
 }
 
-async fn wait(api: &Api<RemoteAssistance>, name: &str, what: &str, check: impl Fn(&RemoteAssistance) -> bool) -> Result<(), String> {
+async fn wait(
+    api: &Api<RemoteAssistance>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&RemoteAssistance) -> bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + STEP_TIMEOUT;
     loop {
-        if api.get_opt(name).await.map_err(kube_err)?.as_ref().is_some_and(&check) {
+        if api
+            .get_opt(name)
+            .await
+            .map_err(kube_err)?
+            .as_ref()
+            .is_some_and(&check)
+        {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -268,7 +365,8 @@ async fn wait_gone(api: &Api<RemoteAssistance>, name: &str) -> Result<(), String
 
 /// An admin client of a control plane.
 pub async fn client_for(cp: &ControlPlane) -> Result<Client, String> {
-    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).map_err(|e| format!("reading the kubeconfig: {e}"))?;
+    let kubeconfig =
+        Kubeconfig::read_from(&cp.kubeconfig).map_err(|e| format!("reading the kubeconfig: {e}"))?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(|e| format!("loading the kubeconfig: {e}"))?;
@@ -280,7 +378,13 @@ pub async fn install_crds(client: &Client) -> Result<(), String> {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
     for crd in [crate::resource::crd()] {
         let name = crd.name_any();
-        api.patch(&name, &PatchParams::apply("workspace-assist").force(), &Patch::Apply(&crd)).await.map_err(kube_err)?;
+        api.patch(
+            &name,
+            &PatchParams::apply("workspace-assist").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .map_err(kube_err)?;
         wait_established(client, &name).await?;
     }
     Ok(())

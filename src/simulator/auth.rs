@@ -41,13 +41,21 @@ impl AuthFailure {
     /// The gateway error message.
     pub fn message(&self) -> String {
         match self {
-            AuthFailure::Missing => "Incorrect IAM authentication information: Authorization not found".into(),
+            AuthFailure::Missing => {
+                "Incorrect IAM authentication information: Authorization not found".into()
+            }
             AuthFailure::Malformed(why) => format!("Incorrect IAM authentication information: {why}"),
             AuthFailure::UnknownAccessKey => "Incorrect IAM authentication information: ak not found".into(),
-            AuthFailure::SignatureMismatch => "Incorrect IAM authentication information: verify aksk signature fail".into(),
+            AuthFailure::SignatureMismatch => {
+                "Incorrect IAM authentication information: verify aksk signature fail".into()
+            }
             AuthFailure::BadDate(why) => format!("Incorrect IAM authentication information: {why}"),
-            AuthFailure::BadSecurityToken => "Incorrect IAM authentication information: security token invalid".into(),
-            AuthFailure::ExpiredSecurityToken => "Incorrect IAM authentication information: the security token has expired".into(),
+            AuthFailure::BadSecurityToken => {
+                "Incorrect IAM authentication information: security token invalid".into()
+            }
+            AuthFailure::ExpiredSecurityToken => {
+                "Incorrect IAM authentication information: the security token has expired".into()
+            }
             AuthFailure::UnknownToken => "Incorrect IAM authentication information: verify token fail".into(),
             AuthFailure::ExpiredToken => "The token must be updated.".into(),
         }
@@ -76,14 +84,24 @@ pub fn parse_authorization(value: &str) -> Result<AuthorizationHeader, AuthFailu
             Some(("Access", v)) => access = Some(v.to_string()),
             Some(("SignedHeaders", v)) => signed = Some(v.split(';').map(str::to_string).collect::<Vec<_>>()),
             Some(("Signature", v)) => signature = Some(v.to_string()),
-            _ => return Err(AuthFailure::Malformed(format!("unexpected part {part:?} in Authorization"))),
+            _ => {
+                return Err(AuthFailure::Malformed(format!(
+                    "unexpected part {part:?} in Authorization"
+                )));
+            }
         }
     }
     match (access, signed, signature) {
         (Some(access), Some(signed_headers), Some(signature)) if !access.is_empty() => {
-            Ok(AuthorizationHeader { access, signed_headers, signature })
+            Ok(AuthorizationHeader {
+                access,
+                signed_headers,
+                signature,
+            })
         }
-        _ => Err(AuthFailure::Malformed("Authorization lacks Access, SignedHeaders or Signature".into())),
+        _ => Err(AuthFailure::Malformed(
+            "Authorization lacks Access, SignedHeaders or Signature".into(),
+        )),
     }
 }
 
@@ -149,11 +167,19 @@ pub fn canonical_request_of(
         })
         .collect();
     params.sort();
-    let query = params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+    let query = params
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
     // Headers: in the order of SignedHeaders as the client listed them (it must list them sorted).
     let mut lines = String::new();
     for name in signed_headers {
-        let value = headers.get(name.as_str()).and_then(|v| v.to_str().ok()).unwrap_or("").trim();
+        let value = headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .trim();
         lines += &format!("{name}:{value}\n");
     }
     let payload: String = Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect();
@@ -162,11 +188,18 @@ pub fn canonical_request_of(
 
 /// The signature the gateway expects for a canonical request.
 pub fn expected_signature(secret_key: &str, sdk_date: &str, canonical: &str) -> String {
-    let hashed: String = Sha256::digest(canonical.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let hashed: String = Sha256::digest(canonical.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let to_sign = format!("SDK-HMAC-SHA256\n{sdk_date}\n{hashed}");
     let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret_key.as_bytes()).expect("any key length");
     mac.update(to_sign.as_bytes());
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Constant-time comparison of two signatures.
@@ -176,7 +209,13 @@ pub fn same_signature(a: &str, b: &str) -> bool {
 
 /// Parses an `X-Sdk-Date` value.
 pub fn parse_sdk_date(value: &str) -> Option<jiff::Timestamp> {
-    jiff::fmt::strtime::parse("%Y%m%dT%H%M%SZ", value).ok()?.to_datetime().ok()?.to_zoned(jiff::tz::TimeZone::UTC).ok().map(|z| z.timestamp())
+    jiff::fmt::strtime::parse("%Y%m%dT%H%M%SZ", value)
+        .ok()?
+        .to_datetime()
+        .ok()?
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp())
 }
 
 #[cfg(test)]
@@ -190,7 +229,10 @@ mod tests {
         headers.insert("content-type", "application/json".parse().unwrap());
         headers.insert("host", "service.region.example.com".parse().unwrap());
         headers.insert("x-sdk-date", "20191115T033655Z".parse().unwrap());
-        let signed: Vec<String> = ["content-type", "host", "x-sdk-date"].iter().map(|s| s.to_string()).collect();
+        let signed: Vec<String> = ["content-type", "host", "x-sdk-date"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let canonical = canonical_request_of(
             "GET",
             "/v1/77b6a44cba5143ab91d13ab9a8ff44fd/vpcs",
@@ -200,14 +242,20 @@ mod tests {
             b"",
         );
         assert_eq!(
-            expected_signature("MFyfvK41ba2giqM7Uio6PznpdUKGpownRZlmVmHc", "20191115T033655Z", &canonical),
+            expected_signature(
+                "MFyfvK41ba2giqM7Uio6PznpdUKGpownRZlmVmHc",
+                "20191115T033655Z",
+                &canonical
+            ),
             "7be6668032f70418fcc22abc52071e57aff61b84a1d2381bb430d6870f4f6ebe"
         );
     }
 
     #[test]
     fn parses_authorization() {
-        let h = parse_authorization("SDK-HMAC-SHA256 Access=AK, SignedHeaders=host;x-sdk-date, Signature=abc").unwrap();
+        let h =
+            parse_authorization("SDK-HMAC-SHA256 Access=AK, SignedHeaders=host;x-sdk-date, Signature=abc")
+                .unwrap();
         assert_eq!(h.access, "AK");
         assert_eq!(h.signed_headers, vec!["host", "x-sdk-date"]);
         assert!(parse_authorization("AWS4-HMAC-SHA256 Credential=x").is_err());
@@ -216,7 +264,10 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(parse_sdk_date("20191115T033655Z").unwrap().to_string(), "2019-11-15T03:36:55Z");
+        assert_eq!(
+            parse_sdk_date("20191115T033655Z").unwrap().to_string(),
+            "2019-11-15T03:36:55Z"
+        );
         assert!(parse_sdk_date("2019-11-15").is_none());
     }
 }

@@ -104,11 +104,16 @@ pub struct FaultRule {
 impl FaultRule {
     /// Faults for one desktop and operation.
     pub fn new(desktop_id: &str, operation: Operation, faults: Vec<Fault>) -> Self {
-        FaultRule { desktop_id: Some(desktop_id.into()), operation: Some(operation), faults }
+        FaultRule {
+            desktop_id: Some(desktop_id.into()),
+            operation: Some(operation),
+            faults,
+        }
     }
 
     pub(crate) fn matches(&self, desktop_id: &str, operation: Operation) -> bool {
-        self.desktop_id.as_deref().is_none_or(|d| d == desktop_id) && self.operation.is_none_or(|o| o == operation)
+        self.desktop_id.as_deref().is_none_or(|d| d == desktop_id)
+            && self.operation.is_none_or(|o| o == operation)
     }
 }
 
@@ -126,7 +131,9 @@ impl FaultRule {
 pub fn parse_fault_rule(spec: &str) -> Result<FaultRule, String> {
     let mut fields = std::collections::HashMap::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=').ok_or_else(|| format!("{part:?} is not key=value"))?;
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not key=value"))?;
         fields.insert(k.trim().to_string(), v.trim().to_string());
     }
     let get = |k: &str| fields.get(k).map(String::as_str);
@@ -138,31 +145,63 @@ pub fn parse_fault_rule(spec: &str) -> Result<FaultRule, String> {
         other => return Err(format!("operation {other:?} is not cancel, create, show or *")),
     };
     let desktop_id = get("desktop").filter(|d| *d != "*").map(str::to_string);
-    let times: usize = get("times").unwrap_or("1").parse().map_err(|_| "times must be a whole number".to_string())?;
+    let times: usize = get("times")
+        .unwrap_or("1")
+        .parse()
+        .map_err(|_| "times must be a whole number".to_string())?;
     let status = |default: u16| -> Result<u16, String> {
-        get("status").map_or(Ok(default), |s| s.parse().map_err(|_| format!("status {s:?} is not a number")))
+        get("status").map_or(Ok(default), |s| {
+            s.parse().map_err(|_| format!("status {s:?} is not a number"))
+        })
     };
     let fault = match get("kind").unwrap_or("error") {
-        "error" => Fault::error(status(500)?, get("code").unwrap_or("WKS.00000001"), get("message").unwrap_or("Injected fault")),
+        "error" => Fault::error(
+            status(500)?,
+            get("code").unwrap_or("WKS.00000001"),
+            get("message").unwrap_or("Injected fault"),
+        ),
         "html" => Fault::html(status(502)?),
         "drop" => Fault::Drop,
         "drop-after-applying" => Fault::DropAfterApplying,
         "session-started" => Fault::SessionStartedMeanwhile,
         "foreign-404" => Fault::foreign_json_404(),
-        "delay" => Fault::Delay(crate::cli::parse_duration(get("delay").ok_or("kind=delay needs delay=DURATION")?)?),
+        "delay" => Fault::Delay(crate::cli::parse_duration(
+            get("delay").ok_or("kind=delay needs delay=DURATION")?,
+        )?),
         "redirect" => Fault::redirect(status(302)?, get("location").unwrap_or("https://example.com/")),
-        "omit" => Fault::OmitFields(get("fields").ok_or("kind=omit needs fields=NAME+NAME")?.split('+').map(str::to_string).collect()),
+        "omit" => Fault::OmitFields(
+            get("fields")
+                .ok_or("kind=omit needs fields=NAME+NAME")?
+                .split('+')
+                .map(str::to_string)
+                .collect(),
+        ),
         other => {
             return Err(format!(
                 "kind {other:?} is not error, html, drop, drop-after-applying, session-started, foreign-404, delay, redirect or omit"
             ));
         }
     };
-    let known = ["operation", "desktop", "times", "status", "code", "message", "kind", "delay", "location", "fields"];
+    let known = [
+        "operation",
+        "desktop",
+        "times",
+        "status",
+        "code",
+        "message",
+        "kind",
+        "delay",
+        "location",
+        "fields",
+    ];
     if let Some(k) = fields.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(format!("unknown key {k:?} (known: {})", known.join(", ")));
     }
-    Ok(FaultRule { desktop_id, operation, faults: vec![fault; times] })
+    Ok(FaultRule {
+        desktop_id,
+        operation,
+        faults: vec![fault; times],
+    })
 }
 
 #[cfg(test)]
@@ -174,14 +213,33 @@ mod tests {
         let r = parse_fault_rule("operation=cancel,status=503,code=APIGW.0308,times=3").unwrap();
         assert_eq!(r.operation, Some(Operation::CancelRemoteAssistance));
         assert_eq!(r.desktop_id, None);
-        assert_eq!(r.faults, vec![Fault::error(503, "APIGW.0308", "Injected fault"); 3]);
+        assert_eq!(
+            r.faults,
+            vec![Fault::error(503, "APIGW.0308", "Injected fault"); 3]
+        );
         let r = parse_fault_rule("desktop=d1,kind=delay,delay=2s").unwrap();
         assert_eq!(r.faults, vec![Fault::Delay(std::time::Duration::from_secs(2))]);
         assert_eq!(parse_fault_rule("kind=drop").unwrap().faults, vec![Fault::Drop]);
-        assert_eq!(parse_fault_rule("kind=drop-after-applying").unwrap().faults, vec![Fault::DropAfterApplying]);
-        assert_eq!(parse_fault_rule("operation=create,kind=session-started").unwrap().faults, vec![Fault::SessionStartedMeanwhile]);
-        assert_eq!(parse_fault_rule("kind=foreign-404").unwrap().faults, vec![Fault::foreign_json_404()]);
-        assert_eq!(parse_fault_rule("kind=omit,fields=share_space_id+status").unwrap().faults, vec![Fault::OmitFields(vec!["share_space_id".into(), "status".into()])]);
+        assert_eq!(
+            parse_fault_rule("kind=drop-after-applying").unwrap().faults,
+            vec![Fault::DropAfterApplying]
+        );
+        assert_eq!(
+            parse_fault_rule("operation=create,kind=session-started")
+                .unwrap()
+                .faults,
+            vec![Fault::SessionStartedMeanwhile]
+        );
+        assert_eq!(
+            parse_fault_rule("kind=foreign-404").unwrap().faults,
+            vec![Fault::foreign_json_404()]
+        );
+        assert_eq!(
+            parse_fault_rule("kind=omit,fields=share_space_id+status")
+                .unwrap()
+                .faults,
+            vec![Fault::OmitFields(vec!["share_space_id".into(), "status".into()])]
+        );
         assert!(parse_fault_rule("operation=reboot").is_err());
         assert!(parse_fault_rule("status=abc").is_err());
         assert!(parse_fault_rule("colour=red").is_err());

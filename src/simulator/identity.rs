@@ -80,7 +80,10 @@ pub type Refusal = (u16, &'static str, String);
 /// The ServiceAccount (`system:serviceaccount:NS:NAME`) a token belongs to, by TokenReview.
 pub async fn review(client: &kube::Client, token: &str, audience: &str) -> Result<String, Refusal> {
     let review = TokenReview {
-        spec: TokenReviewSpec { token: token.to_string(), audiences: Some(vec![audience.to_string()]) },
+        spec: TokenReviewSpec {
+            token: token.to_string(),
+            audiences: Some(vec![audience.to_string()]),
+        },
         ..TokenReview::default()
     };
     let reviewed = Api::<TokenReview>::all(client.clone())
@@ -89,22 +92,42 @@ pub async fn review(client: &kube::Client, token: &str, audience: &str) -> Resul
         .map_err(|e| (503, "SIM.0503", format!("TokenReview failed: {e}")))?;
     let status = reviewed.status.unwrap_or_default();
     if status.authenticated != Some(true) {
-        return Err((401, "SIM.0401", format!("the token is not valid: {}", status.error.unwrap_or_default())));
+        return Err((
+            401,
+            "SIM.0401",
+            format!("the token is not valid: {}", status.error.unwrap_or_default()),
+        ));
     }
     if !status.audiences.unwrap_or_default().iter().any(|a| a == audience) {
-        return Err((401, "SIM.0401", format!("the token is not for audience {audience}")));
+        return Err((
+            401,
+            "SIM.0401",
+            format!("the token is not for audience {audience}"),
+        ));
     }
-    status.user.and_then(|u| u.username).ok_or_else(|| (401, "SIM.0401", "the token names no user".into()))
+    status
+        .user
+        .and_then(|u| u.username)
+        .ok_or_else(|| (401, "SIM.0401", "the token names no user".into()))
 }
 
 /// The subject of an ID token, after checking its signature against the API server's JWKS and
 /// its issuer, audience and expiry.
-pub async fn verify_id_token(client: &kube::Client, token: &str, provider: &OidcProvider) -> Result<String, Refusal> {
+pub async fn verify_id_token(
+    client: &kube::Client,
+    token: &str,
+    provider: &OidcProvider,
+) -> Result<String, Refusal> {
     use jsonwebtoken::{DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
     let invalid = |why: String| (400, "SIM.0400", format!("the ID token is not valid: {why}"));
     let header = decode_header(token).map_err(|e| invalid(e.to_string()))?;
-    let request = http::Request::get("/openid/v1/jwks").body(Vec::new()).expect("a request");
-    let jwks: JwkSet = client.request(request).await.map_err(|e| (503, "SIM.0503", format!("reading the JWKS: {e}")))?;
+    let request = http::Request::get("/openid/v1/jwks")
+        .body(Vec::new())
+        .expect("a request");
+    let jwks: JwkSet = client
+        .request(request)
+        .await
+        .map_err(|e| (503, "SIM.0503", format!("reading the JWKS: {e}")))?;
     let jwk = match &header.kid {
         Some(kid) => jwks.find(kid),
         None => jwks.keys.first(),
@@ -116,24 +139,43 @@ pub async fn verify_id_token(client: &kube::Client, token: &str, provider: &Oidc
     validation.set_audience(&[&provider.audience]);
     validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
     validation.leeway = 0;
-    let claims = decode::<Value>(token, &key, &validation).map_err(|e| invalid(e.to_string()))?.claims;
-    claims["sub"].as_str().map(str::to_string).ok_or_else(|| invalid("no subject".into()))
+    let claims = decode::<Value>(token, &key, &validation)
+        .map_err(|e| invalid(e.to_string()))?
+        .claims;
+    claims["sub"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| invalid("no subject".into()))
 }
 
 /// A new set of temporary credentials: (access key, secret key, security token).
 pub fn new_temporary() -> (String, String, String) {
-    let ak: String = (0..20).map(|_| (b'A' + rand::random_range(0..26u8)) as char).collect();
-    (ak, super::random_hex(20), format!("gQpjbi{}", super::random_hex(64)))
+    let ak: String = (0..20)
+        .map(|_| (b'A' + rand::random_range(0..26u8)) as char)
+        .collect();
+    (
+        ak,
+        super::random_hex(20),
+        format!("gQpjbi{}", super::random_hex(64)),
+    )
 }
 
 /// The temporary-credential JSON in the shape each source answers with.
-pub fn credential_body(source: &'static str, (ak, sk, token): &(String, String, String), expires_at: jiff::Timestamp) -> Value {
+pub fn credential_body(
+    source: &'static str,
+    (ak, sk, token): &(String, String, String),
+    expires_at: jiff::Timestamp,
+) -> Value {
     let expires = expires_at.strftime("%Y-%m-%dT%H:%M:%S.000000Z").to_string();
     match source {
         // STS v5: snake_case under "credentials".
-        "oidc" => json!({ "credentials": { "access_key_id": ak, "secret_access_key": sk, "security_token": token, "expiration": expires } }),
+        "oidc" => {
+            json!({ "credentials": { "access_key_id": ak, "secret_access_key": sk, "security_token": token, "expiration": expires } })
+        }
         // The metadata service: IAM's security-token shape under "credential".
-        "ecs-metadata" => json!({ "credential": { "access": ak, "secret": sk, "securitytoken": token, "expires_at": expires } }),
+        "ecs-metadata" => {
+            json!({ "credential": { "access": ak, "secret": sk, "securitytoken": token, "expires_at": expires } })
+        }
         // Pod identity: at top level.
         _ => json!({ "access": ak, "secret": sk, "securitytoken": token, "expires_at": expires }),
     }

@@ -212,15 +212,33 @@ impl Simulator {
 
     /// Accepts a permanent access key.
     pub fn add_access_key(&self, access_key_id: &str, secret_access_key: &str) {
-        self.with(|s| s.aksk.insert(access_key_id.into(), AkSk { secret_key: secret_access_key.into(), security_token: None, expires_at: None }));
-    }
-
-    /// Accepts a temporary access key, valid only with its security token.
-    pub fn add_temporary_access_key(&self, access_key_id: &str, secret_access_key: &str, security_token: &str) {
         self.with(|s| {
             s.aksk.insert(
                 access_key_id.into(),
-                AkSk { secret_key: secret_access_key.into(), security_token: Some(security_token.into()), expires_at: None },
+                AkSk {
+                    secret_key: secret_access_key.into(),
+                    security_token: None,
+                    expires_at: None,
+                },
+            )
+        });
+    }
+
+    /// Accepts a temporary access key, valid only with its security token.
+    pub fn add_temporary_access_key(
+        &self,
+        access_key_id: &str,
+        secret_access_key: &str,
+        security_token: &str,
+    ) {
+        self.with(|s| {
+            s.aksk.insert(
+                access_key_id.into(),
+                AkSk {
+                    secret_key: secret_access_key.into(),
+                    security_token: Some(security_token.into()),
+                    expires_at: None,
+                },
             )
         });
     }
@@ -238,7 +256,13 @@ impl Simulator {
     /// Lets an IAM user log in with a password at `POST /v3/auth/tokens` (the simulator serves
     /// IAM too: use its endpoint as the IAM endpoint).
     pub fn add_iam_user(&self, domain_name: &str, username: &str, password: &str) {
-        self.with(|s| s.iam_users.push(IamUser { domain: domain_name.into(), name: username.into(), password: password.into() }));
+        self.with(|s| {
+            s.iam_users.push(IamUser {
+                domain: domain_name.into(),
+                name: username.into(),
+                password: password.into(),
+            })
+        });
     }
 
     /// Lifetime of the tokens IAM issues (default 24 hours).
@@ -275,7 +299,10 @@ impl Simulator {
     /// Serves CCE pod identity at [`Simulator::pod_identity_uri`]: tokens for `audience` of
     /// these ServiceAccounts (`NAMESPACE/NAME`) get temporary credentials.
     pub fn enable_pod_identity(&self, audience: &str, service_accounts: &[&str]) {
-        let accounts = service_accounts.iter().map(|sa| format!("system:serviceaccount:{}", sa.replacen('/', ":", 1))).collect();
+        let accounts = service_accounts
+            .iter()
+            .map(|sa| format!("system:serviceaccount:{}", sa.replacen('/', ":", 1)))
+            .collect();
         self.with(|s| s.identities.pod_identity = Some((audience.to_string(), accounts)));
     }
 
@@ -287,7 +314,11 @@ impl Simulator {
     /// Registers an OIDC identity provider for STS `assume-with-oidc` (the simulator's endpoint
     /// is then the STS endpoint).
     pub fn add_oidc_provider(&self, provider_urn: &str, provider: identity::OidcProvider) {
-        self.with(|s| s.identities.oidc_providers.insert(provider_urn.to_string(), provider));
+        self.with(|s| {
+            s.identities
+                .oidc_providers
+                .insert(provider_urn.to_string(), provider)
+        });
     }
 
     /// Plays the ECS metadata service (the simulator's endpoint is then its address).
@@ -324,7 +355,12 @@ impl Simulator {
     /// Makes every temporary credential issued so far expired (401 from now on).
     pub fn expire_temporary_credentials(&self) {
         let past = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
-        self.with(|s| s.aksk.values_mut().filter(|k| k.expires_at.is_some()).for_each(|k| k.expires_at = Some(past)));
+        self.with(|s| {
+            s.aksk
+                .values_mut()
+                .filter(|k| k.expires_at.is_some())
+                .for_each(|k| k.expires_at = Some(past))
+        });
     }
 
     /// Starts a session for a desktop as if its user had asked for assistance.
@@ -332,7 +368,8 @@ impl Simulator {
         let session = Session::new("ENDUSER_INITIATE");
         self.with(|s| {
             s.history.push(session.clone());
-            s.sessions.insert((project_id.into(), desktop_id.into()), session.clone())
+            s.sessions
+                .insert((project_id.into(), desktop_id.into()), session.clone())
         });
         session
     }
@@ -352,7 +389,10 @@ impl Simulator {
     /// Changes the cloud status of a desktop's session (for example to CLOSE).
     pub fn set_session_status(&self, project_id: &str, desktop_id: &str, status: &str) {
         self.with(|s| {
-            if let Some(session) = s.sessions.get_mut(&(project_id.to_string(), desktop_id.to_string())) {
+            if let Some(session) = s
+                .sessions
+                .get_mut(&(project_id.to_string(), desktop_id.to_string()))
+            {
                 session.status = status.into();
             }
         });
@@ -381,7 +421,11 @@ impl Simulator {
 
     /// The desktop's session, if it ever had one.
     pub fn session(&self, project_id: &str, desktop_id: &str) -> Option<Session> {
-        self.with(|s| s.sessions.get(&(project_id.to_string(), desktop_id.to_string())).cloned())
+        self.with(|s| {
+            s.sessions
+                .get(&(project_id.to_string(), desktop_id.to_string()))
+                .cloned()
+        })
     }
 
     /// Adds a fault rule; rules are consulted in the order added.
@@ -413,7 +457,10 @@ impl Simulator {
     /// How many requests of `operation` for `desktop_id` were received.
     pub fn count(&self, operation: Operation, desktop_id: &str) -> usize {
         self.with(|s| {
-            s.requests.iter().filter(|r| r.operation == Some(operation) && r.desktop_id == desktop_id).count()
+            s.requests
+                .iter()
+                .filter(|r| r.operation == Some(operation) && r.desktop_id == desktop_id)
+                .count()
         })
     }
 }
@@ -433,7 +480,10 @@ struct InFlight {
 impl InFlight {
     fn enter(state: &Arc<Mutex<State>>, operation: Operation) -> InFlight {
         *state.lock().unwrap().in_flight.entry(operation).or_default() += 1;
-        InFlight { state: state.clone(), operation }
+        InFlight {
+            state: state.clone(),
+            operation,
+        }
     }
 }
 
@@ -454,11 +504,19 @@ struct Outcome {
     faulted: bool,
 }
 
-async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+async fn handle(
+    state: Arc<Mutex<State>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let at = Instant::now();
     let received_at = std::time::SystemTime::now();
     let (parts, body) = req.into_parts();
-    let user_agent = parts.headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let user_agent = parts
+        .headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     if parts.method == http::Method::POST && parts.uri.path() == "/v3/auth/tokens" {
         return Ok(issue_token(&state, &body));
@@ -480,9 +538,18 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
     let outcome = decide(&state, &parts, &body, route).await;
     let status = outcome.response.as_ref().map_or(0, |r| r.status().as_u16());
     let mut s = state.lock().unwrap();
-    if operation == Some(Operation::CancelRemoteAssistance) && matches!(status, 204 | 404) && !outcome.faulted && outcome.authenticated {
+    if operation == Some(Operation::CancelRemoteAssistance)
+        && matches!(status, 204 | 404)
+        && !outcome.faulted
+        && outcome.authenticated
+    {
         let sent_at = std::time::SystemTime::now();
-        s.sent_cancels.push(SentCancel { desktop_id: desktop_id.clone(), status, received_at, sent_at });
+        s.sent_cancels.push(SentCancel {
+            desktop_id: desktop_id.clone(),
+            status,
+            received_at,
+            sent_at,
+        });
     }
     s.requests.push(RecordedRequest {
         operation,
@@ -495,9 +562,9 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
         user_agent,
     });
     drop(s); // before the in-flight guard, which takes the lock too
-    outcome
-        .response
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "fault: connection dropped"))
+    outcome.response.ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "fault: connection dropped")
+    })
 }
 
 async fn decide(
@@ -507,49 +574,107 @@ async fn decide(
     route: Option<(Operation, String, String)>,
 ) -> Outcome {
     let Some((operation, project_id, desktop_id)) = route else {
-        let resp = error_response(404, "APIGW.0101", "The API does not exist or has not been published in the environment", None, None);
-        return Outcome { response: Some(resp), authenticated: false, faulted: false };
+        let resp = error_response(
+            404,
+            "APIGW.0101",
+            "The API does not exist or has not been published in the environment",
+            None,
+            None,
+        );
+        return Outcome {
+            response: Some(resp),
+            authenticated: false,
+            faulted: false,
+        };
     };
     if let Err(failure) = authenticate(state, parts, body) {
         let resp = error_response(401, failure.code(), &failure.message(), None, None);
-        return Outcome { response: Some(resp), authenticated: false, faulted: false };
+        return Outcome {
+            response: Some(resp),
+            authenticated: false,
+            faulted: false,
+        };
     }
 
     let fault = {
         let mut s = state.lock().unwrap();
-        let ruled = s.rules.iter_mut().find(|r| !r.faults.is_empty() && r.matches(&desktop_id, operation)).map(|r| r.faults.remove(0));
+        let ruled = s
+            .rules
+            .iter_mut()
+            .find(|r| !r.faults.is_empty() && r.matches(&desktop_id, operation))
+            .map(|r| r.faults.remove(0));
         ruled.or_else(|| {
             let (rate, faults) = s.random_faults.as_ref()?;
             (rand::random::<f64>() < *rate).then(|| faults[rand::random_range(0..faults.len())].clone())
         })
     };
     match fault {
-        Some(Fault::Drop) => return Outcome { response: None, authenticated: true, faulted: true },
+        Some(Fault::Drop) => {
+            return Outcome {
+                response: None,
+                authenticated: true,
+                faulted: true,
+            };
+        }
         Some(Fault::DropAfterApplying) => {
             // The cloud does the work, and the answer is lost on the way back.
             let _ = serve(state, operation, &project_id, &desktop_id);
-            return Outcome { response: None, authenticated: true, faulted: true };
+            return Outcome {
+                response: None,
+                authenticated: true,
+                faulted: true,
+            };
         }
         Some(Fault::SessionStartedMeanwhile) => {
             // The desktop's user asks for assistance just before this request lands.
             let session = Session::new("ENDUSER_INITIATE");
             let mut s = state.lock().unwrap();
             s.history.push(session.clone());
-            s.sessions.insert((project_id.clone(), desktop_id.clone()), session);
+            s.sessions
+                .insert((project_id.clone(), desktop_id.clone()), session);
             drop(s);
             let response = serve(state, operation, &project_id, &desktop_id);
-            return Outcome { response: Some(response), authenticated: true, faulted: true };
+            return Outcome {
+                response: Some(response),
+                authenticated: true,
+                faulted: true,
+            };
         }
         Some(Fault::OmitFields(fields)) => {
             let response = serve_omitting(state, operation, &project_id, &desktop_id, &fields);
-            return Outcome { response: Some(response), authenticated: true, faulted: true };
+            return Outcome {
+                response: Some(response),
+                authenticated: true,
+                faulted: true,
+            };
         }
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
-        Some(Fault::Error { status, code, message, detail, encoded_authorization_message }) => {
-            let resp = error_response(status, &code, &message, detail.as_deref(), encoded_authorization_message.as_deref());
-            return Outcome { response: Some(resp), authenticated: true, faulted: true };
+        Some(Fault::Error {
+            status,
+            code,
+            message,
+            detail,
+            encoded_authorization_message,
+        }) => {
+            let resp = error_response(
+                status,
+                &code,
+                &message,
+                detail.as_deref(),
+                encoded_authorization_message.as_deref(),
+            );
+            return Outcome {
+                response: Some(resp),
+                authenticated: true,
+                faulted: true,
+            };
         }
-        Some(Fault::Raw { status, content_type, body, headers }) => {
+        Some(Fault::Raw {
+            status,
+            content_type,
+            body,
+            headers,
+        }) => {
             let mut builder = Response::builder()
                 .status(status)
                 .header("Content-Type", content_type)
@@ -557,24 +682,45 @@ async fn decide(
             for (k, v) in headers {
                 builder = builder.header(k, v);
             }
-            let resp = builder.body(Full::new(Bytes::from(body))).expect("a valid response");
-            return Outcome { response: Some(resp), authenticated: true, faulted: true };
+            let resp = builder
+                .body(Full::new(Bytes::from(body)))
+                .expect("a valid response");
+            return Outcome {
+                response: Some(resp),
+                authenticated: true,
+                faulted: true,
+            };
         }
         None => {}
     }
 
     let response = serve(state, operation, &project_id, &desktop_id);
-    Outcome { response: Some(response), authenticated: true, faulted: false }
+    Outcome {
+        response: Some(response),
+        authenticated: true,
+        faulted: false,
+    }
 }
 
 /// The normal, contract-faithful answer (without the fields set by [`Simulator::omit_fields`]).
-fn serve(state: &Arc<Mutex<State>>, operation: Operation, project_id: &str, desktop_id: &str) -> Response<Full<Bytes>> {
+fn serve(
+    state: &Arc<Mutex<State>>,
+    operation: Operation,
+    project_id: &str,
+    desktop_id: &str,
+) -> Response<Full<Bytes>> {
     serve_omitting(state, operation, project_id, desktop_id, &[])
 }
 
 /// The normal answer, leaving `omit` (and the fields set by [`Simulator::omit_fields`]) out of
 /// its JSON body.
-fn serve_omitting(state: &Arc<Mutex<State>>, operation: Operation, project_id: &str, desktop_id: &str, omit: &[String]) -> Response<Full<Bytes>> {
+fn serve_omitting(
+    state: &Arc<Mutex<State>>,
+    operation: Operation,
+    project_id: &str,
+    desktop_id: &str,
+    omit: &[String],
+) -> Response<Full<Bytes>> {
     let key = (project_id.to_string(), desktop_id.to_string());
     let mut s = state.lock().unwrap();
     let omitted: Vec<String> = omit.iter().chain(s.omitted_fields.iter()).cloned().collect();
@@ -600,11 +746,23 @@ fn serve_omitting(state: &Arc<Mutex<State>>, operation: Operation, project_id: &
                     .body(Full::new(Bytes::new()))
                     .expect("a valid response")
             }
-            _ => error_response(404, NO_ASSISTANCE_CODE, "The remote assistance does not exist.", None, None),
+            _ => error_response(
+                404,
+                NO_ASSISTANCE_CODE,
+                "The remote assistance does not exist.",
+                None,
+                None,
+            ),
         },
         Operation::CreateRemoteAssistance => {
             if s.sessions.get(&key).is_some_and(Session::in_progress) {
-                return error_response(400, ASSISTANCE_IN_PROGRESS_CODE, "A remote assistance is already in progress for this desktop.", None, None);
+                return error_response(
+                    400,
+                    ASSISTANCE_IN_PROGRESS_CODE,
+                    "A remote assistance is already in progress for this desktop.",
+                    None,
+                    None,
+                );
             }
             let session = Session::new("ADMIN_INITIATE");
             let body = json!({
@@ -642,18 +800,36 @@ fn serve_omitting(state: &Arc<Mutex<State>>, operation: Operation, project_id: &
 fn issue_token(state: &Arc<Mutex<State>>, body: &[u8]) -> Response<Full<Bytes>> {
     let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let user = &request["auth"]["identity"]["password"]["user"];
-    let (name, password, domain) = (user["name"].as_str(), user["password"].as_str(), user["domain"]["name"].as_str());
+    let (name, password, domain) = (
+        user["name"].as_str(),
+        user["password"].as_str(),
+        user["domain"]["name"].as_str(),
+    );
     let methods_ok = request["auth"]["identity"]["methods"] == json!(["password"]);
-    let project = request["auth"]["scope"]["project"]["id"].as_str().unwrap_or_default().to_string();
+    let project = request["auth"]["scope"]["project"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let mut s = state.lock().unwrap();
-    let known = s.iam_users.iter().any(|u| Some(u.name.as_str()) == name && Some(u.password.as_str()) == password && Some(u.domain.as_str()) == domain);
+    let known = s.iam_users.iter().any(|u| {
+        Some(u.name.as_str()) == name
+            && Some(u.password.as_str()) == password
+            && Some(u.domain.as_str()) == domain
+    });
     if !methods_ok || !known || project.is_empty() {
         s.token_refusals += 1;
-        return error_response(401, "IAM.0011", "The username or password is incorrect.", None, None);
+        return error_response(
+            401,
+            "IAM.0011",
+            "The username or password is incorrect.",
+            None,
+            None,
+        );
     }
     let token = format!("MII{}", random_hex(48));
     let lifetime = s.token_lifetime.unwrap_or(Duration::from_secs(24 * 3600));
-    let expires_at = jiff::Timestamp::now() + jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::from_hours(24));
+    let expires_at = jiff::Timestamp::now()
+        + jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::from_hours(24));
     s.tokens.insert(token.clone(), false);
     s.token_requests += 1;
     let body = json!({ "token": {
@@ -672,7 +848,11 @@ fn issue_token(state: &Arc<Mutex<State>>, body: &[u8]) -> Response<Full<Bytes>> 
 }
 
 /// Answers the identity sources' requests (None: not one of their paths, or not served).
-async fn serve_identity(state: &Arc<Mutex<State>>, parts: &http::request::Parts, body: &[u8]) -> Option<Response<Full<Bytes>>> {
+async fn serve_identity(
+    state: &Arc<Mutex<State>>,
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> Option<Response<Full<Bytes>>> {
     use identity::*;
     let (method, path) = (&parts.method, parts.uri.path());
     let source: &'static str = match (method.as_str(), path) {
@@ -695,11 +875,21 @@ async fn serve_identity(state: &Arc<Mutex<State>>, parts: &http::request::Parts,
         Ok(()) => {
             let issued = identity::new_temporary();
             let lifetime = s.identities.lifetime.unwrap_or(Duration::from_secs(3600));
-            let expires_at = jiff::Timestamp::now() + jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::from_hours(1));
+            let expires_at = jiff::Timestamp::now()
+                + jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::from_hours(1));
             let (ak, sk, token) = issued.clone();
-            s.aksk.insert(ak, AkSk { secret_key: sk, security_token: Some(token), expires_at: Some(expires_at) });
+            s.aksk.insert(
+                ak,
+                AkSk {
+                    secret_key: sk,
+                    security_token: Some(token),
+                    expires_at: Some(expires_at),
+                },
+            );
             *s.identities.issued.entry(source).or_default() += 1;
-            s.identities.issued_secrets.extend([issued.1.clone(), issued.2.clone()]);
+            s.identities
+                .issued_secrets
+                .extend([issued.1.clone(), issued.2.clone()]);
             json_response(200, &identity::credential_body(source, &issued, expires_at))
         }
         Err((status, code, message)) => {
@@ -711,7 +901,10 @@ async fn serve_identity(state: &Arc<Mutex<State>>, parts: &http::request::Parts,
 
 /// CCE pod identity: the `Authorization` header is a ServiceAccount token, reviewed by the API
 /// server; its ServiceAccount must be bound to an agency.
-async fn pod_identity(state: &Arc<Mutex<State>>, parts: &http::request::Parts) -> Result<(), identity::Refusal> {
+async fn pod_identity(
+    state: &Arc<Mutex<State>>,
+    parts: &http::request::Parts,
+) -> Result<(), identity::Refusal> {
     let (client, config) = {
         let s = state.lock().unwrap();
         (s.identities.kubernetes.clone(), s.identities.pod_identity.clone())
@@ -719,7 +912,11 @@ async fn pod_identity(state: &Arc<Mutex<State>>, parts: &http::request::Parts) -
     let (Some(client), Some((audience, accounts))) = (client, config) else {
         return Err((404, "APIGW.0101", "pod identity is not served".into()));
     };
-    let token = parts.headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let token = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     if token.is_empty() {
         return Err((401, "SIM.0401", "no token in Authorization".into()));
     }
@@ -733,18 +930,33 @@ async fn pod_identity(state: &Arc<Mutex<State>>, parts: &http::request::Parts) -
 /// STS `assume-with-oidc`: the ID token is checked against the provider's issuer, audience and
 /// the API server's JWKS; the agency and subject must be allowed.
 async fn assume_with_oidc(state: &Arc<Mutex<State>>, body: &[u8]) -> Result<(), identity::Refusal> {
-    let request: serde_json::Value = serde_json::from_slice(body).map_err(|_| (400, "SIM.0400", "the body is not JSON".to_string()))?;
+    let request: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| (400, "SIM.0400", "the body is not JSON".to_string()))?;
     let field = |k: &str| request[k].as_str().unwrap_or_default().to_string();
-    let (provider_urn, agency_urn, id_token) = (field("provider_urn"), field("agency_urn"), field("id_token"));
+    let (provider_urn, agency_urn, id_token) =
+        (field("provider_urn"), field("agency_urn"), field("id_token"));
     if field("agency_session_name").is_empty() || !request["duration_seconds"].is_u64() {
-        return Err((400, "SIM.0400", "agency_session_name and duration_seconds are required".into()));
+        return Err((
+            400,
+            "SIM.0400",
+            "agency_session_name and duration_seconds are required".into(),
+        ));
     }
     let (client, provider) = {
         let s = state.lock().unwrap();
-        (s.identities.kubernetes.clone(), s.identities.oidc_providers.get(&provider_urn).cloned())
+        (
+            s.identities.kubernetes.clone(),
+            s.identities.oidc_providers.get(&provider_urn).cloned(),
+        )
     };
     let client = client.ok_or_else(|| (503, "SIM.0503", "no API server to check tokens with".to_string()))?;
-    let provider = provider.ok_or_else(|| (404, "SIM.0404", "the identity provider does not exist".to_string()))?;
+    let provider = provider.ok_or_else(|| {
+        (
+            404,
+            "SIM.0404",
+            "the identity provider does not exist".to_string(),
+        )
+    })?;
     let subject = identity::verify_id_token(&client, &id_token, &provider).await?;
     if !provider.agencies.contains(&agency_urn) || !provider.subjects.contains(&subject) {
         return Err((403, "SIM.0403", format!("{subject} may not assume this agency")));
@@ -753,7 +965,10 @@ async fn assume_with_oidc(state: &Arc<Mutex<State>>, body: &[u8]) -> Result<(), 
 }
 
 /// The ECS metadata service: Ok(Some(token)) for a session token, Ok(None) for credentials.
-fn metadata(state: &Arc<Mutex<State>>, parts: &http::request::Parts) -> Result<Option<String>, identity::Refusal> {
+fn metadata(
+    state: &Arc<Mutex<State>>,
+    parts: &http::request::Parts,
+) -> Result<Option<String>, identity::Refusal> {
     let mut s = state.lock().unwrap();
     let Some(service) = s.identities.metadata else {
         return Err((404, "APIGW.0101", "no metadata service here".into()));
@@ -767,7 +982,11 @@ fn metadata(state: &Arc<Mutex<State>>, parts: &http::request::Parts) -> Result<O
         return Ok(Some(token));
     }
     if service.session_tokens {
-        let sent = parts.headers.get("x-metadata-token").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let sent = parts
+            .headers
+            .get("x-metadata-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         if !s.identities.metadata_tokens.contains(sent) {
             return Err((401, "SIM.0401", "the metadata token is missing or expired".into()));
         }
@@ -814,7 +1033,11 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Checks the request's IAM token or AK/SK signature.
-fn authenticate(state: &Arc<Mutex<State>>, parts: &http::request::Parts, body: &[u8]) -> Result<(), AuthFailure> {
+fn authenticate(
+    state: &Arc<Mutex<State>>,
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> Result<(), AuthFailure> {
     let headers = &parts.headers;
     if let Some(token) = headers.get("x-auth-token") {
         let token = token.to_str().map_err(|_| AuthFailure::UnknownToken)?;
@@ -833,7 +1056,9 @@ fn authenticate(state: &Arc<Mutex<State>>, parts: &http::request::Parts, body: &
     let mut sorted = parsed.signed_headers.clone();
     sorted.sort();
     if sorted != parsed.signed_headers || parsed.signed_headers.iter().any(|h| h != &h.to_ascii_lowercase()) {
-        return Err(AuthFailure::Malformed("SignedHeaders must be lower case and sorted".into()));
+        return Err(AuthFailure::Malformed(
+            "SignedHeaders must be lower case and sorted".into(),
+        ));
     }
     if !parsed.signed_headers.iter().any(|h| h == "x-sdk-date") {
         return Err(AuthFailure::BadDate("x-sdk-date is not signed".into()));
@@ -842,12 +1067,21 @@ fn authenticate(state: &Arc<Mutex<State>>, parts: &http::request::Parts, body: &
         .get("x-sdk-date")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| AuthFailure::BadDate("X-Sdk-Date is missing".into()))?;
-    let when = auth::parse_sdk_date(date).ok_or_else(|| AuthFailure::BadDate("X-Sdk-Date is not YYYYMMDDTHHMMSSZ".into()))?;
+    let when = auth::parse_sdk_date(date)
+        .ok_or_else(|| AuthFailure::BadDate("X-Sdk-Date is not YYYYMMDDTHHMMSSZ".into()))?;
     let skew = jiff::Timestamp::now().duration_since(when).unsigned_abs();
     if skew > MAX_CLOCK_SKEW {
-        return Err(AuthFailure::BadDate("X-Sdk-Date is too far from the current time".into()));
+        return Err(AuthFailure::BadDate(
+            "X-Sdk-Date is too far from the current time".into(),
+        ));
     }
-    let key = state.lock().unwrap().aksk.get(&parsed.access).cloned().ok_or(AuthFailure::UnknownAccessKey)?;
+    let key = state
+        .lock()
+        .unwrap()
+        .aksk
+        .get(&parsed.access)
+        .cloned()
+        .ok_or(AuthFailure::UnknownAccessKey)?;
     if key.expires_at.is_some_and(|e| jiff::Timestamp::now() >= e) {
         return Err(AuthFailure::ExpiredSecurityToken);
     }
@@ -906,6 +1140,7 @@ fn json_response(status: u16, body: &serde_json::Value) -> Response<Full<Bytes>>
 }
 
 pub(crate) fn random_hex(bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
-

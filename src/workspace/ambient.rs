@@ -109,13 +109,28 @@ pub enum AmbientSource {
 impl AmbientSource {
     /// Reads the source of `kind` from the environment the way the SDKs do (`env` looks a
     /// variable up). `metadata_endpoint` overrides the ECS metadata address.
-    pub fn from_env(kind: AmbientKind, env: &dyn Fn(&str) -> Option<String>, metadata_endpoint: Option<Url>) -> Result<AmbientSource, String> {
+    pub fn from_env(
+        kind: AmbientKind,
+        env: &dyn Fn(&str) -> Option<String>,
+        metadata_endpoint: Option<Url>,
+    ) -> Result<AmbientSource, String> {
         let var = |name: &str| env(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        let required = |name: &str| var(name).ok_or_else(|| format!("--ambient-credentials={} needs the environment variable {name}", kind.as_str()));
-        let url = |name: &str, value: String| Url::parse(&value).map_err(|e| format!("{name} is not a URL: {e}"));
+        let required = |name: &str| {
+            var(name).ok_or_else(|| {
+                format!(
+                    "--ambient-credentials={} needs the environment variable {name}",
+                    kind.as_str()
+                )
+            })
+        };
+        let url =
+            |name: &str, value: String| Url::parse(&value).map_err(|e| format!("{name} is not a URL: {e}"));
         Ok(match kind {
             AmbientKind::PodIdentity => AmbientSource::PodIdentity {
-                uri: url("HC_CONTAINER_CREDENTIALS_FULL_URI", required("HC_CONTAINER_CREDENTIALS_FULL_URI")?)?,
+                uri: url(
+                    "HC_CONTAINER_CREDENTIALS_FULL_URI",
+                    required("HC_CONTAINER_CREDENTIALS_FULL_URI")?,
+                )?,
                 token_file: required("HC_CONTAINER_AUTHORIZATION_TOKEN_FILE")?.into(),
             },
             AmbientKind::Oidc => {
@@ -125,20 +140,27 @@ impl AmbientSource {
                     (None, None) => return Err("--ambient-credentials=oidc needs HUAWEICLOUD_OIDC_TOKEN_FILE (or HUAWEICLOUD_OIDC_ID_TOKEN)".into()),
                 };
                 let duration_seconds = match var("HUAWEICLOUD_OIDC_DURATION_SECONDS") {
-                    Some(d) => d.parse().map_err(|_| format!("HUAWEICLOUD_OIDC_DURATION_SECONDS is not a number of seconds: {d:?}"))?,
+                    Some(d) => d.parse().map_err(|_| {
+                        format!("HUAWEICLOUD_OIDC_DURATION_SECONDS is not a number of seconds: {d:?}")
+                    })?,
                     None => 3600,
                 };
                 AmbientSource::Oidc {
-                    sts_endpoint: url("HUAWEICLOUD_SDK_STS_ENDPOINT", var("HUAWEICLOUD_SDK_STS_ENDPOINT").unwrap_or_else(|| DEFAULT_STS_ENDPOINT.into()))?,
+                    sts_endpoint: url(
+                        "HUAWEICLOUD_SDK_STS_ENDPOINT",
+                        var("HUAWEICLOUD_SDK_STS_ENDPOINT").unwrap_or_else(|| DEFAULT_STS_ENDPOINT.into()),
+                    )?,
                     provider_urn: required("HUAWEICLOUD_OIDC_PROVIDER_URN")?,
                     agency_urn: required("HUAWEICLOUD_OIDC_AGENCY_URN")?,
-                    session_name: var("HUAWEICLOUD_OIDC_SESSION_NAME").unwrap_or_else(|| "oidc-sts-session".into()),
+                    session_name: var("HUAWEICLOUD_OIDC_SESSION_NAME")
+                        .unwrap_or_else(|| "oidc-sts-session".into()),
                     duration_seconds,
                     id_token,
                 }
             }
             AmbientKind::EcsMetadata => AmbientSource::EcsMetadata {
-                endpoint: metadata_endpoint.unwrap_or_else(|| Url::parse(DEFAULT_METADATA_ENDPOINT).expect("a URL")),
+                endpoint: metadata_endpoint
+                    .unwrap_or_else(|| Url::parse(DEFAULT_METADATA_ENDPOINT).expect("a URL")),
             },
         })
     }
@@ -181,14 +203,28 @@ impl TemporaryCredentials {
 /// the field aliases of the SDKs. The error names fields, never values.
 pub fn parse_temporary_credentials(body: &[u8]) -> Result<TemporaryCredentials, String> {
     let json: Value = serde_json::from_slice(body).map_err(|_| "the answer is not JSON".to_string())?;
-    let object = ["credential", "credentials"].iter().find_map(|k| json.get(k).filter(|v| v.is_object())).unwrap_or(&json);
-    let field = |names: &[&str]| names.iter().find_map(|n| object.get(n).and_then(Value::as_str)).map(str::trim).filter(|v| !v.is_empty());
+    let object = ["credential", "credentials"]
+        .iter()
+        .find_map(|k| json.get(k).filter(|v| v.is_object()))
+        .unwrap_or(&json);
+    let field = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| object.get(n).and_then(Value::as_str))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
     let missing = |what: &str| format!("the answer has no {what}");
-    let access = field(&["access", "accessKeyId", "access_key_id"]).ok_or_else(|| missing("access key (access)"))?;
-    let secret = field(&["secret", "secretAccessKey", "secret_access_key"]).ok_or_else(|| missing("secret key (secret)"))?;
-    let token = field(&["securitytoken", "securityToken", "security_token"]).ok_or_else(|| missing("security token (securitytoken)"))?;
+    let access =
+        field(&["access", "accessKeyId", "access_key_id"]).ok_or_else(|| missing("access key (access)"))?;
+    let secret = field(&["secret", "secretAccessKey", "secret_access_key"])
+        .ok_or_else(|| missing("secret key (secret)"))?;
+    let token = field(&["securitytoken", "securityToken", "security_token"])
+        .ok_or_else(|| missing("security token (securitytoken)"))?;
     let expires = field(&["expires_at", "expiration"]).ok_or_else(|| missing("expiry (expires_at)"))?;
-    let expires_at = expires.parse::<jiff::Timestamp>().map_err(|_| format!("its expiry {expires:?} is not a UTC time"))?;
+    let expires_at = expires
+        .parse::<jiff::Timestamp>()
+        .map_err(|_| format!("its expiry {expires:?} is not a UTC time"))?;
     Ok(TemporaryCredentials {
         access_key_id: access.to_string(),
         secret_access_key: Sensitive::new(secret),
@@ -227,7 +263,9 @@ struct Cached {
 /// [`AmbientCredentials::EXPIRY_MARGIN`] from now).
 fn still_valid(c: &Cached) -> bool {
     let margin = jiff::SignedDuration::try_from(AmbientCredentials::EXPIRY_MARGIN).unwrap_or_default();
-    jiff::Timestamp::now().checked_add(margin).is_ok_and(|t| t < c.credentials.expires_at)
+    jiff::Timestamp::now()
+        .checked_add(margin)
+        .is_ok_and(|t| t < c.credentials.expires_at)
 }
 
 struct LastFailure {
@@ -255,7 +293,9 @@ pub struct AmbientCredentials {
 /// 15-minute STS session would otherwise be fetched again on every call).
 pub fn refresh_at(fetched_at: jiff::Timestamp, expires_at: jiff::Timestamp) -> jiff::Timestamp {
     let life = expires_at.duration_since(fetched_at);
-    let margin = jiff::SignedDuration::try_from(REFRESH_BEFORE_EXPIRY).expect("small").min(life / 2);
+    let margin = jiff::SignedDuration::try_from(REFRESH_BEFORE_EXPIRY)
+        .expect("small")
+        .min(life / 2);
     expires_at - margin
 }
 
@@ -267,7 +307,11 @@ pub fn fetch_backoff(consecutive: u32) -> Duration {
 impl AmbientCredentials {
     /// Credentials from `source`, fetched when first needed.
     pub fn new(source: AmbientSource) -> AmbientCredentials {
-        AmbientCredentials { source, state: Mutex::default(), single_flight: tokio::sync::Mutex::new(()) }
+        AmbientCredentials {
+            source,
+            state: Mutex::default(),
+            single_flight: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The source's kind.
@@ -301,14 +345,21 @@ impl AmbientCredentials {
                 let refresh_at = refresh_at(fetched_at, credentials.expires_at);
                 let signed = credentials.credentials();
                 tracing::info!(source = self.kind().as_str(), access_key = %signed.describe(), expires_at = %credentials.expires_at, "fetched temporary credentials");
-                state.cached = Some(Cached { credentials, refresh_at });
+                state.cached = Some(Cached {
+                    credentials,
+                    refresh_at,
+                });
                 Ok(signed)
             }
             Err(mut error) => {
                 let consecutive = state.failure.as_ref().map_or(0, |f| f.consecutive) + 1;
                 error.next_attempt_in = Some(fetch_backoff(consecutive));
                 tracing::warn!(error = %error, source_message = error.source_message.as_deref().unwrap_or(""), retry_in_s = fetch_backoff(consecutive).as_secs(), "could not fetch temporary credentials");
-                state.failure = Some(LastFailure { error: error.clone(), at: Instant::now(), consecutive });
+                state.failure = Some(LastFailure {
+                    error: error.clone(),
+                    at: Instant::now(),
+                    consecutive,
+                });
                 // An early refresh that failed: the cached credentials still work until they
                 // expire, and are used until then (the next refresh waits for the backoff).
                 match state.cached.as_ref().filter(|c| still_valid(c)) {
@@ -351,7 +402,11 @@ impl AmbientCredentials {
     /// ones (unless another caller did already).
     pub fn expired(&self, access_key_id: &str) {
         let mut state = self.state.lock().expect("ambient state");
-        if state.cached.as_ref().is_some_and(|c| c.credentials.access_key_id == access_key_id) {
+        if state
+            .cached
+            .as_ref()
+            .is_some_and(|c| c.credentials.access_key_id == access_key_id)
+        {
             state.cached = None;
         }
     }
@@ -359,7 +414,14 @@ impl AmbientCredentials {
 
 /// The failure of a fetch from `kind`.
 fn failure(kind: AmbientKind, message: impl Into<String>) -> AmbientError {
-    AmbientError { kind, message: message.into(), http_status: None, code: None, source_message: None, next_attempt_in: None }
+    AmbientError {
+        kind,
+        message: message.into(),
+        http_status: None,
+        code: None,
+        source_message: None,
+        next_attempt_in: None,
+    }
 }
 
 /// One fetch from the source.
@@ -368,10 +430,20 @@ async fn fetch(source: &AmbientSource, http: &reqwest::Client) -> Result<Tempora
     match source {
         AmbientSource::PodIdentity { uri, token_file } => {
             let token = read_token(kind, token_file).await?;
-            let request = http.post(uri.clone()).header("Authorization", token.expose()).json(&json!({}));
+            let request = http
+                .post(uri.clone())
+                .header("Authorization", token.expose())
+                .json(&json!({}));
             credentials_from(kind, request).await
         }
-        AmbientSource::Oidc { sts_endpoint, provider_urn, agency_urn, session_name, duration_seconds, id_token } => {
+        AmbientSource::Oidc {
+            sts_endpoint,
+            provider_urn,
+            agency_urn,
+            session_name,
+            duration_seconds,
+            id_token,
+        } => {
             let token = match id_token {
                 IdToken::File(path) => read_token(kind, path).await?,
                 IdToken::Literal(t) => t.clone(),
@@ -394,27 +466,49 @@ async fn fetch(source: &AmbientSource, http: &reqwest::Client) -> Result<Tempora
 
 /// Reads a token file (the kubelet rotates it: never cached).
 async fn read_token(kind: AmbientKind, path: &std::path::Path) -> Result<Sensitive, AmbientError> {
-    let text = tokio::fs::read_to_string(path).await.map_err(|e| failure(kind, format!("reading the token file {}: {e}", path.display())))?;
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| failure(kind, format!("reading the token file {}: {e}", path.display())))?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(failure(kind, format!("the token file {} is empty", path.display())));
+        return Err(failure(
+            kind,
+            format!("the token file {} is empty", path.display()),
+        ));
     }
     Ok(Sensitive::new(token))
 }
 
 /// Sends `request` and reads the temporary credentials from a 2xx answer.
-async fn credentials_from(kind: AmbientKind, request: reqwest::RequestBuilder) -> Result<TemporaryCredentials, AmbientError> {
+async fn credentials_from(
+    kind: AmbientKind,
+    request: reqwest::RequestBuilder,
+) -> Result<TemporaryCredentials, AmbientError> {
     let (status, body) = send(kind, request).await?;
     if !(200..300).contains(&status) {
         return Err(refused(kind, status, &body));
     }
-    parse_temporary_credentials(&body).map_err(|why| AmbientError { http_status: Some(status), ..failure(kind, why) })
+    parse_temporary_credentials(&body).map_err(|why| AmbientError {
+        http_status: Some(status),
+        ..failure(kind, why)
+    })
 }
 
-async fn send(kind: AmbientKind, request: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes), AmbientError> {
-    let response = request.send().await.map_err(|e| failure(kind, format!("no answer: {}", without_url(&e))))?;
+async fn send(
+    kind: AmbientKind,
+    request: reqwest::RequestBuilder,
+) -> Result<(u16, bytes::Bytes), AmbientError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| failure(kind, format!("no answer: {}", without_url(&e))))?;
     let status = response.status().as_u16();
-    let body = super::client::read_limited(response).await.map_err(|e| AmbientError { http_status: Some(status), ..failure(kind, format!("reading the answer: {}", without_url(&e))) })?;
+    let body = super::client::read_limited(response)
+        .await
+        .map_err(|e| AmbientError {
+            http_status: Some(status),
+            ..failure(kind, format!("reading the answer: {}", without_url(&e)))
+        })?;
     Ok((status, bytes::Bytes::from(body)))
 }
 
@@ -459,7 +553,9 @@ async fn ecs_metadata(endpoint: &Url, http: &reqwest::Client) -> Result<Temporar
         url
     };
     let session_token = || async {
-        let request = http.put(at("/meta-data/latest/api/token")).header("X-Metadata-Token-Ttl-Seconds", "21600");
+        let request = http
+            .put(at("/meta-data/latest/api/token"))
+            .header("X-Metadata-Token-Ttl-Seconds", "21600");
         let (status, body) = send(kind, request).await?;
         match status {
             200..=299 => Ok(Some(Sensitive::new(String::from_utf8_lossy(&body).trim()))),
@@ -484,7 +580,10 @@ async fn ecs_metadata(endpoint: &Url, http: &reqwest::Client) -> Result<Temporar
     if !(200..300).contains(&status) {
         return Err(refused(kind, status, &body));
     }
-    parse_temporary_credentials(&body).map_err(|why| AmbientError { http_status: Some(status), ..failure(kind, why) })
+    parse_temporary_credentials(&body).map_err(|why| AmbientError {
+        http_status: Some(status),
+        ..failure(kind, why)
+    })
 }
 
 #[cfg(test)]
@@ -495,31 +594,60 @@ mod tests {
     fn reads_every_shape_of_the_temporary_credential_json() {
         let wrapped = br#"{"credential":{"access":"AK1","secret":"SK1","securitytoken":"T1","expires_at":"2026-11-29T10:00:00.000000Z"}}"#;
         let c = parse_temporary_credentials(wrapped).unwrap();
-        assert_eq!((c.access_key_id.as_str(), c.secret_access_key.expose(), c.security_token.expose()), ("AK1", "SK1", "T1"));
+        assert_eq!(
+            (
+                c.access_key_id.as_str(),
+                c.secret_access_key.expose(),
+                c.security_token.expose()
+            ),
+            ("AK1", "SK1", "T1")
+        );
         assert_eq!(c.expires_at, "2026-11-29T10:00:00Z".parse().unwrap());
         let plural = br#"{"credentials":{"accessKeyId":"AK2","secretAccessKey":"SK2","securityToken":"T2","expiration":"2026-11-29T10:00:00Z"}}"#;
         assert_eq!(parse_temporary_credentials(plural).unwrap().access_key_id, "AK2");
         let top = br#"{"access_key_id":"AK3","secret_access_key":"SK3","security_token":"T3","expires_at":"2026-11-29T10:00:00Z"}"#;
-        assert_eq!(parse_temporary_credentials(top).unwrap().security_token.expose(), "T3");
-        let e = parse_temporary_credentials(br#"{"credential":{"access":"AK","secret":"very-secret","expires_at":"x"}}"#).unwrap_err();
+        assert_eq!(
+            parse_temporary_credentials(top).unwrap().security_token.expose(),
+            "T3"
+        );
+        let e = parse_temporary_credentials(
+            br#"{"credential":{"access":"AK","secret":"very-secret","expires_at":"x"}}"#,
+        )
+        .unwrap_err();
         assert!(e.contains("security token") && !e.contains("very-secret"), "{e}");
-        assert!(parse_temporary_credentials(b"<html>").unwrap_err().contains("not JSON"));
+        assert!(
+            parse_temporary_credentials(b"<html>")
+                .unwrap_err()
+                .contains("not JSON")
+        );
     }
 
     #[test]
     fn refreshes_forty_minutes_early_or_at_half_life() {
         let t0: jiff::Timestamp = "2026-11-29T00:00:00Z".parse().unwrap();
         let hours = |h: i64| t0 + jiff::SignedDuration::from_hours(h);
-        assert_eq!(refresh_at(t0, hours(24)), hours(24) - jiff::SignedDuration::from_mins(40));
+        assert_eq!(
+            refresh_at(t0, hours(24)),
+            hours(24) - jiff::SignedDuration::from_mins(40)
+        );
         let short = t0 + jiff::SignedDuration::from_mins(15);
-        assert_eq!(refresh_at(t0, short), t0 + jiff::SignedDuration::from_secs(450), "a 15-minute session at half life");
+        assert_eq!(
+            refresh_at(t0, short),
+            t0 + jiff::SignedDuration::from_secs(450),
+            "a 15-minute session at half life"
+        );
     }
 
     #[tokio::test]
     async fn a_failed_early_refresh_keeps_using_credentials_that_have_not_expired() {
         // A metadata endpoint nobody listens on: every fetch fails at once.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let source = AmbientSource::EcsMetadata { endpoint: Url::parse(&format!("http://{closed}")).unwrap() };
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let source = AmbientSource::EcsMetadata {
+            endpoint: Url::parse(&format!("http://{closed}")).unwrap(),
+        };
         let ambient = AmbientCredentials::new(source);
         let now = jiff::Timestamp::now();
         let cached = |expires_in: i64| Cached {
@@ -558,19 +686,53 @@ mod tests {
 
     #[test]
     fn reads_the_sdk_environment() {
-        let env = |vars: &'static [(&'static str, &'static str)]| move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
-        let pod = env(&[("HC_CONTAINER_CREDENTIALS_FULL_URI", "http://169.254.170.2/v1/credentials"), ("HC_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/var/run/token")]);
-        assert!(matches!(AmbientSource::from_env(AmbientKind::PodIdentity, &pod, None).unwrap(), AmbientSource::PodIdentity { .. }));
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        let pod = env(&[
+            (
+                "HC_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://169.254.170.2/v1/credentials",
+            ),
+            ("HC_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/var/run/token"),
+        ]);
+        assert!(matches!(
+            AmbientSource::from_env(AmbientKind::PodIdentity, &pod, None).unwrap(),
+            AmbientSource::PodIdentity { .. }
+        ));
         let none = env(&[]);
         let e = AmbientSource::from_env(AmbientKind::PodIdentity, &none, None).unwrap_err();
         assert!(e.contains("HC_CONTAINER_CREDENTIALS_FULL_URI"), "{e}");
-        let oidc = env(&[("HUAWEICLOUD_OIDC_PROVIDER_URN", "p"), ("HUAWEICLOUD_OIDC_AGENCY_URN", "a"), ("HUAWEICLOUD_OIDC_ID_TOKEN", "tok")]);
-        let AmbientSource::Oidc { sts_endpoint, session_name, duration_seconds, id_token, .. } = AmbientSource::from_env(AmbientKind::Oidc, &oidc, None).unwrap() else {
+        let oidc = env(&[
+            ("HUAWEICLOUD_OIDC_PROVIDER_URN", "p"),
+            ("HUAWEICLOUD_OIDC_AGENCY_URN", "a"),
+            ("HUAWEICLOUD_OIDC_ID_TOKEN", "tok"),
+        ]);
+        let AmbientSource::Oidc {
+            sts_endpoint,
+            session_name,
+            duration_seconds,
+            id_token,
+            ..
+        } = AmbientSource::from_env(AmbientKind::Oidc, &oidc, None).unwrap()
+        else {
             panic!("oidc")
         };
-        assert_eq!((sts_endpoint.as_str(), session_name.as_str(), duration_seconds), ("https://sts.cn-north-4.myhuaweicloud.com/", "oidc-sts-session", 3600));
+        assert_eq!(
+            (sts_endpoint.as_str(), session_name.as_str(), duration_seconds),
+            (
+                "https://sts.cn-north-4.myhuaweicloud.com/",
+                "oidc-sts-session",
+                3600
+            )
+        );
         assert_eq!(id_token, IdToken::Literal(Sensitive::new("tok")));
         let ecs = AmbientSource::from_env(AmbientKind::EcsMetadata, &none, None).unwrap();
-        assert_eq!(ecs, AmbientSource::EcsMetadata { endpoint: Url::parse(DEFAULT_METADATA_ENDPOINT).unwrap() });
+        assert_eq!(
+            ecs,
+            AmbientSource::EcsMetadata {
+                endpoint: Url::parse(DEFAULT_METADATA_ENDPOINT).unwrap()
+            }
+        );
     }
 }

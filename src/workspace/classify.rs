@@ -86,7 +86,10 @@ pub fn is_workspace_code(code: &str) -> bool {
 /// found" (with any status); there are none built in.
 pub fn classify(error: &CloudError, extra_not_found: &[String]) -> Disposition {
     let api = match error {
-        CloudError::Transport { kind: TransportKind::Redirect, .. } => {
+        CloudError::Transport {
+            kind: TransportKind::Redirect,
+            ..
+        } => {
             return Disposition::NeedsHuman(HumanReason::WrongEndpoint);
         }
         CloudError::Transport { .. } => return Disposition::Retry(RetryReason::Transport),
@@ -150,7 +153,11 @@ mod tests {
         CloudError::Api(ApiError {
             operation: Operation::CancelRemoteAssistance,
             http_status: status,
-            body: ErrorBody { code: code.map(str::to_string), structured, ..ErrorBody::default() },
+            body: ErrorBody {
+                code: code.map(str::to_string),
+                structured,
+                ..ErrorBody::default()
+            },
             request_id: None,
         })
     }
@@ -205,7 +212,10 @@ mod tests {
             (transport(TransportKind::Body), Retry(Transport)),
             (transport(TransportKind::Redirect), NeedsHuman(WrongEndpoint)),
             (
-                CloudError::Request { operation: Operation::CancelRemoteAssistance, message: String::new() },
+                CloudError::Request {
+                    operation: Operation::CancelRemoteAssistance,
+                    message: String::new(),
+                },
                 NeedsHuman(InvalidRequest),
             ),
         ];
@@ -217,9 +227,18 @@ mod tests {
     #[test]
     fn operator_supplied_not_found_codes() {
         let extra = vec!["WKS.00010032".to_string()];
-        assert_eq!(classify(&api(400, Some("WKS.00010032"), true), &extra), Disposition::NotFound);
-        assert_eq!(classify(&api(400, Some("WKS.00010032"), true), &[]), Disposition::NeedsHuman(HumanReason::Rejected));
+        assert_eq!(
+            classify(&api(400, Some("WKS.00010032"), true), &extra),
+            Disposition::NotFound
+        );
+        assert_eq!(
+            classify(&api(400, Some("WKS.00010032"), true), &[]),
+            Disposition::NeedsHuman(HumanReason::Rejected)
+        );
         // An empty configured code never matches a body without a code.
-        assert_eq!(classify(&api(400, None, false), &["".to_string()]), Disposition::Retry(RetryReason::Transport));
+        assert_eq!(
+            classify(&api(400, None, false), &["".to_string()]),
+            Disposition::Retry(RetryReason::Transport)
+        );
     }
 }

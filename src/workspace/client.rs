@@ -61,7 +61,10 @@ impl Target {
     /// The operation's path, decoded (segments are encoded when the URL is built).
     fn decoded_path(&self) -> String {
         let base = self.endpoint.path().trim_end_matches('/');
-        format!("{base}/v2/{}/desktops/{}/remote-assistance", self.project_id, self.desktop_id)
+        format!(
+            "{base}/v2/{}/desktops/{}/remote-assistance",
+            self.project_id, self.desktop_id
+        )
     }
 
     /// The full URL, each path segment percent-encoded the way the signer encodes it.
@@ -85,7 +88,9 @@ pub fn resolve_endpoint(region: Option<&str>, endpoint: Option<&str>) -> Result<
     if let Some(e) = endpoint {
         let url = Url::parse(e).map_err(|err| format!("endpoint {e:?} is not a URL: {err}"))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
-            return Err(format!("endpoint {e:?} must be an absolute http:// or https:// URL"));
+            return Err(format!(
+                "endpoint {e:?} must be an absolute http:// or https:// URL"
+            ));
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(format!("endpoint {e:?} must not have a query or fragment"));
@@ -106,7 +111,12 @@ pub fn resolve_endpoint(region: Option<&str>, endpoint: Option<&str>) -> Result<
 /// header value may hold).
 fn user_agent(instance: Option<&str>) -> String {
     let base = concat!("workspace-assist/", env!("CARGO_PKG_VERSION"));
-    match instance.map(|i| i.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')).take(253).collect::<String>()) {
+    match instance.map(|i| {
+        i.chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+            .take(253)
+            .collect::<String>()
+    }) {
         Some(i) if !i.is_empty() => format!("{base} ({i})"),
         _ => base.to_string(),
     }
@@ -142,16 +152,20 @@ impl WorkspaceClient {
             .no_proxy()
             .tls_backend_rustls();
         if let Some(proxy) = &options.proxy {
-            builder = builder.proxy(reqwest::Proxy::all(proxy.as_str()).map_err(|e| format!("the proxy {proxy}: {e}"))?);
+            builder = builder
+                .proxy(reqwest::Proxy::all(proxy.as_str()).map_err(|e| format!("the proxy {proxy}: {e}"))?);
         }
         if let Some(pem) = &options.extra_ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("reading the CA bundle: {e}"))?;
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("reading the CA bundle: {e}"))?;
             builder = builder.tls_certs_merge(certs);
         }
         if options.insecure_skip_tls_verify {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
-        let http = builder.build().map_err(|e| format!("building the HTTP client: {e}"))?;
+        let http = builder
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
         Ok(WorkspaceClient { http })
     }
 
@@ -164,7 +178,9 @@ impl WorkspaceClient {
     /// success status (a proxy's page, an empty 200) is retried, and a cancel that did happen
     /// then answers "not found".
     pub async fn cancel(&self, target: &Target, credentials: &Credentials) -> Result<Answer<()>, CloudError> {
-        let raw = self.call(Operation::CancelRemoteAssistance, target, credentials).await?;
+        let raw = self
+            .call(Operation::CancelRemoteAssistance, target, credentials)
+            .await?;
         if raw.status != 204 {
             return Err(CloudError::Transport {
                 operation: Operation::CancelRemoteAssistance,
@@ -174,27 +190,54 @@ impl WorkspaceClient {
                 request_id: raw.request_id,
             });
         }
-        Ok(Answer { value: (), request_id: raw.request_id, http_status: raw.status })
+        Ok(Answer {
+            value: (),
+            request_id: raw.request_id,
+            http_status: raw.status,
+        })
     }
 
     /// ShowDesktopRemoteAssistanceInfo: `GET`, 200 with the session's details.
-    pub async fn show(&self, target: &Target, credentials: &Credentials) -> Result<Answer<ShowResponse>, CloudError> {
-        let raw = self.call(Operation::ShowDesktopRemoteAssistanceInfo, target, credentials).await?;
+    pub async fn show(
+        &self,
+        target: &Target,
+        credentials: &Credentials,
+    ) -> Result<Answer<ShowResponse>, CloudError> {
+        let raw = self
+            .call(Operation::ShowDesktopRemoteAssistanceInfo, target, credentials)
+            .await?;
         raw.decode(Operation::ShowDesktopRemoteAssistanceInfo)
     }
 
     /// CreateRemoteAssistance: `POST` (no body), 200 with the new session.
-    pub async fn create(&self, target: &Target, credentials: &Credentials) -> Result<Answer<CreateResponse>, CloudError> {
-        let raw = self.call(Operation::CreateRemoteAssistance, target, credentials).await?;
+    pub async fn create(
+        &self,
+        target: &Target,
+        credentials: &Credentials,
+    ) -> Result<Answer<CreateResponse>, CloudError> {
+        let raw = self
+            .call(Operation::CreateRemoteAssistance, target, credentials)
+            .await?;
         raw.decode(Operation::CreateRemoteAssistance)
     }
 
-    async fn call(&self, operation: Operation, target: &Target, credentials: &Credentials) -> Result<RawAnswer, CloudError> {
+    async fn call(
+        &self,
+        operation: Operation,
+        target: &Target,
+        credentials: &Credentials,
+    ) -> Result<RawAnswer, CloudError> {
         // A URL collapses "." and ".." segments: the path sent would not be the path signed,
         // nor the desktop meant.
-        for (what, id) in [("project ID", &target.project_id), ("desktop ID", &target.desktop_id)] {
+        for (what, id) in [
+            ("project ID", &target.project_id),
+            ("desktop ID", &target.desktop_id),
+        ] {
             if id == "." || id == ".." || id.is_empty() {
-                return Err(CloudError::Request { operation, message: format!("the {what} {id:?} is not an ID") });
+                return Err(CloudError::Request {
+                    operation,
+                    message: format!("the {what} {id:?} is not an ID"),
+                });
             }
         }
         let url = target.url();
@@ -220,7 +263,9 @@ impl WorkspaceClient {
             return Err(CloudError::Transport {
                 operation,
                 kind: TransportKind::Redirect,
-                message: format!("the endpoint answered HTTP {status} (a redirect); the Workspace API sends none"),
+                message: format!(
+                    "the endpoint answered HTTP {status} (a redirect); the Workspace API sends none"
+                ),
                 http_status: Some(status),
                 request_id,
             });
@@ -231,7 +276,12 @@ impl WorkspaceClient {
         let parsed = parse_error_body(&body);
         if status >= 400 || parsed.structured {
             let request_id = request_id.or_else(|| parsed.request_id.clone());
-            return Err(CloudError::Api(ApiError { operation, http_status: status, body: parsed, request_id }));
+            return Err(CloudError::Api(ApiError {
+                operation,
+                http_status: status,
+                body: parsed,
+                request_id,
+            }));
         }
         if status < 200 {
             return Err(CloudError::Transport {
@@ -242,7 +292,11 @@ impl WorkspaceClient {
                 request_id,
             });
         }
-        Ok(RawAnswer { status, request_id, body })
+        Ok(RawAnswer {
+            status,
+            request_id,
+            body,
+        })
     }
 }
 
@@ -266,7 +320,11 @@ fn request_headers(
         ("X-Project-Id".into(), target.project_id.clone()),
     ];
     match credentials {
-        Credentials::AkSk { access_key_id, secret_access_key, security_token } => {
+        Credentials::AkSk {
+            access_key_id,
+            secret_access_key,
+            security_token,
+        } => {
             let date = now.strftime(signer::DATE_FORMAT).to_string();
             pairs.push((signer::DATE_HEADER.into(), date.clone()));
             if let Some(token) = security_token {
@@ -287,10 +345,17 @@ fn request_headers(
     }
     let mut headers = HeaderMap::new();
     for (name, value) in pairs {
-        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad(format!("header name: {e}")))?;
-        let mut value = HeaderValue::from_str(&value)
-            .map_err(|_| bad(format!("the {name} header would hold characters HTTP does not allow")))?;
-        if matches!(name.as_str(), "authorization" | "x-auth-token" | "x-security-token") {
+        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| bad(format!("header name: {e}")))?;
+        let mut value = HeaderValue::from_str(&value).map_err(|_| {
+            bad(format!(
+                "the {name} header would hold characters HTTP does not allow"
+            ))
+        })?;
+        if matches!(
+            name.as_str(),
+            "authorization" | "x-auth-token" | "x-security-token"
+        ) {
             value.set_sensitive(true);
         }
         headers.insert(name, value);
@@ -311,7 +376,12 @@ pub(crate) async fn read_limited(mut response: reqwest::Response) -> Result<Vec<
     Ok(body)
 }
 
-fn transport_error(operation: Operation, e: &reqwest::Error, http_status: Option<u16>, request_id: Option<String>) -> CloudError {
+fn transport_error(
+    operation: Operation,
+    e: &reqwest::Error,
+    http_status: Option<u16>,
+    request_id: Option<String>,
+) -> CloudError {
     let kind = if e.is_timeout() {
         TransportKind::Timeout
     } else if e.is_connect() {
@@ -329,7 +399,13 @@ fn transport_error(operation: Operation, e: &reqwest::Error, http_status: Option
         message.push_str(&s.to_string());
         source = s.source();
     }
-    CloudError::Transport { operation, kind, message, http_status, request_id }
+    CloudError::Transport {
+        operation,
+        kind,
+        message,
+        http_status,
+        request_id,
+    }
 }
 
 /// A 2xx answer before decoding.
@@ -344,11 +420,18 @@ impl RawAnswer {
     /// it is an error to retry rather than "nothing there".
     fn decode<T: serde::de::DeserializeOwned>(self, operation: Operation) -> Result<Answer<T>, CloudError> {
         match serde_json::from_slice::<T>(&self.body) {
-            Ok(value) => Ok(Answer { value, request_id: self.request_id, http_status: self.status }),
+            Ok(value) => Ok(Answer {
+                value,
+                request_id: self.request_id,
+                http_status: self.status,
+            }),
             Err(e) => Err(CloudError::Transport {
                 operation,
                 kind: TransportKind::Body,
-                message: format!("HTTP {} with a body that is not the documented JSON: {e}", self.status),
+                message: format!(
+                    "HTTP {} with a body that is not the documented JSON: {e}",
+                    self.status
+                ),
                 http_status: Some(self.status),
                 request_id: self.request_id,
             }),
@@ -367,7 +450,9 @@ mod tests {
             "https://workspace.cn-north-4.myhuaweicloud.com/"
         );
         assert_eq!(
-            resolve_endpoint(Some("cn-north-4"), Some("http://127.0.0.1:8080")).unwrap().as_str(),
+            resolve_endpoint(Some("cn-north-4"), Some("http://127.0.0.1:8080"))
+                .unwrap()
+                .as_str(),
             "http://127.0.0.1:8080/"
         );
         assert!(resolve_endpoint(None, Some("not a url")).is_err());
@@ -383,10 +468,16 @@ mod tests {
             project_id: "p 1".into(),
             desktop_id: "d/2".into(),
         };
-        assert_eq!(t.url().as_str(), "https://proxy.example.com/workspace/v2/p%201/desktops/d%2F2/remote-assistance");
+        assert_eq!(
+            t.url().as_str(),
+            "https://proxy.example.com/workspace/v2/p%201/desktops/d%2F2/remote-assistance"
+        );
         // Like the official SDKs, the signature covers the decoded path split on '/', so an ID
         // holding a '/' is signed as two segments.
-        assert_eq!(signer::canonical_uri(&t.decoded_path()), "/workspace/v2/p%201/desktops/d/2/remote-assistance/");
+        assert_eq!(
+            signer::canonical_uri(&t.decoded_path()),
+            "/workspace/v2/p%201/desktops/d/2/remote-assistance/"
+        );
     }
 
     #[test]

@@ -55,9 +55,17 @@ impl Credentials {
     /// A short description that names no secret, for messages: `AK/SK QTWA…`, `IAM token`.
     pub fn describe(&self) -> String {
         match self {
-            Credentials::AkSk { access_key_id, security_token, .. } => {
+            Credentials::AkSk {
+                access_key_id,
+                security_token,
+                ..
+            } => {
                 let prefix: String = access_key_id.chars().take(4).collect();
-                let kind = if security_token.is_some() { "temporary AK/SK" } else { "AK/SK" };
+                let kind = if security_token.is_some() {
+                    "temporary AK/SK"
+                } else {
+                    "AK/SK"
+                };
                 format!("{kind} {prefix}…")
             }
             Credentials::Token(_) => "IAM token".to_string(),

@@ -83,7 +83,10 @@ impl ErrorBody {
             code: bounded_opt(self.code.as_deref(), MAX_ERROR_CODE_BYTES),
             message: bounded_opt(self.message.as_deref(), MAX_ERROR_TEXT_BYTES),
             detail: bounded_opt(self.detail.as_deref(), MAX_ERROR_TEXT_BYTES),
-            encoded_authorization_message: bounded_opt(self.encoded_authorization_message.as_deref(), MAX_ENCODED_MESSAGE_BYTES),
+            encoded_authorization_message: bounded_opt(
+                self.encoded_authorization_message.as_deref(),
+                MAX_ENCODED_MESSAGE_BYTES,
+            ),
             request_id: bounded_opt(self.request_id.as_deref(), MAX_ERROR_CODE_BYTES),
             structured: self.structured,
         }
@@ -106,14 +109,18 @@ fn parse_unbounded(body: &[u8]) -> ErrorBody {
             request_id: string_field(&obj, "request_id"),
             ..ErrorBody::default()
         };
-        if let Some((code, message)) = pair(&obj, "error_code", "error_msg").or_else(|| pair(&obj, "code", "message")) {
+        if let Some((code, message)) =
+            pair(&obj, "error_code", "error_msg").or_else(|| pair(&obj, "code", "message"))
+        {
             parsed.code = code;
             parsed.message = message;
             parsed.structured = true;
             return parsed;
         }
         for nested in obj.values().filter_map(Value::as_object) {
-            if let Some((code, message)) = either(nested, "error_code", "error_msg").or_else(|| either(nested, "code", "message")) {
+            if let Some((code, message)) =
+                either(nested, "error_code", "error_msg").or_else(|| either(nested, "code", "message"))
+            {
                 parsed.code = code;
                 parsed.message = message;
                 parsed.detail = parsed.detail.or_else(|| string_field(nested, "error_detail"));
@@ -135,11 +142,18 @@ fn parse_unbounded(body: &[u8]) -> ErrorBody {
         }
         // A JSON object with neither: fall through to the raw text.
     }
-    ErrorBody { message: raw_message(body), ..ErrorBody::default() }
+    ErrorBody {
+        message: raw_message(body),
+        ..ErrorBody::default()
+    }
 }
 
 /// Both fields present (the SDKs' first two rules).
-fn pair(obj: &serde_json::Map<String, Value>, code: &str, message: &str) -> Option<(Option<String>, Option<String>)> {
+fn pair(
+    obj: &serde_json::Map<String, Value>,
+    code: &str,
+    message: &str,
+) -> Option<(Option<String>, Option<String>)> {
     match (string_field(obj, code), string_field(obj, message)) {
         (Some(c), Some(m)) => Some((Some(c), Some(m))),
         _ => None,
@@ -147,7 +161,11 @@ fn pair(obj: &serde_json::Map<String, Value>, code: &str, message: &str) -> Opti
 }
 
 /// Either field present (the nested-object rule).
-fn either(obj: &serde_json::Map<String, Value>, code: &str, message: &str) -> Option<(Option<String>, Option<String>)> {
+fn either(
+    obj: &serde_json::Map<String, Value>,
+    code: &str,
+    message: &str,
+) -> Option<(Option<String>, Option<String>)> {
     match (string_field(obj, code), string_field(obj, message)) {
         (None, None) => None,
         (c, m) => Some((c, m)),
@@ -272,7 +290,12 @@ pub enum CloudError {
 }
 
 fn describe_api(e: &ApiError) -> String {
-    let code = e.body.code.as_deref().map(|c| format!(" {c}")).unwrap_or_default();
+    let code = e
+        .body
+        .code
+        .as_deref()
+        .map(|c| format!(" {c}"))
+        .unwrap_or_default();
     let message = e.body.message.as_deref().unwrap_or("(no message)");
     format!("{}: HTTP {}{code}: {message}", e.operation, e.http_status)
 }
@@ -282,9 +305,10 @@ impl CloudError {
     pub fn operation(&self) -> Operation {
         match self {
             CloudError::Api(e) => e.operation,
-            CloudError::Transport { operation, .. } | CloudError::Request { operation, .. } | CloudError::Withheld { operation, .. } | CloudError::Source { operation, .. } => {
-                *operation
-            }
+            CloudError::Transport { operation, .. }
+            | CloudError::Request { operation, .. }
+            | CloudError::Withheld { operation, .. }
+            | CloudError::Source { operation, .. } => *operation,
         }
     }
 
@@ -359,9 +383,14 @@ mod tests {
 
     #[test]
     fn nested_object_with_either_pair() {
-        let b = parse_error_body(br#"{"error":{"code":"APIG.0301","message":"Incorrect IAM authentication information"}}"#);
+        let b = parse_error_body(
+            br#"{"error":{"code":"APIG.0301","message":"Incorrect IAM authentication information"}}"#,
+        );
         assert_eq!(b.code.as_deref(), Some("APIG.0301"));
-        assert_eq!(b.message.as_deref(), Some("Incorrect IAM authentication information"));
+        assert_eq!(
+            b.message.as_deref(),
+            Some("Incorrect IAM authentication information")
+        );
         let b = parse_error_body(br#"{"x":1,"error":{"error_code":"WKS.0001"}}"#);
         assert_eq!(b.code.as_deref(), Some("WKS.0001"));
         assert_eq!(b.message, None);
@@ -372,17 +401,29 @@ mod tests {
     fn non_json_bodies_become_the_message() {
         let b = parse_error_body(b"<html><body>\n  <h1>502 Bad Gateway</h1>\n</body></html>");
         assert_eq!(b.code, None);
-        assert_eq!(b.message.as_deref(), Some("<html><body> <h1>502 Bad Gateway</h1> </body></html>"));
+        assert_eq!(
+            b.message.as_deref(),
+            Some("<html><body> <h1>502 Bad Gateway</h1> </body></html>")
+        );
         assert!(!b.structured);
         assert_eq!(parse_error_body(b"").message, None);
-        assert_eq!(parse_error_body(b"{\"error_code\":").message.as_deref(), Some("{\"error_code\":"));
+        assert_eq!(
+            parse_error_body(b"{\"error_code\":").message.as_deref(),
+            Some("{\"error_code\":")
+        );
         let huge = vec![b'x'; 100_000];
         assert!(parse_error_body(&huge).message.unwrap().chars().count() <= RAW_BODY_LIMIT + 1);
-        let huge_json = format!(r#"{{"error_code":"WKS.1","error_msg":"{}"}}"#, "m".repeat(1 << 20));
+        let huge_json = format!(
+            r#"{{"error_code":"WKS.1","error_msg":"{}"}}"#,
+            "m".repeat(1 << 20)
+        );
         let parsed = parse_error_body(huge_json.as_bytes());
         assert!(parsed.message.as_ref().unwrap().len() <= MAX_ERROR_TEXT_BYTES);
         assert!(parsed.message.unwrap().ends_with(crate::text::TRUNCATION_MARKER));
-        assert_eq!(parse_error_body(&[0xff, 0xfe, b'a']).message.as_deref(), Some("\u{fffd}\u{fffd}a"));
+        assert_eq!(
+            parse_error_body(&[0xff, 0xfe, b'a']).message.as_deref(),
+            Some("\u{fffd}\u{fffd}a")
+        );
     }
 
     #[test]

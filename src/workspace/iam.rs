@@ -31,7 +31,8 @@ pub struct PasswordLogin {
 
 /// The IAM endpoint of a region: `https://iam.{region}.myhuaweicloud.com`.
 pub fn iam_endpoint_for_region(region: &str) -> Result<Url, String> {
-    Url::parse(&format!("https://iam.{region}.myhuaweicloud.com")).map_err(|e| format!("region {region:?}: {e}"))
+    Url::parse(&format!("https://iam.{region}.myhuaweicloud.com"))
+        .map_err(|e| format!("region {region:?}: {e}"))
 }
 
 #[derive(Clone)]
@@ -52,11 +53,21 @@ pub struct TokenCache {
 impl TokenCache {
     /// A valid token for `login`: the cached one unless it expires within
     /// [`RENEW_BEFORE_EXPIRY`], else a new one from IAM.
-    pub async fn token(&self, http: &reqwest::Client, login: &PasswordLogin) -> Result<Sensitive, CloudError> {
+    pub async fn token(
+        &self,
+        http: &reqwest::Client,
+        login: &PasswordLogin,
+    ) -> Result<Sensitive, CloudError> {
         if let Some(token) = self.cached(login) {
             return Ok(token);
         }
-        let lock = self.in_flight.lock().expect("token logins").entry(login.clone()).or_default().clone();
+        let lock = self
+            .in_flight
+            .lock()
+            .expect("token logins")
+            .entry(login.clone())
+            .or_default()
+            .clone();
         let _single = lock.lock().await;
         // Another caller may have logged in while this one waited.
         if let Some(token) = self.cached(login) {
@@ -73,7 +84,10 @@ impl TokenCache {
         }
         let fresh = result?;
         let token = fresh.token.clone();
-        self.tokens.lock().expect("token cache").insert(login.clone(), fresh);
+        self.tokens
+            .lock()
+            .expect("token cache")
+            .insert(login.clone(), fresh);
         Ok(token)
     }
 
@@ -83,7 +97,10 @@ impl TokenCache {
         let mut tokens = self.tokens.lock().expect("token cache");
         // Expired tokens are dropped as they are met: the cache holds live logins only.
         tokens.retain(|_, t| t.expires_at > now);
-        tokens.get(login).filter(|t| t.expires_at.duration_since(now) > renew_before).map(|t| t.token.clone())
+        tokens
+            .get(login)
+            .filter(|t| t.expires_at.duration_since(now) > renew_before)
+            .map(|t| t.token.clone())
     }
 
     /// Drops the cached token of `login` (the API said it must be renewed).
@@ -114,22 +131,66 @@ async fn request_token(http: &reqwest::Client, login: &PasswordLogin) -> Result<
         request_id: None,
     };
     let response = http.post(url).json(&body).send().await.map_err(|e| {
-        let kind = if e.is_timeout() { TransportKind::Timeout } else if e.is_connect() { TransportKind::Connect } else { TransportKind::Other };
+        let kind = if e.is_timeout() {
+            TransportKind::Timeout
+        } else if e.is_connect() {
+            TransportKind::Connect
+        } else {
+            TransportKind::Other
+        };
         transport(kind, format!("IAM token request: {e}"), None)
     })?;
     let status = response.status().as_u16();
-    let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let token = response.headers().get("x-subject-token").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let bytes = super::client::read_limited(response).await.map_err(|e| transport(TransportKind::Body, format!("IAM token answer: {e}"), Some(status)))?;
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let token = response
+        .headers()
+        .get("x-subject-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = super::client::read_limited(response).await.map_err(|e| {
+        transport(
+            TransportKind::Body,
+            format!("IAM token answer: {e}"),
+            Some(status),
+        )
+    })?;
     if !(200..300).contains(&status) {
         let parsed = parse_error_body(&bytes);
         let request_id = request_id.or_else(|| parsed.request_id.clone());
-        return Err(CloudError::Api(ApiError { operation: op, http_status: status, body: parsed, request_id }));
+        return Err(CloudError::Api(ApiError {
+            operation: op,
+            http_status: status,
+            body: parsed,
+            request_id,
+        }));
     }
-    let token = token.filter(|t| !t.is_empty()).ok_or_else(|| transport(TransportKind::Body, "IAM answered without X-Subject-Token".into(), Some(status)))?;
+    let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
+        transport(
+            TransportKind::Body,
+            "IAM answered without X-Subject-Token".into(),
+            Some(status),
+        )
+    })?;
     let expires_at = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
-        .and_then(|v| v["token"]["expires_at"].as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok()))
-        .ok_or_else(|| transport(TransportKind::Body, "IAM answered without token.expires_at".into(), Some(status)))?;
-    Ok(CachedToken { token: Sensitive::new(token), expires_at })
+        .and_then(|v| {
+            v["token"]["expires_at"]
+                .as_str()
+                .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+        })
+        .ok_or_else(|| {
+            transport(
+                TransportKind::Body,
+                "IAM answered without token.expires_at".into(),
+                Some(status),
+            )
+        })?;
+    Ok(CachedToken {
+        token: Sensitive::new(token),
+        expires_at,
+    })
 }

@@ -10,10 +10,10 @@ pub mod iam;
 pub mod models;
 pub mod signer;
 
+pub use ambient::{AmbientCredentials, AmbientError, AmbientKind, AmbientSource};
 pub use classify::{Disposition, HumanReason, RetryReason, classify};
 pub use client::{Answer, ClientOptions, Target, WorkspaceClient, resolve_endpoint};
 pub use credentials::{Credentials, Sensitive};
-pub use iam::{PasswordLogin, TokenCache};
 pub use error::{ApiError, CloudError, ErrorBody, Operation, TransportKind};
+pub use iam::{PasswordLogin, TokenCache};
 pub use models::{CreateResponse, SessionState, ShowResponse};
-pub use ambient::{AmbientCredentials, AmbientError, AmbientKind, AmbientSource};

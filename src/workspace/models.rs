@@ -80,12 +80,29 @@ mod tests {
 
     #[test]
     fn only_the_status_says_whether_a_session_is_in_progress() {
-        let show = |status: Option<&str>, id: Option<&str>| ShowResponse { status: status.map(Into::into), share_space_id: id.map(Into::into), ..ShowResponse::default() };
+        let show = |status: Option<&str>, id: Option<&str>| ShowResponse {
+            status: status.map(Into::into),
+            share_space_id: id.map(Into::into),
+            ..ShowResponse::default()
+        };
         assert_eq!(show(Some("OPEN"), None).session_state(), SessionState::InProgress);
-        assert_eq!(show(Some("WAIT_USER_CONFIRM"), None).session_state(), SessionState::InProgress);
-        assert_eq!(show(Some("SOMETHING_NEW"), Some("s")).session_state(), SessionState::InProgress);
-        assert_eq!(show(Some("CLOSE"), Some("s")).session_state(), SessionState::Closed);
-        assert_eq!(show(None, Some("s")).session_state(), SessionState::Unknown, "an id alone says nothing");
+        assert_eq!(
+            show(Some("WAIT_USER_CONFIRM"), None).session_state(),
+            SessionState::InProgress
+        );
+        assert_eq!(
+            show(Some("SOMETHING_NEW"), Some("s")).session_state(),
+            SessionState::InProgress
+        );
+        assert_eq!(
+            show(Some("CLOSE"), Some("s")).session_state(),
+            SessionState::Closed
+        );
+        assert_eq!(
+            show(None, Some("s")).session_state(),
+            SessionState::Unknown,
+            "an id alone says nothing"
+        );
         assert_eq!(show(None, None).session_state(), SessionState::Unknown);
         assert_eq!(show(Some(""), None).session_state(), SessionState::Unknown);
     }

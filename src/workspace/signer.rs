@@ -50,10 +50,16 @@ pub fn canonical_uri(path: &str) -> String {
 
 /// The canonical query: keys sorted, a repeated key giving one `k=v` per value (values sorted).
 pub fn canonical_query(query: &[(String, String)]) -> String {
-    let mut pairs: Vec<(String, String)> =
-        query.iter().map(|(k, v)| (percent_encode(k), percent_encode(v))).collect();
+    let mut pairs: Vec<(String, String)> = query
+        .iter()
+        .map(|(k, v)| (percent_encode(k), percent_encode(v)))
+        .collect();
     pairs.sort();
-    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// Lower-case names of the signed headers, sorted and de-duplicated.
@@ -93,12 +99,16 @@ pub fn canonical_request(req: &SigningRequest<'_>) -> String {
 
 /// The string to sign for a canonical request at `sdk_date`.
 pub fn string_to_sign(sdk_date: &str, canonical_request: &str) -> String {
-    format!("{ALGORITHM}\n{sdk_date}\n{}", hex::encode(Sha256::digest(canonical_request.as_bytes())))
+    format!(
+        "{ALGORITHM}\n{sdk_date}\n{}",
+        hex::encode(Sha256::digest(canonical_request.as_bytes()))
+    )
 }
 
 /// Lower-case hex HMAC-SHA256 of `message` keyed with the secret key.
 pub fn hmac_hex(secret_key: &str, message: &str) -> String {
-    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret_key.as_bytes()).expect("HMAC takes keys of any length");
+    let mut mac =
+        hmac::Hmac::<Sha256>::new_from_slice(secret_key.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(message.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
@@ -118,7 +128,10 @@ mod tests {
     use super::*;
 
     fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     /// Huawei Cloud's API signing guide.
@@ -148,7 +161,12 @@ mod tests {
             hex::encode(Sha256::digest(canonical.as_bytes())),
             "b25362e603ee30f4f25e7858e8a7160fd36e803bb2dfe206278659d71a9bcd7a"
         );
-        let auth = authorization("QTWAOYTTINDUT2QVKYUC", "MFyfvK41ba2giqM7Uio6PznpdUKGpownRZlmVmHc", "20191115T033655Z", &req);
+        let auth = authorization(
+            "QTWAOYTTINDUT2QVKYUC",
+            "MFyfvK41ba2giqM7Uio6PznpdUKGpownRZlmVmHc",
+            "20191115T033655Z",
+            &req,
+        );
         assert_eq!(
             auth,
             "SDK-HMAC-SHA256 Access=QTWAOYTTINDUT2QVKYUC, SignedHeaders=content-type;host;x-sdk-date, \
@@ -161,14 +179,23 @@ mod tests {
     fn go_sdk_get_vector() {
         let query = q(&[("limit", "1")]);
         let headers = q(&[("X-Sdk-Date", "20060102T150405Z")]);
-        let req = SigningRequest { method: "GET", path: "/path", query: &query, headers: &headers, body: b"" };
+        let req = SigningRequest {
+            method: "GET",
+            path: "/path",
+            query: &query,
+            headers: &headers,
+            body: b"",
+        };
         assert_eq!(
             canonical_request(&req),
             "GET\n/path/\nlimit=1\nx-sdk-date:20060102T150405Z\n\nx-sdk-date\n\
              e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(
-            hmac_hex("SecretKey", &string_to_sign("20060102T150405Z", &canonical_request(&req))),
+            hmac_hex(
+                "SecretKey",
+                &string_to_sign("20060102T150405Z", &canonical_request(&req))
+            ),
             "5a2ce64c865e0e6046321c6f3d5a77ba8413eeaf355c3166c03d58d02ac79624"
         );
     }
@@ -179,7 +206,13 @@ mod tests {
         let query = q(&[("key", "value")]);
         let headers = q(&[("X-Sdk-Date", "20060102T150405Z")]);
         let body = b"{\"Name\":\"test\",\"Id\":1}\n";
-        let req = SigningRequest { method: "POST", path: "/path", query: &query, headers: &headers, body };
+        let req = SigningRequest {
+            method: "POST",
+            path: "/path",
+            query: &query,
+            headers: &headers,
+            body,
+        };
         let auth = authorization("AccessKey", "SecretKey", "20060102T150405Z", &req);
         assert_eq!(
             auth,
@@ -192,8 +225,14 @@ mod tests {
     fn encoding_rules() {
         assert_eq!(percent_encode("a b/ü~_.-Z9"), "a%20b%2F%C3%BC~_.-Z9");
         assert_eq!(canonical_uri("/"), "/");
-        assert_eq!(canonical_uri("/v2/p/desktops/d e/remote-assistance"), "/v2/p/desktops/d%20e/remote-assistance/");
-        assert_eq!(canonical_query(&q(&[("b", "2"), ("a", "z"), ("a", "y")])), "a=y&a=z&b=2");
+        assert_eq!(
+            canonical_uri("/v2/p/desktops/d e/remote-assistance"),
+            "/v2/p/desktops/d%20e/remote-assistance/"
+        );
+        assert_eq!(
+            canonical_query(&q(&[("b", "2"), ("a", "z"), ("a", "y")])),
+            "a=y&a=z&b=2"
+        );
         assert_eq!(canonical_query(&[]), "");
     }
 }

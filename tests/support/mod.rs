@@ -4,8 +4,8 @@
 
 pub mod debian;
 pub mod operator;
-pub mod proxy;
 pub mod process;
+pub mod proxy;
 pub mod shipped;
 
 /// The project's control plane, started once per test binary.
@@ -31,11 +31,10 @@ pub mod control_plane {
     }
 }
 
-
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
 pub use control_plane::ControlPlane;
 
@@ -44,7 +43,9 @@ pub const TEST_MANAGER: &str = "integration-tests";
 
 /// A client with the admin identity of the given control plane.
 pub async fn client_for(cp: &ControlPlane) -> Client {
-    workspace_assist::devenv::demo::client_for(cp).await.unwrap_or_else(|e| panic!("{e}"))
+    workspace_assist::devenv::demo::client_for(cp)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// An admin client of the shared control plane. Each test gets its own (a client belongs to the
@@ -71,10 +72,16 @@ pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
 pub async fn install_crd(client: &Client, crd: &CustomResourceDefinition) {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
     let name = crd.metadata.name.clone().expect("CRD has a name");
-    api.patch(&name, &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(crd))
+    api.patch(
+        &name,
+        &PatchParams::apply(TEST_MANAGER).force(),
+        &Patch::Apply(crd),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+    workspace_assist::devenv::demo::wait_established(client, &name)
         .await
-        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
-    workspace_assist::devenv::demo::wait_established(client, &name).await.unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The project's CRDs as committed in `crds/`.
@@ -90,9 +97,11 @@ pub fn project_crds() -> Vec<CustomResourceDefinition> {
         .iter()
         .filter_map(|f| {
             let text = std::fs::read_to_string(f).expect("reading a CRD file");
-            let value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", f.display()));
-            (value["kind"] == "CustomResourceDefinition")
-                .then(|| serde_yaml::from_value(value).unwrap_or_else(|e| panic!("parsing {}: {e}", f.display())))
+            let value: serde_yaml::Value =
+                serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", f.display()));
+            (value["kind"] == "CustomResourceDefinition").then(|| {
+                serde_yaml::from_value(value).unwrap_or_else(|e| panic!("parsing {}: {e}", f.display()))
+            })
         })
         .collect()
 }
@@ -109,16 +118,33 @@ pub async fn install_project_crds(client: &Client) {
 pub fn secret_forms(secret: &str) -> Vec<String> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
-    vec![secret.to_string(), b64.encode(secret), b64.encode(secret).trim_end_matches('=').to_string(), format!("{:?}", secret.as_bytes())]
+    vec![
+        secret.to_string(),
+        b64.encode(secret),
+        b64.encode(secret).trim_end_matches('=').to_string(),
+        format!("{:?}", secret.as_bytes()),
+    ]
 }
 
 /// The first form of any of `secrets` found in `text` (None: no leak).
 pub fn leaked<'a>(text: &str, secrets: impl IntoIterator<Item = &'a String>) -> Option<String> {
-    secrets.into_iter().flat_map(|s| secret_forms(s)).find(|form| text.contains(form.as_str()))
+    secrets
+        .into_iter()
+        .flat_map(|s| secret_forms(s))
+        .find(|form| text.contains(form.as_str()))
 }
 
 /// The secret values of every session the simulator ever started: the invitation code, the
 /// share space password and the share links' secret part.
 pub fn session_secrets(sim: &workspace_assist::simulator::Simulator) -> Vec<String> {
-    sim.all_sessions().into_iter().flat_map(|s| [s.invitation_code, s.share_space_passwd, format!("/s/{}?code=", s.share_space_id)]).collect()
+    sim.all_sessions()
+        .into_iter()
+        .flat_map(|s| {
+            [
+                s.invitation_code,
+                s.share_space_passwd,
+                format!("/s/{}?code=", s.share_space_id),
+            ]
+        })
+        .collect()
 }

@@ -47,8 +47,16 @@ impl World {
         let namespace = super::fresh_namespace(&client, prefix).await;
         let sim = Simulator::start().await.expect("starting the simulator");
         sim.add_access_key(AK, SK);
-        let world = World { client, namespace, sim, stop: None, task: None };
-        world.put_secret(SECRET, &[("accessKeyId", AK), ("secretAccessKey", SK)]).await;
+        let world = World {
+            client,
+            namespace,
+            sim,
+            stop: None,
+            task: None,
+        };
+        world
+            .put_secret(SECRET, &[("accessKeyId", AK), ("secretAccessKey", SK)])
+            .await;
         world
     }
 
@@ -62,7 +70,9 @@ impl World {
                 max: Duration::from_secs(5),
                 needs_human_recheck: Duration::from_secs(600),
             },
-            endpoints: controller::endpoints::EndpointPolicy { extra: vec![self.allowed_endpoint()] },
+            endpoints: controller::endpoints::EndpointPolicy {
+                extra: vec![self.allowed_endpoint()],
+            },
             ..controller::Config::default()
         }
     }
@@ -70,7 +80,8 @@ impl World {
     /// The simulator's endpoint as an allowed-endpoint rule (the operator sends credentials only
     /// to endpoints it allows).
     pub fn allowed_endpoint(&self) -> controller::endpoints::EndpointRule {
-        controller::endpoints::EndpointRule::parse(&self.sim.endpoint()).expect("the simulator's endpoint is a valid rule")
+        controller::endpoints::EndpointRule::parse(&self.sim.endpoint())
+            .expect("the simulator's endpoint is a valid rule")
     }
 
     /// Starts the operator in this process.
@@ -82,9 +93,14 @@ impl World {
     pub fn start_operator_with(&mut self, config: controller::Config, telemetry: controller::Telemetry) {
         let (tx, rx) = oneshot::channel();
         let client = self.client.clone();
-        self.task = Some(tokio::spawn(controller::run(client, config, telemetry, async move {
-            let _ = rx.await;
-        })));
+        self.task = Some(tokio::spawn(controller::run(
+            client,
+            config,
+            telemetry,
+            async move {
+                let _ = rx.await;
+            },
+        )));
         self.stop = Some(tx);
     }
 
@@ -116,7 +132,10 @@ impl World {
             "stringData": { "accessKeyId": AK, "secretAccessKey": SK },
         }))
         .unwrap();
-        Api::<Secret>::namespaced(self.client.clone(), namespace).create(&PostParams::default(), &secret).await.expect("creating the Secret");
+        Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("creating the Secret");
     }
 
     /// Creates or replaces an Opaque Secret with string data.
@@ -132,9 +151,13 @@ impl World {
         .unwrap();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         if api.get_opt(name).await.unwrap().is_some() {
-            api.replace(name, &PostParams::default(), &secret).await.expect("replacing the Secret");
+            api.replace(name, &PostParams::default(), &secret)
+                .await
+                .expect("replacing the Secret");
         } else {
-            api.create(&PostParams::default(), &secret).await.expect("creating the Secret");
+            api.create(&PostParams::default(), &secret)
+                .await
+                .expect("creating the Secret");
         }
     }
 
@@ -156,13 +179,20 @@ impl World {
     /// Creates a RemoteAssistance from a manifest.
     pub async fn create(&self, manifest: serde_json::Value) -> RemoteAssistance {
         let ra: RemoteAssistance = serde_json::from_value(manifest).expect("a RemoteAssistance manifest");
-        self.api().create(&PostParams::default(), &ra).await.expect("creating the RemoteAssistance")
+        self.api()
+            .create(&PostParams::default(), &ra)
+            .await
+            .expect("creating the RemoteAssistance")
     }
 
     /// Merge-patches a RemoteAssistance's metadata.annotations (a null value removes one).
     pub async fn annotate(&self, name: &str, annotations: serde_json::Value) {
         self.api()
-            .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "metadata": { "annotations": annotations } })))
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": annotations } })),
+            )
             .await
             .expect("annotating the RemoteAssistance");
     }
@@ -170,38 +200,71 @@ impl World {
     /// Merge-patches the annotations of the test namespace.
     pub async fn annotate_namespace(&self, annotations: serde_json::Value) {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
-        api.patch(&self.namespace, &PatchParams::default(), &Patch::Merge(json!({ "metadata": { "annotations": annotations } })))
-            .await
-            .expect("annotating the namespace");
+        api.patch(
+            &self.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": annotations } })),
+        )
+        .await
+        .expect("annotating the namespace");
     }
 
     /// Reads a Secret of the test namespace.
     pub async fn secret(&self, name: &str) -> Option<Secret> {
-        Api::<Secret>::namespaced(self.client.clone(), &self.namespace).get_opt(name).await.expect("reading a Secret")
+        Api::<Secret>::namespaced(self.client.clone(), &self.namespace)
+            .get_opt(name)
+            .await
+            .expect("reading a Secret")
     }
 
     /// Merge-patches a RemoteAssistance's spec.
-    pub async fn patch_spec(&self, name: &str, spec: serde_json::Value) -> Result<RemoteAssistance, kube::Error> {
-        self.api().patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec }))).await
+    pub async fn patch_spec(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Result<RemoteAssistance, kube::Error> {
+        self.api()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": spec })),
+            )
+            .await
     }
 
     /// Requests deletion.
     pub async fn delete(&self, name: &str) {
-        self.api().delete(name, &DeleteParams::default()).await.expect("deleting the RemoteAssistance");
+        self.api()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("deleting the RemoteAssistance");
     }
 
     /// Polls until `check` holds for the object, or panics after `timeout` with the last state.
-    pub async fn wait_for(&self, name: &str, timeout: Duration, what: &str, check: impl Fn(&RemoteAssistance) -> bool) -> RemoteAssistance {
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&RemoteAssistance) -> bool,
+    ) -> RemoteAssistance {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let current = self.api().get_opt(name).await.expect("reading the RemoteAssistance");
+            let current = self
+                .api()
+                .get_opt(name)
+                .await
+                .expect("reading the RemoteAssistance");
             if let Some(ra) = &current {
                 if check(ra) {
                     return ra.clone();
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("{name}: not {what} within {timeout:?}; last state: {}", serde_json::to_string_pretty(&current).unwrap());
+                panic!(
+                    "{name}: not {what} within {timeout:?}; last state: {}",
+                    serde_json::to_string_pretty(&current).unwrap()
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -211,10 +274,17 @@ impl World {
     pub async fn wait_gone(&self, name: &str, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let current = self.api().get_opt(name).await.expect("reading the RemoteAssistance");
+            let current = self
+                .api()
+                .get_opt(name)
+                .await
+                .expect("reading the RemoteAssistance");
             let Some(ra) = current else { return };
             if tokio::time::Instant::now() > deadline {
-                panic!("{name}: still present after {timeout:?}: {}", serde_json::to_string_pretty(&ra).unwrap());
+                panic!(
+                    "{name}: still present after {timeout:?}: {}",
+                    serde_json::to_string_pretty(&ra).unwrap()
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -223,24 +293,39 @@ impl World {
 
 /// The status of condition `type_` ("True", "False"), if present.
 pub fn condition(ra: &RemoteAssistance, type_: &str) -> Option<String> {
-    ra.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.clone())
+    ra.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
 }
 
 /// The reason of condition `type_`, if present.
 pub fn condition_reason(ra: &RemoteAssistance, type_: &str) -> Option<String> {
-    ra.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.clone())
+    ra.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.reason.clone())
 }
 
 /// Whether the operator's finalizer is on the object.
 pub fn has_finalizer(ra: &RemoteAssistance) -> bool {
-    ra.finalizers().iter().any(|f| f == workspace_assist::resource::FINALIZER)
+    ra.finalizers()
+        .iter()
+        .any(|f| f == workspace_assist::resource::FINALIZER)
 }
 
 /// Waits until `f` returns true, polling, or panics with `what`.
 pub async fn eventually<F: Future<Output = bool>>(timeout: Duration, what: &str, mut f: impl FnMut() -> F) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !f().await {
-        assert!(tokio::time::Instant::now() < deadline, "not {what} within {timeout:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not {what} within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -251,7 +336,12 @@ pub struct BusiestSecond {
     /// The desktop.
     pub desktop_id: String,
     /// Its calls in that second: offset from the first, operation, status (0: dropped), faulted.
-    pub calls: Vec<(Duration, Option<workspace_assist::workspace::Operation>, u16, bool)>,
+    pub calls: Vec<(
+        Duration,
+        Option<workspace_assist::workspace::Operation>,
+        u16,
+        bool,
+    )>,
 }
 
 impl BusiestSecond {
@@ -263,18 +353,30 @@ impl BusiestSecond {
 
 impl std::fmt::Display for BusiestSecond {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} calls to {} within one second:", self.calls.len(), self.desktop_id)?;
+        write!(
+            f,
+            "{} calls to {} within one second:",
+            self.calls.len(),
+            self.desktop_id
+        )?;
         for (offset, operation, status, faulted) in &self.calls {
             let fault = if *faulted { " (injected fault)" } else { "" };
-            write!(f, "\n  +{:>4} ms {operation:?} -> {status}{fault}", offset.as_millis())?;
+            write!(
+                f,
+                "\n  +{:>4} ms {operation:?} -> {status}{fault}",
+                offset.as_millis()
+            )?;
         }
         Ok(())
     }
 }
 
 /// The recorded calls grouped by desktop, each group in arrival order.
-fn calls_by_desktop(requests: &[workspace_assist::simulator::RecordedRequest]) -> std::collections::HashMap<&str, Vec<&workspace_assist::simulator::RecordedRequest>> {
-    let mut by_desktop: std::collections::HashMap<&str, Vec<&workspace_assist::simulator::RecordedRequest>> = std::collections::HashMap::new();
+fn calls_by_desktop(
+    requests: &[workspace_assist::simulator::RecordedRequest],
+) -> std::collections::HashMap<&str, Vec<&workspace_assist::simulator::RecordedRequest>> {
+    let mut by_desktop: std::collections::HashMap<&str, Vec<&workspace_assist::simulator::RecordedRequest>> =
+        std::collections::HashMap::new();
     for r in requests {
         by_desktop.entry(r.desktop_id.as_str()).or_default().push(r);
     }
@@ -285,16 +387,27 @@ fn calls_by_desktop(requests: &[workspace_assist::simulator::RecordedRequest]) -
 }
 
 /// The busiest second of any one desktop (see [`BusiestSecond`]).
-pub fn busiest_second_per_desktop(requests: &[workspace_assist::simulator::RecordedRequest]) -> BusiestSecond {
+pub fn busiest_second_per_desktop(
+    requests: &[workspace_assist::simulator::RecordedRequest],
+) -> BusiestSecond {
     let by_desktop = calls_by_desktop(requests);
-    let mut busiest = BusiestSecond { desktop_id: String::new(), calls: vec![] };
+    let mut busiest = BusiestSecond {
+        desktop_id: String::new(),
+        calls: vec![],
+    };
     for (desktop, calls) in by_desktop {
         for first in &calls {
-            let within: Vec<_> = calls.iter().filter(|r| r.at >= first.at && r.at < first.at + Duration::from_secs(1)).collect();
+            let within: Vec<_> = calls
+                .iter()
+                .filter(|r| r.at >= first.at && r.at < first.at + Duration::from_secs(1))
+                .collect();
             if within.len() > busiest.calls.len() {
                 busiest = BusiestSecond {
                     desktop_id: desktop.to_string(),
-                    calls: within.iter().map(|r| (r.at - first.at, r.operation, r.status, r.faulted)).collect(),
+                    calls: within
+                        .iter()
+                        .map(|r| (r.at - first.at, r.operation, r.status, r.faulted))
+                        .collect(),
                 };
             }
         }
@@ -306,15 +419,25 @@ pub fn busiest_second_per_desktop(requests: &[workspace_assist::simulator::Recor
 /// the faulted call's operation and status. The Show that may follow a refused Create at once
 /// (a faulted Create answered 200 or a 4xx other than 429, looking for a session started
 /// meanwhile) belongs to the same attempt and is not counted as a retry.
-pub fn quickest_retry_after_fault(requests: &[workspace_assist::simulator::RecordedRequest]) -> Option<(Duration, String, Option<workspace_assist::workspace::Operation>, u16)> {
+pub fn quickest_retry_after_fault(
+    requests: &[workspace_assist::simulator::RecordedRequest],
+) -> Option<(
+    Duration,
+    String,
+    Option<workspace_assist::workspace::Operation>,
+    u16,
+)> {
     use workspace_assist::workspace::Operation;
     let by_desktop = calls_by_desktop(requests);
     let mut quickest: Option<(Duration, String, Option<Operation>, u16)> = None;
     for (desktop, calls) in by_desktop {
         for pair in calls.windows(2) {
             let (fault, next) = (pair[0], pair[1]);
-            let refused_create = fault.operation == Some(Operation::CreateRemoteAssistance) && (fault.status == 200 || ((400..500).contains(&fault.status) && fault.status != 429));
-            if !fault.faulted || (refused_create && next.operation == Some(Operation::ShowDesktopRemoteAssistanceInfo)) {
+            let refused_create = fault.operation == Some(Operation::CreateRemoteAssistance)
+                && (fault.status == 200 || ((400..500).contains(&fault.status) && fault.status != 429));
+            if !fault.faulted
+                || (refused_create && next.operation == Some(Operation::ShowDesktopRemoteAssistanceInfo))
+            {
                 continue;
             }
             let gap = next.at - fault.at;
@@ -347,7 +470,12 @@ pub fn attempts_within(policy: &BackoffPolicy, window: Duration) -> usize {
 /// truncated JSON, an empty and a huge body, an error delivered with HTTP 200, a proxy's 404.
 pub fn assorted_cloud_faults() -> Vec<workspace_assist::simulator::Fault> {
     use workspace_assist::simulator::Fault;
-    let raw = |status: u16, body: &[u8]| Fault::Raw { status, content_type: "application/json".into(), body: body.to_vec(), headers: vec![] };
+    let raw = |status: u16, body: &[u8]| Fault::Raw {
+        status,
+        content_type: "application/json".into(),
+        body: body.to_vec(),
+        headers: vec![],
+    };
     vec![
         Fault::error(500, "WKS.00000001", "internal error"),
         Fault::html(502),
@@ -367,19 +495,30 @@ pub fn assorted_cloud_faults() -> Vec<workspace_assist::simulator::Fault> {
 impl World {
     /// The Events about resource `name`.
     pub async fn events_about(&self, name: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
-        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.namespace);
         let all = events.list(&Default::default()).await.unwrap().items;
-        all.into_iter().filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)).collect()
+        all.into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect()
     }
 
     /// Notes of the Events about resource `name`.
     pub async fn event_notes(&self, name: &str) -> Vec<String> {
-        self.events_about(name).await.into_iter().filter_map(|e| e.note).collect()
+        self.events_about(name)
+            .await
+            .into_iter()
+            .filter_map(|e| e.note)
+            .collect()
     }
 
     /// Reasons of the Events about resource `name` (of the given type, or any).
     pub async fn event_reasons(&self, name: &str, type_: Option<&str>) -> Vec<String> {
         let about = self.events_about(name).await;
-        about.into_iter().filter(|e| type_.is_none() || e.type_.as_deref() == type_).filter_map(|e| e.reason).collect()
+        about
+            .into_iter()
+            .filter(|e| type_.is_none() || e.type_.as_deref() == type_)
+            .filter_map(|e| e.reason)
+            .collect()
     }
 }

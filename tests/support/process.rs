@@ -23,7 +23,11 @@ pub struct OperatorProcess {
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl OperatorProcess {
@@ -31,17 +35,32 @@ impl OperatorProcess {
     pub fn spawn(kubeconfig: &Path, args: &[&str]) -> OperatorProcess {
         let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut command = Command::new(BIN);
-        command.arg("run").args(["--metrics-address", &metrics.to_string()]).args(args).env("KUBECONFIG", kubeconfig);
+        command
+            .arg("run")
+            .args(["--metrics-address", &metrics.to_string()])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig);
         OperatorProcess::start(command, metrics)
     }
 
     /// Starts `command` (which runs the operator with its metrics and health on `metrics`),
     /// keeping what it logs.
     pub fn start(mut command: Command, metrics: std::net::SocketAddr) -> OperatorProcess {
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).spawn().expect("starting the operator");
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the operator");
         let logs = Arc::new(Mutex::new(String::new()));
         let mut readers = Vec::new();
-        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), child.stderr.take().map(|s| Box::new(s) as _)] {
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ] {
             let logs = logs.clone();
             let mut lines = BufReader::new(stream.unwrap()).lines();
             readers.push(tokio::spawn(async move {
@@ -52,7 +71,12 @@ impl OperatorProcess {
                 }
             }));
         }
-        OperatorProcess { child, logs, readers, metrics }
+        OperatorProcess {
+            child,
+            logs,
+            readers,
+            metrics,
+        }
     }
 
     /// Everything it logged so far.
@@ -67,19 +91,29 @@ impl OperatorProcess {
 
     /// Sends a signal with the `kill` command.
     pub fn signal(&self, signal: &str) {
-        let ok = std::process::Command::new("kill").args([signal, &self.pid().to_string()]).status().unwrap().success();
+        let ok = std::process::Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill {signal} {}", self.pid());
     }
 
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
-        self.child.try_wait().expect("checking the operator process").is_none()
+        self.child
+            .try_wait()
+            .expect("checking the operator process")
+            .is_none()
     }
 
     /// Waits for it to exit, and for what it wrote last to be read: the process can be gone
     /// before its final log lines are.
     pub async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let status = tokio::time::timeout(timeout, self.child.wait()).await.expect("the operator exits in time").unwrap();
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .expect("the operator exits in time")
+            .unwrap();
         for reader in self.readers.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
         }
@@ -88,7 +122,9 @@ impl OperatorProcess {
 
     /// GETs a path of its metrics/health server: (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let resp = reqwest::get(format!("http://{}{path}", self.metrics)).await.expect("the metrics server answers");
+        let resp = reqwest::get(format!("http://{}{path}", self.metrics))
+            .await
+            .expect("the metrics server answers");
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
@@ -101,7 +137,11 @@ impl OperatorProcess {
                     return;
                 }
             }
-            assert!(tokio::time::Instant::now() < deadline, "{path} did not answer {status} within {timeout:?}; logs:\n{}", self.logs());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{path} did not answer {status} within {timeout:?}; logs:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -26,14 +26,18 @@ impl Proxy {
         let (cut_all, is_open) = (cut.clone(), open.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { continue };
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
                 if !is_open.load(Ordering::Acquire) {
                     drop(client); // refused
                     continue;
                 }
                 let cut = cut_all.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else { return };
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = cut.cancelled() => {}
@@ -52,11 +56,24 @@ impl Proxy {
 }
 
 /// A copy of `kubeconfig` whose server is reached through `proxy` (the TLS server name stays).
-pub fn kubeconfig_through(kubeconfig: &std::path::Path, proxy: &Proxy, dir: &std::path::Path) -> std::path::PathBuf {
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
-    let server = config["clusters"][0]["cluster"]["server"].as_str().unwrap().to_string();
+pub fn kubeconfig_through(
+    kubeconfig: &std::path::Path,
+    proxy: &Proxy,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let mut config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+    let server = config["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let url = url::Url::parse(&server).unwrap();
-    assert!(config["clusters"][0]["cluster"]["tls-server-name"].as_str().is_some(), "the kubeconfig names the TLS server");
+    assert!(
+        config["clusters"][0]["cluster"]["tls-server-name"]
+            .as_str()
+            .is_some(),
+        "the kubeconfig names the TLS server"
+    );
     config["clusters"][0]["cluster"]["server"] = format!("{}://{}", url.scheme(), proxy.addr).into();
     let path = dir.join("kubeconfig-through-proxy");
     std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
@@ -65,7 +82,8 @@ pub fn kubeconfig_through(kubeconfig: &std::path::Path, proxy: &Proxy, dir: &std
 
 /// The address of the API server in `kubeconfig`.
 pub fn api_server_addr(kubeconfig: &std::path::Path) -> SocketAddr {
-    let config: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
     let url = url::Url::parse(config["clusters"][0]["cluster"]["server"].as_str().unwrap()).unwrap();
     url.socket_addrs(|| None).unwrap()[0]
 }

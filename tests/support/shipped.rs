@@ -9,10 +9,19 @@ use std::process::Command;
 pub fn dockerfile_build_line() -> (Vec<(String, String)>, Vec<String>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("reading the Dockerfile");
-    let line = dockerfile.lines().map(str::trim).find(|l| l.starts_with("RUN ") && l.contains("cargo build")).expect("the Dockerfile builds with cargo");
+    let line = dockerfile
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("RUN ") && l.contains("cargo build"))
+        .expect("the Dockerfile builds with cargo");
     let mut env = Vec::new();
-    let mut words = shell_words(line.trim_start_matches("RUN ")).into_iter().peekable();
-    while let Some((k, v)) = words.peek().and_then(|w| w.split_once('=').filter(|(k, _)| k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))) {
+    let mut words = shell_words(line.trim_start_matches("RUN "))
+        .into_iter()
+        .peekable();
+    while let Some((k, v)) = words.peek().and_then(|w| {
+        w.split_once('=')
+            .filter(|(k, _)| k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+    }) {
         env.push((k.to_string(), v.to_string()));
         words.next();
     }
@@ -47,7 +56,9 @@ pub fn shipped_binary() -> PathBuf {
     let (env, args) = dockerfile_build_line();
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shipped");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("building the shipped binary as the Dockerfile does (a cold release build takes several minutes)...");
+    eprintln!(
+        "building the shipped binary as the Dockerfile does (a cold release build takes several minutes)..."
+    );
     let status = Command::new(cargo)
         .current_dir(root)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -59,7 +70,10 @@ pub fn shipped_binary() -> PathBuf {
         .status()
         .expect("running cargo");
     assert!(status.success(), "the Dockerfile's cargo build failed");
-    let triple = args.iter().position(|a| a == "--target").map(|i| args[i + 1].clone());
+    let triple = args
+        .iter()
+        .position(|a| a == "--target")
+        .map(|i| args[i + 1].clone());
     let dir = match triple {
         Some(t) => target.join(t).join("release"),
         None => target.join("release"),
