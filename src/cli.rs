@@ -366,6 +366,10 @@ fn parse_policy(s: &str) -> Result<DeletionPolicy, String> {
     }
 }
 
+fn parse_endpoint_rule(s: &str) -> Result<crate::controller::endpoints::EndpointRule, String> {
+    crate::controller::endpoints::EndpointRule::parse(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,8 +398,4 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
-}
-
-fn parse_endpoint_rule(s: &str) -> Result<crate::controller::endpoints::EndpointRule, String> {
-    crate::controller::endpoints::EndpointRule::parse(s)
 }

@@ -59,6 +59,11 @@ fn fold(text: &str) -> String {
     text.split("\n\n").map(paragraph).collect::<Vec<_>>().join("\n\n")
 }
 
+/// Installs rustls's ring provider as the process default (once; later calls do nothing).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -68,9 +73,4 @@ mod tests {
             "One line wraps here.\n\nA list:\n- a\n- b"
         );
     }
-}
-
-/// Installs rustls's ring provider as the process default (once; later calls do nothing).
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }

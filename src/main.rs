@@ -304,7 +304,7 @@ async fn lead_then_run(
     telemetry.metrics.set_leader(true);
     let stop = shutdown.clone();
     let mut controller = std::pin::pin!(controller::run(client, config, telemetry.clone(), async move {
-        stop.cancelled().await
+        stop.cancelled().await;
     }));
     // The elector keeps renewing while the controller runs, through a graceful shutdown too.
     let result = tokio::select! {

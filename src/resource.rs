@@ -24,6 +24,8 @@ pub const RETRY_ANNOTATION: &str = "workspace.assist.dev/retry";
 /// A remote-assistance session of Huawei Cloud Workspace for one desktop. While the resource
 /// exists the operator holds a finalizer on it; deleting the resource (with deletionPolicy
 /// Cancel) or setting spec.cancelled cancels the assistance in the cloud.
+// kube's derive takes one `printcolumn(...)` per column: repeated on purpose.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "workspace.assist.dev",

@@ -310,7 +310,7 @@ mod tests {
     use crate::workspace::{ApiError, ErrorBody};
 
     fn api_error(code: &str) -> CloudError {
-        CloudError::Api(ApiError {
+        CloudError::from(ApiError {
             operation: Operation::CancelRemoteAssistance,
             http_status: 400,
             body: ErrorBody {

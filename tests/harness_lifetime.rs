@@ -23,11 +23,11 @@ fn main() {
         println!("harness_dies_with_a_killed_parent: test");
         return;
     }
-    if let Some(filter) = args.iter().find(|a| !a.starts_with('-')) {
-        if !"harness_dies_with_a_killed_parent".contains(filter.as_str()) {
-            println!("0 passed, 0 failed");
-            return;
-        }
+    if let Some(filter) = args.iter().find(|a| !a.starts_with('-'))
+        && !"harness_dies_with_a_killed_parent".contains(filter.as_str())
+    {
+        println!("0 passed, 0 failed");
+        return;
     }
     println!("test harness_dies_with_a_killed_parent ...");
     match harness_dies_with_a_killed_parent() {

@@ -49,7 +49,9 @@ fn with(w: &World, name: &str, edit: &[(&str, Option<Value>)]) -> DynamicObject 
 async fn malformed_specs_are_rejected() {
     let w = World::new("hostile").await;
     let long = "x".repeat(256);
-    let cases: Vec<(&str, Vec<(&str, Option<Value>)>)> = vec![
+    /// A case's name and the spec fields it sets (None: removes).
+    type Case<'a> = (&'a str, Vec<(&'a str, Option<Value>)>);
+    let cases: Vec<Case> = vec![
         ("empty desktopId", vec![("desktopId", Some(json!("")))]),
         ("256-char desktopId", vec![("desktopId", Some(json!(long)))]),
         ("missing desktopId", vec![("desktopId", None)]),

@@ -207,8 +207,7 @@ async fn the_image_leads_cancels_serves_health_and_metrics_and_stops_on_sigterm(
     // (Mount points are shown relative to the process's root: the image's root is "/".)
     let root_mount = mounts
         .lines()
-        .filter(|l| l.split_whitespace().nth(1) == Some("/"))
-        .last()
+        .rfind(|l| l.split_whitespace().nth(1) == Some("/"))
         .unwrap_or_else(|| panic!("{mounts}"));
     assert!(
         root_mount

@@ -222,8 +222,8 @@ fn names_in(expr: &str) -> Names {
             continue;
         }
         for keyword in ["by (", "on (", "by(", "on("] {
-            if rest.starts_with(keyword) {
-                let inner: String = rest[keyword.len()..].chars().take_while(|c| *c != ')').collect();
+            if let Some(after) = rest.strip_prefix(keyword) {
+                let inner: String = after.chars().take_while(|c| *c != ')').collect();
                 names
                     .grouping
                     .extend(inner.split(',').map(ident).filter(|l| !l.is_empty()));

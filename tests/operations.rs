@@ -54,10 +54,10 @@ async fn lease_holder(w: &World) -> Option<String> {
 async fn wait_for_holder(w: &World, timeout: Duration, check: impl Fn(&str) -> bool) -> String {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(h) = lease_holder(w).await {
-            if check(&h) {
-                return h;
-            }
+        if let Some(h) = lease_holder(w).await
+            && check(&h)
+        {
+            return h;
         }
         assert!(
             tokio::time::Instant::now() < deadline,

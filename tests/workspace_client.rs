@@ -213,11 +213,11 @@ async fn injected_faults_are_classified() {
                 "{e:?}"
             );
         }
-        if let CloudError::Api(api) = &e {
-            if i == 12 {
-                assert_eq!(api.body.detail.as_deref(), Some("detail"));
-                assert_eq!(api.body.encoded_authorization_message.as_deref(), Some("ENCODED"));
-            }
+        if let CloudError::Api(api) = &e
+            && i == 12
+        {
+            assert_eq!(api.body.detail.as_deref(), Some("detail"));
+            assert_eq!(api.body.encoded_authorization_message.as_deref(), Some("ENCODED"));
         }
     }
     // The reply of the cancel before last was lost after the cloud applied it: the session is

@@ -192,20 +192,20 @@ impl Breakers {
     /// Forgets a probe that never got an answer (the call was cancelled): the next caller probes.
     pub fn abandon(&self, key: &CredentialKey) {
         let mut entries = self.entries.lock().expect("breakers");
-        if let Some(entry) = entries.get_mut(key) {
-            if let State::Probing { done, after_failure } = &entry.state {
-                done.notify_waiters();
-                entry.state = match after_failure {
-                    Some((cause, until)) => State::Tripped {
-                        cause: cause.clone(),
-                        until: *until,
-                    },
-                    None => {
-                        entries.remove(key);
-                        return;
-                    }
-                };
-            }
+        if let Some(entry) = entries.get_mut(key)
+            && let State::Probing { done, after_failure } = &entry.state
+        {
+            done.notify_waiters();
+            entry.state = match after_failure {
+                Some((cause, until)) => State::Tripped {
+                    cause: cause.clone(),
+                    until: *until,
+                },
+                None => {
+                    entries.remove(key);
+                    return;
+                }
+            };
         }
     }
 
@@ -243,7 +243,7 @@ mod tests {
     }
 
     fn unauthorized() -> CloudError {
-        CloudError::Api(ApiError {
+        CloudError::from(ApiError {
             operation: Operation::CancelRemoteAssistance,
             http_status: 401,
             body: ErrorBody {

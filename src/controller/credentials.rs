@@ -113,13 +113,14 @@ impl CredentialsError {
 /// Reads credentials from a Secret's data.
 pub fn from_secret(secret: &Secret) -> Result<SecretCredentials, CredentialsError> {
     let name = secret.metadata.name.clone().unwrap_or_default();
-    if let Some(t) = secret.type_.as_deref() {
-        if !t.is_empty() && t != "Opaque" {
-            return Err(CredentialsError::WrongType {
-                name,
-                type_: t.to_string(),
-            });
-        }
+    if let Some(t) = secret.type_.as_deref()
+        && !t.is_empty()
+        && t != "Opaque"
+    {
+        return Err(CredentialsError::WrongType {
+            name,
+            type_: t.to_string(),
+        });
     }
     let empty = BTreeMap::new();
     from_data(&name, secret.data.as_ref().unwrap_or(&empty))

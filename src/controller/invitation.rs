@@ -186,10 +186,10 @@ impl Context {
             // A Secret of that name is taken over only when this resource controls it: never a
             // user's Secret, or a same-name predecessor's that its garbage collection has not
             // removed yet.
-            if let Some(existing) = api.get_opt(&name).await.map_err(|e| failed("get", e))? {
-                if !controlled_by(&existing, &uid) {
-                    return Err(Error::InvitationSecretTaken(format!("{namespace}/{name}")));
-                }
+            if let Some(existing) = api.get_opt(&name).await.map_err(|e| failed("get", e))?
+                && !controlled_by(&existing, &uid)
+            {
+                return Err(Error::InvitationSecretTaken(format!("{namespace}/{name}")));
             }
             written = Some(
                 api.patch(

@@ -612,9 +612,9 @@ fn log_reconcile(
                 .unwrap_or_default()
                 .to_string();
             if matches!(failure.error, Error::Cloud { .. }) && !failure.error.needs_human() {
-                info!(%object, error = %failure, reason, request_id, retry_after_ms, "reconcile failed; retrying with backoff")
+                info!(%object, error = %failure, reason, request_id, retry_after_ms, "reconcile failed; retrying with backoff");
             } else {
-                warn!(%object, error = %failure, reason, request_id, retry_after_ms, "reconcile failed")
+                warn!(%object, error = %failure, reason, request_id, retry_after_ms, "reconcile failed");
             }
         }
         Err(controller::Error::ObjectNotFound(_)) => {}

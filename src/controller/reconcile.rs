@@ -1287,10 +1287,9 @@ impl<'a> Step<'a> {
         {
             return Ok(None);
         }
-        Ok(self
-            .ctx
+        self.ctx
             .namespace_deletion_policy(&self.ra.namespace().unwrap_or_default())
-            .await?)
+            .await
     }
 
     /// The cloud target and credentials; pins the credentials Secret while a cancel may need it.

@@ -106,7 +106,7 @@ mod tests {
     }
 
     fn api(status: u16, body: &str) -> CloudError {
-        CloudError::Api(ApiError {
+        CloudError::from(ApiError {
             operation: Operation::CancelRemoteAssistance,
             http_status: status,
             body: parse_error_body(body.as_bytes()),

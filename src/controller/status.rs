@@ -271,7 +271,7 @@ pub fn next_status(
     }
     match conclusion {
         Conclusion::Cancelled | Conclusion::DeadlineExceeded if next.cancelled_at.is_none() => {
-            next.cancelled_at = Some(now.clone())
+            next.cancelled_at = Some(now.clone());
         }
         Conclusion::Failed { error, operation } => {
             if let Some(e) = last_error(error, *operation, now.clone()) {
@@ -368,7 +368,7 @@ fn last_error(error: &Error, operation: Operation, now: Time) -> Option<LastErro
                     e.error_message = bounded_opt(Some(message), MAX_MESSAGE_BYTES);
                 }
                 CloudError::Withheld { .. } | CloudError::Source { .. } => {
-                    e.error_message = bounded_opt(Some(&cloud.to_string()), MAX_MESSAGE_BYTES)
+                    e.error_message = bounded_opt(Some(&cloud.to_string()), MAX_MESSAGE_BYTES);
                 }
             }
         }
@@ -460,7 +460,7 @@ mod tests {
 
     fn forbidden() -> Error {
         Error::Cloud {
-            error: CloudError::Api(ApiError {
+            error: CloudError::from(ApiError {
                 operation: Operation::CancelRemoteAssistance,
                 http_status: 403,
                 body: ErrorBody {

@@ -44,15 +44,14 @@ pub async fn supported(api: &Api<RemoteAssistance>) -> bool {
         let events = api.watch(&params, "0").await?;
         let mut events = std::pin::pin!(events);
         while let Some(event) = events.try_next().await? {
-            if let WatchEvent::Bookmark(bookmark) = event {
-                if bookmark
+            if let WatchEvent::Bookmark(bookmark) = event
+                && bookmark
                     .metadata
                     .annotations
                     .get(INITIAL_EVENTS_END)
                     .is_some_and(|v| v == "true")
-                {
-                    return Ok::<bool, kube::Error>(true);
-                }
+            {
+                return Ok::<bool, kube::Error>(true);
             }
         }
         Ok(false)
@@ -64,10 +63,10 @@ pub async fn supported(api: &Api<RemoteAssistance>) -> bool {
             return true;
         }
         Ok(Err(e)) => {
-            info!(answer = %e, "the API server does not stream initial lists: the watches start with a list")
+            info!(answer = %e, "the API server does not stream initial lists: the watches start with a list");
         }
         Ok(Ok(false)) | Err(_) => {
-            info!("the API server does not stream initial lists: the watches start with a list")
+            info!("the API server does not stream initial lists: the watches start with a list");
         }
     }
     false

@@ -342,10 +342,10 @@ async fn outage_recovery(options: &BenchOptions) -> Result<Row, String> {
         let client = super::demo::client_for(&cp).await?;
         let api: Api<RemoteAssistance> = Api::namespaced(client, &ns);
         loop {
-            if let Ok(list) = api.list_metadata(&Default::default()).await {
-                if list.items.is_empty() {
-                    return Ok(returned.elapsed());
-                }
+            if let Ok(list) = api.list_metadata(&Default::default()).await
+                && list.items.is_empty()
+            {
+                return Ok(returned.elapsed());
             }
             if returned.elapsed() > Duration::from_secs(600) {
                 return Err(
@@ -561,7 +561,10 @@ impl Bench {
             .try_collect::<Vec<_>>()
             .await?;
         watched
-            .wait(|store| store.is_empty(), Duration::from_secs(3600))
+            .wait(
+                kube::runtime::reflector::Store::is_empty,
+                Duration::from_secs(3600),
+            )
             .await?;
         Ok((start.elapsed(), start))
     }

@@ -256,8 +256,8 @@ async fn print_transitions(client: Client, mut stop: oneshot::Receiver<()>, star
     let api: Api<RemoteAssistance> = Api::namespaced(client, NAMESPACE);
     let mut last: HashMap<String, String> = HashMap::new();
     println!(
-        "{:>8}  {:<8} {:<11} {:<6} {:<18} {}",
-        "", "RESOURCE", "PHASE", "READY", "CLOUD STATUS", "NOTE"
+        "{:>8}  {:<8} {:<11} {:<6} {:<18} NOTE",
+        "", "RESOURCE", "PHASE", "READY", "CLOUD STATUS"
     );
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     loop {

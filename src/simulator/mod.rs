@@ -261,7 +261,7 @@ impl Simulator {
                 domain: domain_name.into(),
                 name: username.into(),
                 password: password.into(),
-            })
+            });
         });
     }
 
@@ -359,7 +359,7 @@ impl Simulator {
             s.aksk
                 .values_mut()
                 .filter(|k| k.expires_at.is_some())
-                .for_each(|k| k.expires_at = Some(past))
+                .for_each(|k| k.expires_at = Some(past));
         });
     }
 
@@ -383,7 +383,7 @@ impl Simulator {
     /// Leaves these fields out of every Create and Show answer from now on (all of them are
     /// optional in the contract); an empty list serves them again.
     pub fn omit_fields(&self, fields: &[&str]) {
-        self.with(|s| s.omitted_fields = fields.iter().map(|f| f.to_string()).collect());
+        self.with(|s| s.omitted_fields = fields.iter().map(ToString::to_string).collect());
     }
 
     /// Changes the cloud status of a desktop's session (for example to CLOSE).
@@ -489,10 +489,10 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.state.lock() {
-            if let Some(n) = s.in_flight.get_mut(&self.operation) {
-                *n = n.saturating_sub(1);
-            }
+        if let Ok(mut s) = self.state.lock()
+            && let Some(n) = s.in_flight.get_mut(&self.operation)
+        {
+            *n = n.saturating_sub(1);
         }
     }
 }
@@ -517,7 +517,11 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .unwrap_or_default();
     if parts.method == http::Method::POST && parts.uri.path() == "/v3/auth/tokens" {
         return Ok(issue_token(&state, &body));
     }

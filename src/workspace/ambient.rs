@@ -374,10 +374,10 @@ impl AmbientCredentials {
     /// Ok(None): fetch.
     fn ready(&self) -> Result<Option<Credentials>, AmbientError> {
         let state = self.state.lock().expect("ambient state");
-        if let Some(c) = &state.cached {
-            if jiff::Timestamp::now() < c.refresh_at {
-                return Ok(Some(c.credentials.credentials()));
-            }
+        if let Some(c) = &state.cached
+            && jiff::Timestamp::now() < c.refresh_at
+        {
+            return Ok(Some(c.credentials.credentials()));
         }
         if let Some(f) = &state.failure {
             let wait = fetch_backoff(f.consecutive);

@@ -150,7 +150,7 @@ mod tests {
     use crate::workspace::error::{ApiError, ErrorBody, Operation};
 
     fn api(status: u16, code: Option<&str>, structured: bool) -> CloudError {
-        CloudError::Api(ApiError {
+        CloudError::from(ApiError {
             operation: Operation::CancelRemoteAssistance,
             http_status: status,
             body: ErrorBody {

@@ -276,7 +276,7 @@ impl WorkspaceClient {
         let parsed = parse_error_body(&body);
         if status >= 400 || parsed.structured {
             let request_id = request_id.or_else(|| parsed.request_id.clone());
-            return Err(CloudError::Api(ApiError {
+            return Err(CloudError::from(ApiError {
                 operation,
                 http_status: status,
                 body: parsed,

@@ -244,7 +244,7 @@ impl TransportKind {
 pub enum CloudError {
     /// The cloud answered with an error status or an error body.
     #[error("{}", describe_api(.0))]
-    Api(ApiError),
+    Api(Box<ApiError>),
     /// No usable answer arrived.
     #[error("{operation}: {}: {message}", kind.as_str())]
     Transport {
@@ -287,6 +287,12 @@ pub enum CloudError {
         /// Why there are no credentials.
         error: super::ambient::AmbientError,
     },
+}
+
+impl From<ApiError> for CloudError {
+    fn from(error: ApiError) -> CloudError {
+        CloudError::Api(Box::new(error))
+    }
 }
 
 fn describe_api(e: &ApiError) -> String {

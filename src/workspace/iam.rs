@@ -161,7 +161,7 @@ async fn request_token(http: &reqwest::Client, login: &PasswordLogin) -> Result<
     if !(200..300).contains(&status) {
         let parsed = parse_error_body(&bytes);
         let request_id = request_id.or_else(|| parsed.request_id.clone());
-        return Err(CloudError::Api(ApiError {
+        return Err(CloudError::from(ApiError {
             operation: op,
             http_status: status,
             body: parsed,

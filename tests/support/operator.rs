@@ -255,10 +255,10 @@ impl World {
                 .get_opt(name)
                 .await
                 .expect("reading the RemoteAssistance");
-            if let Some(ra) = &current {
-                if check(ra) {
-                    return ra.clone();
-                }
+            if let Some(ra) = &current
+                && check(ra)
+            {
+                return ra.clone();
             }
             if tokio::time::Instant::now() > deadline {
                 panic!(

@@ -132,10 +132,10 @@ impl OperatorProcess {
     pub async fn wait_http(&self, path: &str, status: u16, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Ok(resp) = reqwest::get(format!("http://{}{path}", self.metrics)).await {
-                if resp.status().as_u16() == status {
-                    return;
-                }
+            if let Ok(resp) = reqwest::get(format!("http://{}{path}", self.metrics)).await
+                && resp.status().as_u16() == status
+            {
+                return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
