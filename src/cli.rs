@@ -208,7 +208,7 @@ pub struct RunArgs {
     /// The operator's own identity, for resources without spec.credentialsSecretRef, instead of
     /// --default-credentials-secret: pod-identity (CCE pod identity), oidc (STS with a
     /// projected ServiceAccount token) or ecs-metadata (the node's agency). Each reads the
-    /// official SDKs' environment variables (see the README's Credentials section).
+    /// official SDKs' environment variables (see Credentials in docs/spec/v1/remoteassistance.md).
     #[arg(
         long,
         env = "AMBIENT_CREDENTIALS",

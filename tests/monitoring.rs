@@ -45,8 +45,8 @@ fn rule_groups() -> serde_yaml::Value {
 }
 
 #[test]
-fn every_alert_has_a_severity_a_summary_and_a_runbook_step_in_the_readme() {
-    let readme = read("README.md");
+fn every_alert_has_a_severity_a_summary_and_a_runbook_step_in_the_docs() {
+    let readme = read("docs/runbooks.md");
     let groups = rule_groups();
     let alerts: Vec<&serde_yaml::Value> = groups
         .as_sequence()
@@ -73,8 +73,8 @@ fn every_alert_has_a_severity_a_summary_and_a_runbook_step_in_the_readme() {
             "{name}: the description names its runbook step: {description}"
         );
         assert!(
-            readme.contains(&format!("#### {name}")),
-            "{name}: the README has its runbook step"
+            readme.contains(&format!("\n## {name}\n")),
+            "{name}: docs/runbooks.md has its runbook step"
         );
     }
 }
