@@ -225,8 +225,8 @@ pub struct RunArgs {
     /// or --ambient-credentials
     /// (`key=value`, `key!=value`, `key`, `!key`, comma-separated). Without it no namespace may:
     /// those credentials are the operator's, not the namespace's.
-    #[arg(long, env = "DEFAULT_CREDENTIALS_NAMESPACES", value_parser = crate::controller::selector::LabelSelector::parse)]
-    pub default_credentials_namespaces: Option<crate::controller::selector::LabelSelector>,
+    #[arg(long, env = "DEFAULT_CREDENTIALS_NAMESPACES", value_parser = crate::controller::LabelSelector::parse)]
+    pub default_credentials_namespaces: Option<crate::controller::LabelSelector>,
 
     /// Maximum duration of the sessions of resources that set no spec.maxDuration (e.g. 2h; none
     /// by default: sessions stay open until cancelled).
@@ -319,7 +319,7 @@ pub struct RunArgs {
     /// must be allowed here; plain http:// only when written so. A resource naming another
     /// endpoint is Stalled (EndpointNotAllowed) and nothing is sent.
     #[arg(long = "allowed-endpoint", env = "ALLOWED_ENDPOINTS", value_delimiter = ',', value_parser = parse_endpoint_rule)]
-    pub allowed_endpoints: Vec<crate::controller::endpoints::EndpointRule>,
+    pub allowed_endpoints: Vec<crate::controller::EndpointRule>,
 
     /// After credentials fail to authenticate (401), how long every call with them is held back,
     /// across all resources, before one probe (the gateway locks an AK/SK for 5 minutes after 5
@@ -359,15 +359,11 @@ fn parse_namespaced_name(s: &str) -> Result<(String, String), String> {
 }
 
 fn parse_policy(s: &str) -> Result<DeletionPolicy, String> {
-    match s {
-        "Cancel" => Ok(DeletionPolicy::Cancel),
-        "Orphan" => Ok(DeletionPolicy::Orphan),
-        _ => Err(format!("{s:?} must be Cancel or Orphan")),
-    }
+    s.parse()
 }
 
-fn parse_endpoint_rule(s: &str) -> Result<crate::controller::endpoints::EndpointRule, String> {
-    crate::controller::endpoints::EndpointRule::parse(s)
+fn parse_endpoint_rule(s: &str) -> Result<crate::controller::EndpointRule, String> {
+    crate::controller::EndpointRule::parse(s)
 }
 
 #[cfg(test)]

@@ -244,10 +244,10 @@ fn controller_config(args: &RunArgs) -> Result<controller::Config, String> {
         stuck_deleting_after: args.stuck_deleting_after,
         unauthenticated_hold: args.unauthenticated_hold,
         fence: leader::Fence::always_open(),
-        endpoints: controller::endpoints::EndpointPolicy {
+        endpoints: controller::EndpointPolicy {
             extra: args.allowed_endpoints.clone(),
         },
-        limits: controller::deadline::Limits {
+        limits: controller::Limits {
             default_max_duration: args.default_max_duration,
             max_duration: args.max_duration,
             default_ttl_after_finished: args.default_ttl_after_finished,

@@ -249,6 +249,35 @@ pub enum DeletionPolicy {
     Orphan,
 }
 
+/// The one parser of a deletion policy's text (flags, and the annotation on a resource or its
+/// namespace): `Cancel` or `Orphan`, surrounding blanks ignored, case sensitive.
+impl std::str::FromStr for DeletionPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<DeletionPolicy, String> {
+        match s.trim() {
+            "Cancel" => Ok(DeletionPolicy::Cancel),
+            "Orphan" => Ok(DeletionPolicy::Orphan),
+            _ => Err(format!("{s:?} must be Cancel or Orphan")),
+        }
+    }
+}
+
+impl RemoteAssistance {
+    /// The deletion policy the resource itself sets: its spec, else its annotation (an
+    /// unreadable annotation sets none). The namespace's and the operator's defaults come after.
+    pub fn own_deletion_policy(&self) -> Option<DeletionPolicy> {
+        self.spec.deletion_policy.or_else(|| {
+            self.metadata
+                .annotations
+                .as_ref()?
+                .get(DELETION_POLICY_ANNOTATION)?
+                .parse()
+                .ok()
+        })
+    }
+}
+
 /// Lifecycle phase of a RemoteAssistance.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {

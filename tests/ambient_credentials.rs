@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use support::operator::{PROJECT, World, condition_reason, eventually};
-use workspace_assist::controller::selector::LabelSelector;
+use workspace_assist::controller::LabelSelector;
 use workspace_assist::resource::{Phase, RemoteAssistance};
 use workspace_assist::simulator::identity::{MetadataService, OidcProvider};
 use workspace_assist::workspace::Operation;

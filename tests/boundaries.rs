@@ -117,7 +117,7 @@ async fn the_default_credentials_serve_only_namespaces_the_admin_allowed() {
     let mut config = w.config();
     config.default_credentials = Some((w.namespace.clone(), support::operator::SECRET.to_string()));
     config.default_credentials_namespaces = Some(
-        workspace_assist::controller::selector::LabelSelector::parse(
+        workspace_assist::controller::LabelSelector::parse(
             "workspace.assist.dev/default-credentials=allowed",
         )
         .unwrap(),

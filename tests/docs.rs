@@ -109,15 +109,24 @@ fn every_relative_link_resolves() {
         }
     }
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
-    assert!(checked >= 20, "the documents link to each other ({checked} relative links found)");
+    assert!(
+        checked >= 20,
+        "the documents link to each other ({checked} relative links found)"
+    );
 }
 
 #[test]
 fn the_link_checker_sees_a_broken_link_and_a_missing_heading() {
     let text = "See [a](a.md#b), `[not](code.md)`, [web](https://x.example/) and\n```\n[fenced](f.md)\n```\n";
     assert_eq!(link_targets(text), ["a.md#b", "https://x.example/"]);
-    assert_eq!(anchor("When the finalizer comes off"), "when-the-finalizer-comes-off");
-    assert_eq!(anchor("Runbook: a RemoteAssistance stuck deleting"), "runbook-a-remoteassistance-stuck-deleting");
+    assert_eq!(
+        anchor("When the finalizer comes off"),
+        "when-the-finalizer-comes-off"
+    );
+    assert_eq!(
+        anchor("Runbook: a RemoteAssistance stuck deleting"),
+        "runbook-a-remoteassistance-stuck-deleting"
+    );
     assert!(!anchors("# One\n## Two, three\n").contains("four"));
     assert!(anchors("# One\n## Two, three\n").contains("two-three"));
 }
@@ -155,5 +164,8 @@ fn every_flag_of_run_is_documented_in_docs() {
         })
     };
     let missing: Vec<&String> = flags.iter().filter(|f| !documented(f)).collect();
-    assert!(missing.is_empty(), "flags of `run --help` not documented in docs/: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "flags of `run --help` not documented in docs/: {missing:?}"
+    );
 }

@@ -233,10 +233,9 @@ async fn bad_credentials_and_endpoints_stall_with_a_clear_reason_and_no_hot_loop
 
     let mut config = w.config();
     config.backoff.needs_human_recheck = Duration::from_secs(600);
-    let closed = workspace_assist::controller::endpoints::EndpointRule::parse(&format!(
-        "http://127.0.0.1:{closed_port}"
-    ))
-    .unwrap();
+    let closed =
+        workspace_assist::controller::EndpointRule::parse(&format!("http://127.0.0.1:{closed_port}"))
+            .unwrap();
     config.endpoints.extra.push(closed);
     let backoff = config.backoff;
     let telemetry = workspace_assist::controller::Telemetry::default();

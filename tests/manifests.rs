@@ -161,7 +161,7 @@ async fn each_credentials_component_passes_a_dry_run_and_sets_its_source() {
             value("DEFAULT_CREDENTIALS_NAMESPACES").unwrap(),
         );
         assert!(
-            workspace_assist::controller::selector::LabelSelector::parse(&namespaces).is_ok(),
+            workspace_assist::controller::LabelSelector::parse(&namespaces).is_ok(),
             "{namespaces}"
         );
         assert!(

@@ -268,7 +268,7 @@ async fn a_held_session_is_cancelled_where_it_was_opened_and_its_place_cannot_ch
     config
         .endpoints
         .extra
-        .push(workspace_assist::controller::endpoints::EndpointRule::parse(&elsewhere.endpoint()).unwrap());
+        .push(workspace_assist::controller::EndpointRule::parse(&elsewhere.endpoint()).unwrap());
     w.start_operator(config);
     w.put_secret(
         "other-credentials",
@@ -575,7 +575,7 @@ async fn revoking_the_default_credentials_stops_new_sessions_never_a_held_ones_c
     let mut config = w.config();
     config.default_credentials = Some((w.namespace.clone(), support::operator::SECRET.to_string()));
     config.default_credentials_namespaces = Some(
-        workspace_assist::controller::selector::LabelSelector::parse(
+        workspace_assist::controller::LabelSelector::parse(
             "workspace.assist.dev/default-credentials=allowed",
         )
         .unwrap(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use kube::Api;
 use support::control_plane::{ControlPlane, harness};
 use support::operator::World;
-use workspace_assist::controller::{self, streaming_lists};
+use workspace_assist::controller::{self, streaming_lists_supported};
 use workspace_assist::devenv::bench;
 use workspace_assist::resource::{Phase, RemoteAssistance};
 use workspace_assist::workspace::Operation;
@@ -32,11 +32,11 @@ async fn a_server_with_streaming_lists_is_found_to_have_them_and_the_operator_us
     let _counting = COUNTING.lock().await;
     let mut w = World::new("watchlist").await;
     assert!(
-        streaming_lists::supported(&w.api()).await,
+        streaming_lists_supported(&w.api()).await,
         "Kubernetes 1.36 streams initial lists by default"
     );
     assert!(
-        streaming_lists::supported(&Api::<RemoteAssistance>::all(w.client.clone())).await,
+        streaming_lists_supported(&Api::<RemoteAssistance>::all(w.client.clone())).await,
         "also cluster-wide"
     );
 
@@ -100,7 +100,7 @@ async fn without_streaming_lists_the_operator_lists_and_cancels_as_before() {
         .unwrap_or_else(|e| panic!("{e}"));
     let mut w = World::on(support::client_for(&cp).await, "no-watchlist").await;
     assert!(
-        !streaming_lists::supported(&w.api()).await,
+        !streaming_lists_supported(&w.api()).await,
         "the server refuses streaming lists with the gate off"
     );
 

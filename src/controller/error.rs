@@ -3,7 +3,7 @@
 
 use crate::workspace::{AmbientError, CloudError, Disposition};
 
-use super::credentials::CredentialsError;
+use super::credentials::secret::CredentialsError;
 
 /// Why a reconcile did not finish.
 #[derive(Debug, thiserror::Error)]

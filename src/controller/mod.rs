@@ -1,28 +1,12 @@
 //! The controller: watches RemoteAssistances (and the Secrets they name), reconciles each with
 //! bounded concurrency, paces cloud calls per object and overall, and records status and Events.
 
-pub mod breaker;
-pub mod cloud;
-pub mod credential_cache;
-pub mod credentials;
-pub mod deadline;
-pub mod endpoints;
-pub mod error;
-pub mod events;
-pub mod gate;
-pub mod holders;
-pub mod invitation;
-pub mod pins;
-pub mod polls;
-pub mod recall;
-pub mod reconcile;
-pub mod release;
-pub mod secret_index;
-pub mod selector;
-pub mod status;
-pub mod streaming_lists;
-pub mod timers;
-pub mod triggers;
+pub(crate) mod credentials;
+pub(crate) mod error;
+pub(crate) mod pacing;
+pub(crate) mod reconcile;
+pub(crate) mod report;
+pub(crate) mod watches;
 
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -42,9 +26,17 @@ use crate::resource::{DELETION_POLICY_ANNOTATION, DeletionPolicy, RemoteAssistan
 use crate::telemetry::{Health, Metrics};
 use crate::workspace::{ClientOptions, WorkspaceClient};
 
+pub use credentials::endpoints::{EndpointPolicy, EndpointRule};
+pub use credentials::selector::LabelSelector;
+use credentials::{cache as credential_cache, endpoints, index as secret_index, selector};
 pub use error::Error;
-use events::{EventPublisher, EventType, Note};
-pub use gate::BackoffPolicy;
+pub use pacing::gate::BackoffPolicy;
+use pacing::{gate, polls, timers};
+pub use reconcile::deadline::Limits;
+use reconcile::{deadline, holders, invitation, recall};
+use report::events::{EventPublisher, EventType, Note};
+pub use watches::streaming_lists::supported as streaming_lists_supported;
+use watches::{after_lists as triggers, streaming_lists};
 
 /// How the controller runs.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use super::control_plane::{ControlPlane, Harness};
-use crate::controller::events::{EventPublisher, EventType, Note};
+use crate::controller::report::events::{EventPublisher, EventType, Note};
 use crate::resource::{Phase, RemoteAssistance};
 use crate::simulator::Simulator;
 use crate::workspace::{
@@ -1348,7 +1348,7 @@ impl Drop for OperatorProcess {
 /// Scenario 7: the idle cost of the deadline queue holding `n` future deadlines (one per
 /// resource, as with maxDuration on every one): the once-a-second scan that finds nothing due.
 pub fn deadline_queue_idle(n: usize) -> Row {
-    use crate::controller::timers::Timers;
+    use crate::controller::pacing::timers::Timers;
     use kube::runtime::reflector::ObjectRef;
     progress(&format!("7. deadline queue idle with {n} deadlines"));
     let timers = Timers::default();
@@ -1371,7 +1371,8 @@ pub fn deadline_queue_idle(n: usize) -> Row {
     }
     let per_scan = started.elapsed() / scans;
     assert_eq!(fired, 0, "nothing was due");
-    let per_hour = per_scan.as_secs_f64() * 3600.0 / crate::controller::timers::SCAN_EVERY.as_secs_f64();
+    let per_hour =
+        per_scan.as_secs_f64() * 3600.0 / crate::controller::pacing::timers::SCAN_EVERY.as_secs_f64();
     row(
         format!("7. deadline queue idle, {n} deadlines queued (one scan a second)"),
         format!(

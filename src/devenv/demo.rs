@@ -84,8 +84,8 @@ async fn lifecycle(cp: &ControlPlane, say: &impl Fn(&str), started: Instant) -> 
         namespace: Some(NAMESPACE.into()),
         poll_interval: Duration::from_secs(1),
         instance: "demo".into(),
-        endpoints: controller::endpoints::EndpointPolicy {
-            extra: vec![controller::endpoints::EndpointRule::parse(&sim.endpoint())?],
+        endpoints: controller::EndpointPolicy {
+            extra: vec![controller::EndpointRule::parse(&sim.endpoint())?],
         },
         ..controller::Config::default()
     };

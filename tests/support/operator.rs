@@ -70,7 +70,7 @@ impl World {
                 max: Duration::from_secs(5),
                 needs_human_recheck: Duration::from_secs(600),
             },
-            endpoints: controller::endpoints::EndpointPolicy {
+            endpoints: controller::EndpointPolicy {
                 extra: vec![self.allowed_endpoint()],
             },
             ..controller::Config::default()
@@ -79,8 +79,8 @@ impl World {
 
     /// The simulator's endpoint as an allowed-endpoint rule (the operator sends credentials only
     /// to endpoints it allows).
-    pub fn allowed_endpoint(&self) -> controller::endpoints::EndpointRule {
-        controller::endpoints::EndpointRule::parse(&self.sim.endpoint())
+    pub fn allowed_endpoint(&self) -> controller::EndpointRule {
+        controller::EndpointRule::parse(&self.sim.endpoint())
             .expect("the simulator's endpoint is a valid rule")
     }
 

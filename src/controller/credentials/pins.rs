@@ -8,12 +8,10 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
-use crate::resource::{
-    DELETION_POLICY_ANNOTATION, DeletionPolicy, Phase, RemoteAssistance, SECRET_FINALIZER,
-};
+use crate::resource::{DeletionPolicy, Phase, RemoteAssistance, SECRET_FINALIZER};
 
-use super::Context;
-use super::error::Error;
+use crate::controller::Context;
+use crate::controller::error::Error;
 
 impl Context {
     /// Puts the pin finalizer on a credentials Secret that a resource may still need.
@@ -145,14 +143,40 @@ impl Context {
 /// long is safe, releasing too early is not).
 pub fn may_need_cancel(ra: &RemoteAssistance) -> bool {
     let done = ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled);
-    let orphan_on_resource = ra.spec.deletion_policy == Some(DeletionPolicy::Orphan)
-        || ra
-            .annotations()
-            .get(DELETION_POLICY_ANNOTATION)
-            .map(String::as_str)
-            == Some("Orphan");
+    let orphan_on_resource = ra.own_deletion_policy() == Some(DeletionPolicy::Orphan);
     !done
         && !orphan_on_resource
         && (ra.metadata.deletion_timestamp.is_none()
             || ra.finalizers().iter().any(|f| f == crate::resource::FINALIZER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_need_cancel;
+    use crate::resource::{DELETION_POLICY_ANNOTATION, DeletionPolicy, RemoteAssistance};
+
+    fn ra(spec_policy: Option<DeletionPolicy>, annotation: Option<&str>) -> RemoteAssistance {
+        let mut ra: RemoteAssistance = serde_json::from_value(serde_json::json!({
+            "apiVersion": "workspace.assist.dev/v1alpha1",
+            "kind": "RemoteAssistance",
+            "metadata": {"name": "r", "namespace": "ns"},
+            "spec": {"projectId": "p", "desktopId": "d", "region": "cn-north-4"},
+        }))
+        .unwrap();
+        ra.spec.deletion_policy = spec_policy;
+        if let Some(a) = annotation {
+            ra.metadata.annotations = Some([(DELETION_POLICY_ANNOTATION.to_string(), a.to_string())].into());
+        }
+        ra
+    }
+
+    #[test]
+    fn the_pin_follows_the_policy_the_reconcile_follows() {
+        assert!(may_need_cancel(&ra(None, None)));
+        assert!(!may_need_cancel(&ra(Some(DeletionPolicy::Orphan), None)));
+        assert!(!may_need_cancel(&ra(None, Some(" Orphan "))));
+        // The spec wins over the annotation: this resource cancels, so its Secret stays pinned.
+        assert!(may_need_cancel(&ra(Some(DeletionPolicy::Cancel), Some("Orphan"))));
+        assert!(may_need_cancel(&ra(None, Some("bogus"))));
+    }
 }

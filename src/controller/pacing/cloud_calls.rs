@@ -1,5 +1,5 @@
 //! Cloud calls as the controller makes them: paced by the overall rate limit and by each
-//! credential's breaker ([`super::breaker`]), with credentials resolved (a password login becomes
+//! credential's breaker ([`crate::controller::pacing::breaker`]), with credentials resolved (a password login becomes
 //! a cached IAM token, renewed at once on `*.0307`).
 
 use std::future::Future;
@@ -10,8 +10,8 @@ use crate::workspace::{
     classify,
 };
 
-use super::Context;
-use super::breaker::{Admission, CredentialKey};
+use crate::controller::Context;
+use crate::controller::pacing::breaker::{Admission, CredentialKey};
 
 /// Longest a call waits for another call's probe of the same credentials before asking again.
 const PROBE_WAIT: Duration = Duration::from_secs(1);

@@ -4,7 +4,7 @@
 //! that idle cost does not grow with the number of resources.
 //!
 //! The queue is a speed-up, not the truth: every reconcile recomputes the time from the spec,
-//! the status and the cloud's times ([`super::deadline`]) and sets it again, so a restart
+//! the status and the cloud's times ([`crate::controller::reconcile::deadline`]) and sets it again, so a restart
 //! rebuilds it from the initial reconciles (acting at once on times that passed meanwhile).
 
 use std::collections::{BTreeSet, HashMap};

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::resource::{LastError, Phase, RemoteAssistance, RemoteAssistanceStatus};
 use crate::workspace::{CloudError, Operation};
 
-use super::error::Error;
+use crate::controller::error::Error;
 use crate::text::{MAX_ENCODED_MESSAGE_BYTES, MAX_MESSAGE_BYTES, MAX_SHORT_BYTES, bounded, bounded_opt};
 
 /// Field manager of the operator's writes.

@@ -1,6 +1,12 @@
 //! The reconcile: the finalizer flow dispatching to apply (start, adopt or observe a session; or
 //! cancel it when the spec says so) and cleanup (cancel before the object goes, unless orphaned).
 
+pub(crate) mod deadline;
+pub(crate) mod holders;
+pub(crate) mod invitation;
+pub(crate) mod recall;
+pub(crate) mod release;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,17 +28,16 @@ use crate::workspace::{
 
 use crate::text::{MAX_MESSAGE_BYTES, MAX_SHORT_BYTES, bounded_opt};
 
-use super::Context;
-use super::cloud::CallCredentials;
-use super::credentials::{self, CredentialsError, SecretCredentials};
-use super::deadline;
-use super::error::Error;
-use super::events::EventType;
-use super::gate::{API_RETRY_MAX, BackoffPolicy, Gate, Trigger};
-use super::holders::{DesktopKey, Holder};
-use super::pins::may_need_cancel;
-use super::release::{self, AfterShow, Evidence};
-use super::status::{self, Conclusion};
+use crate::controller::Context;
+use crate::controller::credentials::pins::may_need_cancel;
+use crate::controller::credentials::secret::{self, CredentialsError, SecretCredentials};
+use crate::controller::error::Error;
+use crate::controller::pacing::cloud_calls::CallCredentials;
+use crate::controller::pacing::gate::{API_RETRY_MAX, BackoffPolicy, Gate, Trigger};
+use crate::controller::reconcile::holders::{DesktopKey, Holder};
+use crate::controller::report::events::EventType;
+use crate::controller::report::status::{self, Conclusion};
+use release::{AfterShow, Evidence};
 
 /// A failed reconcile and when to try again.
 #[derive(Debug, thiserror::Error)]
@@ -228,19 +233,8 @@ pub fn deletion_policy(
     namespace_annotation: Option<&str>,
     default: DeletionPolicy,
 ) -> DeletionPolicy {
-    let parse = |v: &str| match v.trim() {
-        "Orphan" => Some(DeletionPolicy::Orphan),
-        "Cancel" => Some(DeletionPolicy::Cancel),
-        _ => None,
-    };
-    ra.spec
-        .deletion_policy
-        .or_else(|| {
-            ra.annotations()
-                .get(DELETION_POLICY_ANNOTATION)
-                .and_then(|v| parse(v))
-        })
-        .or_else(|| namespace_annotation.and_then(parse))
+    ra.own_deletion_policy()
+        .or_else(|| namespace_annotation?.parse().ok())
         .unwrap_or(default)
 }
 
@@ -475,12 +469,12 @@ impl<'a> Step<'a> {
                 "Deleted without cancelling the remote assistance (deletion policy Orphan)",
                 "Delete",
             );
-            self.let_go_without_cancel().await?;
+            self.let_go_without_cancel(Evidence::Orphan).await?;
             return Ok(Action::await_change());
         }
         if self.already_done() {
             debug!("nothing left to cancel: releasing without a cloud call");
-            self.let_go_without_cancel().await?;
+            self.let_go_without_cancel(Evidence::CancelConfirmed).await?;
             return Ok(Action::await_change());
         }
         if self.binding().is_none() && self.desktop_held_by_another() {
@@ -494,7 +488,7 @@ impl<'a> Step<'a> {
                 "This resource never held a session; another resource holds the desktop's",
                 "Cancel",
             );
-            self.let_go_without_cancel().await?;
+            self.let_go_without_cancel(Evidence::HeldByAnother).await?;
             return Ok(Action::await_change());
         }
         let (target, creds) = match self.prepare().await {
@@ -1251,9 +1245,11 @@ impl<'a> Step<'a> {
         Ok(())
     }
 
-    /// The object goes without a cloud call (Orphan, or a cancel already confirmed): its
-    /// invitation Secret and the credentials pin go with it.
-    async fn let_go_without_cancel(&self) -> Result<(), Error> {
+    /// The object goes without a cloud call, on `evidence` of the release rule (Orphan, a
+    /// cancel already confirmed, a desktop another resource holds): its invitation Secret and
+    /// the credentials pin go with it.
+    async fn let_go_without_cancel(&self, evidence: Evidence) -> Result<(), Error> {
+        debug!(evidence = evidence.reason(), "releasing without a cloud call");
         self.ctx.delete_invitation_secret(&self.ra).await?;
         self.unpin_credentials().await?;
         self.let_go_of_desktop();
@@ -1387,7 +1383,7 @@ impl<'a> Step<'a> {
     /// The credentials a call needs, from the Secret `name`.
     fn call_credentials(&self, secret: &Secret, name: &str) -> Result<CallCredentials, Error> {
         let spec = &self.ra.spec;
-        Ok(match credentials::from_secret(secret)? {
+        Ok(match secret::from_secret(secret)? {
             SecretCredentials::Direct(c) => CallCredentials::Direct(c),
             SecretCredentials::Password {
                 domain_name,

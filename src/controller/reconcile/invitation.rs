@@ -20,9 +20,9 @@ use tracing::{debug, warn};
 use crate::resource::RemoteAssistance;
 use crate::workspace::ShowResponse;
 
-use super::Context;
-use super::error::Error;
-use super::status::MANAGER;
+use crate::controller::Context;
+use crate::controller::error::Error;
+use crate::controller::report::status::MANAGER;
 
 /// Label of invitation Secrets. The operator's Secret watch leaves them out: they never hold
 /// credentials, and there is one per resource.

@@ -1,7 +1,7 @@
 //! Credentials as last read, and what the operator keeps per credential: IAM tokens of password
-//! logins and the breakers that pace failed authentications ([`super::breaker`]).
+//! logins and the breakers that pace failed authentications ([`crate::controller::pacing::breaker`]).
 //!
-//! Invariants: a cached Secret is used only while the [`super::secret_index::SecretIndex`] says
+//! Invariants: a cached Secret is used only while the [`crate::controller::credentials::index::SecretIndex`] says
 //! its version is still the latest (speed only: anything else is read again); cached Secrets
 //! (plaintext credentials) are dropped when no resource uses them any more.
 
@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
-use super::breaker::Breakers;
-use super::secret_index::SecretKey;
+use crate::controller::credentials::index::SecretKey;
+use crate::controller::pacing::breaker::Breakers;
 use crate::workspace::{AmbientCredentials, AmbientSource, TokenCache};
 
 /// Credentials Secrets by key, at the version read, plus tokens and breakers.
