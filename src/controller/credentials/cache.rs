@@ -64,13 +64,9 @@ impl CredentialCache {
     }
 
     /// How many Secrets are cached.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.secrets.lock().expect("credential cache").len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -99,6 +95,6 @@ mod tests {
         cache.retain(|k| k.1 == "a");
         assert_eq!(cache.len(), 1, "plaintext credentials of unused Secrets go");
         cache.put(key.clone(), None);
-        assert!(cache.is_empty());
+        assert_eq!(cache.len(), 0);
     }
 }

@@ -69,13 +69,9 @@ impl SecretIndex {
     }
 
     /// How many Secrets are indexed.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.seen.lock().expect("secret index").len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

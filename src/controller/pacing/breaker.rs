@@ -210,13 +210,9 @@ impl Breakers {
     }
 
     /// How many credentials are tracked.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.lock().expect("breakers").len()
-    }
-
-    /// Whether no credential is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -59,70 +59,69 @@ fn says_expired(error: &CloudError, not_found_codes: &[String]) -> bool {
     }
 }
 
-impl Context {
-    /// Makes one cloud call with `credentials`, waiting for the rate limit. With a password
-    /// login, a token the API rejects as expired is renewed and the call made once more.
-    pub async fn call<T, F, Fut>(
-        &self,
-        operation: Operation,
-        credentials: &CallCredentials,
-        call: F,
-    ) -> Result<Answer<T>, CloudError>
-    where
-        F: Fn(Credentials) -> Fut,
-        Fut: Future<Output = Result<Answer<T>, CloudError>>,
-    {
-        let measured = |c: Credentials| {
-            let fut = call(c);
-            async move {
-                self.rate_limit().await;
-                // The leader fence: no call starts without a proof of leadership, and a call in
-                // flight is cut when the proof runs out (another leader may act after that).
-                let remaining = self.config.fence.remaining();
-                if remaining.is_some_and(|r| r.is_zero()) {
-                    return Err(not_leader(operation, "not sent"));
-                }
-                let started = Instant::now();
-                let result = match remaining {
-                    None => fut.await,
-                    Some(r) => tokio::time::timeout(r, fut)
-                        .await
-                        .unwrap_or_else(|_| Err(not_leader(operation, "cut off"))),
-                };
-                let outcome = result.as_ref().map(|a| a.http_status);
-                self.metrics.cloud_call(operation, outcome, started.elapsed());
-                result
+/// Makes one cloud call with `credentials`, waiting for the rate limit. With a password
+/// login, a token the API rejects as expired is renewed and the call made once more.
+pub(crate) async fn call<T, F, Fut>(
+    ctx: &Context,
+    operation: Operation,
+    credentials: &CallCredentials,
+    call: F,
+) -> Result<Answer<T>, CloudError>
+where
+    F: Fn(Credentials) -> Fut,
+    Fut: Future<Output = Result<Answer<T>, CloudError>>,
+{
+    let measured = |c: Credentials| {
+        let fut = call(c);
+        async move {
+            ctx.rate_limit().await;
+            // The leader fence: no call starts without a proof of leadership, and a call in
+            // flight is cut when the proof runs out (another leader may act after that).
+            let remaining = ctx.config.fence.remaining();
+            if remaining.is_some_and(|r| r.is_zero()) {
+                return Err(not_leader(operation, "not sent"));
             }
-        };
-        match credentials {
-            CallCredentials::Direct(c) => {
-                self.guarded(&CredentialKey::of(c), operation, || measured(c.clone()))
+            let started = Instant::now();
+            let result = match remaining {
+                None => fut.await,
+                Some(r) => tokio::time::timeout(r, fut)
                     .await
-            }
-            CallCredentials::Login(login) => {
-                let token = self.login(login, operation).await?;
-                let key = CredentialKey::of(&Credentials::Token(token.clone()));
-                match self
-                    .guarded(&key, operation, || measured(Credentials::Token(token.clone())))
-                    .await
-                {
-                    Err(e) if classify(&e, &self.config.not_found_codes) == Disposition::RenewToken => {
-                        tracing::info!("the IAM token must be renewed: requesting a new one");
-                        self.credentials.tokens.invalidate(login);
-                        let token = self.login(login, operation).await?;
-                        let key = CredentialKey::of(&Credentials::Token(token.clone()));
-                        self.guarded(&key, operation, || measured(Credentials::Token(token.clone())))
-                            .await
-                    }
-                    other => other,
-                }
-            }
-            CallCredentials::Ambient(c) => match self
-                .guarded(&CredentialKey::of(c), operation, || measured(c.clone()))
-                .await
+                    .unwrap_or_else(|_| Err(not_leader(operation, "cut off"))),
+            };
+            let outcome = result.as_ref().map(|a| a.http_status);
+            ctx.metrics.cloud_call(operation, outcome, started.elapsed());
+            result
+        }
+    };
+    match credentials {
+        CallCredentials::Direct(c) => {
+            guarded(ctx, &CredentialKey::of(c), operation, || measured(c.clone())).await
+        }
+        CallCredentials::Login(login) => {
+            let token = log_in(ctx, login, operation).await?;
+            let key = CredentialKey::of(&Credentials::Token(token.clone()));
+            match guarded(ctx, &key, operation, || {
+                measured(Credentials::Token(token.clone()))
+            })
+            .await
             {
-                Err(e) if says_expired(&e, &self.config.not_found_codes) => {
-                    let Some(ambient) = &self.credentials.ambient else {
+                Err(e) if classify(&e, &ctx.config.not_found_codes) == Disposition::RenewToken => {
+                    tracing::info!("the IAM token must be renewed: requesting a new one");
+                    ctx.credentials.tokens.invalidate(login);
+                    let token = log_in(ctx, login, operation).await?;
+                    let key = CredentialKey::of(&Credentials::Token(token.clone()));
+                    guarded(ctx, &key, operation, || {
+                        measured(Credentials::Token(token.clone()))
+                    })
+                    .await
+                }
+                other => other,
+            }
+        }
+        CallCredentials::Ambient(c) => {
+            match guarded(ctx, &CredentialKey::of(c), operation, || measured(c.clone())).await {
+                Err(e) if says_expired(&e, &ctx.config.not_found_codes) => {
+                    let Some(ambient) = &ctx.credentials.ambient else {
                         return Err(e);
                     };
                     if let Credentials::AkSk { access_key_id, .. } = c {
@@ -133,58 +132,60 @@ impl Context {
                         "the temporary credentials expired: fetching new ones"
                     );
                     let fresh = ambient
-                        .credentials(self.cloud.http())
+                        .credentials(ctx.cloud.http())
                         .await
                         .map_err(|error| CloudError::Source { operation, error })?;
-                    self.guarded(&CredentialKey::of(&fresh), operation, || measured(fresh.clone()))
-                        .await
+                    guarded(ctx, &CredentialKey::of(&fresh), operation, || {
+                        measured(fresh.clone())
+                    })
+                    .await
                 }
                 other => other,
-            },
-        }
-    }
-
-    /// A token for a password login: cached, or one login at IAM, paced by the login's breaker
-    /// (a wrong password is not retried in parallel or within the lock window).
-    async fn login(&self, login: &PasswordLogin, operation: Operation) -> Result<Sensitive, CloudError> {
-        let key = CredentialKey::of_login(login);
-        self.guarded(&key, operation, || {
-            self.credentials.tokens.token(self.cloud.http(), login)
-        })
-        .await
-    }
-
-    /// Runs `call` when the breaker of `key` admits it, and records its answer.
-    async fn guarded<T, Fut>(
-        &self,
-        key: &CredentialKey,
-        operation: Operation,
-        call: impl FnOnce() -> Fut,
-    ) -> Result<T, CloudError>
-    where
-        Fut: Future<Output = Result<T, CloudError>>,
-    {
-        loop {
-            match self.credentials.breakers.admit(key, operation, Instant::now()) {
-                Admission::Go => break,
-                Admission::Wait(done) => {
-                    let _ = tokio::time::timeout(PROBE_WAIT, done.notified()).await;
-                }
-                Admission::Withhold(e) => return Err(e),
             }
         }
-        let mut probe = AbandonOnDrop {
-            ctx: self,
-            key,
-            armed: true,
-        };
-        let result = call().await;
-        self.credentials
-            .breakers
-            .record(key, result.as_ref().map(|_| ()), Instant::now());
-        probe.armed = false;
-        result
     }
+}
+
+/// A token for a password login: cached, or one login at IAM, paced by the login's breaker
+/// (a wrong password is not retried in parallel or within the lock window).
+async fn log_in(ctx: &Context, login: &PasswordLogin, operation: Operation) -> Result<Sensitive, CloudError> {
+    let key = CredentialKey::of_login(login);
+    guarded(ctx, &key, operation, || {
+        ctx.credentials.tokens.token(ctx.cloud.http(), login)
+    })
+    .await
+}
+
+/// Runs `call` when the breaker of `key` admits it, and records its answer.
+async fn guarded<T, Fut>(
+    ctx: &Context,
+    key: &CredentialKey,
+    operation: Operation,
+    call: impl FnOnce() -> Fut,
+) -> Result<T, CloudError>
+where
+    Fut: Future<Output = Result<T, CloudError>>,
+{
+    loop {
+        match ctx.credentials.breakers.admit(key, operation, Instant::now()) {
+            Admission::Go => break,
+            Admission::Wait(done) => {
+                let _ = tokio::time::timeout(PROBE_WAIT, done.notified()).await;
+            }
+            Admission::Withhold(e) => return Err(e),
+        }
+    }
+    let mut probe = AbandonOnDrop {
+        ctx,
+        key,
+        armed: true,
+    };
+    let result = call().await;
+    ctx.credentials
+        .breakers
+        .record(key, result.as_ref().map(|_| ()), Instant::now());
+    probe.armed = false;
+    result
 }
 
 /// Lets the next caller probe when a call admitted by the breaker is dropped before its answer.
@@ -199,5 +200,53 @@ impl Drop for AbandonOnDrop<'_> {
         if self.armed {
             self.ctx.credentials.breakers.abandon(self.key);
         }
+    }
+}
+
+/// The cloud call quota: `per_second` calls spaced evenly, no burst, so that no one-second
+/// window (as the cloud's gateway counts) ever holds more than `per_second` calls. (A burst the
+/// size of the rate would allow nearly twice the rate in the second after a quiet spell.)
+pub(crate) fn cloud_quota(per_second: std::num::NonZeroU32) -> governor::Quota {
+    governor::Quota::with_period(Duration::from_secs(1) / per_second.get())
+        .expect("a non-zero period")
+        .allow_burst(std::num::NonZeroU32::MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+    use std::time::Duration;
+
+    use governor::RateLimiter;
+
+    use super::cloud_quota;
+
+    #[test]
+    fn no_one_second_window_exceeds_the_cloud_rate_limit() {
+        use governor::clock::{Clock, FakeRelativeClock};
+        let clock = FakeRelativeClock::default();
+        let limiter =
+            RateLimiter::direct_with_clock(cloud_quota(NonZeroU32::new(50).unwrap()), clock.clone());
+        // As many calls as the limiter lets through, each as early as it allows, over 3 s.
+        let mut admitted = Vec::new();
+        while clock.now().as_u64() < 3_000_000_000 {
+            if limiter.check().is_ok() {
+                admitted.push(clock.now().as_u64());
+            } else {
+                clock.advance(Duration::from_micros(100));
+            }
+        }
+        let busiest = admitted
+            .iter()
+            .map(|t| {
+                admitted
+                    .iter()
+                    .filter(|u| **u >= *t && **u < *t + 1_000_000_000)
+                    .count()
+            })
+            .max()
+            .unwrap();
+        assert_eq!(busiest, 50, "at most the limit in any one-second window");
+        assert!(admitted.len() >= 149, "and the limit is used: {}", admitted.len());
     }
 }

@@ -193,6 +193,7 @@ impl Gates {
     }
 
     /// Consecutive failures recorded for `uid`.
+    #[cfg(test)]
     pub fn failures(&self, uid: &str) -> u32 {
         self.entries
             .lock()
@@ -210,6 +211,15 @@ impl Gates {
     /// last reconcile: its finalizer removed by hand, its namespace gone).
     pub fn retain(&self, exists: impl Fn(&str) -> bool) {
         self.entries.lock().expect("gates").retain(|uid, _| exists(uid));
+    }
+}
+
+impl crate::controller::context::PerObjectStore for Gates {
+    fn forget(&self, uid: &str) {
+        Gates::forget(self, uid);
+    }
+    fn retain(&self, exists: &dyn Fn(&str) -> bool) {
+        Gates::retain(self, exists);
     }
 }
 

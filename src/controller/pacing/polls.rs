@@ -133,6 +133,18 @@ pub fn due(
     .flatten()
 }
 
+impl crate::controller::context::PerObjectStore for Observations {
+    fn forget(&self, uid: &str) {
+        Observations::forget(self, uid);
+    }
+    fn retain(&self, exists: &dyn Fn(&str) -> bool) {
+        self.entries
+            .lock()
+            .expect("observations")
+            .retain(|uid, _| exists(uid));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,13 +53,9 @@ impl Timers {
     }
 
     /// How many resources have a time set.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.queue.lock().expect("timers").entries.len()
-    }
-
-    /// Whether no resource has a time set.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Keeps only the entries of UIDs for which `keep` holds (objects gone are dropped).
@@ -97,6 +93,15 @@ pub fn due(
     .flatten()
 }
 
+impl crate::controller::context::PerObjectStore for Timers {
+    fn forget(&self, uid: &str) {
+        Timers::retain(self, |other| other != uid);
+    }
+    fn retain(&self, exists: &dyn Fn(&str) -> bool) {
+        Timers::retain(self, exists);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,7 +134,7 @@ mod tests {
             "fired once"
         );
         t.clear("a");
-        assert!(t.is_empty());
+        assert_eq!(t.len(), 0);
         t.set("gone", object("gone"), ts("2026-11-29T10:00:00Z"));
         t.set("here", object("here"), ts("2026-11-29T10:00:00Z"));
         t.retain(|uid| uid == "here");

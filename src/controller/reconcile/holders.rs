@@ -210,6 +210,15 @@ fn finished(ra: &RemoteAssistance) -> bool {
     )
 }
 
+impl crate::controller::context::PerObjectStore for Claims {
+    fn forget(&self, uid: &str) {
+        Claims::retain(self, |other| other != uid);
+    }
+    fn retain(&self, exists: &dyn Fn(&str) -> bool) {
+        Claims::retain(self, exists);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

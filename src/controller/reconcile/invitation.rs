@@ -116,161 +116,168 @@ fn controlled_by(secret: &Secret, owner_uid: &str) -> bool {
         .any(|o| o.controller == Some(true) && o.uid == owner_uid)
 }
 
-impl Context {
-    /// Writes the invitation Secret (owned by the resource) when its content changed since this
-    /// process last wrote it; `fresh`: the session was just created, so the Secret is new.
-    /// Returns its name.
-    pub async fn apply_invitation_secret(
-        &self,
-        ra: &RemoteAssistance,
-        show: &ShowResponse,
-        fresh: bool,
-    ) -> Result<String, Error> {
-        let name = invitation_secret_name(&ra.name_any());
-        let namespace = ra.namespace().unwrap_or_default();
-        let failed = |verb, e| {
-            Error::kubernetes(
-                verb,
-                "Secret",
-                format!("{namespace}/{name} (the session's invitation)"),
-                e,
+/// Writes the invitation Secret (owned by the resource) when its content changed since this
+/// process last wrote it; `fresh`: the session was just created, so the Secret is new.
+/// Returns its name.
+pub(crate) async fn apply_secret(
+    ctx: &Context,
+    ra: &RemoteAssistance,
+    show: &ShowResponse,
+    fresh: bool,
+) -> Result<String, Error> {
+    let name = invitation_secret_name(&ra.name_any());
+    let namespace = ra.namespace().unwrap_or_default();
+    let failed = |verb, e| {
+        Error::kubernetes(
+            verb,
+            "Secret",
+            format!("{namespace}/{name} (the session's invitation)"),
+            e,
+        )
+    };
+    let data = invitation_data(show);
+    let uid = ra.uid().unwrap_or_default();
+    let print = fingerprint(&data);
+    if ctx.invitations.unchanged(&uid, print) {
+        return Ok(name);
+    }
+    let owner = OwnerReference {
+        api_version: RemoteAssistance::api_version(&()).into_owned(),
+        kind: RemoteAssistance::kind(&()).into_owned(),
+        name: ra.name_any(),
+        uid: uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    };
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "labels": { "app.kubernetes.io/managed-by": "workspace-assist", INVITATION_LABEL: "true" },
+            "ownerReferences": [owner],
+        },
+        "type": "Opaque",
+        "stringData": data,
+    });
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ra.namespace().unwrap_or_default());
+    // A new session's Secret is created (cheaper for the API server than an apply); one that
+    // is there already (restart, adoption, a change) is applied.
+    let mut written = None;
+    if fresh {
+        let params = PostParams {
+            field_manager: Some(MANAGER.into()),
+            ..PostParams::default()
+        };
+        match api
+            .create(
+                &params,
+                &serde_json::from_value(secret.clone()).map_err(kube::Error::SerdeError)?,
             )
-        };
-        let data = invitation_data(show);
-        let uid = ra.uid().unwrap_or_default();
-        let print = fingerprint(&data);
-        if self.invitations.unchanged(&uid, print) {
-            return Ok(name);
-        }
-        let owner = OwnerReference {
-            api_version: RemoteAssistance::api_version(&()).into_owned(),
-            kind: RemoteAssistance::kind(&()).into_owned(),
-            name: ra.name_any(),
-            uid: uid.clone(),
-            controller: Some(true),
-            block_owner_deletion: None,
-        };
-        let secret = json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": name,
-                "labels": { "app.kubernetes.io/managed-by": "workspace-assist", INVITATION_LABEL: "true" },
-                "ownerReferences": [owner],
-            },
-            "type": "Opaque",
-            "stringData": data,
-        });
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ra.namespace().unwrap_or_default());
-        // A new session's Secret is created (cheaper for the API server than an apply); one that
-        // is there already (restart, adoption, a change) is applied.
-        let mut written = None;
-        if fresh {
-            let params = PostParams {
-                field_manager: Some(MANAGER.into()),
-                ..PostParams::default()
-            };
-            match api
-                .create(
-                    &params,
-                    &serde_json::from_value(secret.clone()).map_err(kube::Error::SerdeError)?,
-                )
-                .await
-            {
-                Ok(s) => written = Some(s),
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(failed("create", e)),
-            }
-        }
-        if written.is_none() {
-            // A Secret of that name is taken over only when this resource controls it: never a
-            // user's Secret, or a same-name predecessor's that its garbage collection has not
-            // removed yet.
-            if let Some(existing) = api.get_opt(&name).await.map_err(|e| failed("get", e))?
-                && !controlled_by(&existing, &uid)
-            {
-                return Err(Error::InvitationSecretTaken(format!("{namespace}/{name}")));
-            }
-            written = Some(
-                api.patch(
-                    &name,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&secret),
-                )
-                .await
-                .map_err(|e| failed("patch", e))?,
-            );
-        }
-        self.invitations.wrote(uid, print, written.and_then(|s| s.uid()));
-        debug!(secret = %name, "invitation Secret written");
-        Ok(name)
-    }
-
-    /// Deletes the resource's invitation Secret, if any (the session is over or the resource is
-    /// going; owner references would do it too where a garbage collector runs).
-    pub async fn delete_invitation_secret(&self, ra: &RemoteAssistance) -> Result<(), Error> {
-        match self.invitation_secret_deletion(ra) {
-            Some(deletion) => deletion.await,
-            None => Ok(()),
+            .await
+        {
+            Ok(s) => written = Some(s),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(failed("create", e)),
         }
     }
+    if written.is_none() {
+        // A Secret of that name is taken over only when this resource controls it: never a
+        // user's Secret, or a same-name predecessor's that its garbage collection has not
+        // removed yet.
+        if let Some(existing) = api.get_opt(&name).await.map_err(|e| failed("get", e))?
+            && !controlled_by(&existing, &uid)
+        {
+            return Err(Error::InvitationSecretTaken(format!("{namespace}/{name}")));
+        }
+        written = Some(
+            api.patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .map_err(|e| failed("patch", e))?,
+        );
+    }
+    ctx.invitations.wrote(uid, print, written.and_then(|s| s.uid()));
+    debug!(secret = %name, "invitation Secret written");
+    Ok(name)
+}
 
-    /// Starts deleting the invitation Secret of a resource that is going, without waiting: its
-    /// owner reference is the guarantee (the garbage collector deletes it after the resource),
-    /// this only makes it go sooner. A failure is logged.
-    pub fn delete_invitation_secret_in_background(&self, ra: &RemoteAssistance) {
-        if let Some(deletion) = self.invitation_secret_deletion(ra) {
-            let metrics = self.metrics.clone();
-            tokio::spawn(async move {
-                if let Err(e) = deletion.await {
-                    if let Error::Kubernetes(f) = &e {
-                        metrics.kubernetes_error(f.verb, f.kind, f.status());
-                    }
-                    warn!(error = %e, "could not delete the invitation Secret (its owner reference lets the garbage collector do it)");
+/// Deletes the resource's invitation Secret, if any (the session is over or the resource is
+/// going; owner references would do it too where a garbage collector runs).
+pub(crate) async fn delete_secret(ctx: &Context, ra: &RemoteAssistance) -> Result<(), Error> {
+    match secret_deletion(ctx, ra) {
+        Some(deletion) => deletion.await,
+        None => Ok(()),
+    }
+}
+
+/// Starts deleting the invitation Secret of a resource that is going, without waiting: its
+/// owner reference is the guarantee (the garbage collector deletes it after the resource),
+/// this only makes it go sooner. A failure is logged.
+pub(crate) fn delete_secret_in_background(ctx: &Context, ra: &RemoteAssistance) {
+    if let Some(deletion) = secret_deletion(ctx, ra) {
+        let metrics = ctx.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = deletion.await {
+                if let Error::Kubernetes(f) = &e {
+                    metrics.kubernetes_error(f.verb, f.kind, f.status());
                 }
-            });
-        }
-    }
-
-    /// The deletion of the resource's invitation Secret, when it has one.
-    fn invitation_secret_deletion(
-        &self,
-        ra: &RemoteAssistance,
-    ) -> Option<impl Future<Output = Result<(), Error>> + Send + 'static> {
-        let name = ra
-            .status
-            .as_ref()
-            .and_then(|s| s.invitation_secret_name.clone())?;
-        let owner_uid = ra.uid().unwrap_or_default();
-        let known = self.invitations.secret_uid(&owner_uid);
-        self.invitations.forget(&owner_uid);
-        let namespace = ra.namespace().unwrap_or_default();
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
-        let object = format!("{namespace}/{name} (the session's invitation)");
-        let failed = move |verb, e| Error::kubernetes(verb, "Secret", object.clone(), e);
-        Some(async move {
-            // Deleted only as the Secret this resource controls (a UID precondition): a late
-            // deletion never removes a same-name successor's Secret.
-            let secret_uid = match known {
-                Some(uid) => uid,
-                None => match api.get_opt(&name).await.map_err(|e| failed("get", e))? {
-                    Some(s) if controlled_by(&s, &owner_uid) => s.uid().unwrap_or_default(),
-                    _ => return Ok(()),
-                },
-            };
-            let params = DeleteParams {
-                preconditions: Some(kube::api::Preconditions {
-                    uid: Some(secret_uid),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            match api.delete(&name, &params).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-                Err(e) => Err(failed("delete", e)),
+                warn!(error = %e, "could not delete the invitation Secret (its owner reference lets the garbage collector do it)");
             }
-        })
+        });
+    }
+}
+
+/// The deletion of the resource's invitation Secret, when it has one.
+fn secret_deletion(
+    ctx: &Context,
+    ra: &RemoteAssistance,
+) -> Option<impl Future<Output = Result<(), Error>> + Send + 'static> {
+    let name = ra
+        .status
+        .as_ref()
+        .and_then(|s| s.invitation_secret_name.clone())?;
+    let owner_uid = ra.uid().unwrap_or_default();
+    let known = ctx.invitations.secret_uid(&owner_uid);
+    ctx.invitations.forget(&owner_uid);
+    let namespace = ra.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let object = format!("{namespace}/{name} (the session's invitation)");
+    let failed = move |verb, e| Error::kubernetes(verb, "Secret", object.clone(), e);
+    Some(async move {
+        // Deleted only as the Secret this resource controls (a UID precondition): a late
+        // deletion never removes a same-name successor's Secret.
+        let secret_uid = match known {
+            Some(uid) => uid,
+            None => match api.get_opt(&name).await.map_err(|e| failed("get", e))? {
+                Some(s) if controlled_by(&s, &owner_uid) => s.uid().unwrap_or_default(),
+                _ => return Ok(()),
+            },
+        };
+        let params = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: Some(secret_uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(failed("delete", e)),
+        }
+    })
+}
+
+impl crate::controller::context::PerObjectStore for Invitations {
+    fn forget(&self, uid: &str) {
+        Invitations::forget(self, uid);
+    }
+    fn retain(&self, exists: &dyn Fn(&str) -> bool) {
+        Invitations::retain(self, exists);
     }
 }
 

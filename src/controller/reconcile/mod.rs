@@ -28,11 +28,11 @@ use crate::workspace::{
 
 use crate::text::{MAX_MESSAGE_BYTES, MAX_SHORT_BYTES, bounded_opt};
 
-use crate::controller::Context;
-use crate::controller::credentials::pins::may_need_cancel;
+use crate::controller::context::Context;
+use crate::controller::credentials::pins::{self, may_need_cancel};
 use crate::controller::credentials::secret::{self, CredentialsError, SecretCredentials};
 use crate::controller::error::Error;
-use crate::controller::pacing::cloud_calls::CallCredentials;
+use crate::controller::pacing::cloud_calls::{self, CallCredentials};
 use crate::controller::pacing::gate::{API_RETRY_MAX, BackoffPolicy, Gate, Trigger};
 use crate::controller::reconcile::holders::{DesktopKey, Holder};
 use crate::controller::report::events::EventType;
@@ -497,7 +497,7 @@ impl<'a> Step<'a> {
         };
         // The session's secret parts go while the cancel is on its way; the finalizer does not
         // wait for them (the Secret is owned by this resource).
-        self.ctx.delete_invitation_secret_in_background(&self.ra);
+        invitation::delete_secret_in_background(self.ctx, &self.ra);
         match self.end_session(&target, &creds).await {
             Ok(_) => {
                 self.ctx.metrics.cancelled("deletion");
@@ -594,11 +594,10 @@ impl<'a> Step<'a> {
             return Ok(Action::await_change());
         }
         let ctx = self.ctx;
-        let created = match ctx
-            .call(Operation::CreateRemoteAssistance, creds, |c| async move {
-                ctx.cloud.create(target, &c).await
-            })
-            .await
+        let created = match cloud_calls::call(ctx, Operation::CreateRemoteAssistance, creds, |c| async move {
+            ctx.cloud.create(target, &c).await
+        })
+        .await
         {
             Ok(answer) => answer,
             Err(error) => {
@@ -717,10 +716,7 @@ impl<'a> Step<'a> {
             status.session = Some(binding);
             status.expires_at = expires_at.map(Time);
         }
-        let secret_name = self
-            .ctx
-            .apply_invitation_secret(&self.ra, shown, just_created)
-            .await?;
+        let secret_name = invitation::apply_secret(self.ctx, &self.ra, shown, just_created).await?;
         if !was_active && !just_created {
             self.ctx.publish(
                 &self.ra,
@@ -959,7 +955,7 @@ impl<'a> Step<'a> {
         );
         self.ctx.observations.forget(&self.uid());
         self.ctx.timers.clear(&self.uid());
-        self.ctx.delete_invitation_secret(&self.ra).await?;
+        invitation::delete_secret(self.ctx, &self.ra).await?;
         let now = Time(jiff::Timestamp::now());
         self.write(&Conclusion::DeadlineExceeded, calls, |s| {
             s.invitation_secret_name = None;
@@ -1035,13 +1031,13 @@ impl<'a> Step<'a> {
 
     async fn show(&self, target: &Target, creds: &CallCredentials) -> Result<ShowResponse, Error> {
         let ctx = self.ctx;
-        match ctx
-            .call(
-                Operation::ShowDesktopRemoteAssistanceInfo,
-                creds,
-                |c| async move { ctx.cloud.show(target, &c).await },
-            )
-            .await
+        match cloud_calls::call(
+            ctx,
+            Operation::ShowDesktopRemoteAssistanceInfo,
+            creds,
+            |c| async move { ctx.cloud.show(target, &c).await },
+        )
+        .await
         {
             Ok(answer) => Ok(answer.value),
             // Only a body without an error shape says anything about the session; "not found"
@@ -1058,11 +1054,10 @@ impl<'a> Step<'a> {
     /// configured): [`release::after_cancel`].
     async fn cancel(&self, target: &Target, creds: &CallCredentials) -> Result<Evidence, Error> {
         let ctx = self.ctx;
-        let result = ctx
-            .call(Operation::CancelRemoteAssistance, creds, |c| async move {
-                ctx.cloud.cancel(target, &c).await
-            })
-            .await;
+        let result = cloud_calls::call(ctx, Operation::CancelRemoteAssistance, creds, |c| async move {
+            ctx.cloud.cancel(target, &c).await
+        })
+        .await;
         let error = match result {
             Ok(answer) => {
                 return Ok(self.cancel_confirmed(
@@ -1211,7 +1206,7 @@ impl<'a> Step<'a> {
     /// resource needs it.
     async fn record_cancelled(&mut self, calls: u32) -> Result<(), Error> {
         self.ctx.observations.forget(&self.uid());
-        self.ctx.delete_invitation_secret(&self.ra).await?;
+        invitation::delete_secret(self.ctx, &self.ra).await?;
         self.write(&Conclusion::Cancelled, calls, |s| {
             s.invitation_secret_name = None;
             // The cloud closes a cancelled session.
@@ -1233,7 +1228,7 @@ impl<'a> Step<'a> {
     async fn record_closed(&mut self, facts: AssistanceStatus) -> Result<(), Error> {
         self.ctx.observations.forget(&self.uid());
         self.ctx.timers.clear(&self.uid());
-        self.ctx.delete_invitation_secret(&self.ra).await?;
+        invitation::delete_secret(self.ctx, &self.ra).await?;
         self.write(&Conclusion::Closed, 0, |s| {
             s.invitation_secret_name = None;
             s.assistance = Some(facts);
@@ -1250,7 +1245,7 @@ impl<'a> Step<'a> {
     /// the credentials pin go with it.
     async fn let_go_without_cancel(&self, evidence: Evidence) -> Result<(), Error> {
         debug!(evidence = evidence.reason(), "releasing without a cloud call");
-        self.ctx.delete_invitation_secret(&self.ra).await?;
+        invitation::delete_secret(self.ctx, &self.ra).await?;
         self.unpin_credentials().await?;
         self.let_go_of_desktop();
         Ok(())
@@ -1259,9 +1254,13 @@ impl<'a> Step<'a> {
     /// Drops the credentials pin when no other resource needs the Secret.
     async fn unpin_credentials(&self) -> Result<(), Error> {
         if let Some(r) = &self.ra.spec.credentials_secret_ref {
-            self.ctx
-                .release_secret_if_unused(&self.ra.namespace().unwrap_or_default(), &r.name, &self.uid())
-                .await?;
+            pins::release_if_unused(
+                self.ctx,
+                &self.ra.namespace().unwrap_or_default(),
+                &r.name,
+                &self.uid(),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -1425,7 +1424,7 @@ impl<'a> Step<'a> {
     /// Pins the credentials Secret. A failure does not stop the cancel, but shows: without the
     /// pin, deleting the namespace may delete the Secret before the cancel that needs it.
     async fn pin_credentials(&mut self, secret: &Secret, name: &str) {
-        if let Err(error) = self.ctx.pin_secret(secret).await {
+        if let Err(error) = pins::pin(self.ctx, secret).await {
             warn!(error = %error, secret = %name, "could not pin the credentials Secret");
             if let Error::Kubernetes(f) = &error {
                 self.ctx.metrics.kubernetes_error(f.verb, f.kind, f.status());

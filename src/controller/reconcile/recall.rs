@@ -90,13 +90,9 @@ impl Recall {
     }
 
     /// How many entries both maps hold.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.cancels.lock().expect("recall").len() + self.own_writes.lock().expect("recall").len()
-    }
-
-    /// Whether both maps are empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     #[cfg(test)]
@@ -107,6 +103,20 @@ impl Recall {
         for (_, at) in self.own_writes.lock().unwrap().values_mut() {
             *at -= by;
         }
+    }
+}
+
+/// A confirmed cancel is kept for [`CANCEL_MEMORY`] even after its object is gone (the cache may
+/// still show the object): neither call drops it; only time does.
+impl crate::controller::context::PerObjectStore for Recall {
+    fn forget(&self, uid: &str) {
+        Recall::forget(self, uid);
+    }
+    fn retain(&self, exists: &dyn Fn(&str) -> bool) {
+        self.own_writes
+            .lock()
+            .expect("recall")
+            .retain(|uid, _| exists(uid));
     }
 }
 
