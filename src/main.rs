@@ -1,5 +1,6 @@
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -29,7 +30,9 @@ fn main() -> ExitCode {
             init_logging("warn", LogFormat::Text);
             finish(
                 "the demo failed",
-                runtime().block_on(workspace_assist::devenv::commands::demo(args)),
+                runtime()
+                    .block_on(workspace_assist::devenv::commands::demo(args))
+                    .map_err(anyhow::Error::msg),
             )
         }
         #[cfg(feature = "dev-tools")]
@@ -37,7 +40,9 @@ fn main() -> ExitCode {
             init_logging("warn", LogFormat::Text);
             finish(
                 "the benchmark failed",
-                runtime().block_on(workspace_assist::devenv::commands::bench(args)),
+                runtime()
+                    .block_on(workspace_assist::devenv::commands::bench(args))
+                    .map_err(anyhow::Error::msg),
             )
         }
     }
@@ -50,24 +55,25 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
-fn finish(what: &str, result: Result<(), String>) -> ExitCode {
+/// The binary's edge: the one place errors become text, with their whole chain of causes.
+fn finish(what: &str, result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!(error = %e, "{what}");
-            eprintln!("{what}: {e}");
+            error!(error = format!("{e:#}"), "{what}");
+            eprintln!("{what}: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn simulate(args: SimulateArgs) -> Result<(), String> {
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     use workspace_assist::simulator::{Simulator, faults::parse_fault_rule};
-    let split = |s: &str, sep: char, what: &str| -> Result<(String, String), String> {
+    let split = |s: &str, sep: char, what: &str| -> anyhow::Result<(String, String)> {
         s.split_once(sep)
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .ok_or_else(|| {
-                format!(
+                anyhow::anyhow!(
                     "{what} must look like {}",
                     match sep {
                         ':' => "A:B",
@@ -78,7 +84,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
     };
     let sim = Simulator::start_on(args.listen)
         .await
-        .map_err(|e| format!("listening on {}: {e}", args.listen))?;
+        .with_context(|| format!("listening on {}", args.listen))?;
     for key in &args.access_keys {
         let (ak, sk) = split(key, ':', "--access-key")?;
         sim.add_access_key(&ak, &sk);
@@ -99,7 +105,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
     sim.set_latency(args.latency);
     serve_identities(&sim, &args).await?;
     for fault in &args.faults {
-        sim.inject(parse_fault_rule(fault)?);
+        sim.inject(parse_fault_rule(fault).map_err(anyhow::Error::msg)?);
     }
     println!("SIMULATOR_READY {}", sim.endpoint());
     info!(endpoint = %sim.endpoint(), access_keys = args.access_keys.len(), "Workspace simulator running; IAM tokens at {}/v3/auth/tokens", sim.endpoint());
@@ -111,7 +117,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
 async fn serve_identities(
     sim: &workspace_assist::simulator::Simulator,
     args: &SimulateArgs,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     use workspace_assist::simulator::identity::{MetadataService, OidcProvider};
     sim.set_temporary_lifetime(args.temporary_lifetime);
     if args.metadata_agency {
@@ -125,7 +131,7 @@ async fn serve_identities(
     }
     let client = kube::Client::try_default()
         .await
-        .map_err(|e| format!("connecting to Kubernetes to check tokens: {e}"))?;
+        .context("connecting to Kubernetes to check tokens")?;
     sim.trust_kubernetes(client);
     if !args.pod_identity.is_empty() {
         let accounts: Vec<&str> = args.pod_identity.iter().map(String::as_str).collect();
@@ -134,9 +140,9 @@ async fn serve_identities(
     for spec in &args.oidc_providers {
         let bad =
             || format!("--oidc-provider must look like URN=ISSUER,AUDIENCE,AGENCY_URN,SUBJECT: {spec:?}");
-        let (urn, rest) = spec.split_once('=').ok_or_else(bad)?;
+        let (urn, rest) = spec.split_once('=').ok_or_else(bad).map_err(anyhow::Error::msg)?;
         let [issuer, audience, agency, subject] = rest.split(',').collect::<Vec<_>>()[..] else {
-            return Err(bad());
+            anyhow::bail!(bad());
         };
         let provider = OidcProvider {
             issuer: issuer.into(),
@@ -165,7 +171,7 @@ fn init_logging(level: &str, format: LogFormat) {
     }
 }
 
-async fn run(args: RunArgs) -> Result<(), String> {
+async fn run(args: RunArgs) -> anyhow::Result<()> {
     workspace_assist::install_crypto_provider();
     if args.insecure_skip_tls_verify {
         warn!(
@@ -175,7 +181,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let config = controller_config(&args)?;
     let client = kube::Client::try_default()
         .await
-        .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
+        .context("connecting to Kubernetes")?;
     let telemetry = controller::Telemetry::default();
     let address = telemetry::serve(
         args.metrics_address,
@@ -183,7 +189,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         telemetry.health.clone(),
     )
     .await
-    .map_err(|e| format!("serving metrics on {}: {e}", args.metrics_address))?;
+    .with_context(|| format!("serving metrics on {}", args.metrics_address))?;
     info!(namespace = args.namespace.as_deref().unwrap_or("(all)"), concurrency = args.concurrency, metrics = %address, instance = %args.instance_name, "starting the operator");
 
     let shutdown = CancellationToken::new();
@@ -202,16 +208,16 @@ async fn run(args: RunArgs) -> Result<(), String> {
         // The only instance reconciles: it leads.
         telemetry.metrics.set_leader(true);
         let stop = shutdown.clone();
-        return controller::run(client, config, telemetry, async move { stop.cancelled().await }).await;
+        return Ok(controller::run(client, config, telemetry, async move { stop.cancelled().await }).await?);
     }
     lead_then_run(client, config, telemetry, &args, shutdown).await
 }
 
 /// The controller's settings from the command line (and its env vars).
-fn controller_config(args: &RunArgs) -> Result<controller::Config, String> {
+fn controller_config(args: &RunArgs) -> anyhow::Result<controller::Config> {
     let extra_ca_pem = match &args.ca_bundle {
         Some(path) => {
-            Some(std::fs::read(path).map_err(|e| format!("reading --ca-bundle {}: {e}", path.display()))?)
+            Some(std::fs::read(path).with_context(|| format!("reading --ca-bundle {}", path.display()))?)
         }
         None => None,
     };
@@ -254,11 +260,14 @@ fn controller_config(args: &RunArgs) -> Result<controller::Config, String> {
         },
         refuse_orphan_time_boxed: args.refuse_orphan_time_boxed,
         ambient: match args.ambient_credentials {
-            Some(kind) => Some(AmbientSource::from_env(
-                kind,
-                &|name| std::env::var(name).ok(),
-                Some(args.ecs_metadata_endpoint.clone()),
-            )?),
+            Some(kind) => Some(
+                AmbientSource::from_env(
+                    kind,
+                    &|name| std::env::var(name).ok(),
+                    Some(args.ecs_metadata_endpoint.clone()),
+                )
+                .map_err(anyhow::Error::msg)?,
+            ),
             None => None,
         },
     })
@@ -273,7 +282,7 @@ async fn lead_then_run(
     telemetry: controller::Telemetry,
     args: &RunArgs,
     shutdown: CancellationToken,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let namespace = args
         .leader_election_namespace
         .clone()
@@ -310,7 +319,7 @@ async fn lead_then_run(
     let result = tokio::select! {
         lost = elector.hold() => {
             telemetry.metrics.set_leader(false);
-            return Err(format!("lost the leader Lease ({lost:?}): its cloud calls stopped at the renew deadline; exiting so that this instance restarts as a standby"));
+            anyhow::bail!(format!("lost the leader Lease ({lost:?}): its cloud calls stopped at the renew deadline; exiting so that this instance restarts as a standby"));
         }
         result = &mut controller => result,
     };
@@ -318,7 +327,7 @@ async fn lead_then_run(
     if let Err(e) = elector.release().await {
         warn!(error = %e, "could not release the leader Lease");
     }
-    result
+    Ok(result?)
 }
 
 /// Completes on SIGTERM or SIGINT.

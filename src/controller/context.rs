@@ -18,7 +18,7 @@ use tracing::warn;
 
 use super::credentials::pins::PinReleases;
 use super::credentials::{cache as credential_cache, endpoints, index as secret_index, selector};
-use super::error::Error;
+use super::error::{Error, Result, StartError};
 use super::pacing::cloud_calls::cloud_quota;
 use super::pacing::gate::{self, BackoffPolicy};
 use super::pacing::{polls, timers};
@@ -157,7 +157,7 @@ pub struct Context {
 
 impl Context {
     /// Builds the shared context.
-    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Result<Context, String> {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Result<Context, StartError> {
         let cloud = WorkspaceClient::new(&config.client)?;
         let observations = Arc::new(polls::Observations::new(config.poll_interval));
         let credentials =
@@ -194,7 +194,7 @@ impl Context {
 
     /// The namespace's deletion-policy annotation: from the watch of namespace metadata, or
     /// read from the API server when the watch does not hold the namespace (yet).
-    pub async fn namespace_deletion_policy(&self, namespace: &str) -> Result<Option<String>, Error> {
+    pub async fn namespace_deletion_policy(&self, namespace: &str) -> Result<Option<String>> {
         let meta = self
             .namespace_metadata(namespace, "its deletion-policy annotation")
             .await?;
@@ -205,7 +205,7 @@ impl Context {
     }
 
     /// Whether the namespace's labels let its resources use the operator's default credentials.
-    pub async fn may_use_default_credentials(&self, namespace: &str) -> Result<bool, Error> {
+    pub async fn may_use_default_credentials(&self, namespace: &str) -> Result<bool> {
         let Some(selector) = &self.config.default_credentials_namespaces else {
             return Ok(false);
         };
@@ -217,11 +217,7 @@ impl Context {
 
     /// A namespace's metadata: from the watch of namespace metadata, or read from the API server
     /// when the watch does not hold the namespace (yet). `why` names the purpose in errors.
-    async fn namespace_metadata(
-        &self,
-        namespace: &str,
-        why: &str,
-    ) -> Result<Option<kube::core::ObjectMeta>, Error> {
+    async fn namespace_metadata(&self, namespace: &str, why: &str) -> Result<Option<kube::core::ObjectMeta>> {
         if let Some(cached) = self
             .namespaces
             .get()

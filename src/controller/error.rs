@@ -5,13 +5,19 @@ use crate::workspace::{AmbientError, CloudError, Disposition};
 
 use super::credentials::secret::CredentialsError;
 
-/// Why a reconcile did not finish.
+/// The result of a controller operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a reconcile did not finish. A Kubernetes API failure always carries what it was for
+/// ([`Error::kubernetes`]: verb, kind, object): there is no conversion from `kube::Error`, so a
+/// `?` cannot skip that context.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A cloud call failed.
     #[error("{error}")]
     Cloud {
         /// The failure.
+        #[source]
         error: CloudError,
         /// What it means for the next step.
         disposition: Disposition,
@@ -19,7 +25,7 @@ pub enum Error {
     /// The cloud says the desktop does not exist: a 404 Workspace error from Show or Create. A
     /// person must fix spec.desktopId (or spec.projectId); deleting the resource needs no cancel.
     #[error("the desktop does not exist in the cloud: {0}")]
-    DesktopNotFound(CloudError),
+    DesktopNotFound(#[source] CloudError),
     /// The credentials could not be read.
     #[error("{0}")]
     Credentials(#[from] CredentialsError),
@@ -38,7 +44,7 @@ pub enum Error {
     /// The operator's own identity gave no credentials (the source is named, never a token):
     /// retried with backoff, and the source itself is asked again only after its own backoff.
     #[error("{0}")]
-    CredentialsSource(AmbientError),
+    CredentialsSource(#[source] AmbientError),
     /// A field that says where the held session lives (the endpoint, region or credentials
     /// Secret) changed while the session is held: nothing is sent to the new place; the session
     /// is still observed and cancelled where it was opened (status.session).
@@ -55,20 +61,17 @@ pub enum Error {
     /// The resource's spec cannot be acted on (for example an endpoint that is not a URL).
     #[error("{0}")]
     InvalidSpec(String),
-    /// A Kubernetes API call failed.
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
     /// A Kubernetes API call the operator needed failed: which verb on which object (never a
     /// value), shown in status and an Event, and counted.
     #[error("{} {} {}: {}", .0.verb, .0.kind, .0.object, .0.source)]
-    Kubernetes(Box<KubernetesFailure>),
+    Kubernetes(#[source] Box<KubernetesFailure>),
     /// The object changed since this reconcile read it (a write's resourceVersion precondition
     /// failed): retried soon with the newer version, quietly.
     #[error("the object changed since it was read")]
     Stale,
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// The paused annotation holds a deletion: the finalizer stays until it is removed.
     #[error("paused by the annotation workspace.assist.dev/paused")]
     Paused,
@@ -117,7 +120,7 @@ impl Error {
             | Error::InvitationSecretTaken(_)
             | Error::Paused => true,
             Error::Kubernetes(failure) => failure.forbidden(),
-            Error::Kube(_) | Error::Finalizer(_) | Error::Stale | Error::CredentialsSource(_) => false,
+            Error::Finalizer(_) | Error::Stale | Error::CredentialsSource(_) => false,
         }
     }
 
@@ -139,7 +142,6 @@ impl Error {
             Error::InvitationSecretTaken(_) => "InvitationSecretTaken",
             Error::EndpointNotAllowed(_) => "EndpointNotAllowed",
             Error::DefaultCredentialsNotAllowed(_) => "DefaultCredentialsNotAllowed",
-            Error::Kube(_) => "KubernetesApiError",
             Error::Kubernetes(failure) if failure.forbidden() => "KubernetesForbidden",
             Error::Kubernetes(_) => "KubernetesApiError",
             Error::Finalizer(_) => "FinalizerError",
@@ -149,8 +151,25 @@ impl Error {
     }
 }
 
+/// Why the controller could not start (the operator's settings, before any reconcile).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The API server refuses `--watch-label-selector`: the watch would fail forever.
+    #[error("--watch-label-selector {selector:?}: {message}")]
+    LabelSelector {
+        /// The selector as configured.
+        selector: String,
+        /// The API server's reason.
+        message: String,
+    },
+    /// The cloud client could not be built from the operator's settings.
+    #[error("the cloud client: {0}")]
+    CloudClient(#[from] crate::workspace::ClientBuildError),
+}
+
 /// A failed Kubernetes API call, with what it was for.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{verb} {kind} {object}")]
 pub struct KubernetesFailure {
     /// The verb: get, patch, create, delete.
     pub verb: &'static str,
@@ -159,6 +178,7 @@ pub struct KubernetesFailure {
     /// `namespace/name` of the object, and what the call was for.
     pub object: String,
     /// The API's error.
+    #[source]
     pub source: kube::Error,
 }
 

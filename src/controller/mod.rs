@@ -26,7 +26,7 @@ pub use context::Config;
 use context::Context;
 pub use credentials::endpoints::{EndpointPolicy, EndpointRule};
 pub use credentials::selector::LabelSelector;
-pub use error::Error;
+pub use error::{Error, StartError};
 pub use pacing::gate::BackoffPolicy;
 use pacing::{polls, timers};
 use reconcile::deadline;
@@ -49,7 +49,7 @@ pub async fn run(
     config: Config,
     telemetry: Telemetry,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     check_label_selector(&client, &config).await?;
     let ctx = Arc::new(Context::new(client.clone(), config, telemetry.metrics.clone())?);
     log_not_found_policy(&ctx.config);
@@ -112,7 +112,7 @@ fn log_not_found_policy(config: &Config) {
 
 /// A label selector the API server refuses would leave the watch failing forever: refused at
 /// start instead, with the API server's reason.
-async fn check_label_selector(client: &Client, config: &Config) -> Result<(), String> {
+async fn check_label_selector(client: &Client, config: &Config) -> Result<(), StartError> {
     let Some(selector) = &config.label_selector else {
         return Ok(());
     };
@@ -124,9 +124,10 @@ async fn check_label_selector(client: &Client, config: &Config) -> Result<(), St
         .list_metadata(&kube::api::ListParams::default().labels(selector).limit(1))
         .await
     {
-        Err(kube::Error::Api(s)) if s.code == 400 => {
-            Err(format!("--watch-label-selector {selector:?}: {}", s.message))
-        }
+        Err(kube::Error::Api(s)) if s.code == 400 => Err(StartError::LabelSelector {
+            selector: selector.clone(),
+            message: s.message,
+        }),
         _ => {
             info!(selector = %selector, "reconciling only the RemoteAssistances whose labels match");
             Ok(())

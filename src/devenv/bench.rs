@@ -392,7 +392,7 @@ impl Bench {
         super::demo::install_crds(&client).await?;
         let sim = Simulator::start().await.map_err(|e| e.to_string())?;
         sim.add_access_key(AK, SK);
-        let cloud = WorkspaceClient::new(&ClientOptions::default())?;
+        let cloud = WorkspaceClient::new(&ClientOptions::default()).map_err(|e| e.to_string())?;
         Ok(Bench {
             client,
             sim,

@@ -107,7 +107,10 @@ async fn lifecycle(cp: &ControlPlane, say: &impl Fn(&str), started: Instant) -> 
     let _ = stop_watch.send(());
     let _ = watcher.await;
     let _ = stop_operator.send(());
-    operator.await.map_err(|e| e.to_string())??;
+    operator
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     say("operator stopped");
     report_cloud_calls(&sim, say)
 }

@@ -139,10 +139,30 @@ pub struct WorkspaceClient {
     http: reqwest::Client,
 }
 
+/// Why the HTTP client could not be built (bad settings of the operator, never of a resource).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    /// `--proxy` is not a proxy URL reqwest accepts.
+    #[error("the proxy {proxy}: {source}")]
+    Proxy {
+        /// The proxy as configured.
+        proxy: String,
+        /// reqwest's reason.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The extra CA bundle is not PEM certificates.
+    #[error("reading the CA bundle: {0}")]
+    CaBundle(#[source] reqwest::Error),
+    /// The TLS or HTTP stack refused the settings.
+    #[error("building the HTTP client: {0}")]
+    Build(#[source] reqwest::Error),
+}
+
 impl WorkspaceClient {
     /// Builds a client. Certificates are verified unless `insecure_skip_tls_verify` is set;
     /// redirects are never followed (the API sends none).
-    pub fn new(options: &ClientOptions) -> Result<Self, String> {
+    pub fn new(options: &ClientOptions) -> Result<Self, ClientBuildError> {
         crate::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .timeout(options.timeout)
@@ -152,20 +172,21 @@ impl WorkspaceClient {
             .no_proxy()
             .tls_backend_rustls();
         if let Some(proxy) = &options.proxy {
-            builder = builder
-                .proxy(reqwest::Proxy::all(proxy.as_str()).map_err(|e| format!("the proxy {proxy}: {e}"))?);
+            builder = builder.proxy(reqwest::Proxy::all(proxy.as_str()).map_err(|source| {
+                ClientBuildError::Proxy {
+                    proxy: proxy.to_string(),
+                    source,
+                }
+            })?);
         }
         if let Some(pem) = &options.extra_ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| format!("reading the CA bundle: {e}"))?;
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(ClientBuildError::CaBundle)?;
             builder = builder.tls_certs_merge(certs);
         }
         if options.insecure_skip_tls_verify {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
-        let http = builder
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let http = builder.build().map_err(ClientBuildError::Build)?;
         Ok(WorkspaceClient { http })
     }
 

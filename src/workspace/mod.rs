@@ -12,7 +12,7 @@ pub mod signer;
 
 pub use ambient::{AmbientCredentials, AmbientError, AmbientKind, AmbientSource};
 pub use classify::{Disposition, HumanReason, RetryReason, classify};
-pub use client::{Answer, ClientOptions, Target, WorkspaceClient, resolve_endpoint};
+pub use client::{Answer, ClientBuildError, ClientOptions, Target, WorkspaceClient, resolve_endpoint};
 pub use credentials::{Credentials, Sensitive};
 pub use error::{ApiError, CloudError, ErrorBody, Operation, TransportKind};
 pub use iam::{PasswordLogin, TokenCache};

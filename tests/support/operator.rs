@@ -31,7 +31,7 @@ pub struct World {
     /// The simulator.
     pub sim: Simulator,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), controller::StartError>>>,
 }
 
 impl World {

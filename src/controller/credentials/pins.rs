@@ -12,10 +12,10 @@ use crate::resource::{DeletionPolicy, Phase, RemoteAssistance, SECRET_FINALIZER}
 
 use crate::controller::context::Context;
 use crate::controller::credentials::index::SecretKey;
-use crate::controller::error::Error;
+use crate::controller::error::{Error, Result};
 
 /// Puts the pin finalizer on a credentials Secret that a resource may still need.
-pub(crate) async fn pin(ctx: &Context, secret: &Secret) -> Result<(), Error> {
+pub(crate) async fn pin(ctx: &Context, secret: &Secret) -> Result<()> {
     let what = format!(
         "{}/{} (pin the credentials)",
         secret.namespace().unwrap_or_default(),
@@ -70,7 +70,7 @@ pub(crate) async fn release_if_unused(
     namespace: &str,
     name: &str,
     except_uid: &str,
-) -> Result<(), Error> {
+) -> Result<()> {
     let failed = |verb, e| {
         Error::kubernetes(
             verb,

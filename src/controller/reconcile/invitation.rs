@@ -21,7 +21,7 @@ use crate::resource::RemoteAssistance;
 use crate::workspace::ShowResponse;
 
 use crate::controller::Context;
-use crate::controller::error::Error;
+use crate::controller::error::{Error, Result};
 use crate::controller::report::status::MANAGER;
 
 /// Label of invitation Secrets. The operator's Secret watch leaves them out: they never hold
@@ -124,7 +124,7 @@ pub(crate) async fn apply_secret(
     ra: &RemoteAssistance,
     show: &ShowResponse,
     fresh: bool,
-) -> Result<String, Error> {
+) -> Result<String> {
     let name = invitation_secret_name(&ra.name_any());
     let namespace = ra.namespace().unwrap_or_default();
     let failed = |verb, e| {
@@ -172,7 +172,8 @@ pub(crate) async fn apply_secret(
         match api
             .create(
                 &params,
-                &serde_json::from_value(secret.clone()).map_err(kube::Error::SerdeError)?,
+                &serde_json::from_value(secret.clone())
+                    .map_err(|e| failed("create", kube::Error::SerdeError(e)))?,
             )
             .await
         {
@@ -207,7 +208,7 @@ pub(crate) async fn apply_secret(
 
 /// Deletes the resource's invitation Secret, if any (the session is over or the resource is
 /// going; owner references would do it too where a garbage collector runs).
-pub(crate) async fn delete_secret(ctx: &Context, ra: &RemoteAssistance) -> Result<(), Error> {
+pub(crate) async fn delete_secret(ctx: &Context, ra: &RemoteAssistance) -> Result<()> {
     match secret_deletion(ctx, ra) {
         Some(deletion) => deletion.await,
         None => Ok(()),
@@ -235,7 +236,7 @@ pub(crate) fn delete_secret_in_background(ctx: &Context, ra: &RemoteAssistance) 
 fn secret_deletion(
     ctx: &Context,
     ra: &RemoteAssistance,
-) -> Option<impl Future<Output = Result<(), Error>> + Send + 'static> {
+) -> Option<impl Future<Output = Result<()>> + Send + 'static> {
     let name = ra
         .status
         .as_ref()

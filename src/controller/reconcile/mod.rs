@@ -31,7 +31,7 @@ use crate::text::{MAX_MESSAGE_BYTES, MAX_SHORT_BYTES, bounded_opt};
 use crate::controller::context::Context;
 use crate::controller::credentials::pins::{self, may_need_cancel};
 use crate::controller::credentials::secret::{self, CredentialsError, SecretCredentials};
-use crate::controller::error::Error;
+use crate::controller::error::{Error, Result};
 use crate::controller::pacing::cloud_calls::{self, CallCredentials};
 use crate::controller::pacing::gate::{API_RETRY_MAX, BackoffPolicy, Gate, Trigger};
 use crate::controller::reconcile::holders::{DesktopKey, Holder};
@@ -148,7 +148,7 @@ async fn finalizer_error(
     api: &Api<RemoteAssistance>,
     object: &RemoteAssistance,
     ctx: &Context,
-) -> Result<Duration, Error> {
+) -> Result<Duration> {
     let patch = |what: &str, e| {
         Error::kubernetes(
             "patch",
@@ -192,7 +192,7 @@ async fn finalizer_error(
                 )
                 .await
         }
-        other => Error::Finalizer(other.to_string()),
+        other => Error::Finalizer(Box::new(other)),
     };
     if let Error::Kubernetes(failure) = &error {
         ctx.metrics
@@ -206,7 +206,7 @@ async fn finalizer_error(
 /// resumes soon after the API server is back.
 fn retry_policy(error: &Error, configured: BackoffPolicy) -> BackoffPolicy {
     match error {
-        Error::Kube(_) | Error::Kubernetes(_) => BackoffPolicy {
+        Error::Kubernetes(_) => BackoffPolicy {
             max: configured.max.min(API_RETRY_MAX),
             ..configured
         },
@@ -340,7 +340,7 @@ enum CleanupSubStep {
 /// What a sub-step says: look at the next one, or the reconcile ends with this outcome.
 enum Flow {
     Next,
-    Done(Result<Action, Error>),
+    Done(Result<Action>),
 }
 
 impl Flow {
@@ -411,14 +411,14 @@ impl<'a> Step<'a> {
     }
 
     /// The object exists and holds the finalizer.
-    async fn apply(mut self) -> Result<Action, Error> {
+    async fn apply(mut self) -> Result<Action> {
         let result = self.apply_steps().await;
         self.report_kubernetes_failure(result, Operation::ShowDesktopRemoteAssistanceInfo)
             .await
     }
 
     /// Deletion was requested: cancel (unless orphaned, paused or already done), then let go.
-    async fn cleanup(mut self) -> Result<Action, Error> {
+    async fn cleanup(mut self) -> Result<Action> {
         let result = self.cleanup_steps().await;
         self.report_kubernetes_failure(result, Operation::CancelRemoteAssistance)
             .await
@@ -430,13 +430,11 @@ impl<'a> Step<'a> {
     /// are not failures.
     async fn report_kubernetes_failure(
         &mut self,
-        result: Result<Action, Error>,
+        result: Result<Action>,
         operation: Operation,
-    ) -> Result<Action, Error> {
+    ) -> Result<Action> {
         match result {
-            Err(error)
-                if !self.reported && !matches!(error, Error::Stale | Error::Paused | Error::Kube(_)) =>
-            {
+            Err(error) if !self.reported && !matches!(error, Error::Stale | Error::Paused) => {
                 self.fail(error, operation, 0).await
             }
             other => other,
@@ -445,7 +443,7 @@ impl<'a> Step<'a> {
 
     /// The apply: the first of [`APPLY_SUB_STEPS`] that decides ends the reconcile; when none
     /// does, the session is cancelled (spec.cancelled) or started, adopted or observed.
-    async fn apply_steps(&mut self) -> Result<Action, Error> {
+    async fn apply_steps(&mut self) -> Result<Action> {
         for sub_step in APPLY_SUB_STEPS {
             if let Flow::Done(outcome) = self.apply_sub_step(sub_step).await {
                 return outcome;
@@ -565,7 +563,7 @@ impl<'a> Step<'a> {
 
     /// What no sub-step decided: cancel the session (spec.cancelled), or start, adopt or
     /// observe it.
-    async fn cancel_or_observe(&mut self) -> Result<Action, Error> {
+    async fn cancel_or_observe(&mut self) -> Result<Action> {
         let (target, creds) = match self.prepare().await {
             Ok(p) => p,
             Err(error) => {
@@ -595,7 +593,7 @@ impl<'a> Step<'a> {
 
     /// The cleanup: the first of [`CLEANUP_SUB_STEPS`] that decides ends the reconcile; when
     /// none does, the session is ended by the release rule and the object let go.
-    async fn cleanup_steps(&mut self) -> Result<Action, Error> {
+    async fn cleanup_steps(&mut self) -> Result<Action> {
         for sub_step in CLEANUP_SUB_STEPS {
             if let Flow::Done(outcome) = self.cleanup_sub_step(sub_step).await {
                 return outcome;
@@ -682,7 +680,7 @@ impl<'a> Step<'a> {
     }
 
     /// What no sub-step decided: end the session by the release rule, then let the object go.
-    async fn cancel_and_let_go(&mut self) -> Result<Action, Error> {
+    async fn cancel_and_let_go(&mut self) -> Result<Action> {
         let (target, creds) = match self.prepare().await {
             Ok(p) => p,
             Err(error) => return self.fail(error, Operation::CancelRemoteAssistance, 0).await,
@@ -742,7 +740,7 @@ impl<'a> Step<'a> {
 
     /// Starts, adopts or observes the session. Whether a session is in progress comes from the
     /// answer's status alone ([`SessionState`]); `Closed` only from an explicit `CLOSE`.
-    async fn observe(&mut self, target: &Target, creds: &CallCredentials) -> Result<Action, Error> {
+    async fn observe(&mut self, target: &Target, creds: &CallCredentials) -> Result<Action> {
         let shown = match self.show(target, creds).await {
             Ok(shown) => shown,
             Err(error) => {
@@ -863,12 +861,7 @@ impl<'a> Step<'a> {
     /// poll again later. The record of holding it (status.session, with when it was first
     /// seen) is written even when its invitation Secret cannot be, so its deadline counts from
     /// first sight whatever happens next.
-    async fn hold(
-        &mut self,
-        target: &Target,
-        shown: &ShowResponse,
-        just_created: bool,
-    ) -> Result<Action, Error> {
+    async fn hold(&mut self, target: &Target, shown: &ShowResponse, just_created: bool) -> Result<Action> {
         let was_active = self.phase() == Some(Phase::Active)
             && self
                 .ra
@@ -1062,7 +1055,7 @@ impl<'a> Step<'a> {
 
     /// Another resource holds the desktop: wait for it (Stalled, reason DesktopInUse) without
     /// any call; woken when it lets go, and rechecked at the poll interval.
-    async fn desktop_in_use(&mut self, holder: &Holder) -> Result<Action, Error> {
+    async fn desktop_in_use(&mut self, holder: &Holder) -> Result<Action> {
         let namespace = self.ra.namespace().unwrap_or_default();
         let told = holder.describe_to(&namespace);
         if self
@@ -1120,7 +1113,7 @@ impl<'a> Step<'a> {
     }
 
     /// The session's time is up: cancel it as spec.cancelled would, and finish the object.
-    async fn cancel_at_deadline(&mut self) -> Result<Action, Error> {
+    async fn cancel_at_deadline(&mut self) -> Result<Action> {
         info!("the session reached its maximum duration: cancelling it");
         let (target, creds) = match self.prepare().await {
             Ok(p) => p,
@@ -1166,7 +1159,7 @@ impl<'a> Step<'a> {
     /// A finished object past its TTL is deleted (with preconditions: a newer version, with a
     /// changed TTL perhaps, is looked at again); one whose TTL is ahead is queued. Returns
     /// whether it was deleted.
-    async fn delete_if_expired(&mut self) -> Result<bool, Error> {
+    async fn delete_if_expired(&mut self) -> Result<bool> {
         let Some(at) = deadline::delete_at(&self.ra, &self.ctx.config.limits).map_err(Error::InvalidSpec)?
         else {
             return Ok(false);
@@ -1221,7 +1214,7 @@ impl<'a> Step<'a> {
             })
     }
 
-    async fn show(&self, target: &Target, creds: &CallCredentials) -> Result<ShowResponse, Error> {
+    async fn show(&self, target: &Target, creds: &CallCredentials) -> Result<ShowResponse> {
         let ctx = self.ctx;
         match cloud_calls::call(
             ctx,
@@ -1244,7 +1237,7 @@ impl<'a> Step<'a> {
     /// Calls CancelRemoteAssistance once. The evidence when the cloud confirmed the cancel (a
     /// 204) or that there is nothing to cancel (a 404 Workspace error, or a code the operator
     /// configured): [`release::after_cancel`].
-    async fn cancel(&self, target: &Target, creds: &CallCredentials) -> Result<Evidence, Error> {
+    async fn cancel(&self, target: &Target, creds: &CallCredentials) -> Result<Evidence> {
         let ctx = self.ctx;
         let result = cloud_calls::call(ctx, Operation::CancelRemoteAssistance, creds, |c| async move {
             ctx.cloud.cancel(target, &c).await
@@ -1299,7 +1292,7 @@ impl<'a> Step<'a> {
     }
 
     /// Records a failed step in status and Events, and hands the error to the backoff.
-    async fn fail(&mut self, error: Error, operation: Operation, cancel_calls: u32) -> Result<Action, Error> {
+    async fn fail(&mut self, error: Error, operation: Operation, cancel_calls: u32) -> Result<Action> {
         Err(self.report(error, operation, cancel_calls).await)
     }
 
@@ -1354,7 +1347,7 @@ impl<'a> Step<'a> {
         conclusion: &Conclusion<'_>,
         cancel_calls: u32,
         edit: impl FnOnce(&mut RemoteAssistanceStatus),
-    ) -> Result<(), Error> {
+    ) -> Result<()> {
         let now = Time(jiff::Timestamp::now());
         let mut next = status::next_status(&self.ra, conclusion, cancel_calls, now.clone());
         edit(&mut next);
@@ -1396,7 +1389,7 @@ impl<'a> Step<'a> {
     /// The cancel is confirmed (`calls`: the cancel calls this reconcile made): the session's
     /// secret parts go, the status says Cancelled, and the credentials pin goes when no other
     /// resource needs it.
-    async fn record_cancelled(&mut self, calls: u32) -> Result<(), Error> {
+    async fn record_cancelled(&mut self, calls: u32) -> Result<()> {
         self.ctx.observations.forget(&self.uid());
         invitation::delete_secret(self.ctx, &self.ra).await?;
         self.write(&Conclusion::Cancelled, calls, |s| {
@@ -1417,7 +1410,7 @@ impl<'a> Step<'a> {
     /// The session was closed in the cloud by someone else: its secret parts go and the status
     /// says Closed. The credentials pin stays: a later cancel or deletion confirms with the
     /// cloud before the finalizer comes off.
-    async fn record_closed(&mut self, facts: AssistanceStatus) -> Result<(), Error> {
+    async fn record_closed(&mut self, facts: AssistanceStatus) -> Result<()> {
         self.ctx.observations.forget(&self.uid());
         self.ctx.timers.clear(&self.uid());
         invitation::delete_secret(self.ctx, &self.ra).await?;
@@ -1435,7 +1428,7 @@ impl<'a> Step<'a> {
     /// The object goes without a cloud call, on `evidence` of the release rule (Orphan, a
     /// cancel already confirmed, a desktop another resource holds): its invitation Secret and
     /// the credentials pin go with it.
-    async fn let_go_without_cancel(&self, evidence: Evidence) -> Result<Action, Error> {
+    async fn let_go_without_cancel(&self, evidence: Evidence) -> Result<Action> {
         debug!(evidence = evidence.reason(), "releasing without a cloud call");
         invitation::delete_secret(self.ctx, &self.ra).await?;
         self.unpin_credentials().await?;
@@ -1444,7 +1437,7 @@ impl<'a> Step<'a> {
     }
 
     /// Drops the credentials pin when no other resource needs the Secret.
-    async fn unpin_credentials(&self) -> Result<(), Error> {
+    async fn unpin_credentials(&self) -> Result<()> {
         if let Some(r) = &self.ra.spec.credentials_secret_ref {
             pins::release_if_unused(
                 self.ctx,
@@ -1468,7 +1461,7 @@ impl<'a> Step<'a> {
         self.phase() == Some(Phase::Cancelled) || self.ctx.recall.was_cancelled(&self.uid())
     }
 
-    async fn namespace_policy(&self) -> Result<Option<String>, Error> {
+    async fn namespace_policy(&self) -> Result<Option<String>> {
         if self.ra.spec.deletion_policy.is_some()
             || self.ra.annotations().contains_key(DELETION_POLICY_ANNOTATION)
         {
@@ -1484,7 +1477,7 @@ impl<'a> Step<'a> {
     /// (status.session), whatever the spec says now; a namespace that lost the right to the
     /// operator's default credentials may still end (and confirm the end of) a session it holds
     /// with them, never start one.
-    async fn prepare(&mut self) -> Result<(Target, CallCredentials), Error> {
+    async fn prepare(&mut self) -> Result<(Target, CallCredentials)> {
         let binding = self.binding();
         let spec = &self.ra.spec;
         let (target, secret_name) = match &binding {
@@ -1572,7 +1565,7 @@ impl<'a> Step<'a> {
     }
 
     /// The credentials a call needs, from the Secret `name`.
-    fn call_credentials(&self, secret: &Secret, name: &str) -> Result<CallCredentials, Error> {
+    fn call_credentials(&self, secret: &Secret, name: &str) -> Result<CallCredentials> {
         let spec = &self.ra.spec;
         Ok(match secret::from_secret(secret)? {
             SecretCredentials::Direct(c) => CallCredentials::Direct(c),
@@ -1714,11 +1707,16 @@ mod tests {
     #[test]
     fn api_server_failures_back_off_briefly_others_as_configured() {
         let configured = BackoffPolicy::default();
-        let outage = Error::Kube(kube::Error::Api(
-            kube::core::Status::failure("unavailable", "ServiceUnavailable")
-                .with_code(503)
-                .boxed(),
-        ));
+        let outage = Error::kubernetes(
+            "get",
+            "Secret",
+            "ns/credentials",
+            kube::Error::Api(
+                kube::core::Status::failure("unavailable", "ServiceUnavailable")
+                    .with_code(503)
+                    .boxed(),
+            ),
+        );
         assert_eq!(retry_policy(&outage, configured).max, API_RETRY_MAX);
         assert_eq!(
             retry_policy(&Error::InvalidSpec("x".into()), configured),

@@ -387,7 +387,7 @@ fn last_error(error: &Error, operation: Operation, now: Time) -> Option<LastErro
                 bounded_opt(source.code.as_deref(), MAX_SHORT_BYTES).or_else(|| Some(error.reason().into()));
             e.error_message = bounded_opt(Some(&error.to_string()), MAX_MESSAGE_BYTES);
         }
-        Error::Kube(_) | Error::Kubernetes(_) | Error::Finalizer(_) | Error::Stale | Error::Paused => {
+        Error::Kubernetes(_) | Error::Finalizer(_) | Error::Stale | Error::Paused => {
             return None;
         }
     }
