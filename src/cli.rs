@@ -324,8 +324,8 @@ pub struct RunArgs {
     /// After credentials fail to authenticate (401), how long every call with them is held back,
     /// across all resources, before one probe (the gateway locks an AK/SK for 5 minutes after 5
     /// failures). A changed Secret is tried at once.
-    #[arg(long, env = "UNAUTHENTICATED_HOLD", default_value = "5m", value_parser = parse_duration)]
-    pub unauthenticated_hold: Duration,
+    #[arg(long, env = "UNAUTHENTICATED_PAUSE", alias = "unauthenticated-hold", default_value = "5m", value_parser = parse_duration)]
+    pub unauthenticated_pause: Duration,
 
     /// A resource deleting for longer than this counts in workspace_assist_resources_stuck_deleting.
     #[arg(long, env = "STUCK_DELETING_AFTER", default_value = "10m", value_parser = parse_duration)]

@@ -182,7 +182,7 @@ impl Elector {
 
     /// Renews while leading; returns when leadership is lost. The fence closes by itself at the
     /// renew deadline even if this loop is stuck.
-    pub async fn hold(&mut self) -> Lost {
+    pub async fn renew_until_lost(&mut self) -> Lost {
         let mut last_renewal = Instant::now();
         loop {
             tokio::time::sleep(self.timing.retry_period).await;

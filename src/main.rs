@@ -248,7 +248,7 @@ fn controller_config(args: &RunArgs) -> anyhow::Result<controller::Config> {
         },
         instance: args.instance_name.clone(),
         stuck_deleting_after: args.stuck_deleting_after,
-        unauthenticated_hold: args.unauthenticated_hold,
+        unauthenticated_pause: args.unauthenticated_pause,
         fence: leader::Fence::always_open(),
         endpoints: controller::EndpointPolicy {
             extra: args.allowed_endpoints.clone(),
@@ -317,7 +317,7 @@ async fn lead_then_run(
     }));
     // The elector keeps renewing while the controller runs, through a graceful shutdown too.
     let result = tokio::select! {
-        lost = elector.hold() => {
+        lost = elector.renew_until_lost() => {
             telemetry.metrics.set_leader(false);
             anyhow::bail!(format!("lost the leader Lease ({lost:?}): its cloud calls stopped at the renew deadline; exiting so that this instance restarts as a standby"));
         }

@@ -297,6 +297,30 @@ pub enum Phase {
     Closed,
 }
 
+impl Phase {
+    /// Every phase, in lifecycle order (the metrics report each, zero included).
+    pub const ALL: [Phase; 6] = [
+        Phase::Pending,
+        Phase::Active,
+        Phase::Cancelling,
+        Phase::Cancelled,
+        Phase::Closed,
+        Phase::Failed,
+    ];
+
+    /// The phase as status.phase spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Active => "Active",
+            Phase::Cancelling => "Cancelling",
+            Phase::Cancelled => "Cancelled",
+            Phase::Failed => "Failed",
+            Phase::Closed => "Closed",
+        }
+    }
+}
+
 /// Observed state of a RemoteAssistance, written by the operator.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]

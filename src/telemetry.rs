@@ -189,10 +189,15 @@ impl Metrics {
 
     /// Sets the count of resources in each phase, of those stuck deleting and of those past
     /// their deadline.
-    pub fn set_resources(&self, by_phase: &[(&'static str, i64)], stuck_deleting: i64, past_deadline: i64) {
+    pub fn set_resources(
+        &self,
+        by_phase: &[(crate::resource::Phase, i64)],
+        stuck_deleting: i64,
+        past_deadline: i64,
+    ) {
         for (phase, count) in by_phase {
             self.resources
-                .get_or_create(&vec![("phase", phase.to_string())])
+                .get_or_create(&vec![("phase", phase.as_str().to_string())])
                 .set(*count);
         }
         self.stuck_deleting.set(stuck_deleting);
@@ -347,7 +352,7 @@ mod tests {
             );
         }
         m.reconciled("success", "Reconciled", Duration::from_millis(10));
-        m.set_resources(&[("Active", 3)], 1, 0);
+        m.set_resources(&[(crate::resource::Phase::Active, 3)], 1, 0);
         let text = m.render();
         assert!(text.contains(r#"workspace_assist_cloud_requests_total{operation="CancelRemoteAssistance",http_status="204",error_code=""} 1"#), "{text}");
         assert!(text.contains(r#"error_code="WKS.0001""#));

@@ -32,7 +32,7 @@ async fn many_resources_on_one_wrong_key_make_one_failed_call() {
     )
     .await;
     let mut config = w.config();
-    config.unauthenticated_hold = Duration::from_secs(600);
+    config.unauthenticated_pause = Duration::from_secs(600);
     let telemetry = workspace_assist::controller::Telemetry::default();
     w.start_operator_with(config, telemetry.clone());
     // Reconciles by result, from the operator's own metrics.
@@ -121,7 +121,7 @@ async fn a_wrong_password_is_tried_once_for_all_resources() {
     )
     .await;
     let mut config = w.config();
-    config.unauthenticated_hold = Duration::from_secs(600);
+    config.unauthenticated_pause = Duration::from_secs(600);
     w.start_operator(config);
     let names: Vec<String> = (0..10).map(|i| format!("pw-{i}")).collect();
     for n in &names {

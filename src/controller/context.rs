@@ -75,7 +75,7 @@ pub struct Config {
     pub stuck_deleting_after: Duration,
     /// After credentials fail to authenticate, how long calls with them are held back (one
     /// probe at the end): the gateway locks an AK/SK for 5 minutes after 5 failures.
-    pub unauthenticated_hold: Duration,
+    pub unauthenticated_pause: Duration,
     /// Whether this instance may make cloud calls now (the leader election's proof).
     pub fence: crate::leader::Fence,
     /// The endpoints credentials may be sent to.
@@ -108,7 +108,7 @@ impl Default for Config {
             client: ClientOptions::default(),
             instance: "workspace-assist".into(),
             stuck_deleting_after: Duration::from_secs(600),
-            unauthenticated_hold: Duration::from_secs(300),
+            unauthenticated_pause: Duration::from_secs(300),
             fence: crate::leader::Fence::always_open(),
             endpoints: endpoints::EndpointPolicy::default(),
             ambient: None,
@@ -161,7 +161,7 @@ impl Context {
         let cloud = WorkspaceClient::new(&config.client)?;
         let observations = Arc::new(polls::Observations::new(config.poll_interval));
         let credentials =
-            credential_cache::CredentialCache::new(config.unauthenticated_hold, config.ambient.clone());
+            credential_cache::CredentialCache::new(config.unauthenticated_pause, config.ambient.clone());
         Ok(Context {
             events: Arc::new(EventPublisher::new(
                 client.clone(),

@@ -19,7 +19,7 @@ use kube::runtime::{Controller, controller, watcher};
 use kube::{Api, Client};
 use tracing::{debug, info, warn};
 
-use crate::resource::RemoteAssistance;
+use crate::resource::{Phase, RemoteAssistance};
 use crate::telemetry::{Health, Metrics};
 
 pub use context::Config;
@@ -199,9 +199,8 @@ async fn keep_house(ctx: Arc<Context>, store: Store<RemoteAssistance>, telemetry
 
 /// Sets the per-phase gauges and the count of resources stuck deleting.
 fn report_resources(store: &Store<RemoteAssistance>, telemetry: &Telemetry, stuck_after: Duration) {
-    const PHASES: [&str; 6] = ["Pending", "Active", "Cancelling", "Cancelled", "Closed", "Failed"];
     let now = jiff::Timestamp::now();
-    let mut counts: Vec<(&'static str, i64)> = PHASES.iter().map(|p| (*p, 0)).collect();
+    let mut counts: Vec<(Phase, i64)> = Phase::ALL.iter().map(|p| (*p, 0)).collect();
     let mut stuck = 0;
     let mut past_deadline = 0;
     for ra in store.state() {
@@ -213,11 +212,10 @@ fn report_resources(store: &Store<RemoteAssistance>, telemetry: &Telemetry, stuc
         if expired && deadline::holds_session(&ra) {
             past_deadline += 1;
         }
-        if let Some(phase) = ra.status.as_ref().and_then(|s| s.phase) {
-            let name = format!("{phase:?}");
-            if let Some(c) = counts.iter_mut().find(|(p, _)| *p == name) {
-                c.1 += 1;
-            }
+        if let Some(phase) = ra.status.as_ref().and_then(|s| s.phase)
+            && let Some(c) = counts.iter_mut().find(|(p, _)| *p == phase)
+        {
+            c.1 += 1;
         }
         if ra
             .metadata

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use url::Url;
 
-use super::credentials::{Credentials, Sensitive};
 use super::error::parse_error_body;
+use super::signing_credentials::{Credentials, Sensitive};
 
 /// The official SDKs refresh temporary credentials when fewer than this many minutes remain.
 pub const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(40 * 60);

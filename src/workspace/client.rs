@@ -5,10 +5,10 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderValue};
 use url::Url;
 
-use super::credentials::Credentials;
 use super::error::{ApiError, CloudError, Operation, TransportKind, parse_error_body};
 use super::models::{CreateResponse, ShowResponse};
 use super::signer::{self, SigningRequest};
+use super::signing_credentials::Credentials;
 
 /// Most of a response body the client reads; the rest is dropped (huge bodies are never useful).
 /// The same bound holds for IAM, STS and metadata answers ([`read_limited`]).

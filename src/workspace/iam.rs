@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::json;
 use url::Url;
 
-use super::credentials::Sensitive;
 use super::error::{ApiError, CloudError, Operation, TransportKind, parse_error_body};
+use super::signing_credentials::Sensitive;
 
 /// A token is renewed when less than this is left of its life (tokens live 24 hours).
 pub const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(60 * 60);

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::credentials::Sensitive;
+use super::signing_credentials::Sensitive;
 
 /// Body of CreateRemoteAssistance (POST, 200).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]

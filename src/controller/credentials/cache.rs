@@ -27,12 +27,15 @@ pub struct CredentialCache {
 }
 
 impl CredentialCache {
-    /// An empty cache whose breakers hold failed credentials back for `unauthenticated_hold`.
-    pub fn new(unauthenticated_hold: std::time::Duration, ambient: Option<AmbientSource>) -> CredentialCache {
+    /// An empty cache whose breakers hold failed credentials back for `unauthenticated_pause`.
+    pub fn new(
+        unauthenticated_pause: std::time::Duration,
+        ambient: Option<AmbientSource>,
+    ) -> CredentialCache {
         CredentialCache {
             secrets: Mutex::default(),
             tokens: TokenCache::default(),
-            breakers: Breakers::new(unauthenticated_hold),
+            breakers: Breakers::new(unauthenticated_pause),
             ambient: ambient.map(AmbientCredentials::new),
         }
     }

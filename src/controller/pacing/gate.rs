@@ -3,16 +3,17 @@
 //! could fix the failure changed (the spec, a deletion, the credentials Secret, the retry
 //! annotation).
 //!
-//! Watch events alone must not drive cloud calls: the operator's own status writes trigger
+//! Watch events alone must not drive cloud calls: the operator's own status writes markers
 //! reconciles too, and without this gate every failed call would be retried at once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// What, when it changes, may fix a failure; recorded with each failure.
+/// The markers of an object that, when one changes, may fix a failure (a spec change, a
+/// deletion, the retry annotation, the paused annotation): recorded with each failure.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Trigger {
+pub struct ChangeMarkers {
     /// metadata.generation (spec changes).
     pub generation: Option<i64>,
     /// Whether deletion was requested.
@@ -23,11 +24,11 @@ pub struct Trigger {
     pub paused: bool,
 }
 
-impl Trigger {
-    /// The trigger of an object as it is now (`paused`: whether the paused annotation is set).
-    pub fn of(ra: &crate::resource::RemoteAssistance, paused: bool) -> Trigger {
+impl ChangeMarkers {
+    /// The markers of an object as it is now (`paused`: whether the paused annotation is set).
+    pub fn of(ra: &crate::resource::RemoteAssistance, paused: bool) -> ChangeMarkers {
         use kube::ResourceExt;
-        Trigger {
+        ChangeMarkers {
             generation: ra.metadata.generation,
             deleting: ra.metadata.deletion_timestamp.is_some(),
             retry_token: ra.annotations().get(crate::resource::RETRY_ANNOTATION).cloned(),
@@ -74,7 +75,7 @@ impl BackoffPolicy {
 struct Entry {
     failures: u32,
     not_before: Instant,
-    trigger: Trigger,
+    markers: ChangeMarkers,
     /// Fingerprint of the credentials Secret's data when the failure happened.
     credentials: Option<u64>,
     /// The watch saw the credentials Secret change since (its data may not have).
@@ -107,12 +108,12 @@ pub struct Gates {
 
 impl Gates {
     /// Whether a cloud call may be made now for `uid`; if not, how long until it may.
-    pub fn check(&self, uid: &str, trigger: &Trigger, now: Instant) -> Gate {
+    pub fn check(&self, uid: &str, markers: &ChangeMarkers, now: Instant) -> Gate {
         let entries = self.entries.lock().expect("gates");
         let Some(entry) = entries.get(uid) else {
             return Gate::Open;
         };
-        if &entry.trigger != trigger || now >= entry.not_before {
+        if &entry.markers != markers || now >= entry.not_before {
             return Gate::Open;
         }
         let wait = entry.not_before - now;
@@ -130,7 +131,7 @@ impl Gates {
     pub fn failed(
         &self,
         uid: &str,
-        trigger: Trigger,
+        markers: ChangeMarkers,
         credentials: Option<u64>,
         needs_human: bool,
         policy: &BackoffPolicy,
@@ -151,7 +152,7 @@ impl Gates {
             Entry {
                 failures,
                 not_before: now + delay,
-                trigger,
+                markers,
                 credentials,
                 secret_changed,
             },
@@ -176,7 +177,7 @@ impl Gates {
                 let open = Entry {
                     failures: 0,
                     not_before: Instant::now(),
-                    trigger: Trigger::default(),
+                    markers: ChangeMarkers::default(),
                     credentials: None,
                     secret_changed: true,
                 };
@@ -238,11 +239,11 @@ mod tests {
     }
 
     #[test]
-    fn gate_holds_until_time_or_trigger_changes() {
+    fn gate_waits_until_time_or_markers_change() {
         let g = Gates::default();
         let p = BackoffPolicy::default();
         let t0 = Instant::now();
-        let trig = Trigger {
+        let trig = ChangeMarkers {
             generation: Some(1),
             deleting: true,
             retry_token: None,
@@ -260,7 +261,7 @@ mod tests {
             Gate::Open,
             "released when the time comes"
         );
-        let changed = Trigger {
+        let changed = ChangeMarkers {
             generation: Some(2),
             ..trig.clone()
         };

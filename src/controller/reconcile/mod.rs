@@ -33,7 +33,7 @@ use crate::controller::credentials::pins::{self, may_need_cancel};
 use crate::controller::credentials::secret::{self, CredentialsError, SecretCredentials};
 use crate::controller::error::{Error, Result};
 use crate::controller::pacing::cloud_calls::{self, CallCredentials};
-use crate::controller::pacing::gate::{API_RETRY_MAX, BackoffPolicy, Gate, Trigger};
+use crate::controller::pacing::gate::{API_RETRY_MAX, BackoffPolicy, ChangeMarkers, Gate};
 use crate::controller::reconcile::holders::{DesktopKey, Holder};
 use crate::controller::report::events::EventType;
 use crate::controller::report::status::{self, Conclusion};
@@ -54,8 +54,8 @@ pub struct Failure {
 #[tracing::instrument(skip_all, fields(namespace = ra.namespace().unwrap_or_default(), resource = ra.name_any()))]
 pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<Action, Failure> {
     let started = Instant::now();
-    let trigger = Trigger::of(&ra, is_paused(&ra));
-    if let Some((wait, result, reason)) = held_back(&ra, &ctx, &trigger).await {
+    let markers = ChangeMarkers::of(&ra, is_paused(&ra));
+    if let Some((wait, result, reason)) = wait_for_gate(&ra, &ctx, &markers).await {
         ctx.metrics.reconciled(result, reason, started.elapsed());
         return Ok(Action::requeue(wait));
     }
@@ -75,7 +75,7 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
     let uid = object.uid().unwrap_or_default();
     let error = match result {
         Ok(action) => {
-            if trigger.deleting {
+            if markers.deleting {
                 ctx.forget(&uid);
             } else {
                 ctx.gates.succeeded(&uid);
@@ -95,7 +95,7 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
     let policy = retry_policy(&error, ctx.config.backoff);
     let retry_after = ctx.gates.failed(
         &uid,
-        trigger,
+        markers,
         credentials,
         error.needs_human(),
         &policy,
@@ -110,10 +110,10 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
 
 /// Why not to act on this object now, if so: how long to wait, and the result and reason for
 /// the metrics.
-async fn held_back(
+async fn wait_for_gate(
     ra: &RemoteAssistance,
     ctx: &Context,
-    trigger: &Trigger,
+    markers: &ChangeMarkers,
 ) -> Option<(Duration, &'static str, &'static str)> {
     if ctx.recall.is_older_than_own_write(ra) {
         // The cache has not caught up with this process's last status write: acting on it
@@ -122,7 +122,7 @@ async fn held_back(
         return Some((Duration::from_secs(1), "success", "CacheCatchingUp"));
     }
     let uid = ra.uid().unwrap_or_default();
-    let wait = match ctx.gates.check(&uid, trigger, Instant::now()) {
+    let wait = match ctx.gates.check(&uid, markers, Instant::now()) {
         Gate::Open => return None,
         Gate::Closed(wait) => wait,
         // Only new credentials can fix the failure: the Secret's own version also moves with
@@ -588,7 +588,7 @@ impl<'a> Step<'a> {
                 }
             };
         }
-        self.observe(&target, &creds).await
+        self.start_adopt_or_observe(&target, &creds).await
     }
 
     /// The cleanup: the first of [`CLEANUP_SUB_STEPS`] that decides ends the reconcile; when
@@ -740,7 +740,7 @@ impl<'a> Step<'a> {
 
     /// Starts, adopts or observes the session. Whether a session is in progress comes from the
     /// answer's status alone ([`SessionState`]); `Closed` only from an explicit `CLOSE`.
-    async fn observe(&mut self, target: &Target, creds: &CallCredentials) -> Result<Action> {
+    async fn start_adopt_or_observe(&mut self, target: &Target, creds: &CallCredentials) -> Result<Action> {
         let shown = match self.show(target, creds).await {
             Ok(shown) => shown,
             Err(error) => {
@@ -751,7 +751,7 @@ impl<'a> Step<'a> {
         };
         let held = self.binding().is_some();
         match shown.session_state() {
-            SessionState::InProgress => return self.hold(target, &shown, false).await,
+            SessionState::InProgress => return self.record_held_session(target, &shown, false).await,
             SessionState::Closed if held => {
                 info!("the cloud reports the session closed");
                 self.ctx.publish(
@@ -808,7 +808,7 @@ impl<'a> Step<'a> {
                             code = error.code().unwrap_or(""),
                             "create refused: a session started meanwhile, adopting it"
                         );
-                        return self.hold(target, &shown, false).await;
+                        return self.record_held_session(target, &shown, false).await;
                     }
                 }
                 return self
@@ -854,14 +854,19 @@ impl<'a> Step<'a> {
                     .await;
             }
         };
-        self.hold(target, &shown, true).await
+        self.record_held_session(target, &shown, true).await
     }
 
     /// The session is in progress: record where it lives, its facts and its secret parts, and
     /// poll again later. The record of holding it (status.session, with when it was first
     /// seen) is written even when its invitation Secret cannot be, so its deadline counts from
     /// first sight whatever happens next.
-    async fn hold(&mut self, target: &Target, shown: &ShowResponse, just_created: bool) -> Result<Action> {
+    async fn record_held_session(
+        &mut self,
+        target: &Target,
+        shown: &ShowResponse,
+        just_created: bool,
+    ) -> Result<Action> {
         let was_active = self.phase() == Some(Phase::Active)
             && self
                 .ra
