@@ -531,3 +531,32 @@ pub(crate) fn sample(name: &str) -> RemoteAssistance {
     };
     RemoteAssistance::new(name, spec)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_names_are_the_status_spelling() {
+        for phase in Phase::ALL {
+            assert_eq!(serde_json::to_value(phase).unwrap(), phase.as_str());
+        }
+    }
+
+    #[test]
+    fn a_deletion_policy_reads_as_written_with_blanks_around() {
+        assert_eq!(" Orphan ".parse(), Ok(DeletionPolicy::Orphan));
+        assert_eq!("Cancel".parse(), Ok(DeletionPolicy::Cancel));
+        assert!("orphan".parse::<DeletionPolicy>().is_err());
+        let mut ra = sample("x");
+        ra.metadata.annotations =
+            Some([(DELETION_POLICY_ANNOTATION.to_string(), "Orphan".to_string())].into());
+        assert_eq!(ra.own_deletion_policy(), Some(DeletionPolicy::Orphan));
+        ra.spec.deletion_policy = Some(DeletionPolicy::Cancel);
+        assert_eq!(
+            ra.own_deletion_policy(),
+            Some(DeletionPolicy::Cancel),
+            "the spec first"
+        );
+    }
+}
