@@ -218,7 +218,7 @@ pub struct RunArgs {
     pub ambient_credentials: Option<crate::workspace::AmbientKind>,
 
     /// Address of the ECS metadata service, for --ambient-credentials=ecs-metadata.
-    #[arg(long, env = "ECS_METADATA_ENDPOINT", default_value = crate::workspace::ambient::DEFAULT_METADATA_ENDPOINT)]
+    #[arg(long, env = "ECS_METADATA_ENDPOINT", default_value = crate::workspace::DEFAULT_METADATA_ENDPOINT)]
     pub ecs_metadata_endpoint: url::Url,
 
     /// Label selector of the namespaces whose resources may use --default-credentials-secret

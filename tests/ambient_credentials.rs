@@ -17,7 +17,7 @@ use workspace_assist::controller::LabelSelector;
 use workspace_assist::resource::{Phase, RemoteAssistance};
 use workspace_assist::simulator::identity::{MetadataService, OidcProvider};
 use workspace_assist::workspace::Operation;
-use workspace_assist::workspace::ambient::{AmbientSource, IdToken};
+use workspace_assist::workspace::{AmbientSource, IdToken};
 
 const T: Duration = Duration::from_secs(60);
 const OPERATOR_SA: &str = "workspace-assist";

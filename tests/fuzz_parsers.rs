@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use workspace_assist::simulator::auth;
-use workspace_assist::workspace::error::parse_error_body;
+use workspace_assist::workspace::parse_error_body;
 use workspace_assist::workspace::signer::{self, SigningRequest};
 
 fn config() -> ProptestConfig {
@@ -45,7 +45,7 @@ proptest! {
     /// Any body parses without a panic, and what it keeps is bounded.
     #[test]
     fn error_bodies_never_panic(body in body()) {
-        use workspace_assist::workspace::error::{MAX_ERROR_CODE_BYTES, MAX_ERROR_TEXT_BYTES, MAX_ENCODED_MESSAGE_BYTES};
+        use workspace_assist::workspace::{MAX_ENCODED_MESSAGE_BYTES, MAX_ERROR_CODE_BYTES, MAX_ERROR_TEXT_BYTES};
         let parsed = parse_error_body(&body);
         let within = |field: &Option<String>, max: usize| field.as_ref().is_none_or(|f| f.len() <= max);
         prop_assert!(within(&parsed.message, MAX_ERROR_TEXT_BYTES), "message bounded: {}", parsed.message.as_ref().map_or(0, String::len));

@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::resource::{AssistanceStatus, Phase, RemoteAssistance, parse_spec_duration};
-use crate::workspace::models::STATUS_CLOSE;
+use crate::workspace::STATUS_CLOSE;
 
 /// The operator-wide limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use crate::resource::{
 };
 use crate::workspace::{
     CloudError, Disposition, HumanReason, Operation, PasswordLogin, SessionState, ShowResponse, Target,
-    TransportKind, classify, iam, resolve_endpoint,
+    TransportKind, classify, iam_endpoint_for_region, resolve_endpoint,
 };
 
 use crate::text::{MAX_MESSAGE_BYTES, MAX_SHORT_BYTES, bounded_opt};
@@ -1151,7 +1151,7 @@ impl<'a> Step<'a> {
             s.invitation_secret_name = None;
             s.deadline_exceeded_at = Some(now);
             if let Some(a) = s.assistance.as_mut() {
-                a.status = Some(crate::workspace::models::STATUS_CLOSE.to_string());
+                a.status = Some(crate::workspace::STATUS_CLOSE.to_string());
             }
         })
         .await?;
@@ -1401,7 +1401,7 @@ impl<'a> Step<'a> {
             s.invitation_secret_name = None;
             // The cloud closes a cancelled session.
             if let Some(a) = s.assistance.as_mut() {
-                a.status = Some(crate::workspace::models::STATUS_CLOSE.to_string());
+                a.status = Some(crate::workspace::STATUS_CLOSE.to_string());
             }
         })
         .await?;
@@ -1594,7 +1594,7 @@ impl<'a> Step<'a> {
                     }
                     (None, Some(e), _) => e.clone(),
                     (None, None, Some(region)) => {
-                        iam::iam_endpoint_for_region(region).map_err(Error::InvalidSpec)?
+                        iam_endpoint_for_region(region).map_err(Error::InvalidSpec)?
                     }
                     (None, None, None) => {
                         return Err(CredentialsError::NoIamEndpoint(name.to_string()).into());

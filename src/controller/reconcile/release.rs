@@ -95,7 +95,7 @@ pub fn after_cancel(answer: Result<(), &CloudError>, not_found_codes: &[String])
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workspace::{ApiError, Operation, TransportKind, error::parse_error_body};
+    use crate::workspace::{ApiError, Operation, TransportKind, parse_error_body};
 
     fn show(status: Option<&str>, id: Option<&str>) -> ShowResponse {
         ShowResponse {
