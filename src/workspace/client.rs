@@ -271,11 +271,7 @@ impl WorkspaceClient {
             .await
             .map_err(|e| transport_error(operation, &e, None, None))?;
         let status = response.status().as_u16();
-        let request_id = response
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let request_id = request_id(response.headers());
         let body = read_limited(response)
             .await
             .map_err(|e| transport_error(operation, &e, Some(status), request_id.clone()))?;
@@ -434,6 +430,14 @@ struct RawAnswer {
     status: u16,
     request_id: Option<String>,
     body: Vec<u8>,
+}
+
+/// The answer's `X-Request-Id`, the ID Huawei's support asks for.
+pub(crate) fn request_id(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 impl RawAnswer {

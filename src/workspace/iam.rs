@@ -141,11 +141,7 @@ async fn request_token(http: &reqwest::Client, login: &PasswordLogin) -> Result<
         transport(kind, format!("IAM token request: {e}"), None)
     })?;
     let status = response.status().as_u16();
-    let request_id = response
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let request_id = super::client::request_id(response.headers());
     let token = response
         .headers()
         .get("x-subject-token")

@@ -476,10 +476,11 @@ impl<'a> Step<'a> {
         if self.admin_deadline_passed() {
             return Flow::Done(self.cancel_at_deadline().await);
         }
-        Flow::Done(match self.write(&Conclusion::Paused, 0, |_| {}).await {
-            Ok(()) => Ok(Action::await_change()),
-            Err(e) => Err(e),
-        })
+        Flow::Done(
+            self.write(&Conclusion::Paused, 0, |_| {})
+                .await
+                .map(|()| Action::await_change()),
+        )
     }
 
     async fn when_deadline_passed(&mut self) -> Flow {
@@ -515,10 +516,7 @@ impl<'a> Step<'a> {
         if !self.spec_cancelled_done() {
             return Flow::Next;
         }
-        Flow::Done(match self.record_cancelled(0).await {
-            Ok(()) => Ok(Action::await_change()),
-            Err(e) => Err(e),
-        })
+        Flow::Done(self.record_cancelled(0).await.map(|()| Action::await_change()))
     }
 
     /// Our own status writes trigger reconciles too: a held session is observed only when its
@@ -621,10 +619,11 @@ impl<'a> Step<'a> {
         if !is_paused(&self.ra) || self.admin_deadline_passed() {
             return Flow::Next;
         }
-        Flow::Done(match self.write(&Conclusion::Paused, 0, |_| {}).await {
-            Ok(()) => Err(Error::Paused),
-            Err(e) => Err(e),
-        })
+        Flow::Done(
+            self.write(&Conclusion::Paused, 0, |_| {})
+                .await
+                .and(Err(Error::Paused)),
+        )
     }
 
     /// Deletion policy Orphan leaves the session alone, unless the operator refuses that for a

@@ -194,15 +194,16 @@ mod tests {
         }
     }
 
+    fn fresh() -> Warnings {
+        Warnings {
+            sweep_at: SWEEP_FLOOR,
+            ..Warnings::default()
+        }
+    }
+
     #[test]
     fn a_repeat_within_the_window_counts_in_the_series() {
-        let (mut w, start) = (
-            Warnings {
-                sweep_at: SWEEP_FLOOR,
-                ..Warnings::default()
-            },
-            Instant::now(),
-        );
+        let (mut w, start) = (fresh(), Instant::now());
         assert_eq!(w.repeat(&key("a"), start), None, "nothing published yet");
         w.remember(key("a"), published(start), start);
         assert_eq!(
@@ -224,13 +225,7 @@ mod tests {
 
     #[test]
     fn expired_warnings_are_swept_as_the_table_grows() {
-        let (mut w, start) = (
-            Warnings {
-                sweep_at: SWEEP_FLOOR,
-                ..Warnings::default()
-            },
-            Instant::now(),
-        );
+        let (mut w, start) = (fresh(), Instant::now());
         for i in 0..SWEEP_FLOOR - 1 {
             w.remember(key(&i.to_string()), published(start), start);
         }
