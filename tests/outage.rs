@@ -31,7 +31,7 @@ async fn the_operator_recovers_from_a_30s_api_server_outage_without_a_restart() 
 
 /// The same with plain lists. By default the watches relist with a streaming list, whose
 /// objects arrive before the store holds them (a spec change made then was once read in its
-/// older version and never acted on; see `controller/triggers.rs`); a plain list too leaves
+/// older version and never acted on; see `controller/watches/after_lists.rs`); a plain list too leaves
 /// a gap between its objects and the store.
 #[tokio::test]
 async fn the_operator_recovers_from_an_outage_with_plain_lists() {
