@@ -47,7 +47,7 @@ async fn outage(extra_args: &[&str]) {
     let mut w = World::on(support::client_for(&cp).await, "outage").await;
     let ns = w.namespace.clone();
     // One instance without leader election: a leader that cannot renew its Lease for the renew
-    // deadline stops and exits by design (tests/operations.rs cuts a leader off); this test is
+    // deadline stops and exits by design (tests/suite/operations.rs cuts a leader off); this test is
     // about the watches and the work recovering in the same process.
     let endpoint = w.sim.endpoint();
     let mut operator_args = vec![

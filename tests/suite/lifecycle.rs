@@ -3,7 +3,7 @@
 //! deletion-policy precedence, credentials pinned through a namespace deletion, and IAM password
 //! logins.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! spec, the operator's maximum caps it, it survives restarts and never fires on paused
 //! resources; finished resources are deleted after their TTL without another cancel.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The CRDs committed in `crds/` must be exactly what the Rust types generate, and the apiserver
 //! must accept them (a non-structural schema is refused).
 
-mod support;
+use crate::support;
 
 #[test]
 fn committed_crds_match_the_rust_types() {

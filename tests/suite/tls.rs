@@ -2,7 +2,7 @@
 //! certificate nobody vouches for is refused; trusting its CA (`--ca-bundle`) works; and
 //! `--insecure-skip-tls-verify` works too but is logged loudly at start.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! tokens from the TokenRequest API; the simulator checks them against the same API server
 //! (TokenReview for pod identity, the JWKS for OIDC).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

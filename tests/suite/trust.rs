@@ -4,7 +4,7 @@
 //! cancelled later; a `Closed` seen once is confirmed before release; a Create that races a
 //! session started meanwhile adopts it; a desktop that does not exist is Stalled.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

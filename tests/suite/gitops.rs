@@ -2,7 +2,7 @@
 //! Flux uses it) and Argo CD's Lua health check (run with gopher-lua, as Argo CD runs it) on
 //! status objects the operator produced on the real control plane.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

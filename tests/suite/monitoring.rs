@@ -2,7 +2,7 @@
 //! promtool), the dashboard (every query names only metrics and labels a live `/metrics`
 //! exports), and `/metrics` itself (parsed as OpenMetrics 1.0).
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

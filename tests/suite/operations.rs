@@ -2,7 +2,7 @@
 //! graceful shutdown that finishes in-flight work and releases the lease. The operator runs as
 //! its real binary.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! link) appears in the operator's logs at any level, in Events or in status. The operator runs
 //! as its real binary at trace level, through success, a 403 and a 401.
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Property tests (fuzzing) of the cloud client's response parser and the signer's
 //! canonicalisation. The default run is short (the README's test command); set PROPTEST_CASES
-//! for a longer one, e.g. `PROPTEST_CASES=200000 cargo test --release --test fuzz_parsers`.
+//! for a longer one, e.g. `PROPTEST_CASES=200000 cargo test --release --test suite fuzz_parsers::`.
 
 use proptest::prelude::*;
 use workspace_assist::simulator::auth;

@@ -2,7 +2,7 @@
 //! loop, status shows the last error while it lasts and clears after, and a rotated key is
 //! picked up without a restart.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

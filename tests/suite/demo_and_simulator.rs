@@ -1,8 +1,6 @@
 //! The README's first command (the local demo) and the standalone simulator, run as the real
 //! binary.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! cancel on delete and on spec.cancelled, status and the cloud's error codes, backoff, and
 //! credentials that get fixed.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! own ServiceAccount's token (TokenRequest API) with only those rules bound, through the whole
 //! lifecycle; and with any one rule removed it fails, visibly (a "forbidden" in its logs).
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::time::Duration;

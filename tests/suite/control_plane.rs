@@ -1,7 +1,7 @@
 //! Smoke tests proving the test control plane is a real kube-apiserver: CRDs with OpenAPI schema
 //! validation, finalizers and deletionTimestamp, and RBAC authorization.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! IAM password is tried once, not once per resource, and only a change of the Secret's data
 //! (not of its metadata) re-drives them.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

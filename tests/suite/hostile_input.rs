@@ -2,7 +2,7 @@
 //! CRD's schema and CEL rules), and bad credentials or endpoints give a clear condition and Event
 //! without a crash or a hot loop.
 
-mod support;
+use crate::support;
 
 use kube::ResourceExt;
 

@@ -3,7 +3,7 @@
 //! real control plane and the simulator, with answers that leave out the contract's optional
 //! fields.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! with the real kubectl (built from the pinned release's Go modules): the kustomize base, the
 //! namespace-scoped variant, the optional components and the examples.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

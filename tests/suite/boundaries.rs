@@ -3,7 +3,7 @@
 //! Huawei Cloud's official endpoints and those its admin allowed; the rest is Stalled with reason
 //! EndpointNotAllowed, and no connection is ever made.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
