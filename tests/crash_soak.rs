@@ -20,12 +20,10 @@ use futures::StreamExt;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use rand::Rng;
+use support::operator::CANCEL;
 use support::operator::{PROJECT, World, assorted_cloud_faults, busiest_second_per_desktop};
 use support::process::OperatorProcess;
 use workspace_assist::resource::{Phase, RemoteAssistance};
-use workspace_assist::workspace::Operation;
-
-const CANCEL: Operation = Operation::CancelRemoteAssistance;
 
 /// Reconciles at once in the operator under test: a kill can lose the answers of at most this
 /// many cloud calls in flight, which bounds the duplicate DELETEs per kill.

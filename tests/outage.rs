@@ -8,17 +8,16 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::control_plane::{ControlPlane, harness};
+use support::operator::CANCEL;
 use support::operator::{PROJECT, World};
 use support::process::{OperatorProcess, free_port};
 use workspace_assist::resource::{Phase, RemoteAssistance};
-use workspace_assist::workspace::Operation;
 
 const OUTAGE: Duration = Duration::from_secs(30);
 /// How long the test waits for the work to complete before it calls the operator stuck: a
 /// guard against a hang, not a performance bound (the recovery time is printed; it is usually
 /// about 14 s).
 const RECOVERY: Duration = Duration::from_secs(300);
-const CANCEL: Operation = Operation::CancelRemoteAssistance;
 
 fn phase_is(phase: Phase) -> impl Fn(&RemoteAssistance) -> bool {
     move |ra| ra.status.as_ref().and_then(|s| s.phase) == Some(phase)

@@ -12,6 +12,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
+use support::operator::phase;
 use support::operator::{PROJECT, World, condition_reason, eventually};
 use workspace_assist::controller::LabelSelector;
 use workspace_assist::resource::{Phase, RemoteAssistance};
@@ -23,10 +24,6 @@ const T: Duration = Duration::from_secs(60);
 const OPERATOR_SA: &str = "workspace-assist";
 const POD_IDENTITY_AUDIENCE: &str = "pod-identity.workspace.sim";
 const STS_AUDIENCE: &str = "sts.workspace.sim";
-
-fn phase(ra: &RemoteAssistance) -> Option<Phase> {
-    ra.status.as_ref().and_then(|s| s.phase)
-}
 
 fn source(ra: &RemoteAssistance) -> Option<String> {
     ra.status.as_ref().and_then(|s| s.credentials_source.clone())

@@ -9,16 +9,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
+use support::operator::phase;
 use support::operator::{PROJECT, World, condition};
 use workspace_assist::resource::{Phase, RemoteAssistance};
 use workspace_assist::simulator::{Fault, FaultRule};
 use workspace_assist::workspace::Operation;
 
 const T: Duration = Duration::from_secs(20);
-
-fn phase(ra: &RemoteAssistance) -> Option<Phase> {
-    ra.status.as_ref().and_then(|s| s.phase)
-}
 
 /// Runs a Go tool of the harness module with `objects` as a JSON array on stdin; returns
 /// name → (status, message).

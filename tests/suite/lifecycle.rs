@@ -11,18 +11,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use serde_json::json;
+use support::operator::{CANCEL, CREATE, SHOW, phase};
 use support::operator::{PROJECT, SECRET, World, condition, condition_reason, eventually, has_finalizer};
 use workspace_assist::resource::{DeletionPolicy, Phase, RemoteAssistance, SECRET_FINALIZER};
-use workspace_assist::workspace::Operation;
 
 const T: Duration = Duration::from_secs(20);
-const CANCEL: Operation = Operation::CancelRemoteAssistance;
-const CREATE: Operation = Operation::CreateRemoteAssistance;
-const SHOW: Operation = Operation::ShowDesktopRemoteAssistanceInfo;
-
-fn phase(ra: &RemoteAssistance) -> Option<Phase> {
-    ra.status.as_ref().and_then(|s| s.phase)
-}
 
 fn active_with_secret(ra: &RemoteAssistance) -> bool {
     phase(ra) == Some(Phase::Active)

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
+use support::operator::CANCEL;
 use support::operator::{PROJECT, World};
 use support::process::OperatorProcess;
 use workspace_assist::resource::{Phase, RemoteAssistance};
@@ -16,7 +17,6 @@ use workspace_assist::simulator::{Fault, FaultRule};
 use workspace_assist::workspace::Operation;
 
 const T: Duration = Duration::from_secs(30);
-const CANCEL: Operation = Operation::CancelRemoteAssistance;
 
 fn active(ra: &RemoteAssistance) -> bool {
     ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)

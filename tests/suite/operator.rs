@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use kube::api::Api;
 use serde_json::json;
+use support::operator::CANCEL;
 use support::operator::{PROJECT, SECRET, SK, World, condition, condition_reason, eventually, has_finalizer};
 use workspace_assist::resource::Phase;
 use workspace_assist::simulator::{Fault, FaultRule};
-use workspace_assist::workspace::Operation;
 
 const T: Duration = Duration::from_secs(20);
-const CANCEL: Operation = Operation::CancelRemoteAssistance;
 
 fn phase(ra: &workspace_assist::resource::RemoteAssistance) -> Option<Phase> {
     ra.status.as_ref().and_then(|s| s.phase)

@@ -8,15 +8,12 @@ use crate::support;
 use std::time::Duration;
 
 use serde_json::json;
+use support::operator::phase;
 use support::operator::{PROJECT, World, condition_reason, eventually};
 use workspace_assist::resource::{Phase, RemoteAssistance};
 use workspace_assist::workspace::Operation;
 
 const T: Duration = Duration::from_secs(30);
-
-fn phase(ra: &RemoteAssistance) -> Option<Phase> {
-    ra.status.as_ref().and_then(|s| s.phase)
-}
 
 fn active(ra: &RemoteAssistance) -> bool {
     phase(ra) == Some(Phase::Active)

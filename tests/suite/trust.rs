@@ -9,19 +9,12 @@ use crate::support;
 use std::time::Duration;
 
 use serde_json::json;
+use support::operator::{CANCEL, CREATE, SHOW, phase};
 use support::operator::{PROJECT, World, condition, condition_reason, eventually, has_finalizer};
 use workspace_assist::resource::{Phase, RemoteAssistance};
 use workspace_assist::simulator::{Fault, FaultRule};
-use workspace_assist::workspace::Operation;
 
 const T: Duration = Duration::from_secs(30);
-const CANCEL: Operation = Operation::CancelRemoteAssistance;
-const CREATE: Operation = Operation::CreateRemoteAssistance;
-const SHOW: Operation = Operation::ShowDesktopRemoteAssistanceInfo;
-
-fn phase(ra: &RemoteAssistance) -> Option<Phase> {
-    ra.status.as_ref().and_then(|s| s.phase)
-}
 
 fn active(ra: &RemoteAssistance) -> bool {
     phase(ra) == Some(Phase::Active)

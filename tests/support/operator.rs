@@ -12,6 +12,19 @@ use tokio::sync::oneshot;
 use workspace_assist::controller::{self, BackoffPolicy};
 use workspace_assist::resource::RemoteAssistance;
 use workspace_assist::simulator::Simulator;
+use workspace_assist::workspace::Operation;
+
+/// The operations, as the simulator's request log names them.
+pub const CANCEL: Operation = Operation::CancelRemoteAssistance;
+/// See [`CANCEL`].
+pub const CREATE: Operation = Operation::CreateRemoteAssistance;
+/// See [`CANCEL`].
+pub const SHOW: Operation = Operation::ShowDesktopRemoteAssistanceInfo;
+
+/// The resource's status.phase.
+pub fn phase(ra: &RemoteAssistance) -> Option<workspace_assist::resource::Phase> {
+    ra.status.as_ref().and_then(|s| s.phase)
+}
 
 /// Project ID used by the tests.
 pub const PROJECT: &str = "0bec5db98280d2d02fd6c00c2de791ce";

@@ -176,21 +176,15 @@ async fn finalizer_error(
         }
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
         finalizer::Error::AddFinalizer(e) => {
+            let failure = patch("add the finalizer", e);
             Step::new(api, object, ctx)
-                .report(
-                    patch("add the finalizer", e),
-                    Operation::CreateRemoteAssistance,
-                    0,
-                )
+                .report(failure, Operation::CreateRemoteAssistance, 0)
                 .await
         }
         finalizer::Error::RemoveFinalizer(e) => {
+            let failure = patch("remove the finalizer", e);
             Step::new(api, object, ctx)
-                .report(
-                    patch("remove the finalizer", e),
-                    Operation::CancelRemoteAssistance,
-                    0,
-                )
+                .report(failure, Operation::CancelRemoteAssistance, 0)
                 .await
         }
         other => Error::Finalizer(Box::new(other)),
