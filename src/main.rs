@@ -30,9 +30,7 @@ fn main() -> ExitCode {
             init_logging("warn", LogFormat::Text);
             finish(
                 "the demo failed",
-                runtime()
-                    .block_on(workspace_assist::devenv::commands::demo(args))
-                    .map_err(anyhow::Error::msg),
+                runtime().block_on(workspace_assist::devenv::commands::demo(args)),
             )
         }
         #[cfg(feature = "dev-tools")]
@@ -40,9 +38,7 @@ fn main() -> ExitCode {
             init_logging("warn", LogFormat::Text);
             finish(
                 "the benchmark failed",
-                runtime()
-                    .block_on(workspace_assist::devenv::commands::bench(args))
-                    .map_err(anyhow::Error::msg),
+                runtime().block_on(workspace_assist::devenv::commands::bench(args)),
             )
         }
     }

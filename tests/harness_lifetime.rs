@@ -45,7 +45,7 @@ fn main() {
 
 fn hold() {
     let cp =
-        support::ControlPlane::start(&support::control_plane::harness()).unwrap_or_else(|e| panic!("{e}"));
+        support::ControlPlane::start(&support::control_plane::harness()).unwrap_or_else(|e| panic!("{e:#}"));
     println!(
         "HARNESS_DIR {}",
         cp.kubeconfig

@@ -42,7 +42,7 @@ async fn outage(extra_args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().to_string();
     let args = ["-port", port.as_str(), "-keep-data"];
-    let cp = ControlPlane::start_in(&harness(), dir.path(), &args).unwrap_or_else(|e| panic!("{e}"));
+    let cp = ControlPlane::start_in(&harness(), dir.path(), &args).unwrap_or_else(|e| panic!("{e:#}"));
     let mut w = World::on(support::client_for(&cp).await, "outage").await;
     let ns = w.namespace.clone();
     // One instance without leader election: a leader that cannot renew its Lease for the renew
@@ -98,7 +98,7 @@ async fn outage(extra_args: &[&str]) {
         operator.logs()
     );
 
-    let cp = ControlPlane::start_in(&harness(), dir.path(), &args).unwrap_or_else(|e| panic!("{e}"));
+    let cp = ControlPlane::start_in(&harness(), dir.path(), &args).unwrap_or_else(|e| panic!("{e:#}"));
     let restarted = Instant::now();
     drop(stopped);
     // A new client (the old one's connections are gone); same kubeconfig contents.

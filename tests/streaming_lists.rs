@@ -97,7 +97,7 @@ async fn without_streaming_lists_the_operator_lists_and_cancels_as_before() {
     let dir = tempfile::tempdir().unwrap();
     let flags = r#"["--feature-gates=WatchList=false"]"#;
     let cp = ControlPlane::start_in(&harness(), dir.path(), &["-apiserver-flags", flags])
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let mut w = World::on(support::client_for(&cp).await, "no-watchlist").await;
     assert!(
         !streaming_lists_supported(&w.api()).await,

@@ -3,6 +3,8 @@
 //! measured in the same run (a minimal client doing only the necessary work).
 
 use std::collections::HashMap;
+
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -136,10 +138,8 @@ impl Measured {
 
 /// The API server's requests so far by "VERB resource[/subresource]", from its own
 /// `apiserver_request_total`.
-pub async fn apiserver_requests(client: &Client) -> Result<Requests, String> {
-    let request = http::Request::get("/metrics")
-        .body(Vec::new())
-        .map_err(|err| err.to_string())?;
+pub async fn apiserver_requests(client: &Client) -> anyhow::Result<Requests> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(request).await.map_err(e)?;
     let mut by_kind = Requests::new();
     for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
@@ -253,11 +253,9 @@ struct Bench {
 }
 
 /// Runs the benchmark and returns its table (also printed as it goes).
-pub async fn run(options: BenchOptions) -> Result<Vec<Row>, String> {
+pub async fn run(options: BenchOptions) -> anyhow::Result<Vec<Row>> {
     let harness = Harness::new(options.build_dir.clone());
-    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&harness))
-        .await
-        .map_err(|e| e.to_string())??;
+    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&harness)).await??;
     let result = async { Bench::on(&cp, &options).await?.all().await }.await;
     let _ = tokio::task::spawn_blocking(move || cp.stop()).await;
     let mut rows = result?;
@@ -277,17 +275,16 @@ const OUTAGE_RESOURCES: usize = 100;
 /// `options.outage` and starts again. Measured: from its return until the last resource is
 /// gone (the same operator process, never restarted; `tests/outage.rs` checks what happens,
 /// this says how fast).
-async fn outage_recovery(options: &BenchOptions) -> Result<Row, String> {
+async fn outage_recovery(options: &BenchOptions) -> anyhow::Result<Row> {
     let harness = Harness::new(options.build_dir.clone());
     let dir = options.build_dir.join(format!(
         "outage-{}-{:08x}",
         std::process::id(),
         rand::random::<u32>()
     ));
-    std::fs::create_dir_all(&dir).map_err(|err| format!("creating {}: {err}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|err| err.to_string())?
+        .and_then(|l| l.local_addr())?
         .port()
         .to_string();
     let args = ["-port".to_string(), port, "-keep-data".to_string()];
@@ -300,9 +297,7 @@ async fn outage_recovery(options: &BenchOptions) -> Result<Row, String> {
             )
         })
     };
-    let cp = start(harness.clone(), dir.clone(), args.clone())
-        .await
-        .map_err(|err| err.to_string())??;
+    let cp = start(harness.clone(), dir.clone(), args.clone()).await??;
     let result = async {
         let bench = Bench::on(&cp, options).await?;
         let ns = bench.namespace("outage").await?;
@@ -316,26 +311,23 @@ async fn outage_recovery(options: &BenchOptions) -> Result<Row, String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while bench.sim.in_flight(Operation::CancelRemoteAssistance) == 0 {
             if Instant::now() > deadline {
-                return Err("no cancel was on its way".to_string());
+                anyhow::bail!("no cancel was on its way");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok::<_, String>((bench, ns, operator))
+        Ok::<_, anyhow::Error>((bench, ns, operator))
     }
     .await;
     let stopped = tokio::task::spawn_blocking(move || {
         cp.stop();
         cp
     })
-    .await
-    .map_err(|err| err.to_string())?;
+    .await?;
     // The operator runs on through the outage (dropping it would stop it).
     let (bench, ns, _operator) = result?;
     tokio::time::sleep(options.outage).await;
     bench.sim.set_latency(Duration::ZERO);
-    let cp = start(harness, dir.clone(), args)
-        .await
-        .map_err(|err| err.to_string())??;
+    let cp = start(harness, dir.clone(), args).await??;
     let returned = Instant::now();
     drop(stopped);
     let recovered = async {
@@ -345,12 +337,10 @@ async fn outage_recovery(options: &BenchOptions) -> Result<Row, String> {
             if let Ok(list) = api.list_metadata(&Default::default()).await
                 && list.items.is_empty()
             {
-                return Ok(returned.elapsed());
+                return Ok::<_, anyhow::Error>(returned.elapsed());
             }
             if returned.elapsed() > Duration::from_secs(600) {
-                return Err(
-                    "the deletions did not complete within 10 minutes of the API server's return".to_string(),
-                );
+                anyhow::bail!("the deletions did not complete within 10 minutes of the API server's return");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -387,12 +377,12 @@ pub fn print_table(rows: &[Row]) {
 
 impl Bench {
     /// The bench on control plane `cp`: the CRDs installed, a simulator that knows the bench's key.
-    async fn on(cp: &ControlPlane, options: &BenchOptions) -> Result<Bench, String> {
+    async fn on(cp: &ControlPlane, options: &BenchOptions) -> anyhow::Result<Bench> {
         let client = super::demo::client_for(cp).await?;
         super::demo::install_crds(&client).await?;
-        let sim = Simulator::start().await.map_err(|e| e.to_string())?;
+        let sim = Simulator::start().await?;
         sim.add_access_key(AK, SK);
-        let cloud = WorkspaceClient::new(&ClientOptions::default()).map_err(|e| e.to_string())?;
+        let cloud = WorkspaceClient::new(&ClientOptions::default())?;
         Ok(Bench {
             client,
             sim,
@@ -402,7 +392,7 @@ impl Bench {
         })
     }
 
-    async fn all(&self) -> Result<Vec<Row>, String> {
+    async fn all(&self) -> anyhow::Result<Vec<Row>> {
         let mut rows = Vec::new();
         let o = &self.options;
         if o.latency_samples > 0 {
@@ -423,7 +413,7 @@ impl Bench {
         Ok(rows)
     }
 
-    async fn namespace(&self, prefix: &str) -> Result<String, String> {
+    async fn namespace(&self, prefix: &str) -> anyhow::Result<String> {
         let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xffffff);
         let ns: Namespace =
             serde_json::from_value(json!({ "metadata": { "name": name } })).expect("namespace");
@@ -462,7 +452,7 @@ impl Bench {
         prefix: &str,
         count: usize,
         finalizer: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> anyhow::Result<()> {
         let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), ns);
         futures::stream::iter(0..count)
             .map(|i| {
@@ -481,15 +471,14 @@ impl Bench {
         Ok(())
     }
 
-    fn operator(&self, ns: &str) -> Result<OperatorProcess, String> {
+    fn operator(&self, ns: &str) -> anyhow::Result<OperatorProcess> {
         self.operator_with(ns, self.options.concurrency, 100_000)
     }
 
-    fn operator_with(&self, ns: &str, concurrency: u16, rate_limit: u32) -> Result<OperatorProcess, String> {
+    fn operator_with(&self, ns: &str, concurrency: u16, rate_limit: u32) -> anyhow::Result<OperatorProcess> {
         let (concurrency, rate_limit) = (concurrency.to_string(), rate_limit.to_string());
         let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|err| err.to_string())?
+            .and_then(|l| l.local_addr())?
             .port();
         let metrics = format!("127.0.0.1:{port}");
         let endpoint = self.sim.endpoint();
@@ -516,7 +505,7 @@ impl Bench {
     /// Follows a namespace's RemoteAssistances through a watch: waiting on it costs the API
     /// server one list and the watch events, not a list of every object every few milliseconds
     /// (which, at 10,000 objects, took a fifth of the API server's CPU from the work measured).
-    async fn watch(&self, ns: &str) -> Result<Watched, String> {
+    async fn watch(&self, ns: &str) -> anyhow::Result<Watched> {
         let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), ns);
         let (store, writer) = kube::runtime::reflector::store();
         let task = tokio::spawn(
@@ -525,11 +514,11 @@ impl Bench {
                 .reflect(writer)
                 .for_each(|_| async {}),
         );
-        store.wait_until_ready().await.map_err(|err| err.to_string())?;
+        store.wait_until_ready().await?;
         Ok(Watched { store, task })
     }
 
-    async fn wait_active(&self, ns: &str, count: usize, timeout: Duration) -> Result<Duration, String> {
+    async fn wait_active(&self, ns: &str, count: usize, timeout: Duration) -> anyhow::Result<Duration> {
         let start = Instant::now();
         let watched = self.watch(ns).await?;
         let active = |ra: &RemoteAssistance| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active);
@@ -543,7 +532,7 @@ impl Bench {
     }
 
     /// Deletes `ra-0` .. `ra-{n-1}` at once and waits until all are gone: (time taken, start).
-    async fn delete_all_and_wait(&self, ns: &str, n: usize) -> Result<(Duration, Instant), String> {
+    async fn delete_all_and_wait(&self, ns: &str, n: usize) -> anyhow::Result<(Duration, Instant)> {
         let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), ns);
         let watched = self.watch(ns).await?;
         let start = Instant::now();
@@ -579,7 +568,7 @@ impl Bench {
 
     /// Scenario 1, three rounds (the p99 of a few hundred samples moves from run to run): the
     /// percentiles of all samples, and each round's p99.
-    async fn latency(&self) -> Result<Vec<Row>, String> {
+    async fn latency(&self) -> anyhow::Result<Vec<Row>> {
         let n = self.options.latency_samples;
         let (mut operator, mut floor, mut rounds) = (Vec::new(), Vec::new(), Vec::new());
         for round in 1..=LATENCY_ROUNDS {
@@ -611,7 +600,7 @@ impl Bench {
 
     /// One round of scenario 1: `n` sequential deletions through the operator, then through the
     /// minimal floor, each on a fresh namespace; the sorted latencies.
-    async fn latency_round(&self, round: usize) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+    async fn latency_round(&self, round: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
         let n = self.options.latency_samples;
         progress(&format!(
             "1. deletion latency, round {round}: {n} sequential deletions"
@@ -645,7 +634,7 @@ impl Bench {
         Ok((operator, floor_lat))
     }
 
-    async fn sequential_deletions(&self, ns: &str, n: usize) -> Result<Vec<Duration>, String> {
+    async fn sequential_deletions(&self, ns: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
         let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), ns);
         let gone: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let seen = gone.clone();
@@ -671,7 +660,7 @@ impl Bench {
                     break;
                 }
                 if start.elapsed() > Duration::from_secs(60) {
-                    return Err(format!("{ns}/{name} not gone within 60s"));
+                    anyhow::bail!("{ns}/{name} not gone within 60s");
                 }
                 tokio::time::sleep(Duration::from_micros(500)).await;
             }
@@ -685,7 +674,7 @@ impl Bench {
     /// them, then drain them all; the operator against two floors (the minimal one, status
     /// `phase: Active`, and one that writes the status the operator wrote: a status that bigger
     /// costs the API server on every later request).
-    async fn create_hold_drain(&self) -> Result<Vec<Row>, String> {
+    async fn create_hold_drain(&self) -> anyhow::Result<Vec<Row>> {
         let n = self.options.resources;
         progress(&format!(
             "3. create to Active, 4. memory, 6. idle, 2. drain: {n} resources"
@@ -725,10 +714,7 @@ impl Bench {
             ));
         }
         if drained.calls != n {
-            return Err(format!(
-                "the operator sent {} DELETEs for {n} resources",
-                drained.calls
-            ));
+            anyhow::bail!("the operator sent {} DELETEs for {n} resources", drained.calls);
         }
         Ok(rows)
     }
@@ -742,14 +728,14 @@ impl Bench {
         &self,
         ns: &str,
         created: &Measured,
-    ) -> Result<(Vec<Row>, Vec<(&'static str, String, FloorClient)>), String> {
+    ) -> anyhow::Result<(Vec<Row>, Vec<(&'static str, String, FloorClient)>)> {
         let n = self.options.resources;
         let operator_status = Api::<RemoteAssistance>::namespaced(self.client.clone(), ns)
             .get("ra-0")
             .await
             .map_err(e)?
             .status;
-        let operator_status = serde_json::to_value(operator_status).map_err(|err| err.to_string())?;
+        let operator_status = serde_json::to_value(operator_status)?;
         let events = Arc::new(EventPublisher::new(
             self.client.clone(),
             "bench-floor",
@@ -794,7 +780,7 @@ impl Bench {
         created: &Measured,
         drained: &Measured,
         operator_rss: u64,
-    ) -> Result<Vec<Row>, String> {
+    ) -> anyhow::Result<Vec<Row>> {
         let n = self.options.resources;
         let BaselineRun {
             drained: baseline_drained,
@@ -802,10 +788,10 @@ impl Bench {
             rss: baseline_rss,
         } = self.baseline_drain(n).await?;
         if baseline_drained.calls != n {
-            return Err(format!(
+            anyhow::bail!(
                 "the baseline sent {} DELETEs for {n} resources",
                 baseline_drained.calls
-            ));
+            );
         }
         Ok(vec![
             ratio_row(
@@ -842,17 +828,15 @@ impl Bench {
     /// The controller-runtime baseline on a namespace of its own: `n` resources with a session
     /// each, held (its finalizer on every one), then all deleted at once. Returns the drain and
     /// its steady RSS while holding them.
-    async fn baseline_drain(&self, n: usize) -> Result<BaselineRun, String> {
+    async fn baseline_drain(&self, n: usize) -> anyhow::Result<BaselineRun> {
         progress(&format!("2. drain {n}: the controller-runtime baseline"));
         let ns = self.namespace("drain-baseline").await?;
         let harness = Harness::new(self.options.build_dir.clone());
         let binary = tokio::task::spawn_blocking(move || {
             super::control_plane::build_tool(&harness, "./cmd/baseline", "baseline")
         })
-        .await
-        .map_err(|err| err.to_string())??;
-        let log = std::fs::File::create(self.options.build_dir.join("baseline.log"))
-            .map_err(|err| err.to_string())?;
+        .await??;
+        let log = std::fs::File::create(self.options.build_dir.join("baseline.log"))?;
         let child = std::process::Command::new(&binary)
             .arg("-kubeconfig")
             .arg(&self.kubeconfig)
@@ -869,7 +853,7 @@ impl Bench {
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|err| format!("starting {}: {err}", binary.display()))?;
+            .with_context(|| format!("starting {}", binary.display()))?;
         let mut baseline = Killed(child);
         for i in 0..n {
             self.sim.open_session(PROJECT, &format!("{ns}-ra-{i}"));
@@ -891,10 +875,10 @@ impl Bench {
             if let Ok(Some(status)) = baseline.0.try_wait() {
                 let log =
                     std::fs::read_to_string(self.options.build_dir.join("baseline.log")).unwrap_or_default();
-                return Err(format!("the baseline exited ({status}):\n{log}"));
+                anyhow::bail!("the baseline exited ({status}):\n{log}");
             }
             if started.elapsed() > Duration::from_secs(3600) {
-                return Err("the baseline did not hold every resource within an hour".into());
+                anyhow::bail!("the baseline did not hold every resource within an hour");
             }
         }
         drop(watched);
@@ -911,7 +895,7 @@ impl Bench {
     }
 
     /// Creates `n` resources in `ns` and waits until all are Active.
-    async fn create_and_wait(&self, ns: &str, n: usize) -> Result<Measured, String> {
+    async fn create_and_wait(&self, ns: &str, n: usize) -> anyhow::Result<Measured> {
         let (started, before) = (Instant::now(), apiserver_requests(&self.client).await?);
         self.create_many(ns, "ra", n, None).await?;
         self.wait_active(ns, n, Duration::from_secs(3600)).await?;
@@ -933,7 +917,7 @@ impl Bench {
 
     /// Deletes the `n` resources of `ns` at once and waits until they are gone (calls: the
     /// DELETEs the cloud received).
-    async fn drain(&self, ns: &str, n: usize) -> Result<Measured, String> {
+    async fn drain(&self, ns: &str, n: usize) -> anyhow::Result<Measured> {
         let before = apiserver_requests(&self.client).await?;
         let (took, start) = self.delete_all_and_wait(ns, n).await?;
         let by_kind = per_resource(&before, &apiserver_requests(&self.client).await?, n);
@@ -977,7 +961,7 @@ impl Bench {
     }
 
     /// Scenario 4 (large): memory and start-up with many existing resources.
-    async fn large_memory(&self) -> Result<Vec<Row>, String> {
+    async fn large_memory(&self) -> anyhow::Result<Vec<Row>> {
         let n = self.options.large;
         progress(&format!("4. memory and start-up with {n} existing resources"));
         let ns = self.namespace("large").await?;
@@ -1002,7 +986,7 @@ impl Bench {
                     )
                     .await
                     .map_err(e)?;
-                    Ok::<_, String>(())
+                    Ok::<_, anyhow::Error>(())
                 }
             })
             .buffer_unordered(64)
@@ -1031,7 +1015,7 @@ impl Bench {
     }
 
     /// Scenario 5: a drain with 50 ms cloud latency, shaped by concurrency and the rate limit.
-    async fn cloud_latency(&self) -> Result<Vec<Row>, String> {
+    async fn cloud_latency(&self) -> anyhow::Result<Vec<Row>> {
         let n = self.options.latency_scenario_resources;
         progress(&format!("5. drain {n} with 50 ms cloud latency"));
         let mut rows = Vec::new();
@@ -1251,11 +1235,11 @@ impl Watched {
         &self,
         done: impl Fn(&kube::runtime::reflector::Store<RemoteAssistance>) -> bool,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> anyhow::Result<()> {
         let start = Instant::now();
         while !done(&self.store) {
             if start.elapsed() > timeout {
-                return Err(format!("not done within {timeout:?}"));
+                anyhow::bail!("not done within {timeout:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -1281,14 +1265,14 @@ impl OperatorProcess {
         kubeconfig: &std::path::Path,
         args: &[&str],
         metrics: String,
-    ) -> Result<OperatorProcess, String> {
+    ) -> anyhow::Result<OperatorProcess> {
         let child = std::process::Command::new(binary)
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .map_err(|err| format!("starting {}: {err}", binary.display()))?;
+            .with_context(|| format!("starting {}", binary.display()))?;
         Ok(OperatorProcess { child, metrics })
     }
 
@@ -1314,7 +1298,7 @@ impl OperatorProcess {
     }
 
     /// Waits until the operator counted at least `count` reconciles; returns when it first did.
-    async fn wait_reconciles(&self, count: u64, timeout: Duration) -> Result<Instant, String> {
+    async fn wait_reconciles(&self, count: u64, timeout: Duration) -> anyhow::Result<Instant> {
         let start = Instant::now();
         loop {
             {
@@ -1331,7 +1315,7 @@ impl OperatorProcess {
                 }
             }
             if start.elapsed() > timeout {
-                return Err(format!("fewer than {count} reconciles within {timeout:?}"));
+                anyhow::bail!("fewer than {count} reconciles within {timeout:?}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -1415,8 +1399,8 @@ fn progress(what: &str) {
     eprintln!("bench: {what}");
 }
 
-fn e(err: kube::Error) -> String {
-    format!("Kubernetes API: {err}")
+fn e(err: kube::Error) -> anyhow::Error {
+    anyhow::Error::new(err).context("Kubernetes API")
 }
 
 fn ms(d: Duration) -> String {

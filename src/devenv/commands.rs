@@ -11,7 +11,7 @@ fn default_build_dir() -> std::path::PathBuf {
 }
 
 /// `workspace-assist demo`.
-pub async fn demo(args: DemoArgs) -> Result<(), String> {
+pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     crate::install_crypto_provider();
     let build_dir = args.build_dir.unwrap_or_else(default_build_dir);
     crate::devenv::demo::run(crate::devenv::demo::DemoOptions { build_dir }).await
@@ -19,7 +19,7 @@ pub async fn demo(args: DemoArgs) -> Result<(), String> {
 
 /// `workspace-assist bench`: the operator under test is this very binary unless `--operator`
 /// names another.
-pub async fn bench(args: BenchArgs) -> Result<(), String> {
+pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     crate::install_crypto_provider();
     if cfg!(debug_assertions) {
         eprintln!(
@@ -30,7 +30,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
         build_dir: args.build_dir.unwrap_or_else(default_build_dir),
         operator: match args.operator {
             Some(path) => path,
-            None => std::env::current_exe().map_err(|e| e.to_string())?,
+            None => std::env::current_exe()?,
         },
         latency_samples: args.latency_samples,
         resources: args.resources,

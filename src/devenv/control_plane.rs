@@ -5,6 +5,7 @@
 //! stops when its standard input closes: when the process that started it exits, however it
 //! exits, the operating system closes the pipe.
 
+use anyhow::Context as _;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -81,17 +82,17 @@ impl ControlPlane {
     /// harness's own, which it removes when it exits (also when this process dies first: it
     /// exits when its standard input closes). A `ControlPlane` kept in a static is never dropped,
     /// so the directory must not depend on this process cleaning up.
-    pub fn start(harness: &Harness) -> Result<ControlPlane, String> {
+    pub fn start(harness: &Harness) -> anyhow::Result<ControlPlane> {
         Self::spawn(harness, None, &[])
     }
 
     /// Starts an instance whose kubeconfig, logs and etcd data live in `dir` (kept after it
     /// stops); `args` are passed to the harness as they are.
-    pub fn start_in(harness: &Harness, dir: &Path, args: &[&str]) -> Result<ControlPlane, String> {
+    pub fn start_in(harness: &Harness, dir: &Path, args: &[&str]) -> anyhow::Result<ControlPlane> {
         Self::spawn(harness, Some(dir), args)
     }
 
-    fn spawn(harness: &Harness, dir: Option<&Path>, args: &[&str]) -> Result<ControlPlane, String> {
+    fn spawn(harness: &Harness, dir: Option<&Path>, args: &[&str]) -> anyhow::Result<ControlPlane> {
         let binary = build(harness)?;
         let dir_args: Vec<&std::ffi::OsStr> = match dir {
             Some(d) => vec!["-dir".as_ref(), d.as_os_str()],
@@ -104,7 +105,7 @@ impl ControlPlane {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+            .with_context(|| format!("starting {}", binary.display()))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
         let stdin = child.stdin.take();
@@ -170,41 +171,39 @@ fn wait_ready(
     readiness: &mpsc::Receiver<Result<ReadyLine, String>>,
     stderr: &Mutex<String>,
     log: &str,
-) -> Result<ReadyLine, String> {
+) -> anyhow::Result<ReadyLine> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         match readiness.recv_timeout(Duration::from_millis(200)) {
             Ok(Ok(ready)) => return Ok(ready),
-            Ok(Err(e)) => return Err(format!("the control plane printed a bad readiness line: {e}")),
+            Ok(Err(e)) => anyhow::bail!("the control plane printed a bad readiness line: {e}"),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if let Ok(Some(status)) = child.try_wait() {
                     std::thread::sleep(Duration::from_millis(200));
-                    return Err(format!(
+                    anyhow::bail!(
                         "the control plane exited ({status}) before it was ready; stderr:\n{}\nlog: {log}",
                         stderr.lock().unwrap()
-                    ));
+                    );
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
-                    return Err(format!(
-                        "the control plane was not ready within {READY_TIMEOUT:?}"
-                    ));
+                    anyhow::bail!("the control plane was not ready within {READY_TIMEOUT:?}");
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let _ = child.wait();
                 std::thread::sleep(Duration::from_millis(200));
-                return Err(format!(
+                anyhow::bail!(
                     "the control plane closed its output before it was ready; stderr:\n{}",
                     stderr.lock().unwrap()
-                ));
+                );
             }
         }
     }
 }
 
 /// Returns the harness binary, building it with `go build` when missing or stale.
-pub fn build(harness: &Harness) -> Result<PathBuf, String> {
+pub fn build(harness: &Harness) -> anyhow::Result<PathBuf> {
     build_tool(harness, ".", "control-plane")
 }
 
@@ -214,14 +213,14 @@ pub const PROMTOOL_TAGS: &str = "remove_all_sd";
 /// Builds the Go package `package` (relative to the harness module, e.g. `./cmd/kubectl`, or a
 /// package of one of its dependencies) into `name` in the build directory, unless its sources
 /// are unchanged since the last build.
-pub fn build_tool(harness: &Harness, package: &str, name: &str) -> Result<PathBuf, String> {
+pub fn build_tool(harness: &Harness, package: &str, name: &str) -> anyhow::Result<PathBuf> {
     // Tests of one binary run on several threads: one build at a time in this process (the
     // others then find it built), and a temporary file of its own for each build.
     static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let src = &harness.source_dir;
     let out_dir = &harness.build_dir;
-    std::fs::create_dir_all(out_dir).map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let binary = out_dir.join(name);
     let stamp = out_dir.join(format!("{name}.fingerprint"));
     let fingerprint = format!(
@@ -236,11 +235,11 @@ pub fn build_tool(harness: &Harness, package: &str, name: &str) -> Result<PathBu
     let go = std::env::var_os("GO").unwrap_or_else(|| "go".into());
     let version = Command::new(&go).arg("version").output();
     if !matches!(&version, Ok(o) if o.status.success()) {
-        return Err(format!(
+        anyhow::bail!(
             "building {name} needs Go (1.26.7 or newer) to build it from its Go module, and `{}` could not be \
              run: install Go from your distribution or go.dev and make sure `go` is on PATH (or set GO=/path/to/go)",
             go.to_string_lossy()
-        ));
+        );
     }
     eprintln!("building {name} with go build (a cold build takes several minutes)...");
     let started = Instant::now();
@@ -259,15 +258,15 @@ pub fn build_tool(harness: &Harness, package: &str, name: &str) -> Result<PathBu
         .arg(&tmp)
         .arg(package)
         .output()
-        .map_err(|e| format!("running go build: {e}"))?;
+        .context("running go build")?;
     if !output.status.success() {
-        return Err(format!(
+        anyhow::bail!(
             "go build of {name} failed:\n{}",
             String::from_utf8_lossy(&output.stderr)
-        ));
+        );
     }
-    std::fs::rename(&tmp, &binary).map_err(|e| format!("installing {name}: {e}"))?;
-    std::fs::write(&stamp, &fingerprint).map_err(|e| format!("writing {}: {e}", stamp.display()))?;
+    std::fs::rename(&tmp, &binary).with_context(|| format!("installing {name}"))?;
+    std::fs::write(&stamp, &fingerprint).with_context(|| format!("writing {}", stamp.display()))?;
     eprintln!("built {name} in {:.1}s", started.elapsed().as_secs_f64());
     Ok(binary)
 }
@@ -276,14 +275,14 @@ pub fn build_tool(harness: &Harness, package: &str, name: &str) -> Result<PathBu
 /// The fingerprint of a package of `module`: its Go files (none for a package of a dependency,
 /// such as `github.com/prometheus/prometheus/cmd/promtool`, which go.sum pins) and the module's
 /// go.mod and go.sum.
-fn source_fingerprint(module: &Path, package: &Path) -> Result<String, String> {
+fn source_fingerprint(module: &Path, package: &Path) -> anyhow::Result<String> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(package) {
         Ok(dir) => dir
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "go"))
             .collect(),
         Err(_) if !package.starts_with(module) || !package.exists() => Vec::new(),
-        Err(e) => return Err(format!("reading {}: {e}", package.display())),
+        Err(e) => anyhow::bail!("reading {}: {e}", package.display()),
     };
     files.sort();
     files.push(module.join("go.mod"));
@@ -291,7 +290,7 @@ fn source_fingerprint(module: &Path, package: &Path) -> Result<String, String> {
     let mut hash = Sha256::new();
     for f in files {
         hash.update(f.file_name().unwrap().as_encoded_bytes());
-        hash.update(std::fs::read(&f).map_err(|e| format!("reading {}: {e}", f.display()))?);
+        hash.update(std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?);
     }
     Ok(hex::encode(hash.finalize()))
 }

@@ -5,6 +5,7 @@
 //! time-boxed example (cancelled at its deadline, deleted by its TTL), prints every status
 //! transition as it happens, and shuts everything down.
 
+use anyhow::Context as _;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -37,15 +38,13 @@ pub struct DemoOptions {
 }
 
 /// Runs the demo; prints as it goes.
-pub async fn run(options: DemoOptions) -> Result<(), String> {
+pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let say = |msg: &str| println!("[{:>5.1}s] {msg}", started.elapsed().as_secs_f64());
 
     say("starting the control plane (kube-apiserver + etcd, built from Go modules on first use)");
     let harness = Harness::new(options.build_dir.clone());
-    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&harness))
-        .await
-        .map_err(|e| e.to_string())??;
+    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&harness)).await??;
     say(&format!(
         "control plane ready at {} (harness pid {})",
         cp.server, cp.pid
@@ -54,11 +53,9 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     let result = lifecycle(&cp, &say, started).await;
 
     say("stopping the control plane");
-    let status = tokio::task::spawn_blocking(move || cp.stop())
-        .await
-        .map_err(|e| e.to_string())?;
+    let status = tokio::task::spawn_blocking(move || cp.stop()).await?;
     if !status.success() {
-        return Err(format!("the control plane exited with {status}"));
+        anyhow::bail!("the control plane exited with {status}");
     }
     result?;
     say(&format!(
@@ -68,11 +65,9 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     Ok(())
 }
 
-async fn lifecycle(cp: &ControlPlane, say: &impl Fn(&str), started: Instant) -> Result<(), String> {
+async fn lifecycle(cp: &ControlPlane, say: &impl Fn(&str), started: Instant) -> anyhow::Result<()> {
     let client = client_for(cp).await?;
-    let sim = Simulator::start()
-        .await
-        .map_err(|e| format!("starting the simulator: {e}"))?;
+    let sim = Simulator::start().await.context("starting the simulator")?;
     sim.add_access_key(AK, SK);
     say(&format!("Workspace simulator listening at {}", sim.endpoint()));
     sim.open_session(PROJECT, "desktop-bob");
@@ -85,7 +80,7 @@ async fn lifecycle(cp: &ControlPlane, say: &impl Fn(&str), started: Instant) -> 
         poll_interval: Duration::from_secs(1),
         instance: "demo".into(),
         endpoints: controller::EndpointPolicy {
-            extra: vec![controller::EndpointRule::parse(&sim.endpoint())?],
+            extra: vec![controller::EndpointRule::parse(&sim.endpoint()).map_err(anyhow::Error::msg)?],
         },
         ..controller::Config::default()
     };
@@ -107,16 +102,13 @@ async fn lifecycle(cp: &ControlPlane, say: &impl Fn(&str), started: Instant) -> 
     let _ = stop_watch.send(());
     let _ = watcher.await;
     let _ = stop_operator.send(());
-    operator
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    operator.await??;
     say("operator stopped");
     report_cloud_calls(&sim, say)
 }
 
 /// The CRD, the namespace and the credentials Secret.
-async fn prepare_cluster(client: &Client, say: &impl Fn(&str)) -> Result<(), String> {
+async fn prepare_cluster(client: &Client, say: &impl Fn(&str)) -> anyhow::Result<()> {
     install_crds(client).await?;
     say("CRD remoteassistances.workspace.assist.dev installed and Established");
     let namespace: Namespace =
@@ -145,7 +137,7 @@ async fn create_start_cancel_delete(
     api: &Api<RemoteAssistance>,
     sim: &Simulator,
     say: &impl Fn(&str),
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     for (name, desktop) in [("alice", "desktop-alice"), ("bob", "desktop-bob")] {
         let ra: RemoteAssistance = serde_json::from_value(json!({
             "apiVersion": "workspace.assist.dev/v1alpha1",
@@ -201,10 +193,9 @@ async fn create_start_cancel_delete(
 /// The README's time-boxed example (deploy/examples/remoteassistance-time-boxed.yaml), pointed
 /// at the simulator and with its durations shortened to seconds: cancelled at its deadline,
 /// then deleted by its TTL.
-async fn time_boxed(api: &Api<RemoteAssistance>, sim: &Simulator, say: &impl Fn(&str)) -> Result<(), String> {
+async fn time_boxed(api: &Api<RemoteAssistance>, sim: &Simulator, say: &impl Fn(&str)) -> anyhow::Result<()> {
     const EXAMPLE: &str = include_str!("../../deploy/examples/remoteassistance-time-boxed.yaml");
-    let mut ra: RemoteAssistance =
-        serde_yaml::from_str(EXAMPLE).map_err(|e| format!("the time-boxed example: {e}"))?;
+    let mut ra: RemoteAssistance = serde_yaml::from_str(EXAMPLE).context("the time-boxed example")?;
     let name = ra.name_any();
     ra.spec.region = None;
     ra.spec.endpoint = Some(sim.endpoint());
@@ -231,7 +222,7 @@ async fn time_boxed(api: &Api<RemoteAssistance>, sim: &Simulator, say: &impl Fn(
 }
 
 /// What the cloud saw, and that no session was left open.
-fn report_cloud_calls(sim: &Simulator, say: &impl Fn(&str)) -> Result<(), String> {
+fn report_cloud_calls(sim: &Simulator, say: &impl Fn(&str)) -> anyhow::Result<()> {
     let count = |op| sim.requests().iter().filter(|r| r.operation == Some(op)).count();
     say(&format!(
         "the simulator received: {} CreateRemoteAssistance, {} ShowDesktopRemoteAssistanceInfo, {} CancelRemoteAssistance (one per session)",
@@ -245,7 +236,7 @@ fn report_cloud_calls(sim: &Simulator, say: &impl Fn(&str)) -> Result<(), String
         "5b1c8d2e-0f3a-4c6b-9e7d-2a4f6b8c0d1e",
     ] {
         if sim.session(PROJECT, desktop).is_some_and(|s| s.in_progress()) {
-            return Err(format!("the session of {desktop} is still open in the cloud"));
+            anyhow::bail!("the session of {desktop} is still open in the cloud");
         }
     }
     Ok(())
@@ -336,7 +327,7 @@ async fn wait(
     name: &str,
     what: &str,
     check: impl Fn(&RemoteAssistance) -> bool,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + STEP_TIMEOUT;
     loop {
         if api
@@ -349,17 +340,17 @@ async fn wait(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("{name} did not become {what} within {STEP_TIMEOUT:?}"));
+            anyhow::bail!("{name} did not become {what} within {STEP_TIMEOUT:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-async fn wait_gone(api: &Api<RemoteAssistance>, name: &str) -> Result<(), String> {
+async fn wait_gone(api: &Api<RemoteAssistance>, name: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + STEP_TIMEOUT;
     while api.get_opt(name).await.map_err(kube_err)?.is_some() {
         if Instant::now() > deadline {
-            return Err(format!("{name} was not gone within {STEP_TIMEOUT:?}"));
+            anyhow::bail!("{name} was not gone within {STEP_TIMEOUT:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -367,17 +358,16 @@ async fn wait_gone(api: &Api<RemoteAssistance>, name: &str) -> Result<(), String
 }
 
 /// An admin client of a control plane.
-pub async fn client_for(cp: &ControlPlane) -> Result<Client, String> {
-    let kubeconfig =
-        Kubeconfig::read_from(&cp.kubeconfig).map_err(|e| format!("reading the kubeconfig: {e}"))?;
+pub async fn client_for(cp: &ControlPlane) -> anyhow::Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).context("reading the kubeconfig")?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .map_err(|e| format!("loading the kubeconfig: {e}"))?;
+        .context("loading the kubeconfig")?;
     Client::try_from(config).map_err(kube_err)
 }
 
 /// Server-side applies the project's CRDs and waits until each is Established.
-pub async fn install_crds(client: &Client) -> Result<(), String> {
+pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
     for crd in [crate::resource::crd()] {
         let name = crd.name_any();
@@ -394,7 +384,7 @@ pub async fn install_crds(client: &Client) -> Result<(), String> {
 }
 
 /// Waits until the apiserver reports CRD `name` Established.
-pub async fn wait_established(client: &Client, name: &str) -> Result<(), String> {
+pub async fn wait_established(client: &Client, name: &str) -> anyhow::Result<()> {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
     let deadline = Instant::now() + STEP_TIMEOUT;
     loop {
@@ -408,12 +398,12 @@ pub async fn wait_established(client: &Client, name: &str) -> Result<(), String>
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("CRD {name} was not Established within {STEP_TIMEOUT:?}"));
+            anyhow::bail!("CRD {name} was not Established within {STEP_TIMEOUT:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-fn kube_err(e: kube::Error) -> String {
-    format!("Kubernetes API: {e}")
+fn kube_err(e: kube::Error) -> anyhow::Error {
+    anyhow::Error::new(e).context("Kubernetes API")
 }

@@ -34,7 +34,7 @@ fn promtool() -> PathBuf {
         "github.com/prometheus/prometheus/cmd/promtool",
         "promtool",
     )
-    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn rule_groups() -> serde_yaml::Value {

@@ -21,13 +21,13 @@ pub mod control_plane {
 
     /// A Go tool of the harness module (`kubectl`, `kstatus`, `luahealth`), built when needed.
     pub fn go_tool(name: &str) -> std::path::PathBuf {
-        build_tool(&harness(), &format!("./cmd/{name}"), name).unwrap_or_else(|e| panic!("{e}"))
+        build_tool(&harness(), &format!("./cmd/{name}"), name).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// The control plane shared by every test of this test binary, started on first use.
     pub fn shared() -> &'static ControlPlane {
         static SHARED: OnceLock<ControlPlane> = OnceLock::new();
-        SHARED.get_or_init(|| ControlPlane::start(&harness()).unwrap_or_else(|e| panic!("{e}")))
+        SHARED.get_or_init(|| ControlPlane::start(&harness()).unwrap_or_else(|e| panic!("{e:#}")))
     }
 }
 
@@ -45,7 +45,7 @@ pub const TEST_MANAGER: &str = "integration-tests";
 pub async fn client_for(cp: &ControlPlane) -> Client {
     workspace_assist::devenv::demo::client_for(cp)
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// An admin client of the shared control plane. Each test gets its own (a client belongs to the
@@ -81,7 +81,7 @@ pub async fn install_crd(client: &Client, crd: &CustomResourceDefinition) {
     .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
     workspace_assist::devenv::demo::wait_established(client, &name)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// The project's CRDs as committed in `crds/`.
