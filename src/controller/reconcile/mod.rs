@@ -773,21 +773,12 @@ impl<'a> Step<'a> {
             &format!("The remote assistance reached its maximum duration ({max}) and was cancelled"),
             "Cancel",
         );
-        self.ctx.observations.forget(&self.uid());
         self.ctx.timers.clear(&self.uid());
-        invitation::delete_secret(self.ctx, &self.ra).await?;
         let now = Time(jiff::Timestamp::now());
-        self.write(&Conclusion::DeadlineExceeded, calls, |s| {
-            s.invitation_secret_name = None;
+        self.record_session_ended(&Conclusion::DeadlineExceeded, calls, |s| {
             s.deadline_exceeded_at = Some(now);
-            if let Some(a) = s.assistance.as_mut() {
-                a.status = Some(crate::workspace::STATUS_CLOSE.to_string());
-            }
         })
         .await?;
-        self.unpin_credentials().await?;
-        self.ctx.recall.forget_cancel(&self.uid());
-        self.let_go_of_desktop();
         Ok(Action::await_change())
     }
 
@@ -1025,14 +1016,28 @@ impl<'a> Step<'a> {
     /// secret parts go, the status says Cancelled, and the credentials pin goes when no other
     /// resource needs it.
     async fn record_cancelled(&mut self, calls: u32) -> Result<()> {
+        self.record_session_ended(&Conclusion::Cancelled, calls, |_| {})
+            .await
+    }
+
+    /// A cancel is confirmed, by spec or at the deadline (`conclusion`, `edit` for what only
+    /// that one records): polls stop, the session's secret parts go, the status records it, the
+    /// credentials pin goes when no other resource needs it, and the desktop is let go.
+    async fn record_session_ended(
+        &mut self,
+        conclusion: &Conclusion<'_>,
+        calls: u32,
+        edit: impl FnOnce(&mut RemoteAssistanceStatus),
+    ) -> Result<()> {
         self.ctx.observations.forget(&self.uid());
         invitation::delete_secret(self.ctx, &self.ra).await?;
-        self.write(&Conclusion::Cancelled, calls, |s| {
+        self.write(conclusion, calls, |s| {
             s.invitation_secret_name = None;
             // The cloud closes a cancelled session.
             if let Some(a) = s.assistance.as_mut() {
                 a.status = Some(crate::workspace::STATUS_CLOSE.to_string());
             }
+            edit(s);
         })
         .await?;
         self.unpin_credentials().await?;
