@@ -16,6 +16,8 @@ pub const FINALIZER: &str = "workspace.assist.dev/cancel";
 pub const SECRET_FINALIZER: &str = "workspace.assist.dev/credentials-in-use";
 /// Annotation (on the resource or its namespace) that sets the deletion policy: Cancel or Orphan.
 pub const DELETION_POLICY_ANNOTATION: &str = "workspace.assist.dev/deletion-policy";
+/// The prefix of every annotation the operator reads.
+pub const ANNOTATION_PREFIX: &str = "workspace.assist.dev/";
 /// Annotation that, when "true", stops every cloud call for the resource.
 pub const PAUSED_ANNOTATION: &str = "workspace.assist.dev/paused";
 /// Annotation whose every new value re-drives a stalled resource at once.

@@ -44,6 +44,8 @@ pub struct Metrics {
     past_deadline: Gauge,
     cancels: Family<Labels, Counter>,
     leader: Gauge,
+    waiting: Family<Labels, Gauge>,
+    breakers: Family<Labels, Gauge>,
     seen_codes: Mutex<HashSet<String>>,
 }
 
@@ -72,6 +74,8 @@ impl Metrics {
         let past_deadline = Gauge::default();
         let cancels = Family::<Labels, Counter>::default();
         let leader = Gauge::default();
+        let waiting = Family::<Labels, Gauge>::default();
+        let breakers = Family::<Labels, Gauge>::default();
         registry.register(
             "reconciles",
             "Reconciles by result and reason",
@@ -123,8 +127,20 @@ impl Metrics {
             "1 when this instance holds the leader lease",
             leader.clone(),
         );
+        registry.register(
+            "waiting",
+            "Reconciles waiting for a reconcile slot (queue=\"slots\") and calls waiting for the cloud budget (queue=\"cloud_budget\"), by urgency",
+            waiting.clone(),
+        );
+        registry.register(
+            "credential_breakers",
+            "Credentials the per-credential breakers track, by trust (trusted, untrusted)",
+            breakers.clone(),
+        );
         Metrics {
             registry,
+            waiting,
+            breakers,
             reconciles,
             reconcile_duration,
             cloud_requests,
@@ -207,6 +223,25 @@ impl Metrics {
     /// Counts a confirmed cancel by its cause: `spec`, `deletion` or `deadline`.
     pub fn cancelled(&self, cause: &'static str) {
         self.cancels.get_or_create(&vec![("cause", cause.into())]).inc();
+    }
+
+    /// Sets how many wait for each queue (`slots`, `cloud_budget`), by urgency
+    /// (`ends_access`, `routine`).
+    pub fn set_waiting(&self, queue: &'static str, ends_access: usize, routine: usize) {
+        for (urgency, count) in [("ends_access", ends_access), ("routine", routine)] {
+            self.waiting
+                .get_or_create(&vec![("queue", queue.into()), ("urgency", urgency.into())])
+                .set(count as i64);
+        }
+    }
+
+    /// Sets how many credentials the breakers track: trusted, and not (yet) trusted.
+    pub fn set_breakers(&self, trusted: usize, untrusted: usize) {
+        for (trust, count) in [("trusted", trusted), ("untrusted", untrusted)] {
+            self.breakers
+                .get_or_create(&vec![("trust", trust.into())])
+                .set(count as i64);
+        }
     }
 
     /// Records whether this instance leads.

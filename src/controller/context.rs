@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, RateLimiter};
+use governor::RateLimiter;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -20,6 +20,7 @@ use super::credentials::pins::PinReleases;
 use super::credentials::{cache as credential_cache, endpoints, index as secret_index, selector};
 use super::error::{Error, Result, StartError};
 use super::pacing::cloud_calls::cloud_quota;
+use super::pacing::fair::{Claimant, CloudBudget, Slots};
 use super::pacing::gate::{self, BackoffPolicy};
 use super::pacing::{polls, timers};
 use super::reconcile::{deadline, holders, invitation, recall};
@@ -133,7 +134,10 @@ pub struct Context {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     pub(crate) events: Arc<EventPublisher>,
-    limiter: DefaultDirectRateLimiter,
+    /// The overall cloud budget, handed out access-ending calls first, namespaces in turn.
+    budget: CloudBudget,
+    /// The reconcile slots (`concurrency`), handed out in the same order.
+    pub(crate) slots: Arc<Slots>,
     /// Confirmed cancels and own status writes the cache may not show yet (correctness).
     pub recall: recall::Recall,
     /// The credentials Secrets in use: latest version and pin, from the watch.
@@ -168,7 +172,11 @@ impl Context {
                 "workspace-assist",
                 &config.instance,
             )),
-            limiter: RateLimiter::direct(cloud_quota(config.cloud_rate_limit)),
+            budget: CloudBudget::new(RateLimiter::direct(cloud_quota(config.cloud_rate_limit))),
+            slots: Slots::new(match config.concurrency {
+                0 => usize::MAX,
+                n => usize::from(n),
+            }),
             client,
             cloud,
             config,
@@ -237,9 +245,17 @@ impl Context {
         self.pin_releases.send((namespace, name));
     }
 
-    /// Waits for the overall cloud rate limit.
-    pub async fn rate_limit(&self) {
-        self.limiter.until_ready().await;
+    /// How many wait for a reconcile slot and for the cloud budget, for the metrics.
+    pub fn report_waiting(&self) {
+        let (ends_access, routine) = self.slots.waiting();
+        self.metrics.set_waiting("slots", ends_access, routine);
+        let (ends_access, routine) = self.budget.waiting();
+        self.metrics.set_waiting("cloud_budget", ends_access, routine);
+    }
+
+    /// Waits for `claimant`'s turn in the overall cloud rate limit.
+    pub async fn rate_limit(&self, claimant: &Claimant) {
+        self.budget.take(claimant).await;
     }
 
     /// Every store of per-object state, once: the one list [`Context::forget`] and
@@ -277,12 +293,16 @@ impl Context {
         let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
             .get_opt(name)
             .await?;
-        if let Some(s) = &secret {
+        match &secret {
             // A Secret in use: the index follows it from here (the watch may not have said
             // anything about it yet).
-            let pinned = s.finalizers().iter().any(|f| f == SECRET_FINALIZER);
-            self.secret_index
-                .observe(&key, &s.resource_version().unwrap_or_default(), pinned);
+            Some(s) => {
+                let pinned = s.finalizers().iter().any(|f| f == SECRET_FINALIZER);
+                self.secret_index
+                    .observe(&key, &s.resource_version().unwrap_or_default(), pinned);
+            }
+            // Named but missing: its creation must re-drive the resources waiting for it.
+            None => self.secret_index.awaited(&key),
         }
         self.credentials.put(key, secret.as_ref());
         Ok(secret)

@@ -66,7 +66,10 @@ pub async fn run(
     Controller::for_stream(resources, store.clone())
         .reconcile_on(polls)
         .reconcile_on(timers)
-        .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
+        // Every reconcile that falls due starts and waits for its slot in `ctx.slots`
+        // (`--concurrency`), which hands slots out access-ending work first and namespaces in
+        // turn: kube's own bound would run them in the order they fell due (`pacing::fair`).
+        .with_config(controller::Config::default().concurrency(0))
         .watches_stream(secret_changes, move |secret| {
             secrets::on_secret(&mapper_ctx, &secret, &store)
         })
@@ -193,6 +196,10 @@ async fn keep_house(ctx: Arc<Context>, store: Store<RemoteAssistance>, telemetry
             crate::memory::release_free_memory();
         }
         report_resources(&store, &telemetry, ctx.config.stuck_deleting_after);
+        ctx.report_waiting();
+        ctx.credentials
+            .breakers
+            .prune_and_report(&ctx.metrics, std::time::Instant::now());
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }

@@ -39,6 +39,26 @@ impl SecretIndex {
             .is_none_or(|old| old.version != version)
     }
 
+    /// Whether the Secret is indexed: a reconcile read it, or looked for it and found none
+    /// ([`SecretIndex::awaited`]).
+    pub fn contains(&self, key: &SecretKey) -> bool {
+        self.seen.lock().expect("secret index").contains_key(key)
+    }
+
+    /// Records that a reconcile looked for a Secret that does not exist (yet): its creation
+    /// then re-drives the resources that name it, and counts as a new version.
+    pub fn awaited(&self, key: &SecretKey) {
+        let absent = Seen {
+            version: String::new(),
+            pinned: false,
+        };
+        self.seen
+            .lock()
+            .expect("secret index")
+            .entry(key.clone())
+            .or_insert(absent);
+    }
+
     /// Forgets a Secret (no resource uses it, or it is gone).
     pub fn forget(&self, key: &SecretKey) {
         self.seen.lock().expect("secret index").remove(key);

@@ -13,7 +13,10 @@
 //! - any other answer (a success, or a failure that is not about authentication) trusts it again.
 //!
 //! Invariant: for one key, at most one call is in flight while it is untested or tripped.
-//! Entries are pruned when unused for [`IDLE_PRUNE`].
+//! Memory is bounded: trusted entries are pruned when unused for [`IDLE_PRUNE`], tripped ones
+//! once their window is over and they went unused for another window, and at most
+//! [`MAX_UNTRUSTED`] are kept (each change of a Secret's data is a new key, so a loop of wrong
+//! keys would otherwise grow without end): the least recently used tripped entry makes room.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,8 +27,12 @@ use tokio::sync::Notify;
 
 use crate::workspace::{CloudError, Credentials, Disposition, HumanReason, Operation, PasswordLogin};
 
-/// An entry not used for this long is forgotten.
+/// A trusted entry not used for this long is forgotten.
 pub const IDLE_PRUNE: Duration = Duration::from_secs(3600);
+
+/// Most entries kept that are not trusted (tripped, or probing). Evicting a tripped entry early
+/// costs at most one more failed call with that key, if it is ever used again.
+pub const MAX_UNTRUSTED: usize = 1024;
 
 /// Names a credential without holding its secret: the access key ID (or a login's user) and a
 /// digest of the secret parts, so that a corrected secret is a new key.
@@ -122,11 +129,11 @@ impl Breakers {
     pub fn admit(&self, key: &CredentialKey, operation: Operation, now: Instant) -> Admission {
         let mut entries = self.entries.lock().expect("breakers");
         if entries.len() > 64 {
-            entries
-                .retain(|_, e| now.duration_since(e.used) < IDLE_PRUNE || !matches!(e.state, State::Trusted));
+            self.prune(&mut entries, now);
         }
         let Some(entry) = entries.get_mut(key) else {
             // First use: this call is the probe.
+            make_room_for_untrusted(&mut entries);
             let state = State::Probing {
                 done: Arc::new(Notify::new()),
                 after_failure: None,
@@ -213,6 +220,57 @@ impl Breakers {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.lock().expect("breakers").len()
+    }
+
+    /// Drops what is no longer needed (see the module's invariant) and reports how many
+    /// credentials are tracked, trusted and not.
+    pub fn prune_and_report(&self, metrics: &crate::telemetry::Metrics, now: Instant) {
+        let mut entries = self.entries.lock().expect("breakers");
+        self.prune(&mut entries, now);
+        let trusted = entries
+            .values()
+            .filter(|e| matches!(e.state, State::Trusted))
+            .count();
+        metrics.set_breakers(trusted, entries.len() - trusted);
+    }
+
+    fn prune(&self, entries: &mut HashMap<CredentialKey, Entry>, now: Instant) {
+        let window = self.window;
+        entries.retain(|_, e| {
+            let idle = now.saturating_duration_since(e.used);
+            match &e.state {
+                State::Trusted => idle < IDLE_PRUNE,
+                // Its window is over and nobody asked for it for another window: forgetting it
+                // only turns the next use (if any) into a first use, which probes once.
+                State::Tripped { until, .. } => now < *until || idle < window,
+                State::Probing { .. } => true,
+            }
+        });
+    }
+}
+
+/// Keeps the untrusted entries under [`MAX_UNTRUSTED`] before one more is added: the least
+/// recently used tripped entries go first (probes in flight stay; they are bounded by the
+/// calls in flight).
+fn make_room_for_untrusted(entries: &mut HashMap<CredentialKey, Entry>) {
+    let mut tripped: Vec<(Instant, CredentialKey)> = Vec::new();
+    let mut untrusted = 0;
+    for (key, entry) in entries.iter() {
+        match entry.state {
+            State::Trusted => {}
+            State::Tripped { .. } => {
+                untrusted += 1;
+                tripped.push((entry.used, key.clone()));
+            }
+            State::Probing { .. } => untrusted += 1,
+        }
+    }
+    if untrusted < MAX_UNTRUSTED {
+        return;
+    }
+    tripped.sort_unstable_by_key(|(used, _)| *used);
+    for (_, key) in tripped.into_iter().take(untrusted + 1 - MAX_UNTRUSTED) {
+        entries.remove(&key);
     }
 }
 
@@ -334,6 +392,50 @@ mod tests {
                 Admission::Go
             ),
             "a corrected secret is a new key"
+        );
+    }
+
+    #[test]
+    fn a_loop_of_wrong_keys_stays_bounded_and_ages_out() {
+        let b = Breakers::new(Duration::from_secs(300));
+        let t0 = Instant::now();
+        for i in 0..(MAX_UNTRUSTED + 500) {
+            let k = key(&format!("wrong-{i}"));
+            let at = t0 + Duration::from_millis(i as u64);
+            assert!(matches!(
+                b.admit(&k, Operation::CancelRemoteAssistance, at),
+                Admission::Go
+            ));
+            b.record(&k, Err(&unauthorized()), at);
+        }
+        assert_eq!(b.len(), MAX_UNTRUSTED, "at most MAX_UNTRUSTED untrusted entries");
+        let newest = key(&format!("wrong-{}", MAX_UNTRUSTED + 499));
+        assert!(
+            matches!(
+                b.admit(
+                    &newest,
+                    Operation::CancelRemoteAssistance,
+                    t0 + Duration::from_secs(2)
+                ),
+                Admission::Withhold(_)
+            ),
+            "the most recent wrong key is still held back"
+        );
+        let metrics = crate::telemetry::Metrics::new();
+        b.prune_and_report(&metrics, t0 + Duration::from_secs(299));
+        assert_eq!(b.len(), MAX_UNTRUSTED, "nothing ages out within its window");
+        b.prune_and_report(&metrics, t0 + Duration::from_secs(603));
+        assert_eq!(
+            b.len(),
+            0,
+            "tripped entries unused for a window after theirs are forgotten"
+        );
+        assert!(
+            metrics
+                .render()
+                .contains("workspace_assist_credential_breakers{trust=\"untrusted\"} 0"),
+            "{}",
+            metrics.render()
         );
     }
 

@@ -12,6 +12,7 @@ use crate::workspace::{
 
 use crate::controller::Context;
 use crate::controller::pacing::breaker::{Admission, CredentialKey};
+use crate::controller::pacing::fair::Claimant;
 
 /// Longest a call waits for another call's probe of the same credentials before asking again.
 const PROBE_WAIT: Duration = Duration::from_secs(1);
@@ -59,10 +60,12 @@ fn says_expired(error: &CloudError, not_found_codes: &[String]) -> bool {
     }
 }
 
-/// Makes one cloud call with `credentials`, waiting for the rate limit. With a password
-/// login, a token the API rejects as expired is renewed and the call made once more.
+/// Makes one cloud call with `credentials`, waiting for `claimant`'s turn in the rate limit
+/// (a cancel goes ahead of other calls). With a password login, a token the API rejects as
+/// expired is renewed and the call made once more.
 pub(crate) async fn call<T, F, Fut>(
     ctx: &Context,
+    claimant: &Claimant,
     operation: Operation,
     credentials: &CallCredentials,
     call: F,
@@ -71,10 +74,12 @@ where
     F: Fn(Credentials) -> Fut,
     Fut: Future<Output = Result<Answer<T>, CloudError>>,
 {
+    let claimant = claimant.for_call(operation == Operation::CancelRemoteAssistance);
+    let claimant = &claimant;
     let measured = |c: Credentials| {
         let fut = call(c);
         async move {
-            ctx.rate_limit().await;
+            ctx.rate_limit(claimant).await;
             // The leader fence: no call starts without a proof of leadership, and a call in
             // flight is cut when the proof runs out (another leader may act after that).
             let remaining = ctx.config.fence.remaining();

@@ -5,6 +5,12 @@
 //!
 //! Watch events alone must not drive cloud calls: the operator's own status writes markers
 //! reconciles too, and without this gate every failed call would be retried at once.
+//!
+//! Early re-drives are paced too ([`BackoffPolicy::early_spacing`]): the first change after a
+//! failure goes at once (a person fixing something sees it tried), each further one only after
+//! a spacing that doubles, so an object whose spec, annotations or Secret change every second
+//! makes at most the calls its backoff allows. A change towards ending access (a deletion, a
+//! spec cancel, a deadline that passed) always goes at once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,6 +28,9 @@ pub struct ChangeMarkers {
     pub retry_token: Option<String>,
     /// Whether the paused annotation is set.
     pub paused: bool,
+    /// Whether the object asks for its access to end (a deletion, `spec.cancelled`, a deadline
+    /// that passed): such a change opens the gate at once.
+    pub ends_access: bool,
 }
 
 impl ChangeMarkers {
@@ -33,6 +42,7 @@ impl ChangeMarkers {
             deleting: ra.metadata.deletion_timestamp.is_some(),
             retry_token: ra.annotations().get(crate::resource::RETRY_ANNOTATION).cloned(),
             paused,
+            ends_access: super::fair::ends_access(ra, jiff::Timestamp::now()),
         }
     }
 }
@@ -69,6 +79,16 @@ impl BackoffPolicy {
         let full = self.base.saturating_mul(1u32 << exp).min(self.max);
         full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
     }
+
+    /// How long after a failed attempt a change of the object (or its Secret) may re-drive it,
+    /// when `early` changes re-drove it since its last success: at once for the first, then
+    /// `base`, doubling, at most `max`.
+    pub fn early_spacing(&self, early: u32) -> Duration {
+        match early {
+            0 => Duration::ZERO,
+            n => self.base.saturating_mul(1u32 << (n - 1).min(30)).min(self.max),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +100,10 @@ struct Entry {
     credentials: Option<u64>,
     /// The watch saw the credentials Secret change since (its data may not have).
     secret_changed: bool,
+    /// Attempts re-driven early by a change since the last success.
+    early: u32,
+    /// When a change may re-drive the next attempt early ([`BackoffPolicy::early_spacing`]).
+    early_from: Instant,
 }
 
 /// What the gate says about a cloud call now.
@@ -113,10 +137,19 @@ impl Gates {
         let Some(entry) = entries.get(uid) else {
             return Gate::Open;
         };
-        if &entry.markers != markers || now >= entry.not_before {
+        if now >= entry.not_before || (markers.ends_access && !entry.markers.ends_access) {
             return Gate::Open;
         }
         let wait = entry.not_before - now;
+        if &entry.markers != markers || entry.secret_changed {
+            // A change may re-drive early, once its spacing has passed.
+            if now < entry.early_from {
+                return Gate::Closed(wait.min(entry.early_from - now));
+            }
+            if &entry.markers != markers {
+                return Gate::Open;
+            }
+        }
         if entry.secret_changed {
             return Gate::SecretChanged {
                 wait,
@@ -138,10 +171,13 @@ impl Gates {
         now: Instant,
     ) -> Duration {
         let mut entries = self.entries.lock().expect("gates");
-        let failures = entries.get(uid).map_or(0, |e| e.failures) + 1;
+        let previous = entries.get(uid);
+        let failures = previous.map_or(0, |e| e.failures) + 1;
         // A Secret change seen while the attempt ran still counts: its reconcile comes after
         // this one and must compare the data.
-        let secret_changed = entries.get(uid).is_some_and(|e| e.secret_changed);
+        let secret_changed = previous.is_some_and(|e| e.secret_changed);
+        // This attempt came early if it ran before its backoff was over (a change re-drove it).
+        let early = previous.map_or(0, |e| e.early + u32::from(now < e.not_before));
         let delay = if needs_human {
             policy.needs_human_recheck
         } else {
@@ -155,6 +191,8 @@ impl Gates {
                 markers,
                 credentials,
                 secret_changed,
+                early,
+                early_from: now + policy.early_spacing(early),
             },
         );
         delay
@@ -174,12 +212,15 @@ impl Gates {
         match entries.get_mut(uid) {
             Some(e) => e.secret_changed = true,
             None => {
+                let now = Instant::now();
                 let open = Entry {
                     failures: 0,
-                    not_before: Instant::now(),
+                    not_before: now,
                     markers: ChangeMarkers::default(),
                     credentials: None,
                     secret_changed: true,
+                    early: 0,
+                    early_from: now,
                 };
                 entries.insert(uid.to_string(), open);
             }
@@ -248,6 +289,7 @@ mod tests {
             deleting: true,
             retry_token: None,
             paused: false,
+            ends_access: true,
         };
         assert_eq!(g.check("u", &trig, t0), Gate::Open, "no failure yet");
         let d = g.failed("u", trig.clone(), Some(7), false, &p, t0);
@@ -275,16 +317,21 @@ mod tests {
         assert_eq!(d, p.needs_human_recheck);
         assert_eq!(g.failures("u"), 2);
         g.secret_changed("u");
+        let spaced = t0 + p.early_spacing(1);
         assert_eq!(
-            g.check("u", &trig, t0),
+            g.check("u", &trig, spaced),
             Gate::SecretChanged {
-                wait: d,
+                wait: d - p.early_spacing(1),
                 recorded: Some(7)
             },
             "the caller compares the data"
         );
         g.secret_unchanged("u");
-        assert_eq!(g.check("u", &trig, t0), Gate::Closed(d), "same data: still held");
+        assert_eq!(
+            g.check("u", &trig, spaced),
+            Gate::Closed(d - p.early_spacing(1)),
+            "same data: still held"
+        );
         g.succeeded("u");
         assert_eq!(g.failures("u"), 0);
 
@@ -295,7 +342,7 @@ mod tests {
         g.failed("u", trig.clone(), Some(7), true, &p, t0);
         assert!(
             matches!(
-                g.check("u", &trig, t0),
+                g.check("u", &trig, t0 + p.early_spacing(1)),
                 Gate::SecretChanged {
                     recorded: Some(7),
                     ..
@@ -314,7 +361,7 @@ mod tests {
         );
         g.failed("first", trig.clone(), Some(7), true, &p, t0);
         assert!(matches!(
-            g.check("first", &trig, t0),
+            g.check("first", &trig, t0 + p.early_spacing(1)),
             Gate::SecretChanged {
                 recorded: Some(7),
                 ..
@@ -331,5 +378,40 @@ mod tests {
             (0, 1),
             "entries of objects that are gone are swept"
         );
+    }
+
+    #[test]
+    fn churn_re_drives_at_once_once_then_at_doubling_spacing() {
+        let g = Gates::default();
+        let p = BackoffPolicy {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            needs_human_recheck: Duration::from_secs(300),
+        };
+        let t0 = Instant::now();
+        let markers = |token: u64| ChangeMarkers {
+            generation: Some(1),
+            retry_token: Some(token.to_string()),
+            ..ChangeMarkers::default()
+        };
+        // A Stalled object whose retry annotation changes every 100 ms for 60 s: every attempt
+        // fails and needs a person.
+        let mut attempts = Vec::new();
+        for tick in 0..600u64 {
+            let now = t0 + Duration::from_millis(100 * tick);
+            if g.check("u", &markers(tick), now) == Gate::Open {
+                attempts.push(tick);
+                g.failed("u", markers(tick), None, true, &p, now);
+            }
+        }
+        // At 0, then 1 s, 2 s, 4 s, 8 s, 16 s after each previous attempt: 0, 1, 3, 7, 15, 31 s.
+        assert_eq!(attempts, [0, 1, 11, 31, 71, 151, 311], "ticks of 100 ms");
+        // A deletion is never held back by the pacing of changes.
+        let deleting = ChangeMarkers {
+            deleting: true,
+            ends_access: true,
+            ..markers(600)
+        };
+        assert_eq!(g.check("u", &deleting, t0 + Duration::from_secs(60)), Gate::Open);
     }
 }

@@ -34,6 +34,7 @@ use crate::controller::credentials::pins::{self, may_need_cancel};
 use crate::controller::credentials::secret::{self, CredentialsError, SecretCredentials};
 use crate::controller::error::{Error, Result};
 use crate::controller::pacing::cloud_calls::{self, CallCredentials};
+use crate::controller::pacing::fair::Claimant;
 use crate::controller::pacing::gate::{API_RETRY_MAX, BackoffPolicy, ChangeMarkers, Gate};
 use crate::controller::reconcile::holders::{DesktopKey, Holder};
 use crate::controller::report::events::EventType;
@@ -56,10 +57,27 @@ pub struct Failure {
 pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<Action, Failure> {
     let started = Instant::now();
     let markers = ChangeMarkers::of(&ra, is_paused(&ra));
-    if let Some((wait, result, reason)) = wait_for_gate(&ra, &ctx, &markers).await {
+    // Boxed, like the work in the slot below: a reconcile waiting for its turn keeps only a few
+    // pointers (every object that falls due has one waiting, see `pacing::fair`).
+    if let Some((wait, result, reason)) = Box::pin(wait_for_gate(&ra, &ctx, &markers)).await {
         ctx.metrics.reconciled(result, reason, started.elapsed());
         return Ok(Action::requeue(wait));
     }
+    // A reconcile slot, in turn: access-ending work first, then one namespace after another.
+    let _slot = ctx
+        .slots
+        .acquire(&Claimant::of(&ra, jiff::Timestamp::now()))
+        .await;
+    Box::pin(reconcile_in_slot(ra, ctx, markers, started)).await
+}
+
+/// The reconcile past its gate, in its slot.
+async fn reconcile_in_slot(
+    ra: Arc<RemoteAssistance>,
+    ctx: Arc<Context>,
+    markers: ChangeMarkers,
+    started: Instant,
+) -> Result<Action, Failure> {
     // The credentials this attempt uses, as they are before it: read after a failure, the Secret
     // may already hold new data, and a failure recorded against the new data would wait out
     // the whole backoff instead of trying the new credentials.
@@ -273,6 +291,8 @@ struct Step<'a> {
     /// The status as the API server has it: what a write compares with (the step's working
     /// copy in `ra` may hold facts not written yet, such as a session just created).
     stored: Option<RemoteAssistanceStatus>,
+    /// Whose turn this step's cloud calls wait for (`pacing::fair`).
+    claimant: Claimant,
 }
 
 /// status.credentialsSource of credentials from the Secret the resource names.
@@ -290,6 +310,7 @@ impl<'a> Step<'a> {
             reported: false,
             credentials_source: None,
             stored: ra.status.clone(),
+            claimant: Claimant::of(ra, jiff::Timestamp::now()),
         }
     }
 
@@ -414,9 +435,13 @@ impl<'a> Step<'a> {
             return Ok(Action::await_change());
         }
         let ctx = self.ctx;
-        let created = match cloud_calls::call(ctx, Operation::CreateRemoteAssistance, creds, |c| async move {
-            ctx.cloud.create(target, &c).await
-        })
+        let created = match cloud_calls::call(
+            ctx,
+            &self.claimant,
+            Operation::CreateRemoteAssistance,
+            creds,
+            |c| async move { ctx.cloud.create(target, &c).await },
+        )
         .await
         {
             Ok(answer) => answer,
@@ -844,6 +869,7 @@ impl<'a> Step<'a> {
         let ctx = self.ctx;
         match cloud_calls::call(
             ctx,
+            &self.claimant,
             Operation::ShowDesktopRemoteAssistanceInfo,
             creds,
             |c| async move { ctx.cloud.show(target, &c).await },
@@ -865,9 +891,13 @@ impl<'a> Step<'a> {
     /// configured): [`release::after_cancel`].
     async fn cancel(&self, target: &Target, creds: &CallCredentials) -> Result<Evidence> {
         let ctx = self.ctx;
-        let result = cloud_calls::call(ctx, Operation::CancelRemoteAssistance, creds, |c| async move {
-            ctx.cloud.cancel(target, &c).await
-        })
+        let result = cloud_calls::call(
+            ctx,
+            &self.claimant,
+            Operation::CancelRemoteAssistance,
+            creds,
+            |c| async move { ctx.cloud.cancel(target, &c).await },
+        )
         .await;
         let error = match result {
             Ok(answer) => {

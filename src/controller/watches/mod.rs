@@ -16,6 +16,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
+use sha2::Digest;
 use tracing::{info, warn};
 
 use super::context::Context;
@@ -37,8 +38,7 @@ where
 }
 
 /// The watch of RemoteAssistances feeding the controller's cache, driven by its own task. The
-/// cache keeps only what reconciles read: managed fields and the last-applied annotation (a
-/// copy of the whole object) are dropped as objects arrive.
+/// cache keeps only what reconciles read ([`keep_what_reconciles_read`]).
 pub(crate) fn watch_resources(
     ctx: &Context,
     streaming: bool,
@@ -54,17 +54,34 @@ pub(crate) fn watch_resources(
         config = config.labels(selector);
     }
     let resources = watch_with(api, config, streaming, "RemoteAssistance")
-        .modify(|ra: &mut RemoteAssistance| {
-            ra.managed_fields_mut().clear();
-            ra.annotations_mut()
-                .remove("kubectl.kubernetes.io/last-applied-configuration");
-        })
+        .modify(keep_what_reconciles_read)
         .reflect(writer);
     let (stream, task) = relay(
         after_lists::applied_after_lists(resources, store.clone()),
         "RemoteAssistance",
     );
     (stream, store, task)
+}
+
+/// The operator's own annotations (`workspace.assist.dev/…`) longer than this are kept as a
+/// digest: reconciles only compare them (the retry token) or expect short values.
+const MAX_KEPT_ANNOTATION: usize = 256;
+
+/// Drops what no reconcile reads, as objects arrive in the cache, so that one object's size in
+/// memory is bounded by the CRD's schema rather than by what a user puts in its metadata: the
+/// managed fields, the labels (the label selector is the API server's), and every annotation
+/// but the operator's own (a 256 KiB annotation on each of 500 objects otherwise takes more than
+/// the Deployment's memory limit). Finalizers stay: the finalizer patch tests the whole list.
+pub(crate) fn keep_what_reconciles_read(ra: &mut RemoteAssistance) {
+    ra.managed_fields_mut().clear();
+    ra.labels_mut().clear();
+    ra.annotations_mut()
+        .retain(|key, _| key.starts_with(crate::resource::ANNOTATION_PREFIX));
+    for value in ra.annotations_mut().values_mut() {
+        if value.len() > MAX_KEPT_ANNOTATION {
+            *value = format!("sha256:{}", hex::encode(sha2::Sha256::digest(value.as_bytes())));
+        }
+    }
 }
 
 /// The watch of Secrets, which only triggers reconciles: their metadata (name, resourceVersion,
@@ -207,6 +224,40 @@ pub(crate) fn redrive_namespace(ctx: &Context, namespace: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_keeps_only_the_operators_own_annotations_and_bounds_them() {
+        use crate::resource::{PAUSED_ANNOTATION, RETRY_ANNOTATION};
+        let mut ra = crate::resource::sample("r");
+        let big = "x".repeat(256 * 1024);
+        ra.annotations_mut().extend([
+            ("example.com/notes".to_string(), big.clone()),
+            (
+                "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                big.clone(),
+            ),
+            (PAUSED_ANNOTATION.to_string(), "true".to_string()),
+            (RETRY_ANNOTATION.to_string(), big.clone()),
+        ]);
+        ra.labels_mut().insert("team".into(), "help-desk".into());
+        ra.finalizers_mut().push("example.com/other".into());
+        let mut changed = ra.clone();
+        changed
+            .annotations_mut()
+            .insert(RETRY_ANNOTATION.to_string(), format!("{big}y"));
+        keep_what_reconciles_read(&mut ra);
+        keep_what_reconciles_read(&mut changed);
+        let kept = serde_json::to_vec(&ra).unwrap().len();
+        assert!(kept < 1024, "{kept} bytes kept of a 768 KiB object");
+        assert_eq!(ra.annotations()[PAUSED_ANNOTATION], "true");
+        assert!(ra.labels().is_empty());
+        assert_eq!(ra.finalizers(), ["example.com/other"], "finalizers stay whole");
+        assert_ne!(
+            ra.annotations()[RETRY_ANNOTATION],
+            changed.annotations()[RETRY_ANNOTATION],
+            "a long retry token is kept as a digest, so that its changes still show"
+        );
+    }
 
     #[test]
     fn watches_retry_within_seconds() {

@@ -1,6 +1,7 @@
 //! What a change of a credentials Secret (as the metadata watch reports it) asks for: the
-//! resources that use it, reconciled at once when its version changed. Unused Secrets are not
-//! indexed, and a pinned Secret being deleted is handed to the task that releases pins.
+//! resources that use it, reconciled at once when its version changed. Only Secrets in the index
+//! (read, or looked for, by a reconcile) are looked up among the resources; a pinned Secret being
+//! deleted is handed to the task that releases pins.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -29,6 +30,12 @@ pub(crate) fn on_secret(
     }
     let key = (ns.clone(), name.clone());
     let is_default = ctx.config.default_credentials.as_ref() == Some(&key);
+    if !is_default && !ctx.secret_index.contains(&key) {
+        // No reconcile has read (or looked for) this Secret: no resource waits on it, and a
+        // resource that names it later reads it then. The index first: most Secrets of a
+        // cluster are not credentials, and looking for their users would scan every object.
+        return vec![];
+    }
     let users = store.state_filter(|ra| match &ra.spec.credentials_secret_ref {
         Some(r) => r.name == name && ra.namespace().as_deref() == Some(ns.as_str()),
         None => is_default,
