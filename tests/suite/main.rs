@@ -29,6 +29,7 @@ mod operator;
 mod pacing;
 mod rbac;
 mod session_binding;
+mod tenants;
 mod time_boxed;
 mod tls;
 mod trust;
