@@ -1379,3 +1379,21 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod waiting_cost {
+    /// Every reconcile that falls due waits for its slot as a future (`pacing::fair`): with
+    /// 100,000 resources at start-up, its size is what waiting costs.
+    #[test]
+    fn a_reconcile_waiting_for_its_slot_is_small() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _runtime = rt.enter();
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let ctx = crate::controller::context::Context::new(client, Default::default(), Default::default());
+        let ra = std::sync::Arc::new(crate::resource::sample("x"));
+        let waiting = super::reconcile(ra, std::sync::Arc::new(ctx.unwrap()));
+        let size = std::mem::size_of_val(&waiting);
+        assert!(size <= 1024, "a waiting reconcile takes {size} bytes");
+    }
+}
