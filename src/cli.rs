@@ -61,6 +61,15 @@ pub struct BenchArgs {
     /// How long the API server is away in the outage scenario (0s skips it).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub outage: Duration,
+    /// Churning resources of the noisy namespace in the noisy-neighbour scenario (0 skips it).
+    #[arg(long, default_value_t = 2_000)]
+    pub noisy_resources: usize,
+    /// Deletions, and as many deadlines, of the quiet namespace in the noisy-neighbour scenario.
+    #[arg(long, default_value_t = 200)]
+    pub quiet_resources: usize,
+    /// Bytes of foreign annotations on each noisy resource (the API server allows 256 KiB in all).
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub noisy_annotation_bytes: usize,
     /// Where to build the control-plane harness (default: control-plane/ in Cargo's target
     /// directory).
     #[arg(long)]

@@ -20,6 +20,9 @@ async fn small_latency_and_drain_runs() {
         idle_window: Duration::ZERO,
         concurrency: 16,
         outage: Duration::ZERO,
+        noisy_resources: 0,
+        quiet_resources: 0,
+        noisy_annotation_bytes: 0,
     };
     let rows = run(options).await.expect("the benchmark runs");
     let drain = rows

@@ -17,6 +17,8 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+mod noisy;
+
 use super::control_plane::{ControlPlane, Harness};
 use crate::controller::report::events::{EventPublisher, EventType, Note};
 use crate::resource::{Phase, RemoteAssistance};
@@ -56,6 +58,12 @@ pub struct BenchOptions {
     pub concurrency: u16,
     /// How long the API server is away in the outage scenario (zero skips it).
     pub outage: Duration,
+    /// Churning resources of the noisy namespace in scenario 9 (0 skips it).
+    pub noisy_resources: usize,
+    /// Deletions, and deadlines, of the quiet namespace in scenario 9.
+    pub quiet_resources: usize,
+    /// Bytes of foreign annotations on each noisy resource in scenario 9.
+    pub noisy_annotation_bytes: usize,
 }
 
 /// One row of the result table.
@@ -409,6 +417,9 @@ impl Bench {
         }
         if o.large > 0 {
             rows.push(deadline_queue_idle(o.large));
+        }
+        if o.noisy_resources > 0 {
+            rows.extend(self.noisy_neighbour().await?);
         }
         Ok(rows)
     }

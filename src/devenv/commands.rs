@@ -39,6 +39,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         idle_window: args.idle_window,
         concurrency: args.concurrency,
         outage: args.outage,
+        noisy_resources: args.noisy_resources,
+        quiet_resources: args.quiet_resources,
+        noisy_annotation_bytes: args.noisy_annotation_bytes,
     };
     crate::devenv::bench::run(options).await.map(|_| ())
 }
