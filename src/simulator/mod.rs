@@ -141,7 +141,7 @@ struct State {
     sessions: HashMap<(String, String), Session>,
     missing_desktops: std::collections::HashSet<(String, String)>,
     sent_cancels: Vec<SentCancel>,
-    in_flight: HashMap<Operation, usize>,
+    in_flight: HashMap<(Operation, String), usize>,
     rules: Vec<FaultRule>,
     random_faults: Option<(f64, Vec<Fault>)>,
     latency: Duration,
@@ -411,7 +411,23 @@ impl Simulator {
 
     /// How many requests of `operation` have arrived and not been answered yet.
     pub fn in_flight(&self, operation: Operation) -> usize {
-        self.with(|s| s.in_flight.get(&operation).copied().unwrap_or(0))
+        self.with(|s| {
+            s.in_flight
+                .iter()
+                .filter(|((op, _), _)| *op == operation)
+                .map(|(_, n)| n)
+                .sum()
+        })
+    }
+
+    /// How many requests of `operation` for `desktop_id` have arrived and not been answered yet.
+    pub fn in_flight_on(&self, operation: Operation, desktop_id: &str) -> usize {
+        self.with(|s| {
+            s.in_flight
+                .get(&(operation, desktop_id.to_string()))
+                .copied()
+                .unwrap_or(0)
+        })
     }
 
     /// Every IAM token the simulator issued or was given (to scan for leaks).
@@ -474,15 +490,16 @@ impl Drop for Simulator {
 /// Counts a request as in flight until it is answered (or its connection is gone).
 struct InFlight {
     state: Arc<Mutex<State>>,
-    operation: Operation,
+    key: (Operation, String),
 }
 
 impl InFlight {
-    fn enter(state: &Arc<Mutex<State>>, operation: Operation) -> InFlight {
-        *state.lock().unwrap().in_flight.entry(operation).or_default() += 1;
+    fn enter(state: &Arc<Mutex<State>>, operation: Operation, desktop_id: &str) -> InFlight {
+        let key = (operation, desktop_id.to_string());
+        *state.lock().unwrap().in_flight.entry(key.clone()).or_default() += 1;
         InFlight {
             state: state.clone(),
-            operation,
+            key,
         }
     }
 }
@@ -490,7 +507,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Ok(mut s) = self.state.lock()
-            && let Some(n) = s.in_flight.get_mut(&self.operation)
+            && let Some(n) = s.in_flight.get_mut(&self.key)
         {
             *n = n.saturating_sub(1);
         }
@@ -535,7 +552,7 @@ async fn handle(
     };
 
     let latency = state.lock().unwrap().latency;
-    let _in_flight = operation.map(|op| InFlight::enter(&state, op));
+    let _in_flight = operation.map(|op| InFlight::enter(&state, op, &desktop_id));
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }

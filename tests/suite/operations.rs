@@ -385,8 +385,19 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_acts() {
     // resources are deleted meanwhile (only the new leader can see that).
     let latency = Duration::from_millis(1500);
     w.sim.set_latency(latency);
-    support::operator::eventually(T, "calls in flight", || async {
-        w.sim.in_flight(Operation::ShowDesktopRemoteAssistanceInfo) > 0
+    // And one desktop (kept) whose Shows take longer than a proof of leadership lasts (the
+    // lease's 4 s less 1 s): the leader's Show of it is in flight at the cut, and still in
+    // flight when the proof runs out, whatever the machine's load.
+    let (slow, slower) = (&names[5], Duration::from_secs(8));
+    w.sim.inject(FaultRule::new(
+        slow,
+        Operation::ShowDesktopRemoteAssistanceInfo,
+        vec![Fault::Delay(slower); 100],
+    ));
+    support::operator::eventually(T, "the slow desktop's Show in flight", || async {
+        w.sim
+            .in_flight_on(Operation::ShowDesktopRemoteAssistanceInfo, slow)
+            > 0
     })
     .await;
     proxy.cut();

@@ -63,9 +63,11 @@ impl Bench {
         let rss_without = rss_bytes(op.child.id());
         progress(&format!("   N: {bytes} bytes of annotations on each"));
         let notes = "n".repeat(bytes);
-        self.patch_all(&noisy_ns, &noisy_names, |_| {
-            json!({ "metadata": { "annotations": { "example.com/notes": notes } } })
-        })
+        self.patch_all(
+            &noisy_ns,
+            &noisy_names,
+            |_| json!({ "metadata": { "annotations": { "example.com/notes": notes } } }),
+        )
         .await?;
         tokio::time::sleep(STEADY_AFTER).await;
         let rss_with = rss_bytes(op.child.id());
@@ -213,7 +215,14 @@ impl Bench {
         let active = |ra: &RemoteAssistance| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active);
         watched
             .wait(
-                |store| store.state().iter().filter(|ra| in_round(ra) && active(ra)).count() >= 2 * n,
+                |store| {
+                    store
+                        .state()
+                        .iter()
+                        .filter(|ra| in_round(ra) && active(ra))
+                        .count()
+                        >= 2 * n
+                },
                 Duration::from_secs(1800),
             )
             .await?;
@@ -238,7 +247,14 @@ impl Bench {
             |ra: &RemoteAssistance| ra.status.as_ref().and_then(|s| s.phase) == Some(Phase::Cancelled);
         watched
             .wait(
-                |store| store.state().iter().filter(|ra| in_round(ra) && cancelled(ra)).count() >= n,
+                |store| {
+                    store
+                        .state()
+                        .iter()
+                        .filter(|ra| in_round(ra) && cancelled(ra))
+                        .count()
+                        >= n
+                },
                 Duration::from_secs(1800),
             )
             .await?;
@@ -251,7 +267,12 @@ impl Bench {
             .map(|r| (r.desktop_id, r.at))
             .collect();
         let mut lateness = Vec::new();
-        for ra in watched.store.state().iter().filter(|ra| boxed.contains(&ra.name_any())) {
+        for ra in watched
+            .store
+            .state()
+            .iter()
+            .filter(|ra| boxed.contains(&ra.name_any()))
+        {
             let expires = ra
                 .status
                 .as_ref()
@@ -279,13 +300,21 @@ impl Bench {
         futures::stream::iter(&boxed)
             .map(|name| {
                 let api = api.clone();
-                async move { api.delete(name, &DeleteParams::default()).await.map(|_| ()).map_err(e) }
+                async move {
+                    api.delete(name, &DeleteParams::default())
+                        .await
+                        .map(|_| ())
+                        .map_err(e)
+                }
             })
             .buffer_unordered(32)
             .try_collect::<Vec<_>>()
             .await?;
         watched
-            .wait(|store| !store.state().iter().any(|ra| in_round(ra)), Duration::from_secs(1800))
+            .wait(
+                |store| !store.state().iter().any(|ra| in_round(ra)),
+                Duration::from_secs(1800),
+            )
             .await?;
         Ok(QuietRound { deletions, lateness })
     }
