@@ -75,6 +75,16 @@ impl Bench {
         progress("   N: churning (each resource's retry annotation rewritten, round the clock)");
         let churn = Churn::start(self.client.clone(), noisy_ns.clone(), noisy_names.clone());
         let crowded = self.quiet_round(&quiet_ns, &run, "crowded", quiet).await?;
+        // The control: the same churn on resources the operator no longer selects, so that
+        // what is left is the API server's (and the machine's) share of the slowdown.
+        progress("   N: relabelled out of the operator's selector, still churning");
+        self.patch_all(
+            &noisy_ns,
+            &noisy_names,
+            |_| json!({ "metadata": { "labels": { "bench-run": "elsewhere" } } }),
+        )
+        .await?;
+        let unseen = self.quiet_round(&quiet_ns, &run, "unseen", quiet).await?;
         let (patches, churned_for) = churn.stop().await;
         drop(op);
 
@@ -88,6 +98,16 @@ impl Bench {
             rows.push(percentile_row(
                 &format!("9. Q's delete → gone, {label} ({quiet} deleted 20/s), with N vs alone{churn_text}"),
                 &crowded.deletions,
+                &alone.deletions,
+                q,
+            ));
+        }
+        for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+            rows.push(percentile_row(
+                &format!(
+                    "9. Q's delete → gone, {label}, with N churning outside the operator's selector vs alone (the API server's share)"
+                ),
+                &unseen.deletions,
                 &alone.deletions,
                 q,
             ));
@@ -226,6 +246,14 @@ impl Bench {
                 Duration::from_secs(1800),
             )
             .await?;
+        // The deadlines as status gives them while the sessions are held (a cancel clears them).
+        let deadlines: HashMap<String, jiff::Timestamp> = watched
+            .store
+            .state()
+            .iter()
+            .filter(|ra| boxed.contains(&ra.name_any()))
+            .filter_map(|ra| Some((ra.name_any(), ra.status.as_ref()?.expires_at.as_ref()?.0)))
+            .collect();
 
         // The deletions, 20 a second.
         let mut sent = HashMap::new();
@@ -267,21 +295,13 @@ impl Bench {
             .map(|r| (r.desktop_id, r.at))
             .collect();
         let mut lateness = Vec::new();
-        for ra in watched
-            .store
-            .state()
-            .iter()
-            .filter(|ra| boxed.contains(&ra.name_any()))
-        {
-            let expires = ra
-                .status
-                .as_ref()
-                .and_then(|s| s.expires_at.as_ref())
-                .map(|t| t.0)
-                .ok_or_else(|| anyhow::anyhow!("{} has no expiresAt", ra.name_any()))?;
+        for name in &boxed {
+            let expires = *deadlines
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("{name} had no expiresAt while Active"))?;
             let cancel = cancels
-                .get(&format!("{ns}-{}", ra.name_any()))
-                .ok_or_else(|| anyhow::anyhow!("no cancel seen for {}", ra.name_any()))?;
+                .get(&format!("{ns}-{name}"))
+                .ok_or_else(|| anyhow::anyhow!("no cancel seen for {name}"))?;
             // The cancel's wall-clock time, from the simulator's monotonic one.
             let ago = now_instant.duration_since(*cancel);
             let at = now_wall - jiff::SignedDuration::try_from(ago)?;
