@@ -167,23 +167,14 @@ impl Bench {
         max_duration: Option<&str>,
     ) -> anyhow::Result<()> {
         let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), ns);
-        futures::stream::iter(names)
-            .map(|name| {
-                let api = api.clone();
-                let mut ra = self.manifest(name, &format!("{ns}-{name}"), None);
-                ra.labels_mut().insert("bench-run".into(), run.into());
-                ra.spec.max_duration = max_duration.map(str::to_string);
-                async move {
-                    api.create(&PostParams::default(), &ra)
-                        .await
-                        .map(|_| ())
-                        .map_err(e)
-                }
-            })
-            .buffer_unordered(32)
-            .try_collect::<Vec<_>>()
-            .await?;
-        Ok(())
+        each(names, |name| {
+            let api = api.clone();
+            let mut ra = self.manifest(name, &format!("{ns}-{name}"), None);
+            ra.labels_mut().insert("bench-run".into(), run.into());
+            ra.spec.max_duration = max_duration.map(str::to_string);
+            async move { api.create(&PostParams::default(), &ra).await.map(|_| ()) }
+        })
+        .await
     }
 
     async fn patch_all(
@@ -193,20 +184,15 @@ impl Bench {
         patch: impl Fn(&str) -> serde_json::Value,
     ) -> anyhow::Result<()> {
         let api: Api<RemoteAssistance> = Api::namespaced(self.client.clone(), ns);
-        futures::stream::iter(names)
-            .map(|name| {
-                let (api, body) = (api.clone(), patch(name));
-                async move {
-                    api.patch(name, &PatchParams::default(), &Patch::Merge(body))
-                        .await
-                        .map(|_| ())
-                        .map_err(e)
-                }
-            })
-            .buffer_unordered(32)
-            .try_collect::<Vec<_>>()
-            .await?;
-        Ok(())
+        each(names, |name| {
+            let (api, body) = (api.clone(), patch(name));
+            async move {
+                api.patch(name, &PatchParams::default(), &Patch::Merge(body))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await
     }
 
     /// One round of Q: `n` resources to delete and `n` time-boxed ones, all Active; then the
@@ -317,19 +303,11 @@ impl Bench {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         watch.abort();
-        futures::stream::iter(&boxed)
-            .map(|name| {
-                let api = api.clone();
-                async move {
-                    api.delete(name, &DeleteParams::default())
-                        .await
-                        .map(|_| ())
-                        .map_err(e)
-                }
-            })
-            .buffer_unordered(32)
-            .try_collect::<Vec<_>>()
-            .await?;
+        each(&boxed, |name| {
+            let api = api.clone();
+            async move { api.delete(name, &DeleteParams::default()).await.map(|_| ()) }
+        })
+        .await?;
         watched
             .wait(
                 |store| !store.state().iter().any(|ra| in_round(ra)),
@@ -338,6 +316,20 @@ impl Bench {
             .await?;
         Ok(QuietRound { deletions, lateness })
     }
+}
+
+/// Makes one API request per name, 32 at a time; the first failure ends it.
+async fn each<'a, Fut>(names: &'a [String], request: impl FnMut(&'a String) -> Fut) -> anyhow::Result<()>
+where
+    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+{
+    futures::stream::iter(names)
+        .map(request)
+        .buffer_unordered(32)
+        .map_err(e)
+        .try_collect::<Vec<_>>()
+        .await
+        .map(|_| ())
 }
 
 /// Rewrites the retry annotation of N's resources, one after another, as fast as the API server
