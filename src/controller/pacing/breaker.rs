@@ -253,21 +253,18 @@ impl Breakers {
 /// recently used tripped entries go first (probes in flight stay; they are bounded by the
 /// calls in flight).
 fn make_room_for_untrusted(entries: &mut HashMap<CredentialKey, Entry>) {
-    let mut tripped: Vec<(Instant, CredentialKey)> = Vec::new();
-    let mut untrusted = 0;
-    for (key, entry) in entries.iter() {
-        match entry.state {
-            State::Trusted => {}
-            State::Tripped { .. } => {
-                untrusted += 1;
-                tripped.push((entry.used, key.clone()));
-            }
-            State::Probing { .. } => untrusted += 1,
-        }
-    }
+    let untrusted = entries
+        .values()
+        .filter(|e| !matches!(e.state, State::Trusted))
+        .count();
     if untrusted < MAX_UNTRUSTED {
         return;
     }
+    let mut tripped: Vec<(Instant, CredentialKey)> = entries
+        .iter()
+        .filter(|(_, e)| matches!(e.state, State::Tripped { .. }))
+        .map(|(key, e)| (e.used, key.clone()))
+        .collect();
     tripped.sort_unstable_by_key(|(used, _)| *used);
     for (_, key) in tripped.into_iter().take(untrusted + 1 - MAX_UNTRUSTED) {
         entries.remove(&key);
