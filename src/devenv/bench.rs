@@ -797,7 +797,7 @@ impl Bench {
             drained: baseline_drained,
             holding,
             rss: baseline_rss,
-        } = self.baseline_drain(n).await?;
+        } = self.baseline_drain(n, Duration::ZERO).await?;
         if baseline_drained.calls != n {
             anyhow::bail!(
                 "the baseline sent {} DELETEs for {n} resources",
@@ -839,8 +839,13 @@ impl Bench {
     /// The controller-runtime baseline on a namespace of its own: `n` resources with a session
     /// each, held (its finalizer on every one), then all deleted at once. Returns the drain and
     /// its steady RSS while holding them.
-    async fn baseline_drain(&self, n: usize) -> anyhow::Result<BaselineRun> {
-        progress(&format!("2. drain {n}: the controller-runtime baseline"));
+    /// The controller-runtime baseline holding `n` resources, then draining them with
+    /// `latency` on every cloud call.
+    async fn baseline_drain(&self, n: usize, latency: Duration) -> anyhow::Result<BaselineRun> {
+        progress(&format!(
+            "drain {n}: the controller-runtime baseline ({} ms cloud latency)",
+            latency.as_millis()
+        ));
         let ns = self.namespace("drain-baseline").await?;
         let harness = Harness::new(self.options.build_dir.clone());
         let binary = tokio::task::spawn_blocking(move || {
@@ -896,7 +901,10 @@ impl Bench {
         let holding = per_resource(&before, &apiserver_requests(&self.client).await?, n);
         tokio::time::sleep(Duration::from_secs(5)).await;
         let rss = rss_bytes(baseline.0.id());
-        let drained = self.drain(&ns, n).await?;
+        self.sim.set_latency(latency);
+        let drained = self.drain(&ns, n).await;
+        self.sim.set_latency(Duration::ZERO);
+        let drained = drained?;
         drop(baseline);
         Ok(BaselineRun {
             drained,
@@ -1030,6 +1038,7 @@ impl Bench {
         let n = self.options.latency_scenario_resources;
         progress(&format!("5. drain {n} with 50 ms cloud latency"));
         let mut rows = Vec::new();
+        let mut at_concurrency_16 = None;
         for (concurrency, limit) in [(16u16, 100000u32), (64, 100000), (64, 50)] {
             let ns = self.namespace("slow").await?;
             let op = self.operator_with(&ns, concurrency, limit)?;
@@ -1039,6 +1048,9 @@ impl Bench {
             let (took, start) = self.delete_all_and_wait(&ns, n).await?;
             self.sim.set_latency(Duration::ZERO);
             drop(op);
+            if concurrency == 16 {
+                at_concurrency_16 = Some(took);
+            }
             // Highest number of DELETEs the simulator received in any one-second window.
             let times: Vec<Instant> = self
                 .sim
@@ -1076,6 +1088,20 @@ impl Bench {
                 } else {
                     String::new()
                 },
+            ));
+        }
+        // The same drain by the controller-runtime baseline, at the same concurrency (16) and
+        // with no rate limit: the ratio users meet once the cloud, not the API server, is slow.
+        if let Some(took) = at_concurrency_16 {
+            let baseline = self.baseline_drain(n, Duration::from_millis(50)).await?.drained;
+            rows.push(row(
+                format!("5. drain {n}, 50 ms cloud latency, concurrency 16, rate limit none{BASELINE}"),
+                format!("{:.0}/s", n as f64 / took.as_secs_f64()),
+                format!("{:.0}/s", n as f64 / baseline.took.as_secs_f64()),
+                format!(
+                    "{:.2}× (target ≥ 1.0×)",
+                    baseline.took.as_secs_f64() / took.as_secs_f64()
+                ),
             ));
         }
         Ok(rows)
