@@ -34,6 +34,10 @@ pub use reconcile::deadline::Limits;
 pub use watches::streaming_lists::supported as streaming_lists_supported;
 use watches::{secrets, streaming_lists};
 
+/// Most reconciles started at once: past their gate they wait for one of `--concurrency` slots
+/// (`pacing::fair`); beyond this many, kube's queue holds the rest in the order they fell due.
+const WAITING_RECONCILES: u16 = 1024;
+
 /// Where the controller reports: metrics and readiness.
 #[derive(Clone, Default)]
 pub struct Telemetry {
@@ -66,10 +70,10 @@ pub async fn run(
     Controller::for_stream(resources, store.clone())
         .reconcile_on(polls)
         .reconcile_on(timers)
-        // Every reconcile that falls due starts and waits for its slot in `ctx.slots`
-        // (`--concurrency`), which hands slots out access-ending work first and namespaces in
-        // turn: kube's own bound would run them in the order they fell due (`pacing::fair`).
-        .with_config(controller::Config::default().concurrency(0))
+        // Reconciles that fall due start (up to WAITING_RECONCILES) and wait for their slot in
+        // `ctx.slots` (`--concurrency`), which hands slots out access-ending work first and
+        // namespaces in turn: kube's own bound runs them in the order they fell due.
+        .with_config(controller::Config::default().concurrency(WAITING_RECONCILES))
         .watches_stream(secret_changes, move |secret| {
             secrets::on_secret(&mapper_ctx, &secret, &store)
         })
