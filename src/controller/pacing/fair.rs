@@ -5,9 +5,9 @@
 //! controller-runtime 0.20's priority queue is the anchor (there, work items carry a priority and
 //! the queue hands out the highest first). kube-runtime's `Controller` has no priority: it runs
 //! what falls due in the order it fell due, up to its concurrency. So the operator lets the
-//! `Controller` start the reconciles that fall due and orders them itself, at the two places
-//! where they wait (up to 1,024 started at once): the reconcile slots ([`Slots`], the `--concurrency` bound) and the cloud
-//! budget ([`CloudBudget`], the `--cloud-rate-limit`). Both hand out what they have through one
+//! `Controller` start the reconciles that fall due (up to 1,024 at once) and orders them itself,
+//! at the two places where they wait: the reconcile slots ([`Slots`], the `--concurrency` bound)
+//! and the cloud budget ([`CloudBudget`], the `--cloud-rate-limit`). Both hand out what they have through one
 //! [`FairQueue`]. A reconcile holds no slot while it waits for one, and holds only what the
 //! gate needs before that (the object's `Arc` and the context), so waiting is cheap.
 //!
