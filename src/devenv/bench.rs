@@ -487,16 +487,25 @@ impl Bench {
     }
 
     fn operator_with(&self, ns: &str, concurrency: u16, rate_limit: u32) -> anyhow::Result<OperatorProcess> {
+        self.operator_scoped(&["--namespace", ns], concurrency, rate_limit)
+    }
+
+    /// The operator on the resources `scope` selects (`--namespace NS`, or a label selector).
+    fn operator_scoped(
+        &self,
+        scope: &[&str],
+        concurrency: u16,
+        rate_limit: u32,
+    ) -> anyhow::Result<OperatorProcess> {
         let (concurrency, rate_limit) = (concurrency.to_string(), rate_limit.to_string());
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())?
             .port();
         let metrics = format!("127.0.0.1:{port}");
         let endpoint = self.sim.endpoint();
-        let args = vec![
-            "run",
-            "--namespace",
-            ns,
+        let mut args = vec!["run"];
+        args.extend_from_slice(scope);
+        args.extend_from_slice(&[
             "--leader-elect",
             "false",
             "--metrics-address",
@@ -509,7 +518,7 @@ impl Bench {
             "warn",
             "--allowed-endpoint",
             &endpoint,
-        ];
+        ]);
         OperatorProcess::start(&self.options.operator, &self.kubeconfig, &args, metrics.clone())
     }
 

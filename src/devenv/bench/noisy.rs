@@ -134,28 +134,11 @@ impl Bench {
     /// An operator for every namespace, reconciling only the resources with `selector`, at the
     /// default cloud rate limit (the budget is what N and Q share).
     fn operator_for_label(&self, selector: &str) -> anyhow::Result<OperatorProcess> {
-        let concurrency = self.options.concurrency.to_string();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())?
-            .port();
-        let metrics = format!("127.0.0.1:{port}");
-        let endpoint = self.sim.endpoint();
-        let args = [
-            "run",
-            "--watch-label-selector",
-            selector,
-            "--leader-elect",
-            "false",
-            "--metrics-address",
-            &metrics,
-            "--concurrency",
-            &concurrency,
-            "--log-level",
-            "warn",
-            "--allowed-endpoint",
-            &endpoint,
-        ];
-        OperatorProcess::start(&self.options.operator, &self.kubeconfig, &args, metrics.clone())
+        self.operator_scoped(
+            &["--watch-label-selector", selector],
+            self.options.concurrency,
+            50,
+        )
     }
 
     /// Creates resources labelled for this run, `max_duration` on each when given.
