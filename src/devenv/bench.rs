@@ -846,10 +846,8 @@ impl Bench {
     }
 
     /// The controller-runtime baseline on a namespace of its own: `n` resources with a session
-    /// each, held (its finalizer on every one), then all deleted at once. Returns the drain and
-    /// its steady RSS while holding them.
-    /// The controller-runtime baseline holding `n` resources, then draining them with
-    /// `latency` on every cloud call.
+    /// each, held (its finalizer on every one), then all deleted at once with `latency` on every
+    /// cloud call. Returns the drain and its steady RSS while holding them.
     async fn baseline_drain(&self, n: usize, latency: Duration) -> anyhow::Result<BaselineRun> {
         progress(&format!(
             "drain {n}: the controller-runtime baseline ({} ms cloud latency)",
