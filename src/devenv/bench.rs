@@ -750,12 +750,7 @@ impl Bench {
         created: &Measured,
     ) -> anyhow::Result<(Vec<Row>, Vec<(&'static str, String, FloorClient)>)> {
         let n = self.options.resources;
-        let operator_status = Api::<RemoteAssistance>::namespaced(self.client.clone(), ns)
-            .get("ra-0")
-            .await
-            .map_err(e)?
-            .status;
-        let operator_status = serde_json::to_value(operator_status)?;
+        let operator_status = self.status_of(ns, "ra-0").await?;
         let events = Arc::new(EventPublisher::new(
             self.client.clone(),
             "bench-floor",
@@ -1045,15 +1040,16 @@ impl Bench {
         let n = self.options.latency_scenario_resources;
         progress(&format!("5. drain {n} with 50 ms cloud latency"));
         let mut rows = Vec::new();
-        let mut at_concurrency_16 = None;
+        let (mut at_concurrency_16, mut operator_status) = (None, None);
         for (concurrency, limit) in [(16u16, 100000u32), (64, 100000), (64, 50)] {
             let ns = self.namespace("slow").await?;
             let op = self.operator_with(&ns, concurrency, limit)?;
             self.create_many(&ns, "ra", n, None).await?;
             self.wait_active(&ns, n, Duration::from_secs(3600)).await?;
-            self.sim.set_latency(Duration::from_millis(50));
-            let (took, start) = self.delete_all_and_wait(&ns, n).await?;
-            self.sim.set_latency(Duration::ZERO);
+            if concurrency == 16 {
+                operator_status = Some(self.status_of(&ns, "ra-0").await?);
+            }
+            let (took, start) = self.drain_with_latency(&ns, n).await?;
             drop(op);
             if concurrency == 16 {
                 at_concurrency_16 = Some(took);
@@ -1111,7 +1107,69 @@ impl Bench {
                 ),
             ));
         }
+        // And by the floor doing the operator's duties per deletion (the invitation Secret's
+        // deletion, an Event): how much of the gap to the baseline those duties cost.
+        if let (Some(took), Some(status)) = (at_concurrency_16, operator_status) {
+            let floor_took = self.duty_floor_drain_with_latency(n, status).await?;
+            rows.push(row(
+                format!("5. drain {n}, 50 ms cloud latency, concurrency 16, rate limit none{DUTIES}"),
+                format!("{:.0}/s", n as f64 / took.as_secs_f64()),
+                format!("{:.0}/s", n as f64 / floor_took.as_secs_f64()),
+                format!("{:.2}×", floor_took.as_secs_f64() / took.as_secs_f64()),
+            ));
+        }
         Ok(rows)
+    }
+
+    /// Deletes all `n` resources of `ns` with 50 ms on every cloud call, and waits until they
+    /// are gone: how long it took, and when it started.
+    async fn drain_with_latency(&self, ns: &str, n: usize) -> anyhow::Result<(Duration, Instant)> {
+        self.sim.set_latency(Duration::from_millis(50));
+        let drained = self.delete_all_and_wait(ns, n).await;
+        self.sim.set_latency(Duration::ZERO);
+        drained
+    }
+
+    /// The floor doing the operator's duties (writing `status`, an Event per creation and per
+    /// cancel) holding `n` resources at concurrency 16, then draining them with 50 ms cloud
+    /// latency: how long the drain took.
+    async fn duty_floor_drain_with_latency(
+        &self,
+        n: usize,
+        status: serde_json::Value,
+    ) -> anyhow::Result<Duration> {
+        progress(&format!(
+            "drain {n}: the floor doing the operator's duties (50 ms cloud latency)"
+        ));
+        let ns = self.namespace("slow-floor-duties").await?;
+        let events = Arc::new(EventPublisher::new(
+            self.client.clone(),
+            "bench-floor",
+            "bench-floor",
+        ));
+        let floor = FloorClient::start(
+            self.client.clone(),
+            &ns,
+            self.cloud.clone(),
+            self.sim.endpoint(),
+            16,
+            status,
+            Some(events),
+        );
+        self.create_and_wait(&ns, n).await?;
+        let (took, _) = self.drain_with_latency(&ns, n).await?;
+        floor.stop();
+        Ok(took)
+    }
+
+    /// The status the operator wrote on resource `name` of `ns`, as JSON.
+    async fn status_of(&self, ns: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+        let status = Api::<RemoteAssistance>::namespaced(self.client.clone(), ns)
+            .get(name)
+            .await
+            .map_err(e)?
+            .status;
+        Ok(serde_json::to_value(status)?)
     }
 }
 
