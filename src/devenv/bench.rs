@@ -36,6 +36,8 @@ const BASELINE_FINALIZER: &str = "baseline.workspace.assist.dev/cancel";
 /// How long after a burst of work memory counts as steady: past the operator's 30 s return of
 /// free heap pages to the system.
 const STEADY_AFTER: Duration = Duration::from_secs(35);
+/// The latency on every cloud call in scenario 5's drains.
+const CLOUD_LATENCY: Duration = Duration::from_millis(50);
 
 /// What to run, and how big.
 #[derive(Debug, Clone)]
@@ -1096,7 +1098,7 @@ impl Bench {
         // The same drain by the controller-runtime baseline, at the same concurrency (16) and
         // with no rate limit: the ratio users meet once the cloud, not the API server, is slow.
         if let Some(took) = at_concurrency_16 {
-            let baseline = self.baseline_drain(n, Duration::from_millis(50)).await?.drained;
+            let baseline = self.baseline_drain(n, CLOUD_LATENCY).await?.drained;
             rows.push(row(
                 format!("5. drain {n}, 50 ms cloud latency, concurrency 16, rate limit none{BASELINE}"),
                 format!("{:.0}/s", n as f64 / took.as_secs_f64()),
@@ -1124,7 +1126,7 @@ impl Bench {
     /// Deletes all `n` resources of `ns` with 50 ms on every cloud call, and waits until they
     /// are gone: how long it took, and when it started.
     async fn drain_with_latency(&self, ns: &str, n: usize) -> anyhow::Result<(Duration, Instant)> {
-        self.sim.set_latency(Duration::from_millis(50));
+        self.sim.set_latency(CLOUD_LATENCY);
         let drained = self.delete_all_and_wait(ns, n).await;
         self.sim.set_latency(Duration::ZERO);
         drained
