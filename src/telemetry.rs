@@ -45,6 +45,7 @@ pub struct Metrics {
     cancels: Family<Labels, Counter>,
     leader: Gauge,
     waiting: Family<Labels, Gauge>,
+    wait_duration: Family<Labels, Histogram>,
     breakers: Family<Labels, Gauge>,
     seen_codes: Mutex<HashSet<String>>,
 }
@@ -75,6 +76,9 @@ impl Metrics {
         let cancels = Family::<Labels, Counter>::default();
         let leader = Gauge::default();
         let waiting = Family::<Labels, Gauge>::default();
+        let wait_duration = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
         let breakers = Family::<Labels, Gauge>::default();
         registry.register(
             "reconciles",
@@ -133,6 +137,11 @@ impl Metrics {
             waiting.clone(),
         );
         registry.register(
+            "wait_duration_seconds",
+            "How long reconciles waited for a reconcile slot (queue=\"slots\") and calls for their turn in the cloud budget (queue=\"cloud_budget\"), by urgency",
+            wait_duration.clone(),
+        );
+        registry.register(
             "credential_breakers",
             "Credentials the per-credential breakers track, by trust (trusted, untrusted)",
             breakers.clone(),
@@ -140,6 +149,7 @@ impl Metrics {
         Metrics {
             registry,
             waiting,
+            wait_duration,
             breakers,
             reconciles,
             reconcile_duration,
@@ -233,6 +243,14 @@ impl Metrics {
                 .get_or_create(&vec![("queue", queue.into()), ("urgency", urgency.into())])
                 .set(count as i64);
         }
+    }
+
+    /// Records how long one reconcile waited for its slot, or one call for its budget turn.
+    pub fn waited(&self, queue: &'static str, ends_access: bool, waited: Duration) {
+        let urgency = if ends_access { "ends_access" } else { "routine" };
+        self.wait_duration
+            .get_or_create(&vec![("queue", queue.into()), ("urgency", urgency.into())])
+            .observe(waited.as_secs_f64());
     }
 
     /// Sets how many credentials the breakers track: trusted, and not (yet) trusted.
@@ -388,6 +406,7 @@ mod tests {
         }
         m.reconciled("success", "Reconciled", Duration::from_millis(10));
         m.set_resources(&[(crate::resource::Phase::Active, 3)], 1, 0);
+        m.waited("slots", true, Duration::from_millis(3));
         let text = m.render();
         assert!(text.contains(r#"workspace_assist_cloud_requests_total{operation="CancelRemoteAssistance",http_status="204",error_code=""} 1"#), "{text}");
         assert!(text.contains(r#"error_code="WKS.0001""#));
@@ -396,6 +415,12 @@ mod tests {
         assert!(text.contains(r#"workspace_assist_resources{phase="Active"} 3"#));
         assert!(text.contains("workspace_assist_resources_stuck_deleting 1"));
         assert!(text.contains("workspace_assist_reconcile_duration_seconds_bucket"));
+        assert!(
+            text.contains(
+                r#"workspace_assist_wait_duration_seconds_count{queue="slots",urgency="ends_access"} 1"#
+            ),
+            "{text}"
+        );
         let codes = text
             .lines()
             .filter(|l| l.starts_with("workspace_assist_cloud_requests_total{"))

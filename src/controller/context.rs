@@ -20,7 +20,7 @@ use super::credentials::pins::PinReleases;
 use super::credentials::{cache as credential_cache, endpoints, index as secret_index, selector};
 use super::error::{Error, Result, StartError};
 use super::pacing::cloud_calls::cloud_quota;
-use super::pacing::fair::{Claimant, CloudBudget, Slots};
+use super::pacing::fair::{Claimant, CloudBudget, Slots, Urgency};
 use super::pacing::gate::{self, BackoffPolicy};
 use super::pacing::{polls, timers};
 use super::reconcile::{deadline, holders, invitation, recall};
@@ -255,7 +255,13 @@ impl Context {
 
     /// Waits for `claimant`'s turn in the overall cloud rate limit.
     pub async fn rate_limit(&self, claimant: &Claimant) {
+        let started = std::time::Instant::now();
         self.budget.take(claimant).await;
+        self.metrics.waited(
+            "cloud_budget",
+            claimant.urgency == Urgency::EndsAccess,
+            started.elapsed(),
+        );
     }
 
     /// Every store of per-object state, once: the one list [`Context::forget`] and

@@ -34,7 +34,7 @@ use crate::controller::credentials::pins::{self, may_need_cancel};
 use crate::controller::credentials::secret::{self, CredentialsError, SecretCredentials};
 use crate::controller::error::{Error, Result};
 use crate::controller::pacing::cloud_calls::{self, CallCredentials};
-use crate::controller::pacing::fair::Claimant;
+use crate::controller::pacing::fair::{Claimant, Urgency};
 use crate::controller::pacing::gate::{API_RETRY_MAX, BackoffPolicy, ChangeMarkers, Gate};
 use crate::controller::reconcile::holders::{DesktopKey, Holder};
 use crate::controller::report::events::EventType;
@@ -64,10 +64,14 @@ pub async fn reconcile(ra: Arc<RemoteAssistance>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::requeue(wait));
     }
     // A reconcile slot, in turn: access-ending work first, then one namespace after another.
-    let _slot = ctx
-        .slots
-        .acquire(&Claimant::of(&ra, jiff::Timestamp::now()))
-        .await;
+    let claimant = Claimant::of(&ra, jiff::Timestamp::now());
+    let waiting_since = Instant::now();
+    let _slot = ctx.slots.acquire(&claimant).await;
+    ctx.metrics.waited(
+        "slots",
+        claimant.urgency == Urgency::EndsAccess,
+        waiting_since.elapsed(),
+    );
     Box::pin(reconcile_in_slot(ra, ctx, markers, started)).await
 }
 
