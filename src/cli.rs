@@ -22,8 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator against the cluster of the current kubeconfig or service account.
     Run(Box<RunArgs>),
-    /// Print the CustomResourceDefinitions as YAML.
-    Crd,
+    /// Print the CustomResourceDefinitions as YAML (or, with --dir, write one file each).
+    Crd(CrdArgs),
     /// Run the Workspace simulator (and IAM token endpoint): try the operator or a GitOps setup
     /// without a Huawei Cloud account.
     Simulate(SimulateArgs),
@@ -161,6 +161,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// Settings of `crd`.
+#[derive(Args, Debug, Clone)]
+pub struct CrdArgs {
+    /// Write each CRD into this directory as `<name>.yaml` (as `crds/` holds them) instead of
+    /// printing them.
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+}
+
 /// Settings of `run`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
@@ -252,6 +261,12 @@ pub struct RunArgs {
     /// outlives the time box by deleting its resource.
     #[arg(long, env = "REFUSE_ORPHAN_TIME_BOXED", default_value_t = false, action = clap::ArgAction::Set)]
     pub refuse_orphan_time_boxed: bool,
+
+    /// Watch AgencyBindings (cluster-scoped; the operator's ClusterRole must let it read them
+    /// and write their status and finalizer) and let RemoteAssistances in the namespaces they
+    /// select reach other accounts through those agencies, with the operator's own identity.
+    #[arg(long, env = "AGENCY_BINDINGS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub agency_bindings: bool,
 
     /// How long after finishing (Cancelled or Closed) resources that set no
     /// spec.ttlAfterFinished are deleted (none by default: they stay).

@@ -1,8 +1,10 @@
 //! Kubernetes operator for Huawei Cloud Workspace remote assistance.
 //!
 //! - [`resource`]: the `RemoteAssistance` custom resource.
+//! - [`agency_binding`]: the `AgencyBinding` custom resource (agencies of other accounts).
 //! - [`workspace`]: the cloud client (signing, errors, classification); no Kubernetes inside.
 
+pub mod agency_binding;
 pub mod cli;
 pub mod controller;
 #[cfg(feature = "dev-tools")]
@@ -15,13 +17,28 @@ pub mod telemetry;
 pub mod text;
 pub mod workspace;
 
-/// The CRDs this project installs, as one YAML stream. Descriptions come from doc comments;
-/// their line breaks inside a paragraph are folded (as controller-gen does), so that `kubectl
-/// explain` reads as prose.
+/// The CRDs this project installs, as one YAML stream (the files of `crds/`, in order).
 pub fn crds_yaml() -> String {
-    let mut crd = serde_json::to_value(resource::crd()).expect("a CRD always serializes");
-    fold_descriptions(&mut crd);
-    serde_yaml::to_string(&crd).expect("a CRD always serializes")
+    crd_files()
+        .into_iter()
+        .map(|(_, yaml)| yaml)
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// Each CRD as the file `crds/` holds it: (file name, YAML). Descriptions come from doc
+/// comments; their line breaks inside a paragraph are folded (as controller-gen does), so that
+/// `kubectl explain` reads as prose.
+pub fn crd_files() -> Vec<(String, String)> {
+    [resource::crd(), agency_binding::crd()]
+        .into_iter()
+        .map(|crd| {
+            let file = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("crd"));
+            let mut crd = serde_json::to_value(crd).expect("a CRD always serializes");
+            fold_descriptions(&mut crd);
+            (file, serde_yaml::to_string(&crd).expect("a CRD always serializes"))
+        })
+        .collect()
 }
 
 /// Folds the line breaks inside each paragraph of every `description` (paragraphs, separated by

@@ -13,10 +13,22 @@ fn main() -> ExitCode {
     workspace_assist::memory::limit_arenas();
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => {
-            print!("{}", workspace_assist::crds_yaml());
-            ExitCode::SUCCESS
-        }
+        Command::Crd(args) => match args.dir {
+            None => {
+                print!("{}", workspace_assist::crds_yaml());
+                ExitCode::SUCCESS
+            }
+            Some(dir) => {
+                for (file, yaml) in workspace_assist::crd_files() {
+                    let path = dir.join(file);
+                    if let Err(e) = std::fs::write(&path, yaml) {
+                        error!("writing {}: {e}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+        },
         Command::Run(args) => {
             init_logging(&args.log_level, args.log_format);
             finish("the operator stopped", runtime().block_on(run(*args)))
@@ -255,6 +267,7 @@ fn controller_config(args: &RunArgs) -> anyhow::Result<controller::Config> {
             default_ttl_after_finished: args.default_ttl_after_finished,
         },
         refuse_orphan_time_boxed: args.refuse_orphan_time_boxed,
+        agency_bindings: args.agency_bindings,
         ambient: match args.ambient_credentials {
             Some(kind) => Some(
                 AmbientSource::from_env(

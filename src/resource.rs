@@ -104,6 +104,15 @@ pub struct RemoteAssistanceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
 
+    /// The AgencyBinding (cluster-scoped, created by the cluster admin) to reach the cloud
+    /// through, when several select this namespace; it must select this namespace, else the
+    /// resource is Stalled (AgencyBindingNotAllowed) and makes no call. Unset: the one binding
+    /// that selects the namespace, if exactly one does. A credentials Secret
+    /// (credentialsSecretRef) comes first; the operator's default credentials come after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub agency_binding: Option<String>,
+
     /// Set to true to cancel the assistance and keep this object. It cannot be set back to
     /// false: a new session is a new RemoteAssistance.
     #[serde(default)]
@@ -194,10 +203,11 @@ pub const SESSION_BINDING_RULE: &str = "!has(oldSelf.status) || !has(oldSelf.sta
 (has(self.spec.endpoint) == has(oldSelf.spec.endpoint) && (!has(self.spec.endpoint) || self.spec.endpoint == oldSelf.spec.endpoint)) && \
 (has(self.spec.region) == has(oldSelf.spec.region) && (!has(self.spec.region) || self.spec.region == oldSelf.spec.region)) && \
 (has(self.spec.credentialsSecretRef) == has(oldSelf.spec.credentialsSecretRef) && \
-(!has(self.spec.credentialsSecretRef) || self.spec.credentialsSecretRef.name == oldSelf.spec.credentialsSecretRef.name)))";
+(!has(self.spec.credentialsSecretRef) || self.spec.credentialsSecretRef.name == oldSelf.spec.credentialsSecretRef.name)) && \
+(has(self.spec.agencyBinding) == has(oldSelf.spec.agencyBinding) && (!has(self.spec.agencyBinding) || self.spec.agencyBinding == oldSelf.spec.agencyBinding)))";
 
 /// The message of [`SESSION_BINDING_RULE`].
-pub const SESSION_BINDING_MESSAGE: &str = "spec.endpoint, spec.region and spec.credentialsSecretRef cannot change while the resource holds a session (status.session); cancel it first (spec.cancelled) or create a new RemoteAssistance";
+pub const SESSION_BINDING_MESSAGE: &str = "spec.endpoint, spec.region, spec.credentialsSecretRef and spec.agencyBinding cannot change while the resource holds a session (status.session); cancel it first (spec.cancelled) or create a new RemoteAssistance";
 
 /// The RemoteAssistance CRD, with the rules on the whole object that the derive cannot place
 /// (the session binding, which compares the spec with the old status).
@@ -366,9 +376,16 @@ pub struct RemoteAssistanceStatus {
 
     /// Where the operator's credentials for this resource came from: `Secret` (the one named
     /// in spec.credentialsSecretRef), `DefaultSecret` (the operator's default Secret), or the
-    /// operator's own identity: `pod-identity`, `oidc` or `ecs-metadata`. Never a value.
+    /// operator's own identity: `pod-identity`, `oidc` or `ecs-metadata`, or an agency:
+    /// `AgencyBinding/<name>`. Never a value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_source: Option<String>,
+
+    /// The session_user.name of the agency session this resource's calls were made with, when
+    /// they go through an AgencyBinding: with the desktop ID (one resource per desktop) it
+    /// finds this resource's calls in Cloud Trace Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agency_session_user: Option<String>,
 
     /// When the session the resource holds reaches its maximum duration (spec.maxDuration, or
     /// the operator's default and maximum) and is cancelled; set while a session is held.
@@ -432,6 +449,11 @@ pub struct SessionBinding {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub credentials_secret_name: Option<String>,
+    /// The AgencyBinding the session was reached through; the cancel goes through it even
+    /// after the binding stopped selecting this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub agency_binding: Option<String>,
     /// When the operator first saw the session in progress; never moves while it is held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_since: Option<Time>,
@@ -525,6 +547,7 @@ pub(crate) fn sample(name: &str) -> RemoteAssistance {
         region: Some("cn-north-4".into()),
         endpoint: None,
         credentials_secret_ref: None,
+        agency_binding: None,
         cancelled: false,
         deletion_policy: None,
         initiate: true,

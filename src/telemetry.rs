@@ -47,6 +47,7 @@ pub struct Metrics {
     waiting: Family<Labels, Gauge>,
     wait_duration: Family<Labels, Histogram>,
     breakers: Family<Labels, Gauge>,
+    agency_fetches: Family<Labels, Counter>,
     seen_codes: Mutex<HashSet<String>>,
 }
 
@@ -146,8 +147,15 @@ impl Metrics {
             "Credentials the per-credential breakers track, by trust (trusted, untrusted)",
             breakers.clone(),
         );
+        let agency_fetches = Family::<Labels, Counter>::default();
+        registry.register(
+            "agency_fetches",
+            "Fetches of an AgencyBinding's temporary credentials from IAM, by binding and result (ok, failed)",
+            agency_fetches.clone(),
+        );
         Metrics {
             registry,
+            agency_fetches,
             waiting,
             wait_duration,
             breakers,
@@ -260,6 +268,15 @@ impl Metrics {
                 .get_or_create(&vec![("trust", trust.into())])
                 .set(count as i64);
         }
+    }
+
+    /// Counts one fetch of the binding's credentials (bindings are few: the cluster admin
+    /// creates them).
+    pub fn agency_fetched(&self, binding: &str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.agency_fetches
+            .get_or_create(&vec![("binding", binding.to_string()), ("result", result.into())])
+            .inc();
     }
 
     /// Records whether this instance leads.

@@ -5,6 +5,7 @@
 //! Per-object state (by UID) lives in small stores, each implementing [`PerObjectStore`], all
 //! listed once in `Context::per_object_stores`.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -17,7 +18,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tracing::warn;
 
 use super::credentials::pins::PinReleases;
-use super::credentials::{cache as credential_cache, endpoints, index as secret_index, selector};
+use super::credentials::secret::{self, CredentialsError, SecretCredentials};
+use super::credentials::{agencies, cache as credential_cache, endpoints, index as secret_index, selector};
 use super::error::{Error, Result, StartError};
 use super::pacing::cloud_calls::cloud_quota;
 use super::pacing::fair::{Claimant, CloudBudget, Slots, Urgency};
@@ -25,9 +27,10 @@ use super::pacing::gate::{self, BackoffPolicy};
 use super::pacing::{polls, timers};
 use super::reconcile::{deadline, holders, invitation, recall};
 use super::report::events::{EventPublisher, EventType, Note};
+use crate::agency_binding::AgencyBinding;
 use crate::resource::{DELETION_POLICY_ANNOTATION, DeletionPolicy, RemoteAssistance, SECRET_FINALIZER};
 use crate::telemetry::Metrics;
-use crate::workspace::{ClientOptions, WorkspaceClient};
+use crate::workspace::{ClientOptions, Credentials, WorkspaceClient};
 
 /// A store of what the operator keeps per RemoteAssistance, by UID, outside the object itself
 /// (linkerd's index `apply`/`delete`/`reset` is the model): pacing, polls, timers, memory of
@@ -89,6 +92,9 @@ pub struct Config {
     /// Refuse deletionPolicy Orphan for a resource that holds a session with a deadline: its
     /// deletion cancels the session all the same (the cluster admin's time box holds).
     pub refuse_orphan_time_boxed: bool,
+    /// Watch AgencyBindings (cluster-scoped: needs a ClusterRole) and let resources in the
+    /// namespaces they select reach other accounts through their agencies.
+    pub agency_bindings: bool,
 }
 
 impl Default for Config {
@@ -115,8 +121,17 @@ impl Default for Config {
             ambient: None,
             limits: deadline::Limits::default(),
             refuse_orphan_time_boxed: false,
+            agency_bindings: false,
         }
     }
+}
+
+/// Which of the operator's own credentials sign an agency's request.
+enum OwnIdentity {
+    /// Its ambient source.
+    Ambient,
+    /// Its default Secret's AK/SK or token.
+    Direct(Credentials),
 }
 
 /// What every reconcile shares.
@@ -157,6 +172,10 @@ pub struct Context {
     pub(crate) pin_releases: PinReleases,
     pub(crate) store: OnceLock<Store<RemoteAssistance>>,
     pub(crate) namespaces: OnceLock<Store<PartialObjectMeta<Namespace>>>,
+    /// The AgencyBindings, from their watch (unset without `agency_bindings`).
+    pub(crate) bindings: OnceLock<Store<AgencyBinding>>,
+    /// The temporary credentials of the agencies in use, one fetch per binding.
+    pub agencies: agencies::Agencies,
 }
 
 impl Context {
@@ -192,7 +211,92 @@ impl Context {
             pin_releases: PinReleases::default(),
             store: OnceLock::new(),
             namespaces: OnceLock::new(),
+            bindings: OnceLock::new(),
+            agencies: agencies::Agencies::default(),
         })
+    }
+
+    /// The AgencyBindings, once their watch has listed them (empty without `agency_bindings`).
+    pub async fn agency_bindings(&self) -> Vec<Arc<AgencyBinding>> {
+        let Some(store) = self.bindings.get() else {
+            return Vec::new();
+        };
+        // A held session's binding must be found at start-up too, not reported missing.
+        let _ = tokio::time::timeout(Duration::from_secs(30), store.wait_until_ready()).await;
+        store.state()
+    }
+
+    /// The AgencyBinding `name`, if it exists.
+    pub async fn agency_binding(&self, name: &str) -> Result<Arc<AgencyBinding>> {
+        if !self.config.agency_bindings {
+            return Err(agencies::AgencyBindingError::Disabled(name.to_string()).into());
+        }
+        self.agency_bindings()
+            .await
+            .into_iter()
+            .find(|b| b.metadata.name.as_deref() == Some(name))
+            .ok_or_else(|| agencies::AgencyBindingError::NotFound(name.to_string()).into())
+    }
+
+    /// A namespace's labels (for the selectors of the default credentials and of bindings).
+    pub async fn namespace_labels(&self, namespace: &str, why: &str) -> Result<BTreeMap<String, String>> {
+        Ok(self
+            .namespace_metadata(namespace, why)
+            .await?
+            .and_then(|m| m.labels)
+            .unwrap_or_default())
+    }
+
+    /// The binding's temporary credentials: shared by every resource that uses it, fetched with
+    /// the operator's own identity (its ambient source, else its default Secret's AK/SK or
+    /// token).
+    pub async fn agency_credentials(&self, binding: &AgencyBinding) -> Result<Credentials> {
+        let name = binding.metadata.name.clone().unwrap_or_default();
+        let request = agencies::request_for(binding, self.config.iam_endpoint.as_ref());
+        let own = self.own_identity(&name).await?;
+        let caller = || async move {
+            match own {
+                OwnIdentity::Ambient => match &self.credentials.ambient {
+                    Some(ambient) => ambient.credentials(self.cloud.http()).await,
+                    None => unreachable!("chosen because it is set"),
+                },
+                OwnIdentity::Direct(c) => Ok(c),
+            }
+        };
+        self.agencies
+            .credentials(self.cloud.http(), &name, request, caller, |ok| {
+                self.metrics.agency_fetched(&name, ok);
+            })
+            .await
+            .map_err(Error::CredentialsSource)
+    }
+
+    /// The operator's own identity, to assume an agency with.
+    async fn own_identity(&self, binding: &str) -> Result<OwnIdentity> {
+        if self.credentials.ambient.is_some() {
+            return Ok(OwnIdentity::Ambient);
+        }
+        let Some((namespace, name)) = &self.config.default_credentials else {
+            return Err(agencies::AgencyBindingError::NoOwnIdentity(binding.to_string()).into());
+        };
+        let secret = self
+            .secret(namespace, name)
+            .await
+            .map_err(|e| {
+                Error::kubernetes(
+                    "get",
+                    "Secret",
+                    format!("{namespace}/{name} (the operator's own credentials, for an agency)"),
+                    e,
+                )
+            })?
+            .ok_or_else(|| CredentialsError::SecretNotFound(name.clone()))?;
+        match secret::from_secret(&secret)? {
+            SecretCredentials::Direct(c) => Ok(OwnIdentity::Direct(c)),
+            SecretCredentials::Password { .. } => {
+                Err(agencies::AgencyBindingError::PasswordIdentity(binding.to_string()).into())
+            }
+        }
     }
 
     /// The controller's cache of RemoteAssistances (set when the controller starts).

@@ -3,6 +3,7 @@
 
 use crate::workspace::{AmbientError, CloudError, Disposition};
 
+use super::credentials::agencies::AgencyBindingError;
 use super::credentials::secret::CredentialsError;
 
 /// The result of a controller operation.
@@ -41,6 +42,10 @@ pub enum Error {
         "spec.credentialsSecretRef is not set, and namespace {0} may not use the operator's default credentials: a cluster admin allows namespaces with --default-credentials-namespaces"
     )]
     DefaultCredentialsNotAllowed(String),
+    /// The AgencyBinding this resource would use cannot be used for it: nothing is sent (and
+    /// IAM is not asked).
+    #[error("{0}")]
+    AgencyBinding(#[from] AgencyBindingError),
     /// The operator's own identity gave no credentials (the source is named, never a token):
     /// retried with backoff, and the source itself is asked again only after its own backoff.
     #[error("{0}")]
@@ -118,6 +123,7 @@ impl Error {
             | Error::InvalidSpec(_)
             | Error::SessionBindingChanged(_)
             | Error::InvitationSecretTaken(_)
+            | Error::AgencyBinding(_)
             | Error::Paused => true,
             Error::Kubernetes(failure) => failure.forbidden(),
             Error::Finalizer(_) | Error::Stale | Error::CredentialsSource(_) => false,
@@ -142,6 +148,7 @@ impl Error {
             Error::InvitationSecretTaken(_) => "InvitationSecretTaken",
             Error::EndpointNotAllowed(_) => "EndpointNotAllowed",
             Error::DefaultCredentialsNotAllowed(_) => "DefaultCredentialsNotAllowed",
+            Error::AgencyBinding(e) => e.reason(),
             Error::Kubernetes(failure) if failure.forbidden() => "KubernetesForbidden",
             Error::Kubernetes(_) => "KubernetesApiError",
             Error::Finalizer(_) => "FinalizerError",

@@ -1,6 +1,7 @@
 //! The controller: watches RemoteAssistances (and the Secrets they name), reconciles each with
 //! bounded concurrency, paces cloud calls per object and overall, and records status and Events.
 
+pub(crate) mod bindings;
 pub(crate) mod context;
 pub(crate) mod credentials;
 pub(crate) mod error;
@@ -67,6 +68,12 @@ pub async fn run(
     let namespaces = tokio::spawn(watches::watch_namespaces(ctx.clone()));
     let housekeeping = tokio::spawn(keep_house(ctx.clone(), store.clone(), telemetry.clone()));
     let pin_releases = tokio::spawn(credentials::pins::release_pins_when_unused(ctx.clone()));
+    let (bindings_stop, bindings_stopped) = tokio::sync::oneshot::channel::<()>();
+    let bindings = ctx.config.agency_bindings.then(|| {
+        bindings::start(ctx.clone(), async move {
+            let _ = bindings_stopped.await;
+        })
+    });
     let mapper_ctx = ctx.clone();
     let polls = polls::due(ctx.observations.clone(), store.clone());
     let timers = timers::due(ctx.timers.clone());
@@ -84,6 +91,10 @@ pub async fn run(
         .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|result| async move { log_reconcile(result) })
         .await;
+    let _ = bindings_stop.send(());
+    if let Some(bindings) = bindings {
+        let _ = tokio::time::timeout(Duration::from_secs(10), bindings).await;
+    }
     for task in [
         housekeeping,
         namespaces,

@@ -8,6 +8,7 @@
 //! live less than twice that); and after a failed fetch, the next one waits (doubling, up to
 //! [`MAX_FETCH_BACKOFF`]) so that many resources never hammer the metadata service or STS.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -43,6 +44,10 @@ pub enum AmbientKind {
     Oidc,
     /// The ECS agency of the node, through the metadata service.
     EcsMetadata,
+    /// An agency of another account, assumed with the operator's own identity (an
+    /// AgencyBinding; not a choice of `--ambient-credentials`).
+    #[value(skip)]
+    Agency,
 }
 
 impl AmbientKind {
@@ -52,6 +57,7 @@ impl AmbientKind {
             AmbientKind::PodIdentity => "pod-identity",
             AmbientKind::Oidc => "oidc",
             AmbientKind::EcsMetadata => "ecs-metadata",
+            AmbientKind::Agency => "agency",
         }
     }
 
@@ -61,6 +67,7 @@ impl AmbientKind {
             AmbientKind::PodIdentity => "PodIdentityCredentialsFailed",
             AmbientKind::Oidc => "OidcCredentialsFailed",
             AmbientKind::EcsMetadata => "EcsMetadataCredentialsFailed",
+            AmbientKind::Agency => "AgencyCredentialsFailed",
         }
     }
 }
@@ -162,6 +169,9 @@ impl AmbientSource {
                 endpoint: metadata_endpoint
                     .unwrap_or_else(|| Url::parse(DEFAULT_METADATA_ENDPOINT).expect("a URL")),
             },
+            AmbientKind::Agency => {
+                return Err("an agency is configured with an AgencyBinding, not --ambient-credentials".into());
+            }
         })
     }
 
@@ -281,9 +291,13 @@ struct State {
     fetches: u64,
 }
 
-/// The temporary credentials of one ambient source, shared by all callers.
+/// The temporary credentials of one source (an ambient identity, or an agency), shared by all
+/// callers.
 pub struct AmbientCredentials {
-    source: AmbientSource,
+    kind: AmbientKind,
+    /// The source fetched from; None: the caller of [`AmbientCredentials::credentials_with`]
+    /// says how to fetch (an agency, whose request needs the operator's own credentials).
+    source: Option<AmbientSource>,
     state: Mutex<State>,
     single_flight: tokio::sync::Mutex<()>,
 }
@@ -308,7 +322,18 @@ impl AmbientCredentials {
     /// Credentials from `source`, fetched when first needed.
     pub fn new(source: AmbientSource) -> AmbientCredentials {
         AmbientCredentials {
-            source,
+            kind: source.kind(),
+            source: Some(source),
+            state: Mutex::default(),
+            single_flight: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Credentials of `kind` fetched by the callers of [`AmbientCredentials::credentials_with`].
+    pub fn fetched_by_caller(kind: AmbientKind) -> AmbientCredentials {
+        AmbientCredentials {
+            kind,
+            source: None,
             state: Mutex::default(),
             single_flight: tokio::sync::Mutex::new(()),
         }
@@ -316,7 +341,7 @@ impl AmbientCredentials {
 
     /// The source's kind.
     pub fn kind(&self) -> AmbientKind {
-        self.source.kind()
+        self.kind
     }
 
     /// How many fetches were made (answered or not).
@@ -327,6 +352,19 @@ impl AmbientCredentials {
     /// Credentials to sign a call with: the cached ones while fresh, else one fetch shared by
     /// every caller. Within the backoff after a failure, the failure is returned without a fetch.
     pub async fn credentials(&self, http: &reqwest::Client) -> Result<Credentials, AmbientError> {
+        let Some(source) = &self.source else {
+            return Err(failure(self.kind, "no source to fetch from"));
+        };
+        self.credentials_with(|| fetch(source, http)).await
+    }
+
+    /// Like [`AmbientCredentials::credentials`], with `fetch` making the one fetch when one is
+    /// needed.
+    pub async fn credentials_with<F, Fut>(&self, fetch: F) -> Result<Credentials, AmbientError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<TemporaryCredentials, AmbientError>>,
+    {
         if let Some(c) = self.ready()? {
             return Ok(c);
         }
@@ -337,7 +375,7 @@ impl AmbientCredentials {
         }
         self.state.lock().expect("ambient state").fetches += 1;
         let fetched_at = jiff::Timestamp::now();
-        let result = fetch(&self.source, http).await;
+        let result = fetch().await;
         let mut state = self.state.lock().expect("ambient state");
         match result {
             Ok(credentials) => {
@@ -413,7 +451,7 @@ impl AmbientCredentials {
 }
 
 /// The failure of a fetch from `kind`.
-fn failure(kind: AmbientKind, message: impl Into<String>) -> AmbientError {
+pub(super) fn failure(kind: AmbientKind, message: impl Into<String>) -> AmbientError {
     AmbientError {
         kind,
         message: message.into(),
@@ -494,7 +532,7 @@ async fn credentials_from(
     })
 }
 
-async fn send(
+pub(super) async fn send(
     kind: AmbientKind,
     request: reqwest::RequestBuilder,
 ) -> Result<(u16, bytes::Bytes), AmbientError> {
@@ -524,7 +562,7 @@ fn without_url(e: &reqwest::Error) -> String {
 /// A refusal, with the code and message of the answer's error body.
 /// The message (what tenants may read: the status and the code) is kept apart from the
 /// source's own words (for the operator's log).
-fn refused(kind: AmbientKind, status: u16, body: &[u8]) -> AmbientError {
+pub(super) fn refused(kind: AmbientKind, status: u16, body: &[u8]) -> AmbientError {
     let parsed = parse_error_body(body);
     let mut message = match &parsed.code {
         Some(code) => format!("HTTP {status} {}", crate::text::bounded(code, 64)),

@@ -1,6 +1,7 @@
 //! Huawei Cloud Workspace remote-assistance API: the client, AK/SK signing, typed errors and the
 //! classification of every answer. Nothing here knows about Kubernetes.
 
+mod agency;
 mod ambient;
 mod classify;
 mod client;
@@ -10,6 +11,7 @@ mod models;
 pub mod signer;
 mod signing_credentials;
 
+pub use agency::{AgencyRequest, DelegatingAccount, GLOBAL_IAM_ENDPOINT, SECURITY_TOKENS_PATH, assume_agency};
 pub use ambient::{
     AmbientCredentials, AmbientError, AmbientKind, AmbientSource, DEFAULT_METADATA_ENDPOINT, IdToken,
     TemporaryCredentials, parse_temporary_credentials,

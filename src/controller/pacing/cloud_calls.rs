@@ -37,6 +37,14 @@ pub enum CallCredentials {
     /// Temporary credentials of the operator's own identity (fetched already): renewed and the
     /// call made once more when the cloud says they expired.
     Ambient(Credentials),
+    /// Temporary credentials of an AgencyBinding's agency (fetched already): renewed once, the
+    /// same way, when the cloud says they expired.
+    Agency {
+        /// The binding.
+        binding: String,
+        /// Its credentials.
+        credentials: Credentials,
+    },
 }
 
 /// Whether a refusal says the credentials expired: `*.0307` ("the token must be renewed"), or a
@@ -140,6 +148,32 @@ where
                         .credentials(ctx.cloud.http())
                         .await
                         .map_err(|error| CloudError::Source { operation, error })?;
+                    guarded(ctx, &CredentialKey::of(&fresh), operation, || {
+                        measured(fresh.clone())
+                    })
+                    .await
+                }
+                other => other,
+            }
+        }
+        CallCredentials::Agency { binding, credentials } => {
+            let c = credentials;
+            match guarded(ctx, &CredentialKey::of(c), operation, || measured(c.clone())).await {
+                Err(e) if says_expired(&e, &ctx.config.not_found_codes) => {
+                    if let Credentials::AkSk { access_key_id, .. } = c {
+                        ctx.agencies.expired(binding, access_key_id);
+                    }
+                    tracing::info!(binding, "the agency's temporary credentials expired: fetching new ones");
+                    let source = |error| CloudError::Source { operation, error };
+                    let agency = match ctx.agency_binding(binding).await {
+                        Ok(agency) => agency,
+                        Err(_) => return Err(e),
+                    };
+                    let fresh = match ctx.agency_credentials(&agency).await {
+                        Ok(fresh) => fresh,
+                        Err(crate::controller::Error::CredentialsSource(error)) => return Err(source(error)),
+                        Err(_) => return Err(e),
+                    };
                     guarded(ctx, &CredentialKey::of(&fresh), operation, || {
                         measured(fresh.clone())
                     })

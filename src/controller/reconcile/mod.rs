@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -29,7 +30,9 @@ use crate::workspace::{
 
 use crate::text::{MAX_MESSAGE_BYTES, MAX_SHORT_BYTES, bounded_opt};
 
+use crate::agency_binding::{AgencyBinding, BINDING_LABEL, session_user_name};
 use crate::controller::context::Context;
+use crate::controller::credentials::agencies::{self, AgencyBindingError};
 use crate::controller::credentials::pins::{self, may_need_cancel};
 use crate::controller::credentials::secret::{self, CredentialsError, SecretCredentials};
 use crate::controller::error::{Error, Result};
@@ -291,7 +294,9 @@ struct Step<'a> {
     /// A failure of this step was recorded in status and an Event already.
     reported: bool,
     /// Where this step's credentials came from (status.credentialsSource), once known.
-    credentials_source: Option<&'static str>,
+    credentials_source: Option<String>,
+    /// The AgencyBinding this step's calls go through, once chosen.
+    agency: Option<String>,
     /// The status as the API server has it: what a write compares with (the step's working
     /// copy in `ra` may hold facts not written yet, such as a session just created).
     stored: Option<RemoteAssistanceStatus>,
@@ -313,6 +318,7 @@ impl<'a> Step<'a> {
             pin_problem: None,
             reported: false,
             credentials_source: None,
+            agency: None,
             stored: ra.status.clone(),
             claimant: Claimant::of(ra, jiff::Timestamp::now()),
         }
@@ -637,6 +643,7 @@ impl<'a> Step<'a> {
                 .credentials_secret_ref
                 .as_ref()
                 .map(|r| r.name.clone()),
+            agency_binding: self.agency.clone(),
             held_since: Some(Time(jiff::Timestamp::now())),
         }
     }
@@ -666,6 +673,7 @@ impl<'a> Step<'a> {
                 .credentials_secret_ref
                 .as_ref()
                 .map(|r| r.name.clone()),
+            agency_binding: self.ra.spec.agency_binding.clone(),
             held_since: a.held_since.clone(),
         })
     }
@@ -686,6 +694,10 @@ impl<'a> Step<'a> {
             != b.credentials_secret_name.as_deref()
         {
             return Some("spec.credentialsSecretRef");
+        }
+        // Unset: the binding was chosen by its selector, and naming none changes nothing.
+        if spec.agency_binding.is_some() && spec.agency_binding != b.agency_binding {
+            return Some("spec.agencyBinding");
         }
         None
     }
@@ -1011,8 +1023,9 @@ impl<'a> Step<'a> {
         let now = Time(jiff::Timestamp::now());
         let mut next = status::next_status(&self.ra, conclusion, cancel_calls, now.clone());
         edit(&mut next);
-        if let Some(source) = self.credentials_source {
-            next.credentials_source = Some(source.to_string());
+        if let Some(source) = &self.credentials_source {
+            next.credentials_source = Some(source.clone());
+            next.agency_session_user = self.agency.as_deref().map(session_user_name);
         }
         if let Some((reason, message)) = &self.pin_problem {
             let old = self
@@ -1187,6 +1200,25 @@ impl<'a> Step<'a> {
         if !self.ctx.config.endpoints.allows(&target.endpoint) {
             return Err(Error::EndpointNotAllowed(format!("endpoint {}", target.endpoint)));
         }
+        if secret_name.is_none()
+            && let Some(agency) = self.agency_for(binding.as_ref()).await?
+        {
+            let name = agency.name_any();
+            if binding.is_none() {
+                agencies::allows_project(&agency, &target.project_id)?;
+            }
+            self.credentials_source = Some(format!("AgencyBinding/{name}"));
+            self.agency = Some(name.clone());
+            self.label_with_binding(&name).await?;
+            let credentials = self.ctx.agency_credentials(&agency).await?;
+            return Ok((
+                target,
+                CallCredentials::Agency {
+                    binding: name,
+                    credentials,
+                },
+            ));
+        }
         let (namespace, name) = match &secret_name {
             Some(name) => (self.ra.namespace().unwrap_or_default(), name.clone()),
             None => {
@@ -1202,19 +1234,19 @@ impl<'a> Step<'a> {
                     return Err(Error::DefaultCredentialsNotAllowed(namespace));
                 }
                 if let Some(ambient) = ambient {
-                    self.credentials_source = Some(ambient.kind().as_str());
+                    self.credentials_source = Some(ambient.kind().as_str().to_string());
                     let creds = ambient
                         .credentials(self.ctx.cloud.http())
                         .await
                         .map_err(Error::CredentialsSource)?;
                     return Ok((target, CallCredentials::Ambient(creds)));
                 }
-                self.credentials_source = Some(SOURCE_DEFAULT_SECRET);
+                self.credentials_source = Some(SOURCE_DEFAULT_SECRET.to_string());
                 default.ok_or(CredentialsError::NotConfigured)?
             }
         };
         if secret_name.is_some() {
-            self.credentials_source = Some(SOURCE_SECRET);
+            self.credentials_source = Some(SOURCE_SECRET.to_string());
         }
         let secret = self
             .ctx
@@ -1236,6 +1268,59 @@ impl<'a> Step<'a> {
             self.pin_credentials(&secret, &name).await;
         }
         Ok((target, creds))
+    }
+
+    /// The AgencyBinding this step's calls go through, if any: the one a held session was
+    /// reached through (whether or not it still selects the namespace: a cancel is never
+    /// stopped by a selector), else, for a resource without a credentials Secret, the one it
+    /// names or the one that selects its namespace ([`agencies::choose`]).
+    async fn agency_for(&self, held: Option<&SessionBinding>) -> Result<Option<Arc<AgencyBinding>>> {
+        if let Some(held) = held {
+            return match &held.agency_binding {
+                Some(name) => Ok(Some(self.ctx.agency_binding(name).await?)),
+                None => Ok(None),
+            };
+        }
+        let named = self.ra.spec.agency_binding.as_deref();
+        if !self.ctx.config.agency_bindings {
+            return match named {
+                Some(name) => Err(AgencyBindingError::Disabled(name.to_string()).into()),
+                None => Ok(None),
+            };
+        }
+        let namespace = self.ra.namespace().unwrap_or_default();
+        let labels = self
+            .ctx
+            .namespace_labels(&namespace, "its labels, for AgencyBindings")
+            .await?;
+        let bindings = self.ctx.agency_bindings().await;
+        Ok(agencies::choose(&bindings, named, &namespace, &labels)?)
+    }
+
+    /// Labels the resource with the binding it uses, before any call through it: the binding's
+    /// users are found by this label (by any shard), so that the binding is not deleted while
+    /// one of them may still need it.
+    async fn label_with_binding(&mut self, binding: &str) -> Result<()> {
+        if self.ra.labels().get(BINDING_LABEL).map(String::as_str) == Some(binding) {
+            return Ok(());
+        }
+        let patch = serde_json::json!({ "metadata": { "labels": { BINDING_LABEL: binding } } });
+        let name = self.ra.name_any();
+        let patched = self
+            .api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| {
+                Error::kubernetes(
+                    "patch",
+                    "RemoteAssistance",
+                    format!("{}/{name} (the label of its AgencyBinding)", self.ra.namespace().unwrap_or_default()),
+                    e,
+                )
+            })?;
+        self.ra.metadata.labels = patched.metadata.labels;
+        self.ra.metadata.resource_version = patched.metadata.resource_version;
+        Ok(())
     }
 
     /// The credentials a call needs, from the Secret `name`.

@@ -377,6 +377,7 @@ fn last_error(error: &Error, operation: Operation, now: Time) -> Option<LastErro
         | Error::EndpointNotAllowed(_)
         | Error::DefaultCredentialsNotAllowed(_)
         | Error::SessionBindingChanged(_)
+        | Error::AgencyBinding(_)
         | Error::InvitationSecretTaken(_) => {
             e.error_code = Some(error.reason().into());
             e.error_message = bounded_opt(Some(&error.to_string()), MAX_MESSAGE_BYTES);

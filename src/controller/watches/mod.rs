@@ -69,12 +69,14 @@ const MAX_KEPT_ANNOTATION: usize = 256;
 
 /// Drops what no reconcile reads, as objects arrive in the cache, so that one object's size in
 /// memory is bounded by the CRD's schema rather than by what a user puts in its metadata: the
-/// managed fields, the labels (the label selector is the API server's), and every annotation
+/// managed fields, the labels but the operator's AgencyBinding label (the label selector is the
+/// API server's), and every annotation
 /// but the operator's own (a 256 KiB annotation on each of 500 objects otherwise takes more than
 /// the Deployment's memory limit). Finalizers stay: the finalizer patch tests the whole list.
 pub(crate) fn keep_what_reconciles_read(ra: &mut RemoteAssistance) {
     ra.managed_fields_mut().clear();
-    ra.labels_mut().clear();
+    ra.labels_mut()
+        .retain(|key, _| key == crate::agency_binding::BINDING_LABEL);
     ra.annotations_mut()
         .retain(|key, _| key.starts_with(crate::resource::ANNOTATION_PREFIX));
     for value in ra.annotations_mut().values_mut() {
