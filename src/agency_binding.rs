@@ -198,7 +198,9 @@ mod tests {
         let ok = |name: &str| {
             (5..=32).contains(&name.len())
                 && name.starts_with(|c: char| c.is_ascii_alphabetic())
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         };
         for binding in ["a", "account-b", "tenant.example.com", &"x".repeat(63)] {
             let name = session_user_name(binding);

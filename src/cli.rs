@@ -268,6 +268,11 @@ pub struct RunArgs {
     #[arg(long, env = "AGENCY_BINDINGS", default_value_t = false, action = clap::ArgAction::Set)]
     pub agency_bindings: bool,
 
+    /// Use only the AgencyBindings whose labels match this selector (several operators in one
+    /// cluster, each with bindings of its own). Default: all.
+    #[arg(long, env = "AGENCY_BINDING_SELECTOR")]
+    pub agency_binding_selector: Option<String>,
+
     /// How long after finishing (Cancelled or Closed) resources that set no
     /// spec.ttlAfterFinished are deleted (none by default: they stay).
     #[arg(long, env = "DEFAULT_TTL_AFTER_FINISHED", value_parser = parse_duration)]

@@ -36,7 +36,10 @@ pub fn crd_files() -> Vec<(String, String)> {
             let file = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("crd"));
             let mut crd = serde_json::to_value(crd).expect("a CRD always serializes");
             fold_descriptions(&mut crd);
-            (file, serde_yaml::to_string(&crd).expect("a CRD always serializes"))
+            (
+                file,
+                serde_yaml::to_string(&crd).expect("a CRD always serializes"),
+            )
         })
         .collect()
 }

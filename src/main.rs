@@ -268,6 +268,7 @@ fn controller_config(args: &RunArgs) -> anyhow::Result<controller::Config> {
         },
         refuse_orphan_time_boxed: args.refuse_orphan_time_boxed,
         agency_bindings: args.agency_bindings,
+        agency_binding_selector: args.agency_binding_selector.clone(),
         ambient: match args.ambient_credentials {
             Some(kind) => Some(
                 AmbientSource::from_env(

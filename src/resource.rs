@@ -110,7 +110,10 @@ pub struct RemoteAssistanceSpec {
     /// that selects the namespace, if exactly one does. A credentials Secret
     /// (credentialsSecretRef) comes first; the operator's default credentials come after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub agency_binding: Option<String>,
 
     /// Set to true to cancel the assistance and keep this object. It cannot be set back to

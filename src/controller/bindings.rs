@@ -12,12 +12,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::agency_binding::{AgencyBinding, AgencyBindingStatus, BINDING_FINALIZER, BINDING_LABEL, session_user_name};
+use crate::agency_binding::{
+    AgencyBinding, AgencyBindingStatus, BINDING_FINALIZER, BINDING_LABEL, session_user_name,
+};
 use crate::resource::{FINALIZER, Phase, RemoteAssistance};
 
 use super::context::Context;
@@ -37,15 +39,22 @@ pub(crate) fn start(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> tokio::task::JoinHandle<()> {
     let api: Api<AgencyBinding> = Api::all(ctx.client.clone());
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(selector) = &ctx.config.agency_binding_selector {
+        config = config.labels(selector);
+    }
+    let controller = Controller::new(api, config);
     let _ = ctx.bindings.set(controller.store());
     tokio::spawn(async move {
         controller
             .graceful_shutdown_on(shutdown)
             .run(reconcile, error_policy, ctx)
             .for_each(|result| async move {
-                if let Err(e) = result {
-                    debug!(error = %e, "AgencyBinding reconcile failed");
+                match result {
+                    Ok(_) | Err(controller::Error::ObjectNotFound(_)) => {}
+                    // Already logged by the error policy.
+                    Err(controller::Error::ReconcilerFailed(..)) => {}
+                    Err(e) => warn!(error = %e, "AgencyBindings' loop"),
                 }
             })
             .await;
@@ -64,7 +73,9 @@ pub fn needs_binding(ra: &RemoteAssistance) -> bool {
     let holds_finalizer = ra.finalizers().iter().any(|f| f == FINALIZER);
     let status = ra.status.as_ref();
     let holds_session = status.is_some_and(|s| s.session.is_some());
-    let finished = status.and_then(|s| s.phase).is_some_and(|p| matches!(p, Phase::Cancelled | Phase::Closed));
+    let finished = status
+        .and_then(|s| s.phase)
+        .is_some_and(|p| matches!(p, Phase::Cancelled | Phase::Closed));
     holds_finalizer && (holds_session || !finished)
 }
 
@@ -78,7 +89,14 @@ async fn reconcile(binding: Arc<AgencyBinding>, ctx: Arc<Context>) -> Result<Act
     let listed = users
         .list(&ListParams::default().labels(&format!("{BINDING_LABEL}={name}")))
         .await
-        .map_err(|e| Error::kubernetes("list", "RemoteAssistance", format!("labelled {BINDING_LABEL}={name}"), e))?;
+        .map_err(|e| {
+            Error::kubernetes(
+                "list",
+                "RemoteAssistance",
+                format!("labelled {BINDING_LABEL}={name}"),
+                e,
+            )
+        })?;
     let in_use = listed.items.iter().filter(|ra| needs_binding(ra)).count();
     let has_finalizer = binding.finalizers().iter().any(|f| f == BINDING_FINALIZER);
     if binding.metadata.deletion_timestamp.is_some() {
@@ -120,9 +138,20 @@ async fn set_finalizer(api: &Api<AgencyBinding>, binding: &AgencyBinding, on: bo
     } else {
         patch
     };
-    api.patch(&binding.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
-        .await
-        .map_err(|e| Error::kubernetes("patch", "AgencyBinding", format!("{} (its finalizer)", binding.name_any()), e))?;
+    api.patch(
+        &binding.name_any(),
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await
+    .map_err(|e| {
+        Error::kubernetes(
+            "patch",
+            "AgencyBinding",
+            format!("{} (its finalizer)", binding.name_any()),
+            e,
+        )
+    })?;
     Ok(())
 }
 
@@ -132,10 +161,22 @@ fn next_status(binding: &AgencyBinding, ctx: &Context, in_use: usize) -> AgencyB
     let old = binding.status.clone().unwrap_or_default();
     let last = ctx.agencies.last_fetch(&name);
     let (status, reason, message) = match &last {
-        None => ("Unknown", "NotFetchedYet", "no RemoteAssistance has needed its credentials yet".to_string()),
+        None => (
+            "Unknown",
+            "NotFetchedYet",
+            "no RemoteAssistance has needed its credentials yet".to_string(),
+        ),
         Some(f) => match &f.failure {
-            None => ("True", "FetchSucceeded", "the last fetch of temporary credentials worked".to_string()),
-            Some(why) => ("False", "AgencyCredentialsFailed", crate::text::bounded(why, 1024).into_owned()),
+            None => (
+                "True",
+                "FetchSucceeded",
+                "the last fetch of temporary credentials worked".to_string(),
+            ),
+            Some(why) => (
+                "False",
+                "AgencyCredentialsFailed",
+                crate::text::bounded(why, 1024).into_owned(),
+            ),
         },
     };
     let now = Time(jiff::Timestamp::now());
@@ -160,14 +201,30 @@ fn next_status(binding: &AgencyBinding, ctx: &Context, in_use: usize) -> AgencyB
     }
 }
 
-async fn write_status(api: &Api<AgencyBinding>, binding: &AgencyBinding, ctx: &Context, in_use: usize) -> Result<()> {
+async fn write_status(
+    api: &Api<AgencyBinding>,
+    binding: &AgencyBinding,
+    ctx: &Context,
+    in_use: usize,
+) -> Result<()> {
     let next = next_status(binding, ctx, in_use);
     if binding.status.as_ref() == Some(&next) {
         return Ok(());
     }
     let patch = serde_json::json!({ "status": next });
-    api.patch_status(&binding.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|e| Error::kubernetes("patch", "AgencyBinding", format!("{} (its status)", binding.name_any()), e))?;
+    api.patch_status(
+        &binding.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|e| {
+        Error::kubernetes(
+            "patch",
+            "AgencyBinding",
+            format!("{} (its status)", binding.name_any()),
+            e,
+        )
+    })?;
     Ok(())
 }

@@ -95,6 +95,9 @@ pub struct Config {
     /// Watch AgencyBindings (cluster-scoped: needs a ClusterRole) and let resources in the
     /// namespaces they select reach other accounts through their agencies.
     pub agency_bindings: bool,
+    /// Only the AgencyBindings whose labels match this selector (several operators in one
+    /// cluster, each with bindings of its own); None: all.
+    pub agency_binding_selector: Option<String>,
 }
 
 impl Default for Config {
@@ -122,11 +125,13 @@ impl Default for Config {
             limits: deadline::Limits::default(),
             refuse_orphan_time_boxed: false,
             agency_bindings: false,
+            agency_binding_selector: None,
         }
     }
 }
 
 /// Which of the operator's own credentials sign an agency's request.
+#[derive(Clone)]
 enum OwnIdentity {
     /// Its ambient source.
     Ambient,
@@ -254,13 +259,20 @@ impl Context {
         let name = binding.metadata.name.clone().unwrap_or_default();
         let request = agencies::request_for(binding, self.config.iam_endpoint.as_ref());
         let own = self.own_identity(&name).await?;
-        let caller = || async move {
-            match own {
-                OwnIdentity::Ambient => match &self.credentials.ambient {
-                    Some(ambient) => ambient.credentials(self.cloud.http()).await,
-                    None => unreachable!("chosen because it is set"),
-                },
-                OwnIdentity::Direct(c) => Ok(c),
+        // `refused`: IAM refused these temporary credentials with a 401; fetch new ones.
+        let caller = |refused: Option<String>| {
+            let own = own.clone();
+            async move {
+                match (own, &self.credentials.ambient) {
+                    (OwnIdentity::Ambient, Some(ambient)) => {
+                        if let Some(access_key_id) = &refused {
+                            ambient.expired(access_key_id);
+                        }
+                        ambient.credentials(self.cloud.http()).await
+                    }
+                    (OwnIdentity::Direct(c), _) => Ok(c),
+                    (OwnIdentity::Ambient, None) => unreachable!("chosen because it is set"),
+                }
             }
         };
         self.agencies

@@ -369,7 +369,7 @@ pub async fn client_for(cp: &ControlPlane) -> anyhow::Result<Client> {
 /// Server-side applies the project's CRDs and waits until each is Established.
 pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
-    for crd in [crate::resource::crd()] {
+    for crd in [crate::resource::crd(), crate::agency_binding::crd()] {
         let name = crd.name_any();
         api.patch(
             &name,

@@ -3,6 +3,7 @@
 //! bodies and error bodies with `X-Request-Id`, faults injected on demand, and a record of every
 //! request for tests to assert on.
 
+pub mod accounts;
 pub mod auth;
 pub mod faults;
 pub mod identity;
@@ -61,6 +62,9 @@ pub struct RecordedRequest {
     pub at: Instant,
     /// The User-Agent header it carried.
     pub user_agent: String,
+    /// The agency session user (`session_user.name`) of the credentials, when they were issued
+    /// through an agency.
+    pub session_user: Option<String>,
 }
 
 /// An answer to a cancel that confirms it (204) or that there is nothing to cancel (404 with a
@@ -151,6 +155,7 @@ struct State {
     history: Vec<Session>,
     requests: Vec<RecordedRequest>,
     identities: identity::Identities,
+    accounts: accounts::Accounts,
 }
 
 /// A running simulator. Dropping it stops the server.
@@ -363,6 +368,47 @@ impl Simulator {
         });
     }
 
+    /// Adds an account (IAM domain) owning `projects`. Credentials assigned to it
+    /// ([`Simulator::assign_to_account`]) reach only these projects (403 for any other).
+    pub fn add_account(&self, domain_id: &str, domain_name: &str, projects: &[&str]) {
+        self.with(|s| {
+            s.accounts.accounts.insert(
+                domain_id.into(),
+                accounts::Account {
+                    domain_name: domain_name.into(),
+                    projects: projects.iter().map(ToString::to_string).collect(),
+                },
+            )
+        });
+    }
+
+    /// Adds the agency `name` in the account `delegating`, trusting the account `trusted`.
+    pub fn add_agency(&self, delegating: &str, name: &str, trusted: &str) {
+        self.with(|s| {
+            s.accounts.agencies.push(accounts::Agency {
+                delegating: delegating.into(),
+                name: name.into(),
+                trusted: trusted.into(),
+            });
+        });
+    }
+
+    /// Makes a credential (an access key ID or an IAM token) one of `domain_id`'s.
+    pub fn assign_to_account(&self, credential: &str, domain_id: &str) {
+        self.with(|s| s.accounts.owners.insert(credential.into(), domain_id.into()));
+    }
+
+    /// Makes the temporary credentials the ambient identities issue from now on `domain_id`'s.
+    pub fn ambient_account(&self, domain_id: &str) {
+        self.with(|s| s.accounts.ambient_account = Some(domain_id.into()));
+    }
+
+    /// How many temporary credentials IAM issued through agencies, and how many assume_role
+    /// requests it refused.
+    pub fn agency_credentials(&self) -> (usize, usize) {
+        self.with(|s| (s.accounts.assumed, s.accounts.refused))
+    }
+
     /// Starts a session for a desktop as if its user had asked for assistance.
     pub fn open_session(&self, project_id: &str, desktop_id: &str) -> Session {
         let session = Session::new("ENDUSER_INITIATE");
@@ -517,6 +563,8 @@ impl Drop for InFlight {
 /// What the handler decided, before recording.
 struct Outcome {
     response: Option<Response<Full<Bytes>>>,
+    /// The credential (access key ID or token) the request was authenticated with.
+    caller: Option<String>,
     authenticated: bool,
     faulted: bool,
 }
@@ -541,6 +589,9 @@ async fn handle(
         .unwrap_or_default();
     if parts.method == http::Method::POST && parts.uri.path() == "/v3/auth/tokens" {
         return Ok(issue_token(&state, &body));
+    }
+    if parts.method == http::Method::POST && parts.uri.path() == crate::workspace::SECURITY_TOKENS_PATH {
+        return Ok(assume_role(&state, &parts, &body));
     }
     if let Some(response) = serve_identity(&state, &parts, &body).await {
         return Ok(response);
@@ -572,6 +623,10 @@ async fn handle(
             sent_at,
         });
     }
+    let session_user = outcome
+        .caller
+        .as_ref()
+        .and_then(|c| s.accounts.session_users.get(c).cloned());
     s.requests.push(RecordedRequest {
         operation,
         project_id,
@@ -581,6 +636,7 @@ async fn handle(
         faulted: outcome.faulted,
         at,
         user_agent,
+        session_user,
     });
     drop(s); // before the in-flight guard, which takes the lock too
     outcome.response.ok_or_else(|| {
@@ -604,18 +660,34 @@ async fn decide(
         );
         return Outcome {
             response: Some(resp),
+            caller: None,
             authenticated: false,
             faulted: false,
         };
     };
-    if let Err(failure) = authenticate(state, parts, body) {
-        let resp = error_response(401, failure.code(), &failure.message(), None, None);
+    let caller = match authenticate(state, parts, body) {
+        Ok(caller) => caller,
+        Err(failure) => {
+            let resp = error_response(401, failure.code(), &failure.message(), None, None);
+            return Outcome {
+                response: Some(resp),
+                caller: None,
+                authenticated: false,
+                faulted: false,
+            };
+        }
+    };
+    let authorized = state.lock().unwrap().accounts.authorize(&caller, &project_id);
+    if let Err((status, code, message)) = authorized {
+        let denial = random_hex(32);
         return Outcome {
-            response: Some(resp),
-            authenticated: false,
+            response: Some(error_response(status, code, &message, None, Some(&denial))),
+            caller: Some(caller),
+            authenticated: true,
             faulted: false,
         };
     }
+    let caller = Some(caller);
 
     let fault = {
         let mut s = state.lock().unwrap();
@@ -632,6 +704,7 @@ async fn decide(
     match fault {
         Some(Fault::Drop) => {
             return Outcome {
+                caller: caller.clone(),
                 response: None,
                 authenticated: true,
                 faulted: true,
@@ -641,6 +714,7 @@ async fn decide(
             // The cloud does the work, and the answer is lost on the way back.
             let _ = serve(state, operation, &project_id, &desktop_id);
             return Outcome {
+                caller: caller.clone(),
                 response: None,
                 authenticated: true,
                 faulted: true,
@@ -656,6 +730,7 @@ async fn decide(
             drop(s);
             let response = serve(state, operation, &project_id, &desktop_id);
             return Outcome {
+                caller: caller.clone(),
                 response: Some(response),
                 authenticated: true,
                 faulted: true,
@@ -664,6 +739,7 @@ async fn decide(
         Some(Fault::OmitFields(fields)) => {
             let response = serve_omitting(state, operation, &project_id, &desktop_id, &fields);
             return Outcome {
+                caller: caller.clone(),
                 response: Some(response),
                 authenticated: true,
                 faulted: true,
@@ -685,6 +761,7 @@ async fn decide(
                 encoded_authorization_message.as_deref(),
             );
             return Outcome {
+                caller: caller.clone(),
                 response: Some(resp),
                 authenticated: true,
                 faulted: true,
@@ -707,6 +784,7 @@ async fn decide(
                 .body(Full::new(Bytes::from(body)))
                 .expect("a valid response");
             return Outcome {
+                caller: caller.clone(),
                 response: Some(resp),
                 authenticated: true,
                 faulted: true,
@@ -717,6 +795,7 @@ async fn decide(
 
     let response = serve(state, operation, &project_id, &desktop_id);
     Outcome {
+        caller,
         response: Some(response),
         authenticated: true,
         faulted: false,
@@ -899,6 +978,9 @@ async fn serve_identity(
             let expires_at = jiff::Timestamp::now()
                 + jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::from_hours(1));
             let (ak, sk, token) = issued.clone();
+            if let Some(account) = s.accounts.ambient_account.clone() {
+                s.accounts.owners.insert(ak.clone(), account);
+            }
             s.aksk.insert(
                 ak,
                 AkSk {
@@ -918,6 +1000,60 @@ async fn serve_identity(
             error_response(status, code, &message, None, None)
         }
     })
+}
+
+/// IAM's `POST /v3.0/OS-CREDENTIAL/securitytokens` with `assume_role`: the caller's signature
+/// or token is checked, then the agency (it must exist in the delegating account and trust the
+/// caller's account); 201 with temporary credentials of the delegating account.
+fn assume_role(
+    state: &Arc<Mutex<State>>,
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    let caller = match authenticate(state, parts, body) {
+        Ok(caller) => caller,
+        Err(failure) => {
+            state.lock().unwrap().accounts.refused += 1;
+            return error_response(401, failure.code(), &failure.message(), None, None);
+        }
+    };
+    let mut s = state.lock().unwrap();
+    let (delegating, duration, session_user) = match s.accounts.assume_role(&caller, body) {
+        Ok(granted) => granted,
+        Err((status, code, message)) => {
+            s.accounts.refused += 1;
+            return error_response(status, code, &message, None, None);
+        }
+    };
+    let issued = identity::new_temporary();
+    let lifetime = s
+        .identities
+        .lifetime
+        .unwrap_or(Duration::from_secs(u64::from(duration)))
+        .min(Duration::from_secs(u64::from(duration)));
+    let expires_at = jiff::Timestamp::now()
+        + jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::from_mins(15));
+    let (ak, sk, token) = issued.clone();
+    s.accounts.owners.insert(ak.clone(), delegating);
+    if let Some(user) = session_user {
+        s.accounts.session_users.insert(ak.clone(), user);
+    }
+    s.aksk.insert(
+        ak,
+        AkSk {
+            secret_key: sk,
+            security_token: Some(token),
+            expires_at: Some(expires_at),
+        },
+    );
+    s.accounts.assumed += 1;
+    s.identities
+        .issued_secrets
+        .extend([issued.1.clone(), issued.2.clone()]);
+    json_response(
+        201,
+        &identity::credential_body("ecs-metadata", &issued, expires_at),
+    )
 }
 
 /// CCE pod identity: the `Authorization` header is a ServiceAccount token, reviewed by the API
@@ -1053,17 +1189,17 @@ fn percent_decode(s: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Checks the request's IAM token or AK/SK signature.
+/// Checks the request's IAM token or AK/SK signature; Ok: the token or access key ID.
 fn authenticate(
     state: &Arc<Mutex<State>>,
     parts: &http::request::Parts,
     body: &[u8],
-) -> Result<(), AuthFailure> {
+) -> Result<String, AuthFailure> {
     let headers = &parts.headers;
     if let Some(token) = headers.get("x-auth-token") {
         let token = token.to_str().map_err(|_| AuthFailure::UnknownToken)?;
         return match state.lock().unwrap().tokens.get(token) {
-            Some(false) => Ok(()),
+            Some(false) => Ok(token.to_string()),
             Some(true) => Err(AuthFailure::ExpiredToken),
             None => Err(AuthFailure::UnknownToken),
         };
@@ -1122,7 +1258,7 @@ fn authenticate(
     );
     let expected = auth::expected_signature(&key.secret_key, date, &canonical);
     if auth::same_signature(&expected, &parsed.signature) {
-        Ok(())
+        Ok(parsed.access)
     } else {
         Err(AuthFailure::SignatureMismatch)
     }

@@ -6,7 +6,9 @@
 use serde_json::json;
 use url::Url;
 
-use super::ambient::{AmbientError, AmbientKind, TemporaryCredentials, failure, parse_temporary_credentials, refused, send};
+use super::ambient::{
+    AmbientError, AmbientKind, TemporaryCredentials, failure, parse_temporary_credentials, refused, send,
+};
 use super::signer::{self, SigningRequest};
 use super::signing_credentials::Credentials;
 
@@ -103,9 +105,16 @@ pub async fn assume_agency(
     }
     let mut builder = http.post(url);
     for (name, value) in headers {
-        let mut value = reqwest::header::HeaderValue::from_str(&value)
-            .map_err(|_| failure(kind, format!("the {name} header would hold characters HTTP does not allow")))?;
-        if matches!(name.as_str(), "Authorization" | "X-Auth-Token" | "X-Security-Token") {
+        let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+            failure(
+                kind,
+                format!("the {name} header would hold characters HTTP does not allow"),
+            )
+        })?;
+        if matches!(
+            name.as_str(),
+            "Authorization" | "X-Auth-Token" | "X-Security-Token"
+        ) {
             value.set_sensitive(true);
         }
         builder = builder.header(name, value);

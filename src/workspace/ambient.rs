@@ -170,7 +170,9 @@ impl AmbientSource {
                     .unwrap_or_else(|| Url::parse(DEFAULT_METADATA_ENDPOINT).expect("a URL")),
             },
             AmbientKind::Agency => {
-                return Err("an agency is configured with an AgencyBinding, not --ambient-credentials".into());
+                return Err(
+                    "an agency is configured with an AgencyBinding, not --ambient-credentials".into(),
+                );
             }
         })
     }

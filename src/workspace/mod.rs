@@ -11,7 +11,9 @@ mod models;
 pub mod signer;
 mod signing_credentials;
 
-pub use agency::{AgencyRequest, DelegatingAccount, GLOBAL_IAM_ENDPOINT, SECURITY_TOKENS_PATH, assume_agency};
+pub use agency::{
+    AgencyRequest, DelegatingAccount, GLOBAL_IAM_ENDPOINT, SECURITY_TOKENS_PATH, assume_agency,
+};
 pub use ambient::{
     AmbientCredentials, AmbientError, AmbientKind, AmbientSource, DEFAULT_METADATA_ENDPOINT, IdToken,
     TemporaryCredentials, parse_temporary_credentials,

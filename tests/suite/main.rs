@@ -10,6 +10,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod agencies;
 mod ambient_credentials;
 mod boundaries;
 mod control_plane;

@@ -76,7 +76,13 @@ async fn the_kustomize_base_and_variants_pass_a_server_side_dry_run() {
     ] {
         support::install_crd(&support::admin_client().await, &stand_in_crd(plural, kind)).await;
     }
-    let overlay = overlay(&["servicemonitor", "prometheusrule", "networkpolicy", "sharding"]);
+    let overlay = overlay(&[
+        "servicemonitor",
+        "prometheusrule",
+        "networkpolicy",
+        "sharding",
+        "agency-bindings",
+    ]);
     dry_run(&["-k", overlay.path().to_str().unwrap()]);
 }
 
@@ -209,6 +215,8 @@ async fn the_examples_pass_a_server_side_dry_run() {
     support::install_project_crds(&client).await;
     let ns = support::fresh_namespace(&client, "examples").await;
     dry_run(&["-k", "deploy/examples", "-n", &ns]);
+    // The AgencyBinding is cluster-scoped: applied on its own, without a namespace.
+    dry_run(&["-f", "deploy/examples/agencybinding.yaml"]);
 }
 
 #[test]

@@ -440,3 +440,127 @@ async fn a_forbidden_kubernetes_call_shows_on_the_resource() {
     w.delete("ra").await;
     shows_kubernetes_failure(&w, &op, "ra", "Synced", "get Namespace", "get", "Namespace").await;
 }
+
+fn agency_rules() -> Vec<serde_yaml::Value> {
+    yaml_docs("deploy/components/agency-bindings/clusterrole.yaml")[0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .clone()
+}
+
+/// Binds the agency-bindings component's ClusterRole (less rule `without`, maybe) to the
+/// world's operator ServiceAccount.
+async fn install_agency_rbac(w: &World, without: Option<usize>) {
+    let ns = &w.namespace;
+    let mut role: ClusterRole =
+        serde_yaml::from_value(yaml_docs("deploy/components/agency-bindings/clusterrole.yaml").remove(0))
+            .unwrap();
+    let name = format!("workspace-assist-agency-{ns}");
+    role.metadata.name = Some(name.clone());
+    if let Some(i) = without {
+        role.rules.as_mut().unwrap().remove(i);
+    }
+    Api::<ClusterRole>::all(w.client.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name },
+        "subjects": [{ "kind": "ServiceAccount", "name": "workspace-assist", "namespace": ns }],
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(w.client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+}
+
+/// The bindings' loop with the base roles and the agency-bindings rules (less one, maybe): a
+/// binding gets its finalizer and status, and goes when deleted (no resource uses it).
+async fn run_agency_case(without: Option<usize>, dir: &std::path::Path) -> (Result<(), String>, String) {
+    use workspace_assist::agency_binding::{AgencyBinding, BINDING_FINALIZER};
+    let w = World::new("rbac-agency").await;
+    let kubeconfig = install_rbac(&w, Without::Nothing, dir).await;
+    install_agency_rbac(&w, without).await;
+    let endpoint = w.sim.endpoint();
+    let selector = format!("rbac-agency={}", w.namespace);
+    let op = OperatorProcess::spawn(
+        &kubeconfig,
+        &[
+            "--namespace",
+            &w.namespace,
+            "--leader-elect",
+            "false",
+            "--allowed-endpoint",
+            &endpoint,
+            "--agency-bindings",
+            "true",
+            "--agency-binding-selector",
+            &selector,
+        ],
+    );
+    let bindings: Api<AgencyBinding> = Api::all(w.client.clone());
+    let name = format!("{}-binding", w.namespace);
+    let binding: AgencyBinding = serde_json::from_value(json!({
+        "apiVersion": "workspace.assist.dev/v1alpha1", "kind": "AgencyBinding",
+        "metadata": { "name": name, "labels": { "rbac-agency": w.namespace } },
+        "spec": {
+            "domainId": "d-rbac", "agencyName": "workspace-assist",
+            "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": w.namespace } },
+        },
+    }))
+    .unwrap();
+    bindings.create(&PostParams::default(), &binding).await.unwrap();
+    let result = async {
+        step("the binding held, with its status", STEP, async || {
+            bindings.get_opt(&name).await.unwrap().is_some_and(|b| {
+                b.finalizers().iter().any(|f| f == BINDING_FINALIZER)
+                    && b.status.is_some_and(|s| !s.conditions.is_empty())
+            })
+        })
+        .await?;
+        bindings.delete(&name, &Default::default()).await.unwrap();
+        step("the unused binding let go", STEP, async || {
+            bindings.get_opt(&name).await.unwrap().is_none()
+        })
+        .await
+    }
+    .await;
+    if result.is_err() {
+        // Let the binding go, so that it does not outlive the test.
+        let _ = bindings
+            .patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await;
+        let _ = bindings.delete(&name, &Default::default()).await;
+    }
+    (result, op.logs())
+}
+
+#[tokio::test]
+async fn the_agency_bindings_rules_are_sufficient_and_each_is_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = vec![None];
+    cases.extend((0..agency_rules().len()).map(Some));
+    let results = futures::future::join_all(cases.iter().map(|c| run_agency_case(*c, dir.path()))).await;
+    let mut wrong = Vec::new();
+    for (case, (result, logs)) in cases.iter().zip(results) {
+        let forbidden = logs.to_lowercase().contains("forbidden");
+        match (case, result) {
+            (None, Ok(())) if !forbidden => {}
+            (None, outcome) => wrong.push(format!(
+                "with every rule: {outcome:?}, forbidden in logs: {forbidden}\n{logs}"
+            )),
+            (Some(i), Ok(())) => wrong.push(format!("without rule {i}: the binding's loop completed")),
+            (Some(i), Err(step)) if !forbidden => wrong.push(format!(
+                "without rule {i}: failed ({step}) but nothing in the logs says forbidden"
+            )),
+            (Some(i), Err(step)) => println!("without rule {i}: fails visibly ({step})"),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

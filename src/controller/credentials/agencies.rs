@@ -24,14 +24,18 @@ use crate::workspace::{
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AgencyBindingError {
     /// The operator does not watch AgencyBindings (`--agency-bindings` is off).
-    #[error("spec.agencyBinding names {0}, but this operator does not use AgencyBindings (its admin turns them on with --agency-bindings)")]
+    #[error(
+        "spec.agencyBinding names {0}, but this operator does not use AgencyBindings (its admin turns them on with --agency-bindings)"
+    )]
     Disabled(String),
     /// The binding the resource names (or the one its session was reached through) does not
     /// exist.
     #[error("the AgencyBinding {0} does not exist")]
     NotFound(String),
     /// The binding the resource names does not select its namespace.
-    #[error("the AgencyBinding {binding} does not select namespace {namespace}: only the cluster admin can change that")]
+    #[error(
+        "the AgencyBinding {binding} does not select namespace {namespace}: only the cluster admin can change that"
+    )]
     NotAllowed {
         /// The binding.
         binding: String,
@@ -58,11 +62,15 @@ pub enum AgencyBindingError {
         message: String,
     },
     /// The operator has no identity of its own to assume the agency with.
-    #[error("the AgencyBinding {0} needs the operator's own identity (--ambient-credentials or --default-credentials-secret), and it has none")]
+    #[error(
+        "the AgencyBinding {0} needs the operator's own identity (--ambient-credentials or --default-credentials-secret), and it has none"
+    )]
     NoOwnIdentity(String),
     /// The operator's default Secret holds a password login: IAM's agency API takes AK/SK or a
     /// token.
-    #[error("the AgencyBinding {0} needs the operator's own AK/SK or IAM token; its default Secret holds a password login")]
+    #[error(
+        "the AgencyBinding {0} needs the operator's own AK/SK or IAM token; its default Secret holds a password login"
+    )]
     PasswordIdentity(String),
 }
 
@@ -119,7 +127,10 @@ pub fn choose(
         return Ok(Some(binding.clone()));
     }
     let mut selecting = Vec::new();
-    for binding in bindings.iter().filter(|b| b.metadata.deletion_timestamp.is_none()) {
+    for binding in bindings
+        .iter()
+        .filter(|b| b.metadata.deletion_timestamp.is_none())
+    {
         // A binding whose selector cannot be read selects nobody it was not named by.
         if selects(binding, labels).unwrap_or(false) {
             selecting.push(binding.clone());
@@ -191,8 +202,10 @@ pub struct Agencies {
 
 impl Agencies {
     /// The binding's credentials: cached while fresh, else one fetch (shared by all callers,
-    /// with the same backoff after failures as the operator's own identity) signed by `caller`.
-    /// `fetched` hears of every fetch made (its binding and whether it worked).
+    /// with the same backoff after failures as the operator's own identity) signed with the
+    /// operator's own credentials from `caller`. When IAM refuses those with a 401, `caller` is
+    /// asked once more with the refused access key (its temporary credentials may have expired)
+    /// and the fetch made once more. `fetched` hears of every fetch (whether it worked).
     pub async fn credentials<C, Fut>(
         &self,
         http: &reqwest::Client,
@@ -202,7 +215,7 @@ impl Agencies {
         fetched: impl FnOnce(bool),
     ) -> Result<Credentials, AmbientError>
     where
-        C: FnOnce() -> Fut,
+        C: Fn(Option<String>) -> Fut,
         Fut: Future<Output = Result<Credentials, AmbientError>>,
     {
         let entry = {
@@ -220,8 +233,20 @@ impl Agencies {
         let fetching = entry.clone();
         let fetch = move || async move {
             let result: Result<TemporaryCredentials, AmbientError> = async {
-                let caller = caller().await?;
-                assume_agency(http, &caller, &fetching.request).await
+                let own = caller(None).await?;
+                match assume_agency(http, &own, &fetching.request).await {
+                    Err(e) if e.http_status == Some(401) => {
+                        let Credentials::AkSk { access_key_id, .. } = &own else {
+                            return Err(e);
+                        };
+                        let renewed = caller(Some(access_key_id.clone())).await?;
+                        if renewed == own {
+                            return Err(e);
+                        }
+                        assume_agency(http, &renewed, &fetching.request).await
+                    }
+                    other => other,
+                }
             }
             .await;
             self.last_fetch.lock().expect("agencies").insert(
@@ -292,8 +317,15 @@ mod tests {
     fn a_resource_gets_the_binding_that_selects_it_or_the_one_it_names() {
         let bindings = vec![binding("b1", "ns1"), binding("b2", "ns2"), binding("b2x", "ns2")];
         let name = |r: Result<Option<Arc<AgencyBinding>>, _>| r.map(|b| b.map(|b| b.name_any()));
-        assert_eq!(name(choose(&bindings, None, "ns1", &labels("ns1"))), Ok(Some("b1".into())));
-        assert_eq!(name(choose(&bindings, None, "ns3", &labels("ns3"))), Ok(None), "defaults next");
+        assert_eq!(
+            name(choose(&bindings, None, "ns1", &labels("ns1"))),
+            Ok(Some("b1".into()))
+        );
+        assert_eq!(
+            name(choose(&bindings, None, "ns3", &labels("ns3"))),
+            Ok(None),
+            "defaults next"
+        );
         assert_eq!(
             name(choose(&bindings, None, "ns2", &labels("ns2"))),
             Err(AgencyBindingError::Ambiguous("b2, b2x".into()))
@@ -322,6 +354,9 @@ mod tests {
         assert!(allows_project(&b, "p1").is_ok());
         b.spec.project_ids = vec!["p1".into()];
         assert!(allows_project(&b, "p1").is_ok());
-        assert_eq!(allows_project(&b, "p2").unwrap_err().reason(), "AgencyProjectNotAllowed");
+        assert_eq!(
+            allows_project(&b, "p2").unwrap_err().reason(),
+            "AgencyProjectNotAllowed"
+        );
     }
 }

@@ -163,11 +163,13 @@ where
                     if let Credentials::AkSk { access_key_id, .. } = c {
                         ctx.agencies.expired(binding, access_key_id);
                     }
-                    tracing::info!(binding, "the agency's temporary credentials expired: fetching new ones");
+                    tracing::info!(
+                        binding,
+                        "the agency's temporary credentials expired: fetching new ones"
+                    );
                     let source = |error| CloudError::Source { operation, error };
-                    let agency = match ctx.agency_binding(binding).await {
-                        Ok(agency) => agency,
-                        Err(_) => return Err(e),
+                    let Ok(agency) = ctx.agency_binding(binding).await else {
+                        return Err(e);
                     };
                     let fresh = match ctx.agency_credentials(&agency).await {
                         Ok(fresh) => fresh,

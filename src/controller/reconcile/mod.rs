@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
-use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -1314,7 +1314,10 @@ impl<'a> Step<'a> {
                 Error::kubernetes(
                     "patch",
                     "RemoteAssistance",
-                    format!("{}/{name} (the label of its AgencyBinding)", self.ra.namespace().unwrap_or_default()),
+                    format!(
+                        "{}/{name} (the label of its AgencyBinding)",
+                        self.ra.namespace().unwrap_or_default()
+                    ),
                     e,
                 )
             })?;
