@@ -43,7 +43,12 @@ pub(crate) fn start(
     if let Some(selector) = &ctx.config.agency_binding_selector {
         config = config.labels(selector);
     }
-    let controller = Controller::new(api, config);
+    // Every fetch's outcome re-writes the bindings' status (there are few bindings).
+    let fetches = futures::stream::unfold(ctx.agency_fetches.subscribe(), |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    });
+    let controller = Controller::new(api, config).reconcile_all_on(fetches);
     let _ = ctx.bindings.set(controller.store());
     tokio::spawn(async move {
         controller

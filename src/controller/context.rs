@@ -181,6 +181,9 @@ pub struct Context {
     pub(crate) bindings: OnceLock<Store<AgencyBinding>>,
     /// The temporary credentials of the agencies in use, one fetch per binding.
     pub agencies: agencies::Agencies,
+    /// Counts agency fetches (each outcome): the bindings' loop writes their status again on
+    /// each, so that a failed fetch shows on the binding at once.
+    pub(crate) agency_fetches: tokio::sync::watch::Sender<u64>,
 }
 
 impl Context {
@@ -218,6 +221,7 @@ impl Context {
             namespaces: OnceLock::new(),
             bindings: OnceLock::new(),
             agencies: agencies::Agencies::default(),
+            agency_fetches: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -278,6 +282,7 @@ impl Context {
         self.agencies
             .credentials(self.cloud.http(), &name, request, caller, |ok| {
                 self.metrics.agency_fetched(&name, ok);
+                self.agency_fetches.send_modify(|n| *n += 1);
             })
             .await
             .map_err(Error::CredentialsSource)

@@ -523,3 +523,124 @@ async fn a_binding_in_use_stays_and_a_deselected_namespace_still_cancels() {
     t.remove_bindings().await;
     t.w.stop_operator().await;
 }
+
+#[tokio::test]
+async fn an_agency_iam_refuses_is_asked_once_for_all_its_resources_and_backs_off() {
+    let mut t = Agencies::new("agency-refused").await;
+    // Account alpha has no agency of this name: IAM refuses every fetch.
+    t.put_binding(
+        &t.binding_a,
+        json!({"domainId": DOMAIN_A, "agencyName": "no-such-agency"}),
+        &t.w.namespace,
+    )
+    .await;
+    let config = t.config();
+    let started = std::time::Instant::now();
+    t.w.start_operator(config);
+    let first = t.w.namespace.clone();
+    let names = ["f1", "f2", "f3", "f4", "f5", "f6"];
+    for name in names {
+        t.create(&first, name, PROJECT_A, json!({})).await;
+    }
+    for name in names {
+        t.wait_for(&first, name, "refused by IAM", |ra| {
+            condition_reason(ra, "Ready").as_deref() == Some("AgencyCredentialsFailed")
+        })
+        .await;
+        assert!(t.calls(name).is_empty(), "{name}: no Workspace call");
+    }
+    let (assumed, refused) = t.w.sim.agency_credentials();
+    assert_eq!(assumed, 0);
+    // One fetch shared by all the resources, then asked again after 1 s, 2 s, 4 s…: within
+    // `elapsed` seconds at most 2 + log2(elapsed) fetches, however many resources wait (each
+    // of them asking would make at least one per resource at once).
+    let elapsed = started.elapsed().as_secs_f64().max(1.0);
+    let schedule = 2 + elapsed.log2().floor() as usize;
+    assert!(
+        refused >= 1 && refused <= schedule,
+        "IAM asked {refused} times in {elapsed:.1} s for {} resources (the backoff allows {schedule})",
+        names.len()
+    );
+    eventually(T, "the binding's failed fetch", || async {
+        let b = t.bindings().get(&t.binding_a).await.unwrap();
+        b.status.is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "AgencyCredentialsFailed")
+        })
+    })
+    .await;
+    for name in names {
+        t.delete_unprovable_and_orphan(&first, name).await;
+    }
+    t.remove_bindings().await;
+    t.w.stop_operator().await;
+}
+
+/// The real binary at trace level, with pod identity from the environment as a pod gets it:
+/// neither the operator's own temporary credentials nor the agency's reach its logs.
+#[tokio::test]
+async fn the_binary_at_trace_level_logs_no_temporary_secret() {
+    use support::process::{BIN, OperatorProcess, free_port};
+    let t = Agencies::new("agency-leaks").await;
+    let cp = support::control_plane::shared();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let selector = format!("agency-test={}", t.w.namespace);
+    let endpoint = t.w.sim.endpoint();
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .args(["run", "--log-level", "trace", "--leader-elect", "false"])
+        .args(["--metrics-address", &metrics.to_string()])
+        .args([
+            "--watch-label-selector",
+            &selector,
+            "--allowed-endpoint",
+            &endpoint,
+        ])
+        .args([
+            "--iam-endpoint",
+            &endpoint,
+            "--ambient-credentials",
+            "pod-identity",
+        ])
+        .args([
+            "--agency-bindings",
+            "true",
+            "--agency-binding-selector",
+            &selector,
+        ])
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("HC_CONTAINER_CREDENTIALS_FULL_URI", t.w.sim.pod_identity_uri())
+        .env(
+            "HC_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            t._token_dir.path().join("token"),
+        );
+    let op = OperatorProcess::start(command, metrics);
+    let first = t.w.namespace.clone();
+    t.create(&first, "l1", PROJECT_A, json!({})).await;
+    let ra = t.wait_for(&first, "l1", "Active", active).await;
+    assert_eq!(
+        ra.status.as_ref().and_then(|s| s.agency_session_user.clone()),
+        Some(session_user_name(&t.binding_a))
+    );
+    t.delete_and_wait_gone(&first, "l1").await;
+    assert_eq!(t.w.sim.count(Operation::CancelRemoteAssistance, "l1"), 1);
+    let (_, page) = op.get("/metrics").await;
+    let mut secrets = t.w.sim.issued_temporary_secrets();
+    assert!(
+        secrets.len() >= 4,
+        "the pod identity's and the agency's: {secrets:?}"
+    );
+    secrets.push(std::fs::read_to_string(t._token_dir.path().join("token")).unwrap());
+    let status = serde_json::to_string(&ra).unwrap();
+    let binding = serde_json::to_string(&t.bindings().get(&t.binding_a).await.unwrap()).unwrap();
+    let logs = op.logs();
+    assert!(
+        logs.contains("TRACE"),
+        "trace level: {}",
+        &logs[..logs.len().min(2000)]
+    );
+    let text = format!("{logs}\n{status}\n{binding}\n{page}");
+    assert_eq!(support::leaked(&text, &secrets), None);
+    t.remove_bindings().await;
+}

@@ -297,6 +297,9 @@ async fn live_metrics_parse_as_openmetrics_and_the_dashboard_names_only_what_the
     telemetry
         .metrics
         .kubernetes_error("patch", "RemoteAssistance", 409);
+    // Agency fetches need an AgencyBinding (tests/suite/agencies.rs): recorded the same way.
+    telemetry.metrics.agency_fetched("example-binding", true);
+    telemetry.metrics.agency_fetched("example-binding", false);
     let http = reqwest::Client::new();
     let url = format!("http://{address}/metrics");
     support::operator::eventually(T, "the per-phase gauges", || async {
