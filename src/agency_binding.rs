@@ -119,8 +119,8 @@ pub struct AgencyBindingStatus {
     pub in_use: u32,
 
     /// The session_user.name the operator sends with assume_role: the name of the agency
-    /// session behind every call made through this binding (Cloud Trace Service records it in
-    /// principal_id as <agency-id>:<session name>).
+    /// session behind every call made through this binding (Cloud Trace Service shows an agency
+    /// session's name in principal_id, <agency-id>:<session name>; see docs/agencies.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_user: Option<String>,
 

@@ -411,8 +411,9 @@ pub struct RemoteAssistanceStatus {
 
     /// Where the session this resource holds lives, recorded when it was opened or adopted:
     /// every later call for it (observe, cancel, the deadline) goes there, with these
-    /// credentials, whatever the spec says now. While it is set, spec.endpoint, spec.region
-    /// and spec.credentialsSecretRef cannot change. Cleared once the session is over.
+    /// credentials, whatever the spec says now. While it is set, spec.endpoint, spec.region,
+    /// spec.credentialsSecretRef and spec.agencyBinding cannot change. Cleared once the
+    /// session is over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionBinding>,
 }

@@ -973,26 +973,10 @@ async fn serve_identity(
     let mut s = state.lock().unwrap();
     Some(match result {
         Ok(()) => {
-            let issued = identity::new_temporary();
             let lifetime = s.identities.lifetime.unwrap_or(Duration::from_secs(3600));
-            let expires_at = jiff::Timestamp::now()
-                + jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::from_hours(1));
-            let (ak, sk, token) = issued.clone();
-            if let Some(account) = s.accounts.ambient_account.clone() {
-                s.accounts.owners.insert(ak.clone(), account);
-            }
-            s.aksk.insert(
-                ak,
-                AkSk {
-                    secret_key: sk,
-                    security_token: Some(token),
-                    expires_at: Some(expires_at),
-                },
-            );
+            let owner = s.accounts.ambient_account.clone();
+            let (issued, expires_at) = issue_temporary(&mut s, lifetime, owner);
             *s.identities.issued.entry(source).or_default() += 1;
-            s.identities
-                .issued_secrets
-                .extend([issued.1.clone(), issued.2.clone()]);
             json_response(200, &identity::credential_body(source, &issued, expires_at))
         }
         Err((status, code, message)) => {
@@ -1025,18 +1009,33 @@ fn assume_role(
             return error_response(status, code, &message, None, None);
         }
     };
-    let issued = identity::new_temporary();
-    let lifetime = s
-        .identities
-        .lifetime
-        .unwrap_or(Duration::from_secs(u64::from(duration)))
-        .min(Duration::from_secs(u64::from(duration)));
-    let expires_at = jiff::Timestamp::now()
-        + jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::from_mins(15));
-    let (ak, sk, token) = issued.clone();
-    s.accounts.owners.insert(ak.clone(), delegating);
+    let asked = Duration::from_secs(u64::from(duration));
+    let lifetime = s.identities.lifetime.unwrap_or(asked).min(asked);
+    let (issued, expires_at) = issue_temporary(&mut s, lifetime, Some(delegating));
     if let Some(user) = session_user {
-        s.accounts.session_users.insert(ak.clone(), user);
+        s.accounts.session_users.insert(issued.0.clone(), user);
+    }
+    s.accounts.assumed += 1;
+    json_response(
+        201,
+        &identity::credential_body("ecs-metadata", &issued, expires_at),
+    )
+}
+
+/// New temporary credentials (AK, SK, security token) that live `lifetime`, accepted by the
+/// Workspace side from now on, and owned by the account `owner` (if any); recorded to scan for
+/// leaks.
+fn issue_temporary(
+    s: &mut State,
+    lifetime: Duration,
+    owner: Option<String>,
+) -> ((String, String, String), jiff::Timestamp) {
+    let issued = identity::new_temporary();
+    let expires_at = jiff::Timestamp::now()
+        + jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::from_hours(1));
+    let (ak, sk, token) = issued.clone();
+    if let Some(account) = owner {
+        s.accounts.owners.insert(ak.clone(), account);
     }
     s.aksk.insert(
         ak,
@@ -1046,14 +1045,10 @@ fn assume_role(
             expires_at: Some(expires_at),
         },
     );
-    s.accounts.assumed += 1;
     s.identities
         .issued_secrets
         .extend([issued.1.clone(), issued.2.clone()]);
-    json_response(
-        201,
-        &identity::credential_body("ecs-metadata", &issued, expires_at),
-    )
+    (issued, expires_at)
 }
 
 /// CCE pod identity: the `Authorization` header is a ServiceAccount token, reviewed by the API

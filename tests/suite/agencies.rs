@@ -481,6 +481,20 @@ async fn a_binding_in_use_stays_and_a_deselected_namespace_still_cancels() {
     let first = t.w.namespace.clone();
     t.create(&first, "held", PROJECT_A, json!({})).await;
     t.wait_for(&first, "held", "Active", active).await;
+    // The API server refuses moving a held session to another binding (the CRD's CEL rule).
+    let refused = t
+        .api(&first)
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"agencyBinding": t.binding_b}})),
+        )
+        .await
+        .expect_err("spec.agencyBinding is fixed while a session is held");
+    assert!(
+        refused.to_string().contains("spec.agencyBinding cannot change"),
+        "{refused}"
+    );
     // The namespace leaves the binding's selector: new sessions stop, the held one does not.
     t.put_binding(
         &t.binding_a,
