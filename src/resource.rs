@@ -233,6 +233,17 @@ pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::
                     reason: Some("FieldValueForbidden".to_string()),
                     ..ValidationRule::default()
                 });
+            // A resource the operator has not reconciled yet reads with
+            // status.observedGeneration 0 (the API server defaults it when it reads the object):
+            // kstatus (Flux) and Argo CD's health check then see it in progress, not Current, so
+            // a GitOps sync waits for the operator's first status instead of passing before it.
+            if let Some(status) = schema.properties.as_mut().and_then(|p| p.get_mut("status")) {
+                status.default = Some(
+                    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON(
+                        serde_json::json!({ "observedGeneration": 0 }),
+                    ),
+                );
+            }
         }
     }
     crd

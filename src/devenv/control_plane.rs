@@ -75,6 +75,37 @@ impl Harness {
             tags: vec![PROMTOOL_TAGS.to_string()],
         }
     }
+
+    /// The Go module `tests/flux`, which pins Flux's source-controller and kustomize-controller
+    /// (and holds `cmd/gitserver`, Flux's test Git server with commits on request), built into
+    /// `build_dir`.
+    pub fn flux(build_dir: impl Into<PathBuf>) -> Harness {
+        Harness {
+            source_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("flux"),
+            build_dir: build_dir.into(),
+            tags: Vec::new(),
+        }
+    }
+
+    /// The directory of `module` (a dependency of this harness's Go module) in Go's module
+    /// cache, for files it ships besides its Go code (a controller's CRDs).
+    pub fn module_dir(&self, module: &str) -> anyhow::Result<PathBuf> {
+        let go = std::env::var_os("GO").unwrap_or_else(|| "go".into());
+        let output = Command::new(&go)
+            .current_dir(&self.source_dir)
+            .env("GOTOOLCHAIN", "local")
+            .args(["list", "-m", "-f", "{{.Dir}}", module])
+            .output()
+            .context("running go list")?;
+        let dir = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        if !output.status.success() || dir.is_empty() {
+            anyhow::bail!(
+                "go list -m {module} found no module directory (is it downloaded? go build fetches it):\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(PathBuf::from(dir))
+    }
 }
 
 impl ControlPlane {

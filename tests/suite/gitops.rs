@@ -132,6 +132,16 @@ async fn produce_objects() -> Vec<RemoteAssistance> {
     );
     unobserved.metadata.name = Some("unobserved".into());
     objects.push(unobserved);
+    // A resource the operator has not reconciled at all (as a GitOps tool sees it right after
+    // applying it): the CRD's default status.observedGeneration 0 keeps it in progress.
+    w.create(w.manifest("fresh", "fresh")).await;
+    let fresh = w.api().get("fresh").await.unwrap();
+    assert_eq!(
+        fresh.status.as_ref().and_then(|s| s.observed_generation),
+        Some(0),
+        "the API server defaults it"
+    );
+    objects.push(fresh);
     objects
 }
 
@@ -148,6 +158,7 @@ async fn kstatus_and_argocd_read_the_operator_status() {
         ("cancelled", "Current", "Healthy"),
         ("forbidden", "Failed", "Degraded"),
         ("unobserved", "InProgress", "Progressing"),
+        ("fresh", "InProgress", "Progressing"),
     ];
     for (name, want_kstatus, want_argocd) in expected {
         assert_eq!(
