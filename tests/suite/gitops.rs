@@ -195,3 +195,52 @@ fn the_argocd_configmap_embeds_the_health_script() {
         "deploy/argocd/argocd-cm-patch.yaml must embed deploy/argocd/health.lua as it is"
     );
 }
+
+/// Argo CD's verdicts through the cycle a sync with prune drives: applied (not reconciled yet),
+/// synced, pruned while its cancel is refused (held by the finalizer), and gone once the cancel
+/// is confirmed.
+#[tokio::test]
+async fn argocd_verdicts_through_an_add_and_prune_cycle() {
+    let mut w = World::new("argocd-cycle").await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/argocd/health.lua");
+    let verdict = |ra: &RemoteAssistance| {
+        let mut ra = ra.clone();
+        ra.metadata.name = Some("ticket".into());
+        evaluate("luahealth", &[script.to_str().unwrap()], &[ra])["ticket"].clone()
+    };
+    // Applied by the sync before the operator saw it.
+    w.create(w.manifest("ticket", "ticket")).await;
+    let applied = w.api().get("ticket").await.unwrap();
+    assert_eq!(verdict(&applied).0, "Progressing", "{:?}", verdict(&applied));
+    w.start_operator(w.config());
+    let active = w
+        .wait_for("ticket", T, "Active", |ra| phase(ra) == Some(Phase::Active))
+        .await;
+    assert_eq!(verdict(&active).0, "Healthy");
+    // Pruned: the cancel is refused, so the finalizer holds it, and Argo CD sees why.
+    w.sim.inject(FaultRule::new(
+        "ticket",
+        Operation::CancelRemoteAssistance,
+        vec![Fault::error(
+            403,
+            "WKS.00010003",
+            "The user does not have the permission.",
+        )],
+    ));
+    w.delete("ticket").await;
+    let held = w
+        .wait_for("ticket", T, "Stalled while deleting", |ra| {
+            condition(ra, "Stalled").as_deref() == Some("True")
+        })
+        .await;
+    assert!(held.metadata.deletion_timestamp.is_some());
+    let (health, message) = verdict(&held);
+    assert_eq!(health, "Degraded", "{message}");
+    assert!(message.contains("WKS.00010003"), "{message}");
+    // A person fixes the permission and asks again: the cancel is confirmed and it goes.
+    w.annotate("ticket", json!({ "workspace.assist.dev/retry": "1" }))
+        .await;
+    w.wait_gone("ticket", T).await;
+    assert_eq!(w.sim.count(Operation::CancelRemoteAssistance, "ticket"), 2);
+    w.stop_operator().await;
+}
