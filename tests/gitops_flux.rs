@@ -62,7 +62,7 @@ impl GitServer {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         // Its log (a line per request) is read as it comes, so that a full pipe never blocks it.
         let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (first_words, mut heard) = tokio::sync::oneshot::channel::<String>();
+        let (first_words, heard) = tokio::sync::oneshot::channel::<String>();
         tokio::spawn(async move {
             let mut first_words = Some(first_words);
             while let Ok(Some(line)) = log.next_line().await {
@@ -72,9 +72,10 @@ impl GitServer {
             }
         });
         let Some(first) = lines.next_line().await.unwrap() else {
+            let said = tokio::time::timeout(Duration::from_secs(5), heard).await;
             panic!(
                 "the git server did not start: {}",
-                heard.try_recv().unwrap_or_default()
+                said.ok().and_then(Result::ok).unwrap_or_default()
             );
         };
         let address = first.strip_prefix("ADDR ").expect("ADDR <url>").to_string();
