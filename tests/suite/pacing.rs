@@ -161,3 +161,37 @@ async fn a_wrong_password_is_tried_once_for_all_resources() {
     assert_eq!(w.sim.token_refusals(), 1);
     w.stop_operator().await;
 }
+
+/// A deletion the cloud refuses to confirm waits for a person (the slow recheck, 10 minutes
+/// here); the person choosing Orphan with the annotation re-drives it at once.
+#[tokio::test]
+async fn choosing_orphan_by_annotation_releases_a_refused_deletion_at_once() {
+    use workspace_assist::simulator::{Fault, FaultRule};
+    use workspace_assist::workspace::Operation;
+    let mut w = World::new("pacing-orphan").await;
+    w.start_operator(w.config());
+    w.create(w.manifest("refused", "refused")).await;
+    w.wait_for("refused", T, "Active", active).await;
+    w.sim.inject(FaultRule::new(
+        "refused",
+        Operation::CancelRemoteAssistance,
+        vec![Fault::error(403, "WKS.00010003", "The user does not have the permission."); 10],
+    ));
+    w.delete("refused").await;
+    w.wait_for("refused", T, "Stalled while deleting", |ra| {
+        ra.metadata.deletion_timestamp.is_some() && condition_reason(ra, "Stalled").is_some()
+    })
+    .await;
+    w.annotate(
+        "refused",
+        json!({ "workspace.assist.dev/deletion-policy": "Orphan" }),
+    )
+    .await;
+    w.wait_gone("refused", T).await;
+    assert_eq!(
+        w.sim.count(Operation::CancelRemoteAssistance, "refused"),
+        1,
+        "no further cancel: Orphan leaves the session alone"
+    );
+    w.stop_operator().await;
+}

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The markers of an object that, when one changes, may fix a failure (a spec change, a
-/// deletion, the retry annotation, the paused annotation): recorded with each failure.
+/// deletion, the retry, paused and deletion-policy annotations): recorded with each failure.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChangeMarkers {
     /// metadata.generation (spec changes).
@@ -28,6 +28,9 @@ pub struct ChangeMarkers {
     pub retry_token: Option<String>,
     /// Whether the paused annotation is set.
     pub paused: bool,
+    /// Value of the deletion-policy annotation (a person choosing Orphan for a deletion the
+    /// cloud refuses to confirm).
+    pub deletion_policy: Option<String>,
     /// Whether the object asks for its access to end (a deletion, `spec.cancelled`, a deadline
     /// that passed): such a change opens the gate at once.
     pub ends_access: bool,
@@ -42,6 +45,10 @@ impl ChangeMarkers {
             deleting: ra.metadata.deletion_timestamp.is_some(),
             retry_token: ra.annotations().get(crate::resource::RETRY_ANNOTATION).cloned(),
             paused,
+            deletion_policy: ra
+                .annotations()
+                .get(crate::resource::DELETION_POLICY_ANNOTATION)
+                .cloned(),
             ends_access: super::fair::ends_access(ra, jiff::Timestamp::now()),
         }
     }
@@ -289,6 +296,7 @@ mod tests {
             deleting: true,
             retry_token: None,
             paused: false,
+            deletion_policy: None,
             ends_access: true,
         };
         assert_eq!(g.check("u", &trig, t0), Gate::Open, "no failure yet");
