@@ -7,8 +7,6 @@ use crate::support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -49,25 +47,8 @@ impl Agencies {
         w.sim.add_agency(DOMAIN_B, AGENCY, OPERATOR_DOMAIN);
         w.sim.ambient_account(OPERATOR_DOMAIN);
         // The operator's identity: a ServiceAccount bound to the operator's account.
-        let sa_api: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.namespace);
-        let sa: ServiceAccount =
-            serde_json::from_value(json!({ "metadata": { "name": "operator" } })).unwrap();
-        sa_api.create(&PostParams::default(), &sa).await.unwrap();
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                audiences: Some(vec![AUDIENCE.to_string()]),
-                expiration_seconds: Some(3600),
-                bound_object_ref: None,
-            }),
-            ..TokenRequest::default()
-        };
-        let token = sa_api
-            .create_token_request("operator", &PostParams::default(), &request)
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.token)
-            .unwrap();
+        w.create_service_account("operator").await;
+        let token = w.request_token("operator", AUDIENCE).await;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("token"), token).unwrap();
         w.sim.trust_kubernetes(w.client.clone());

@@ -8,10 +8,8 @@ use crate::support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, DeleteParams, PostParams};
-use serde_json::json;
+use kube::api::{Api, DeleteParams};
 use support::operator::phase;
 use support::operator::{PROJECT, World, condition_reason, eventually};
 use workspace_assist::controller::LabelSelector;
@@ -40,32 +38,6 @@ fn without_secret(w: &World, name: &str) -> serde_json::Value {
 fn allow_this_namespace(w: &World, config: &mut workspace_assist::controller::Config) {
     config.default_credentials_namespaces =
         Some(LabelSelector::parse(&format!("kubernetes.io/metadata.name={}", w.namespace)).unwrap());
-}
-
-async fn create_service_account(w: &World, name: &str) {
-    let api: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.namespace);
-    let sa: ServiceAccount = serde_json::from_value(json!({ "metadata": { "name": name } })).unwrap();
-    api.create(&PostParams::default(), &sa)
-        .await
-        .expect("creating the ServiceAccount");
-}
-
-/// A real token of the ServiceAccount for `audience`, from the TokenRequest API.
-async fn request_token(w: &World, sa: &str, audience: &str) -> String {
-    let api: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.namespace);
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(vec![audience.to_string()]),
-            expiration_seconds: Some(3600),
-            bound_object_ref: None,
-        }),
-        ..TokenRequest::default()
-    };
-    let answer = api
-        .create_token_request(sa, &PostParams::default(), &request)
-        .await
-        .expect("TokenRequest");
-    answer.status.and_then(|s| s.token).expect("a token")
 }
 
 /// Writes a token where the operator reads it, as the kubelet does for a projected volume.
@@ -115,10 +87,10 @@ fn token_file(dir: &tempfile::TempDir) -> PathBuf {
 /// The operator's ServiceAccount and a token of it for `audience`, in a file as the kubelet
 /// projects it (the directory lives as long as the returned guard).
 async fn operator_token(w: &World, audience: &str) -> (tempfile::TempDir, PathBuf) {
-    create_service_account(w, OPERATOR_SA).await;
+    w.create_service_account(OPERATOR_SA).await;
     let dir = tempfile::tempdir().unwrap();
     let file = token_file(&dir);
-    write_token(&file, &request_token(w, OPERATOR_SA, audience).await);
+    write_token(&file, &w.request_token(OPERATOR_SA, audience).await);
     (dir, file)
 }
 
@@ -176,11 +148,8 @@ async fn pod_identity_end_to_end_with_rotation_refresh_and_revocation() {
     let sas: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.namespace);
     let old_token = std::fs::read_to_string(&file).unwrap();
     sas.delete(OPERATOR_SA, &DeleteParams::default()).await.unwrap();
-    create_service_account(&w, OPERATOR_SA).await;
-    write_token(
-        &file,
-        &request_token(&w, OPERATOR_SA, POD_IDENTITY_AUDIENCE).await,
-    );
+    w.create_service_account(OPERATOR_SA).await;
+    write_token(&file, &w.request_token(OPERATOR_SA, POD_IDENTITY_AUDIENCE).await);
     // Only once the old token is refused does a fetch tell whether the file was read again
     // (the API server's ServiceAccount cache accepts it for a moment after the deletion).
     eventually(T, "the old token is refused", || async {
@@ -370,7 +339,7 @@ async fn oidc_through_sts_with_a_projected_service_account_token() {
     let other_file = token_file(&other);
     write_token(
         &other_file,
-        &request_token(&w, OPERATOR_SA, "some-other-audience").await,
+        &w.request_token(OPERATOR_SA, "some-other-audience").await,
     );
     let mut config = w2.config();
     config.ambient = Some(oidc_source(&w2.sim, &other_file));

@@ -73,16 +73,7 @@ async fn install_rbac(w: &World, without: Without, dir: &std::path::Path) -> Pat
         .create(&PostParams::default(), &role)
         .await
         .unwrap();
-    let binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": format!("workspace-assist-{ns}") },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("workspace-assist-{ns}") },
-        "subjects": [{ "kind": "ServiceAccount", "name": "workspace-assist", "namespace": ns }],
-    }))
-    .unwrap();
-    Api::<ClusterRoleBinding>::all(w.client.clone())
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+    bind_to_operator(w, &format!("workspace-assist-{ns}")).await;
 
     let docs = yaml_docs("deploy/base/leader-election-role.yaml");
     let mut lease_role: Role = serde_yaml::from_value(docs[0].clone()).unwrap();
@@ -464,10 +455,16 @@ async fn install_agency_rbac(w: &World, without: Option<usize>) {
         .create(&PostParams::default(), &role)
         .await
         .unwrap();
+    bind_to_operator(w, &name).await;
+}
+
+/// Binds the ClusterRole `role` to the world's operator ServiceAccount (a ClusterRoleBinding of
+/// the same name).
+async fn bind_to_operator(w: &World, role: &str) {
     let binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name },
-        "subjects": [{ "kind": "ServiceAccount", "name": "workspace-assist", "namespace": ns }],
+        "metadata": { "name": role },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+        "subjects": [{ "kind": "ServiceAccount", "name": "workspace-assist", "namespace": w.namespace }],
     }))
     .unwrap();
     Api::<ClusterRoleBinding>::all(w.client.clone())

@@ -210,6 +210,37 @@ impl World {
             .expect("annotating the RemoteAssistance");
     }
 
+    /// Creates the ServiceAccount `name` in the test namespace.
+    pub async fn create_service_account(&self, name: &str) {
+        let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let sa = serde_json::from_value(json!({ "metadata": { "name": name } })).unwrap();
+        api.create(&PostParams::default(), &sa)
+            .await
+            .expect("creating the ServiceAccount");
+    }
+
+    /// A real token of the test namespace's ServiceAccount `sa` for `audience` (an hour), from
+    /// the TokenRequest API, as the kubelet gets one for a projected volume.
+    pub async fn request_token(&self, sa: &str, audience: &str) -> String {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: Some(vec![audience.to_string()]),
+                expiration_seconds: Some(3600),
+                bound_object_ref: None,
+            }),
+            ..TokenRequest::default()
+        };
+        let answer = api
+            .create_token_request(sa, &PostParams::default(), &request)
+            .await
+            .expect("TokenRequest");
+        answer.status.and_then(|s| s.token).expect("a token")
+    }
+
     /// Merge-patches the annotations of the test namespace.
     pub async fn annotate_namespace(&self, annotations: serde_json::Value) {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
